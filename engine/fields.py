@@ -1,0 +1,459 @@
+r"""Batched generation of 2D maps of the projected matter density, in torch on any device.
+
+Kinds
+-----
+``grf``
+    Gaussian random field of the density contrast averaged through a slab of thickness Δ (Mpc/h)
+    cut from a large volume, on N² pixels of a periodic square of side L (Mpc/h). Its expected
+    2D power spectrum is the projected linear spectrum (DESIGN.md)
+
+        P_2D(k) = ∫ dk_z/2π P_3D(√(k² + k_z²)) sinc²(k_z Δ / 2),                       (1)
+
+    in (Mpc/h)², where sinc x = sin x / x is the transform of the top-hat slab profile, and
+    P_3D(k, z) = σ8² D(z)² P_lin(k, 0 | Ω_m, σ8=1) from :mod:`engine.cosmology`.
+``lognormal``
+    Lognormal field δ = exp(G − σ_G²/2) − 1 with the same target spectrum (Coles & Jones 1991,
+    MNRAS 248, 1): the target correlation function ξ on the periodic grid is mapped to the
+    Gaussian one by ξ_G = ln(1 + ξ) (their eq. 8 inverted), whose spectrum P_G generates G.
+    Where P_G is negative (the lognormal transform of the target is not positive definite, which
+    happens for large variance on small scales) it is set to zero; the map's spectrum then falls
+    slightly short of the target on those scales. The k = 0 mode of G is zero, so δ > −1 and
+    ⟨δ⟩ = 0 in expectation (each map's mean scatters around zero).
+
+Both kinds then get optional Gaussian smoothing, multiplying Fourier modes by exp(−k²σ_s²/2)
+(σ_s in Mpc/h), and additive white noise of standard deviation σ_n per pixel. The expected map
+spectrum (:func:`theory_power`) is therefore
+
+    P_map(k) = P_2D(k) exp(−k² σ_s²) + σ_n² (L/N)².                                     (2)
+
+Fourier conventions are those of :mod:`engine.stats`. Fields are generated directly from their
+Fourier amplitudes on the discrete periodic grid (no aliasing or pixel window to correct).
+
+Numerical integration of (1): the projected spectrum of each ω_m node of the
+:class:`~engine.cosmology.LinearPowerTable` is integrated once per thickness (cached) on a k_z grid
+that resolves both the sinc² oscillations (16 points per period 2π/Δ) and the baryon wiggles
+(steps ≤ 0.005 h/Mpc at small k_z, 2 % at large k_z); beyond u = k_zΔ/2 = 20π sinc² is replaced by
+its mean 1/(2u²). 3D power beyond k = 100 h/Mpc is neglected. Batches are then interpolated exactly
+like the 3D table (cubic in ln Ω_m, linear in ln k).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+import engine
+from engine.cosmology import K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
+from engine.device import default_device
+from engine.params import ConfigError, FieldParams, to_dict
+from engine.stats import bin_isotropic, wavenumbers
+
+#: Number of log-spaced k nodes of the projected-spectrum tables.
+N_K2D = 512
+
+# ---------------------------------------------------------------------------------------------
+# Theory
+# ---------------------------------------------------------------------------------------------
+
+
+def _kz_grid(thickness: float) -> tuple[np.ndarray, np.ndarray]:
+    """k_z nodes (h/Mpc) and trapezoid weights × sinc²(k_z Δ/2) for eq. (1), float64."""
+    period = 2 * math.pi / thickness
+    k_switch = 40 * math.pi / thickness  # u = 20 pi
+    kz = [0.0]
+    while kz[-1] < min(k_switch, K_MAX):
+        z = kz[-1]
+        kz.append(z + min(period / 16, max(0.005, 0.02 * z)))
+    kz = np.asarray(kz)
+    u = kz * thickness / 2
+    sinc2 = np.sinc(u / np.pi) ** 2
+    w = np.zeros_like(kz)
+    dk = np.diff(kz)
+    w[:-1] += dk / 2
+    w[1:] += dk / 2
+    w *= sinc2
+    if kz[-1] < K_MAX:  # tail with the period-averaged sinc^2 = 1 / (2 u^2), log-spaced nodes
+        tail = np.exp(np.linspace(math.log(kz[-1]), math.log(K_MAX), 200))
+        ut = tail * thickness / 2
+        f = 1 / (2 * ut**2)
+        wt = np.zeros_like(tail)
+        dt = np.diff(tail)
+        wt[:-1] += dt / 2
+        wt[1:] += dt / 2
+        kz = np.concatenate([kz, tail[1:]])
+        w = np.concatenate([w[:-1], [w[-1] + wt[0] * f[0]], (wt * f)[1:]])
+    return kz, w / math.pi  # ∫_{-∞}^{∞} dk_z / 2π = (1/π) ∫_0^∞ dk_z
+
+
+@functools.lru_cache(maxsize=32)
+def _projected_table(table, thickness: float) -> torch.Tensor:
+    """ln P_2D(k_nodes | ω_m node, σ8=1, z=0) of shape (N_OM, N_K2D), float64, eq. (1)."""
+    ln_k2 = torch.linspace(math.log(K_MIN), math.log(K_MAX), N_K2D, dtype=torch.float64)
+    kz, w = _kz_grid(thickness)
+    kz, w = torch.from_numpy(kz), torch.from_numpy(w)
+    k3 = torch.sqrt(torch.exp(ln_k2)[:, None] ** 2 + kz[None, :] ** 2)  # (N_K2D, Q)
+    t = (k3.log() - float(table.ln_k[0])) / table._dlnk
+    i = t.floor().long().clamp(0, table.ln_k.numel() - 2)
+    frac = t - i
+    inside = k3 <= K_MAX
+    out = torch.empty(N_OM, N_K2D, dtype=torch.float64)
+    for j in range(N_OM):
+        row = table.ln_p[j]
+        p3 = torch.exp(row[i] + (row[i + 1] - row[i]) * frac) * inside
+        out[j] = (p3 * w).sum(-1).log()
+    return out
+
+
+def projected_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
+    """Projected linear spectrum P_2D(k) of eq. (1) in (Mpc/h)², at ``settings.redshift``.
+
+    Parameters
+    ----------
+    settings : FieldParams
+        Uses thickness (Mpc/h), redshift and the cosmology settings (omega_b, h, n_s, transfer).
+    k : torch.Tensor (...), h/Mpc
+    omega_m, sigma8 : float or torch.Tensor (B,)
+
+    Returns
+    -------
+    torch.Tensor (B, ...) float64 (or (...) for scalar parameters), on k's device.
+    """
+    table = table_for(settings)
+    k = torch.as_tensor(k)
+    scalar = np.ndim(omega_m) == 0
+    om = torch.atleast_1d(torch.as_tensor(omega_m, dtype=torch.float64)).to(k.device)
+    s8 = torch.atleast_1d(torch.as_tensor(sigma8, dtype=torch.float64)).to(k.device)
+    _check_parameters(om, s8)
+    tab2 = _projected_table(table, float(settings.thickness)).to(k.device)
+    idx, wom = _catmull_rom_weights(om.log(), float(table.ln_om[0]), table._dlnom, N_OM)
+    ln_p = (tab2[idx] * wom[..., None]).sum(-2)  # (B, N_K2D)
+    ln_d = (table._ln_growth_nodes(float(settings.redshift)).to(k.device)[idx] * wom).sum(-1)
+    dln = (math.log(K_MAX) - math.log(K_MIN)) / (N_K2D - 1)
+    t = (k.to(torch.float64).clamp(K_MIN, K_MAX).log() - math.log(K_MIN)) / dln
+    i = t.floor().long().clamp(0, N_K2D - 2).reshape(-1)
+    frac = (t.reshape(-1) - i).unsqueeze(0)
+    lo, hi = ln_p[:, i], ln_p[:, i + 1]
+    p = torch.exp(lo + (hi - lo) * frac + 2 * ln_d[:, None]) * (s8**2)[:, None]
+    p = p.reshape(om.shape[0], *k.shape)
+    return p[0] if scalar else p
+
+
+def theory_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
+    """Expected power spectrum of a generated map, eq. (2), in (Mpc/h)².
+
+    Projected linear spectrum times the smoothing kernel squared, plus the white-noise level
+    σ_n² (L/N)². Shapes as :func:`projected_power`.
+    """
+    k = torch.as_tensor(k)
+    p = projected_power(settings, k, omega_m, sigma8)
+    k64 = k.to(torch.float64)
+    p = p * torch.exp(-(k64**2) * settings.smoothing**2)
+    return p + settings.noise**2 * (settings.box_size / settings.size) ** 2
+
+
+def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None):
+    """Theory of eq. (2) averaged over the Fourier modes of each bin, exactly as the estimator.
+
+    Returns a :class:`~engine.stats.PowerSpectrum` whose ``power`` is the expectation of
+    ``engine.stats.power_spectrum(map, settings.box_size, edges).power`` for maps generated with
+    ``settings`` (before the lognormal clipping caveat).
+    """
+    shape = (settings.size, settings.size)
+    kmag = wavenumbers(shape, settings.box_size)
+    p = theory_power(settings, kmag, omega_m, sigma8)
+    return bin_isotropic(p, shape, settings.box_size, edges)
+
+
+def _check_parameters(om: torch.Tensor, s8: torch.Tensor) -> None:
+    for name, v in (("omega_m", om), ("sigma8", s8)):
+        lo, hi = FieldParams.param[name].bounds
+        bad = (v < lo) | (v > hi) | ~torch.isfinite(v)
+        if bool(bad.any()):
+            raise ConfigError(
+                f"{name}={float(v[bad][0]):g} is out of range: allowed {lo} <= {name} <= {hi}"
+            )
+
+
+def check_resolution(settings: FieldParams) -> None:
+    """Raise :class:`ConfigError` if the map's k range leaves the theory table [1e-4, 100] h/Mpc."""
+    k_max = math.pi * settings.size / settings.box_size * math.sqrt(2)
+    if k_max > K_MAX:
+        raise ConfigError(
+            f"pixel size box_size/size={settings.box_size / settings.size:.3g} Mpc/h is too small: "
+            f"the theory covers k <= {K_MAX:g} h/Mpc, so box_size/size must be >= "
+            f"{math.pi * math.sqrt(2) / K_MAX:.3g} Mpc/h"
+        )
+    if 2 * math.pi / settings.box_size < K_MIN:
+        raise ConfigError(f"box_size={settings.box_size} Mpc/h is too large: the theory covers k >= {K_MIN} h/Mpc")
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+def _gaussian_from_power(power: torch.Tensor, n: int, pix_area: float, generator) -> torch.Tensor:
+    """Gaussian fields (B, n, n) float32 whose rfft modes have variance n² P / a (engine.stats)."""
+    white = torch.randn(
+        (power.shape[0], n, n), generator=generator, device=power.device, dtype=torch.float32
+    )
+    amp = torch.sqrt(power / pix_area).to(torch.float32)
+    return torch.fft.irfft2(torch.fft.rfft2(white) * amp, s=(n, n))
+
+
+def _lognormal_gaussian_power(power: torch.Tensor, n: int, pix_area: float) -> torch.Tensor:
+    """Spectrum P_G (B, n, n//2+1) float64 of the Gaussian field behind a lognormal field.
+
+    ξ = irfft2(P)/a on the periodic grid; ξ_G = ln(1 + ξ); P_G = a·rfft2(ξ_G), negative → 0.
+    """
+    xi = torch.fft.irfft2(power, s=(n, n)) / pix_area
+    if bool((xi <= -1).any()):
+        raise ConfigError(
+            "the target spectrum has correlation xi <= -1 somewhere, which no lognormal field can "
+            "have; use kind='grf' or a smaller sigma8 / thicker slab"
+        )
+    pg = torch.fft.rfft2(torch.log1p(xi)).real * pix_area
+    pg = pg.clamp(min=0.0)
+    pg[..., 0, 0] = 0.0
+    return pg
+
+
+def generate_maps(
+    settings: FieldParams,
+    omega_m: torch.Tensor,
+    sigma8: torch.Tensor,
+    generator: torch.Generator,
+    device=None,
+) -> torch.Tensor:
+    """Generate a batch of maps, one per (omega_m, sigma8) pair.
+
+    Parameters
+    ----------
+    settings : FieldParams
+        kind, size N, box_size L (Mpc/h), thickness Δ (Mpc/h), redshift, smoothing (Mpc/h),
+        noise (per pixel) and the shared cosmology settings. ``settings.omega_m``, ``sigma8``,
+        ``count`` and ``seed`` are ignored.
+    omega_m, sigma8 : torch.Tensor (B,)
+        Parameters of each map.
+    generator : torch.Generator
+        Source of randomness, on ``device``; same generator state ⇒ same maps on CPU.
+    device : torch.device or str, optional
+        Default: the generator's device.
+
+    Returns
+    -------
+    torch.Tensor (B, N, N) float32 on ``device``: density contrast δ (dimensionless), with
+    y along dim 1 and x along dim 2, pixel (i, j) centred at ((j + ½) L/N, (i + ½) L/N).
+
+    Raises
+    ------
+    ConfigError
+        Parameters out of range, a pixel scale outside the theory table, or a lognormal target
+        with ξ ≤ −1.
+    """
+    device = torch.device(device) if device is not None else generator.device
+    check_resolution(settings)
+    n, box = settings.size, settings.box_size
+    pix_area = (box / n) ** 2
+    om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1).to(device)
+    s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1).to(device)
+    kmag = _kgrid(n, box, device)
+    power = projected_power(settings, kmag, om, s8)  # (B, n, n//2+1)
+    power[..., 0, 0] = 0.0
+    if settings.kind == "grf":
+        delta = _gaussian_from_power(power, n, pix_area, generator)
+    elif settings.kind == "lognormal":
+        pg = _lognormal_gaussian_power(power, n, pix_area)
+        g = _gaussian_from_power(pg, n, pix_area, generator)
+        var_g = (torch.fft.irfft2(pg, s=(n, n))[..., 0, 0] / pix_area).to(torch.float32)
+        delta = torch.expm1(g - 0.5 * var_g[:, None, None])
+    else:
+        raise ConfigError(f"kind={settings.kind!r} is not allowed: kind must be one of 'grf', 'lognormal'")
+    if settings.smoothing > 0:
+        kernel = torch.exp(-0.5 * (kmag * settings.smoothing) ** 2).to(torch.float32)
+        delta = torch.fft.irfft2(torch.fft.rfft2(delta) * kernel, s=(n, n))
+    if settings.noise > 0:
+        delta = delta + settings.noise * torch.randn(
+            delta.shape, generator=generator, device=device, dtype=torch.float32
+        )
+    return delta
+
+
+@functools.lru_cache(maxsize=16)
+def _kgrid(n: int, box: float, device) -> torch.Tensor:
+    return wavenumbers((n, n), box, device=device)
+
+
+def map_scale(settings: FieldParams) -> float:
+    """Expected standard deviation per pixel of maps at the fiducial cosmology (Ω_m=0.3, σ8=0.8).
+
+    σ² = Σ_k P_map(k) / L² over all modes (engine.stats conventions), eq. (2); a fixed input
+    normalisation for networks (dimensionless).
+    """
+    n = settings.size
+    kmag = _kgrid(n, settings.box_size, torch.device("cpu"))
+    p = theory_power(settings, kmag, 0.3, 0.8).clone()
+    p[0, 0] = 0.0
+    w = torch.full((n // 2 + 1,), 2.0, dtype=torch.float64)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    return float(torch.sqrt((p * w).sum() / settings.box_size**2))
+
+
+def _per_sample(value, default: float, count: int, name: str) -> np.ndarray:
+    v = np.asarray(default if value is None else value, dtype=np.float64)
+    if v.ndim == 0:
+        return np.full(count, float(v))
+    if v.shape != (count,):
+        raise ConfigError(f"{name} must be a scalar or hold count={count} values, got shape {v.shape}")
+    return v
+
+
+def generate(
+    settings: FieldParams,
+    omega_m=None,
+    sigma8=None,
+    device=None,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> xr.DataArray:
+    """Generate ``settings.count`` maps from ``settings.seed`` as a labelled DataArray.
+
+    Parameters
+    ----------
+    settings : FieldParams
+    omega_m, sigma8 : float or array_like (count,), optional
+        Per-sample parameters; default the scalar ``settings.omega_m`` / ``settings.sigma8``.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU. (Same seed ⇒ same maps on CPU; CUDA maps are
+        reproducible on the same GPU but differ from CPU ones.)
+    batch_size : int
+        Maps generated per torch call.
+    progress : bool, optional
+        tqdm progress bar; default only when stderr is a terminal and count > batch_size.
+
+    Returns
+    -------
+    xarray.DataArray "delta" (sample, y, x) float32, coords x, y in Mpc/h (pixel centres),
+    per-sample coords omega_m and sigma8, and attrs with every setting needed to recompute the
+    theory (kind, omega_b, h, n_s, transfer_function, redshift, box_size, thickness, smoothing,
+    noise, size, seed, units, engine_version).
+
+    Raises
+    ------
+    ConfigError
+        Bad parameter values (see :func:`generate_maps`).
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    device = default_device(None if device is None else str(device))
+    count = settings.count
+    om = _per_sample(omega_m, settings.omega_m, count, "omega_m")
+    s8 = _per_sample(sigma8, settings.sigma8, count, "sigma8")
+    _check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
+    check_resolution(settings)
+    gen = torch.Generator(device=device).manual_seed(int(settings.seed))
+    if progress is None:
+        progress = sys.stderr.isatty() and count > batch_size
+    chunks = []
+    for start in tqdm(range(0, count, batch_size), disable=not progress, desc="maps", unit="batch"):
+        sl = slice(start, min(start + batch_size, count))
+        chunks.append(
+            generate_maps(settings, torch.from_numpy(om[sl]), torch.from_numpy(s8[sl]), gen, device)
+            .cpu()
+            .numpy()
+        )
+    return to_dataarray(np.concatenate(chunks), settings, om, s8)
+
+
+def to_dataarray(maps: np.ndarray, settings: FieldParams, omega_m, sigma8) -> xr.DataArray:
+    """Wrap maps (B, N, N) in the boundary DataArray described in :func:`generate`."""
+    n, box = settings.size, settings.box_size
+    centres = (np.arange(n) + 0.5) * box / n
+    attrs = {k: v for k, v in to_dict(settings).items() if k not in ("omega_m", "sigma8", "count")}
+    attrs.update(
+        units="dimensionless",
+        long_name="density contrast delta of a projected slab",
+        coordinate_units="Mpc/h",
+        engine_version=engine.__version__,
+    )
+    return xr.DataArray(
+        maps.astype(np.float32),
+        dims=("sample", "y", "x"),
+        coords={
+            "x": ("x", centres, {"units": "Mpc/h"}),
+            "y": ("y", centres, {"units": "Mpc/h"}),
+            "omega_m": ("sample", np.asarray(omega_m, dtype=np.float64)),
+            "sigma8": ("sample", np.asarray(sigma8, dtype=np.float64)),
+        },
+        name="delta",
+        attrs=attrs,
+    )
+
+
+def settings_from_attrs(attrs: dict) -> FieldParams:
+    """Rebuild the FieldParams a DataArray was generated with, from its attrs."""
+    names = set(FieldParams.param) - {"name"}
+    return FieldParams(**{k: v for k, v in attrs.items() if k in names})
+
+
+def save(da: xr.DataArray, path) -> Path:
+    """Write ``da`` to ``path`` (.zarr directory or .nc file) atomically.
+
+    The data go to a temporary sibling first and are moved into place with ``os.replace``, so an
+    interrupted write never leaves a half-written file at ``path``.
+
+    Raises
+    ------
+    ConfigError
+        Suffix other than .zarr / .nc, or a parent directory that does not exist.
+    """
+    path = Path(path)
+    if path.suffix not in (".zarr", ".nc"):
+        raise ConfigError(f"--out {str(path)!r} must end in .zarr or .nc")
+    if not path.parent.exists():
+        raise ConfigError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        target = tmp / path.name
+        ds = da.to_dataset(name=da.name or "delta")
+        if path.suffix == ".zarr":
+            ds.to_zarr(target, mode="w")
+        else:
+            ds.to_netcdf(target)
+        if path.is_dir() and path.suffix == ".zarr":
+            old = tmp / "old"
+            os.replace(path, old)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load(path) -> xr.DataArray:
+    """Read maps written by :func:`save` (or any file holding one (sample, y, x) variable).
+
+    Raises
+    ------
+    ConfigError
+        Missing file or no suitable variable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"maps file {str(path)!r} does not exist")
+    ds = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path)
+    names = [v for v in ds.data_vars if ds[v].ndim == 3]
+    if not names:
+        raise ConfigError(f"{str(path)!r} holds no (sample, y, x) map variable")
+    return ds[names[0]].load()
