@@ -54,7 +54,7 @@ import engine
 from engine.cosmology import K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
 from engine.device import default_device
 from engine.params import ConfigError, FieldParams, to_dict
-from engine.stats import bin_isotropic, wavenumbers
+from engine.stats import bin_isotropic, rfft_weights, wavenumbers
 
 #: Number of log-spaced k nodes of the projected-spectrum tables.
 N_K2D = 512
@@ -192,7 +192,9 @@ def check_resolution(settings: FieldParams) -> None:
             f"{math.pi * math.sqrt(2) / K_MAX:.3g} Mpc/h"
         )
     if 2 * math.pi / settings.box_size < K_MIN:
-        raise ConfigError(f"box_size={settings.box_size} Mpc/h is too large: the theory covers k >= {K_MIN} h/Mpc")
+        raise ConfigError(
+            f"box_size={settings.box_size} Mpc/h is too large: the theory covers k >= {K_MIN} h/Mpc"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +278,9 @@ def generate_maps(
         var_g = (torch.fft.irfft2(pg, s=(n, n))[..., 0, 0] / pix_area).to(torch.float32)
         delta = torch.expm1(g - 0.5 * var_g[:, None, None])
     else:
-        raise ConfigError(f"kind={settings.kind!r} is not allowed: kind must be one of 'grf', 'lognormal'")
+        raise ConfigError(
+            f"kind={settings.kind!r} is not allowed: kind must be one of 'grf', 'lognormal'"
+        )
     if settings.smoothing > 0:
         kernel = torch.exp(-0.5 * (kmag * settings.smoothing) ** 2).to(torch.float32)
         delta = torch.fft.irfft2(torch.fft.rfft2(delta) * kernel, s=(n, n))
@@ -302,11 +306,7 @@ def map_scale(settings: FieldParams) -> float:
     kmag = _kgrid(n, settings.box_size, torch.device("cpu"))
     p = theory_power(settings, kmag, 0.3, 0.8).clone()
     p[0, 0] = 0.0
-    w = torch.full((n // 2 + 1,), 2.0, dtype=torch.float64)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    return float(torch.sqrt((p * w).sum() / settings.box_size**2))
+    return float(torch.sqrt((p * rfft_weights((n, n))).sum() / settings.box_size**2))
 
 
 def _per_sample(value, default: float, count: int, name: str) -> np.ndarray:
@@ -314,7 +314,9 @@ def _per_sample(value, default: float, count: int, name: str) -> np.ndarray:
     if v.ndim == 0:
         return np.full(count, float(v))
     if v.shape != (count,):
-        raise ConfigError(f"{name} must be a scalar or hold count={count} values, got shape {v.shape}")
+        raise ConfigError(
+            f"{name} must be a scalar or hold count={count} values, got shape {v.shape}"
+        )
     return v
 
 

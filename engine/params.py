@@ -133,9 +133,7 @@ def check_value(p: param.Parameter, name: str, value: Any) -> None:
                 hi is not None and (value > hi or (value == hi and not inc[1]))
             )
             if bad:
-                raise ConfigError(
-                    f"{name}={value!r} is out of range: allowed {allowed(p, name)}"
-                )
+                raise ConfigError(f"{name}={value!r} is out of range: allowed {allowed(p, name)}")
         return
     try:
         p._validate(value)
@@ -188,7 +186,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {str(path)!r} could not be read: {exc}".splitlines()[0]) from None
+        raise ConfigError(
+            f"config file {str(path)!r} could not be read: {exc}".splitlines()[0]
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -215,10 +215,9 @@ def add_arguments(
             continue
         p = cls.param[name]
         flag = "--" + aliases.get(name, name).replace("_", "-")
-        extra = {} if flag == "--" + name.replace("_", "-") else {}
         doc = (p.doc or "").strip().replace("%", "%%")
         help_ = f"{doc} Default {p.default!r}; allowed {allowed(p, name)}."
-        parser.add_argument(flag, dest=name, default=None, metavar=_metavar(p), help=help_, **extra)
+        parser.add_argument(flag, dest=name, default=None, metavar=_metavar(p), help=help_)
 
 
 def _metavar(p: param.Parameter) -> str:
@@ -235,9 +234,7 @@ def _metavar(p: param.Parameter) -> str:
 
 def from_namespace(cls: type[param.Parameterized], ns: argparse.Namespace) -> dict[str, Any]:
     """The settings of ``cls`` given on the command line (those not left at ``None``)."""
-    return {
-        n: getattr(ns, n) for n in user_settings(cls) if getattr(ns, n, None) is not None
-    }
+    return {n: getattr(ns, n) for n in user_settings(cls) if getattr(ns, n, None) is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,11 +253,15 @@ class CosmologyParams(param.Parameterized):
     """
 
     omega_m = param.Number(
-        0.3, bounds=OMEGA_M_BOUNDS, step=0.01,
+        0.3,
+        bounds=OMEGA_M_BOUNDS,
+        step=0.01,
         doc="Total matter density today, Omega_m = Omega_c + Omega_b (dimensionless).",
     )
     sigma8 = param.Number(
-        0.8, bounds=SIGMA8_BOUNDS, step=0.01,
+        0.8,
+        bounds=SIGMA8_BOUNDS,
+        step=0.01,
         doc="RMS of the linear density contrast in top-hat spheres of 8 Mpc/h at z=0 (dimensionless).",
     )
     omega_b = param.Number(
@@ -292,24 +293,33 @@ class FieldParams(CosmologyParams):
         256, bounds=(8, 4096), doc="Number of pixels per side of the square map (N)."
     )
     box_size = param.Number(
-        256.0, bounds=(1.0, 1e5), inclusive_bounds=(True, True),
+        256.0,
+        bounds=(1.0, 1e5),
+        inclusive_bounds=(True, True),
         doc="Side of the periodic square map in comoving Mpc/h (L).",
     )
     thickness = param.Number(
-        10.0, bounds=(0.1, 1e5),
+        10.0,
+        bounds=(0.1, 1e5),
         doc="Thickness of the projected slab in comoving Mpc/h (Delta).",
     )
     redshift = param.Number(
         0.0, bounds=(0.0, 5.0), step=0.05, doc="Redshift of the slab; growth D(z) from pyccl."
     )
     smoothing = param.Number(
-        0.0, bounds=(0.0, 100.0), step=0.1,
+        0.0,
+        bounds=(0.0, 100.0),
+        step=0.1,
         doc="Standard deviation of the Gaussian smoothing kernel in comoving Mpc/h (0: none).",
     )
     noise = param.Number(
-        0.0, bounds=(0.0, 100.0), step=0.01,
+        0.0,
+        bounds=(0.0, 100.0),
+        step=0.01,
         doc="Standard deviation per pixel of the additive white noise, in units of the density "
         "contrast (0: none).",
     )
-    seed = param.Integer(0, bounds=(0, 2**62), doc="Random seed: same seed gives the same maps on CPU.")
+    seed = param.Integer(
+        0, bounds=(0, 2**62), doc="Random seed: same seed gives the same maps on CPU."
+    )
     count = param.Integer(8, bounds=(1, 1_000_000), doc="Number of maps to generate.")

@@ -81,7 +81,8 @@ def default_edges(shape: tuple[int, ...], box_size: float) -> torch.Tensor:
     return kf * (torch.arange(n_max + 1, dtype=torch.float64) + 0.5)
 
 
-def _rfft_weights(shape: tuple[int, ...]) -> torch.Tensor:
+def rfft_weights(shape: tuple[int, ...]) -> torch.Tensor:
+    """Full-plane modes per stored real-FFT mode along the last axis: (N//2+1,) float64 of 1 or 2."""
     n = shape[-1]
     w = torch.full((n // 2 + 1,), 2.0, dtype=torch.float64)
     w[0] = 1.0
@@ -94,7 +95,7 @@ def _rfft_weights(shape: tuple[int, ...]) -> torch.Tensor:
 def _binning(shape: tuple[int, ...], box_size: float, edges_key: tuple, device: torch.device):
     edges = torch.tensor(edges_key, dtype=torch.float64)
     kmag = wavenumbers(shape, box_size)
-    w = _rfft_weights(shape).expand_as(kmag)
+    w = rfft_weights(shape).expand_as(kmag)
     idx = torch.bucketize(kmag, edges, right=True) - 1  # bin i holds e_i <= k < e_{i+1}
     nb = len(edges) - 1
     idx = torch.where((idx < 0) | (idx >= nb) | (kmag == 0), nb, idx).reshape(-1)
@@ -206,7 +207,9 @@ def power_spectrum(
         p = (fk.real**2 + fk.imag**2) * norm
     else:
         if field2.shape != field.shape:
-            raise ValueError(f"field2 shape {tuple(field2.shape)} != field shape {tuple(field.shape)}")
+            raise ValueError(
+                f"field2 shape {tuple(field2.shape)} != field shape {tuple(field.shape)}"
+            )
         gk = torch.fft.rfftn(field2, dim=axes)
         p = (fk.real * gk.real + fk.imag * gk.imag) * norm
     return bin_isotropic(p, shape, box_size, edges)

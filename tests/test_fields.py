@@ -110,7 +110,9 @@ def test_lognormal_one_point_moments():
     s2 = np.log1p(var_target)
     skew_target = (np.exp(s2) + 2) * np.sqrt(np.exp(s2) - 1)
     skew = torch.tensor([sps.skew(m.reshape(-1).numpy()) for m in maps])
-    assert float(skew.mean()) == pytest.approx(skew_target, abs=4 * float(skew.std()) / np.sqrt(len(maps)))
+    assert float(skew.mean()) == pytest.approx(
+        skew_target, abs=4 * float(skew.std()) / np.sqrt(len(maps))
+    )
     # and a Gaussian field with the same spectrum is not skewed this way
     assert skew_target > 0.5
 
@@ -127,7 +129,9 @@ def test_sigma8_scales_amplitude_and_same_seed_same_maps():
 
 
 def test_dataarray_schema_and_roundtrip(tmp_path):
-    settings = FieldParams(kind="lognormal", size=32, box_size=50.0, count=4, smoothing=1.0, noise=0.1)
+    settings = FieldParams(
+        kind="lognormal", size=32, box_size=50.0, count=4, smoothing=1.0, noise=0.1
+    )
     da = fields.generate(settings, omega_m=[0.2, 0.3, 0.4, 0.5], device="cpu")
     assert da.dims == ("sample", "y", "x") and da.shape == (4, 32, 32)
     assert da.dtype == np.float32
@@ -135,8 +139,20 @@ def test_dataarray_schema_and_roundtrip(tmp_path):
     assert da.x.attrs["units"] == "Mpc/h"
     np.testing.assert_allclose(da.omega_m.values, [0.2, 0.3, 0.4, 0.5])
     np.testing.assert_allclose(da.sigma8.values, 0.8)
-    for key in ("omega_b", "h", "n_s", "redshift", "box_size", "thickness", "smoothing", "noise",
-                "transfer_function", "units", "kind", "seed"):
+    for key in (
+        "omega_b",
+        "h",
+        "n_s",
+        "redshift",
+        "box_size",
+        "thickness",
+        "smoothing",
+        "noise",
+        "transfer_function",
+        "units",
+        "kind",
+        "seed",
+    ):
         assert key in da.attrs
     for suffix in (".zarr", ".nc"):
         path = fields.save(da, tmp_path / f"maps{suffix}")
@@ -149,7 +165,9 @@ def test_dataarray_schema_and_roundtrip(tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"omega_m=1.5 is out of range: allowed 0.1 <= omega_m <= 0.9"):
+    with pytest.raises(
+        ConfigError, match=r"omega_m=1.5 is out of range: allowed 0.1 <= omega_m <= 0.9"
+    ):
         fields.generate(FieldParams(size=16, count=2), omega_m=1.5)
     with pytest.raises(ConfigError, match="must end in .zarr or .nc"):
         fields.save(xr.DataArray(np.zeros((1, 2, 2))), tmp_path / "maps.npy")

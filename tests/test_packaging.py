@@ -1,9 +1,9 @@
 """pyproject.toml (pip) and environment.yml (conda) list the same dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

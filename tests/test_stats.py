@@ -25,7 +25,9 @@ def numpy_power(a, box, edges, b=None):
     return np.array(kmean), np.array(out), np.array(counts)
 
 
-@pytest.mark.parametrize("n, dim, box", [(64, 2, 100.0), (63, 2, 7.0), (16, 3, 50.0), (128, 2, 256.0)])
+@pytest.mark.parametrize(
+    "n, dim, box", [(64, 2, 100.0), (63, 2, 7.0), (16, 3, 50.0), (128, 2, 256.0)]
+)
 def test_matches_numpy(n, dim, box):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n,) * dim)

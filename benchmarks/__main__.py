@@ -1,0 +1,164 @@
+"""Run the benchmarks, print a table, write benchmarks/results/latest.json (see __init__)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import fields, stats
+from engine.params import FieldParams
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def timeit(fn, repeat: int = 20, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def numpy_power(delta: np.ndarray, box: float, edges: np.ndarray) -> np.ndarray:
+    """Plain numpy estimator with the conventions of engine.stats (full-plane FFT, histogram)."""
+    n = delta.shape[0]
+    p = np.abs(np.fft.fft2(delta)) ** 2 * box**2 / n**4
+    k1 = 2 * np.pi * np.fft.fftfreq(n, d=box / n)
+    kk = np.hypot(*np.meshgrid(k1, k1, indexing="ij"))
+    counts, _ = np.histogram(kk[kk > 0], edges)
+    sums, _ = np.histogram(kk[kk > 0], edges, weights=p[kk > 0])
+    return sums / np.maximum(counts, 1)
+
+
+def bench_fieldlab() -> list[dict]:
+    """Field-lab update: parameter change → new 256² map, its P(k) + theory and PDF on the server."""
+    try:
+        from explorer.fieldlab import FieldLab
+    except ImportError:
+        return []
+    lab = FieldLab(size=256)
+    lab.compute()
+    values = iter(np.linspace(0.2, 0.45, 10_000))
+
+    def update():
+        lab.omega_m = float(next(values))
+        lab.compute()
+
+    t = timeit(update, repeat=30)
+    return [dict(name="fieldlab_update_256", value=t * 1e3, unit="ms", target="<= 100 ms")]
+
+
+def bench_grf() -> list[dict]:
+    """GRF and lognormal 256² maps per second (batches of 16) against powerbox's generators."""
+    import powerbox as pbox
+
+    out = []
+    s = FieldParams(size=256, box_size=256.0, thickness=10.0)
+    gen = torch.Generator().manual_seed(0)
+    om, s8 = torch.full((16,), 0.3), torch.full((16,), 0.8)
+    k = torch.logspace(-3, 1, 512, dtype=torch.float64)
+    pk_tab = fields.projected_power(s, k, 0.3, 0.8).numpy()
+
+    def pk(kk):
+        return np.exp(np.interp(np.log(np.maximum(kk, 1e-3)), np.log(k.numpy()), np.log(pk_tab)))
+
+    for kind, peer_cls in (("grf", pbox.PowerBox), ("lognormal", pbox.LogNormalPowerBox)):
+        s.kind = kind
+        ours = 16 / timeit(lambda: fields.generate_maps(s, om, s8, gen), repeat=10)
+        seeds = iter(range(10_000))
+
+        def peer(cls=peer_cls, seeds=seeds):
+            cls(N=256, dim=2, pk=pk, boxlength=256.0, seed=next(seeds)).delta_x()
+
+        theirs = 1 / timeit(peer, repeat=10)
+        out.append(
+            dict(
+                name=f"{kind}_256_maps_per_s",
+                value=ours,
+                unit="maps/s",
+                peer=f"powerbox.{peer_cls.__name__}",
+                peer_value=theirs,
+                ratio=ours / theirs,
+                target=">= 20x powerbox" if kind == "grf" else "",
+            )
+        )
+    return out
+
+
+def bench_power_spectrum() -> list[dict]:
+    """P(k) of one 256² map against powerbox.get_power and a plain numpy estimator."""
+    import powerbox as pbox
+
+    rng = np.random.default_rng(0)
+    delta = rng.standard_normal((256, 256)).astype(np.float32)
+    t_delta = torch.from_numpy(delta)
+    edges = stats.default_edges((256, 256), 256.0)
+    ours = timeit(lambda: stats.power_spectrum(t_delta, 256.0, edges=edges), repeat=50)
+    t_np = timeit(lambda: numpy_power(delta, 256.0, edges.numpy()), repeat=20)
+    t_pb = timeit(lambda: pbox.get_power(delta, 256.0, bins=edges.numpy()), repeat=20)
+    return [
+        dict(
+            name="pk_256",
+            value=ours * 1e3,
+            unit="ms",
+            peer="powerbox.get_power",
+            peer_value=t_pb * 1e3,
+            ratio=t_pb / ours,
+            target="< 1 ms",
+        ),
+        dict(
+            name="pk_256",
+            value=ours * 1e3,
+            unit="ms",
+            peer="numpy estimator",
+            peer_value=t_np * 1e3,
+            ratio=t_np / ours,
+        ),
+    ]
+
+
+def main() -> int:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    results = []
+    for bench in (bench_fieldlab, bench_grf, bench_power_spectrum):
+        results.extend(bench())
+    header = f"{'benchmark':<26}{'value':>12} {'unit':<7}{'peer':<28}{'peer value':>12}{'ratio':>8}  target"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        peer = r.get("peer", "")
+        pv = f"{r['peer_value']:.3g}" if "peer_value" in r else ""
+        ratio = f"{r['ratio']:.1f}x" if "ratio" in r else ""
+        print(
+            f"{r['name']:<26}{r['value']:>12.3g} {r['unit']:<7}{peer:<28}{pv:>12}{ratio:>8}  {r.get('target', '')}"
+        )
+    meta = dict(
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps([{**r, **{"meta": meta}} for r in results], indent=1))
+    os.replace(tmp, RESULTS)
+    print(
+        f"\nwrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
