@@ -131,7 +131,7 @@ def projected_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
     scalar = np.ndim(omega_m) == 0
     om = torch.atleast_1d(torch.as_tensor(omega_m, dtype=torch.float64)).to(k.device)
     s8 = torch.atleast_1d(torch.as_tensor(sigma8, dtype=torch.float64)).to(k.device)
-    _check_parameters(om, s8)
+    check_parameters(om, s8)
     tab2 = _projected_table(table, float(settings.thickness)).to(k.device)
     idx, wom = _catmull_rom_weights(om.log(), float(table.ln_om[0]), table._dlnom, N_OM)
     ln_p = (tab2[idx] * wom[..., None]).sum(-2)  # (B, N_K2D)
@@ -172,7 +172,8 @@ def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None):
     return bin_isotropic(p, shape, settings.box_size, edges)
 
 
-def _check_parameters(om: torch.Tensor, s8: torch.Tensor) -> None:
+def check_parameters(om: torch.Tensor, s8: torch.Tensor) -> None:
+    """Raise a one-line :class:`ConfigError` if any omega_m / sigma8 (tensors (B,)) is out of bounds."""
     for name, v in (("omega_m", om), ("sigma8", s8)):
         lo, hi = FieldParams.param[name].bounds
         bad = (v < lo) | (v > hi) | ~torch.isfinite(v)
@@ -202,8 +203,25 @@ def check_resolution(settings: FieldParams) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _gaussian_from_power(power: torch.Tensor, n: int, pix_area: float, generator) -> torch.Tensor:
-    """Gaussian fields (B, n, n) float32 whose rfft modes have variance n² P / a (engine.stats)."""
+def gaussian_from_power(power: torch.Tensor, n: int, pix_area: float, generator) -> torch.Tensor:
+    """Gaussian random fields with a given spectrum on the periodic grid (engine.stats conventions).
+
+    Parameters
+    ----------
+    power : torch.Tensor (B, n, n//2+1), real
+        Target spectrum on the real-FFT modes, in units of ``pix_area`` (e.g. (Mpc/h)² or sr).
+    n : int
+        Pixels per side.
+    pix_area : float
+        Pixel area (L/n)², same length unit as ``power``.
+    generator : torch.Generator
+        On ``power``'s device.
+
+    Returns
+    -------
+    torch.Tensor (B, n, n) float32 whose Fourier modes have variance n² P / pix_area, i.e.
+    ⟨P̂⟩ = P for :func:`engine.stats.power_spectrum`: unit white noise filtered by √(P / a).
+    """
     white = torch.randn(
         (power.shape[0], n, n), generator=generator, device=power.device, dtype=torch.float32
     )
@@ -211,21 +229,34 @@ def _gaussian_from_power(power: torch.Tensor, n: int, pix_area: float, generator
     return torch.fft.irfft2(torch.fft.rfft2(white) * amp, s=(n, n))
 
 
-def _lognormal_gaussian_power(power: torch.Tensor, n: int, pix_area: float) -> torch.Tensor:
-    """Spectrum P_G (B, n, n//2+1) float64 of the Gaussian field behind a lognormal field.
+def lognormal_from_power(
+    power: torch.Tensor, n: int, pix_area: float, generator, shift: float = 1.0
+) -> torch.Tensor:
+    """Shifted lognormal fields δ = s (exp(G − σ_G²/2) − 1) > −s with target spectrum ``power``.
 
-    ξ = irfft2(P)/a on the periodic grid; ξ_G = ln(1 + ξ); P_G = a·rfft2(ξ_G), negative → 0.
+    The Gaussian field G has the spectrum P_G = a·rfft2(ln(1 + ξ/s²)) with ξ = irfft2(P)/a the
+    target correlation on the periodic grid (Coles & Jones 1991; shifted form of Hilbert, Hartlap &
+    Schneider 2011, A&A 536, A85, eq. 2); negative P_G is set to zero and P_G(k=0) = 0 (module
+    docstring). ``shift=1`` is the usual lognormal density field. Shapes and units as
+    :func:`gaussian_from_power`.
+
+    Raises
+    ------
+    ConfigError
+        ξ ≤ −s² somewhere: no lognormal field with this shift has the target spectrum.
     """
-    xi = torch.fft.irfft2(power, s=(n, n)) / pix_area
+    xi = torch.fft.irfft2(power, s=(n, n)) / (pix_area * shift**2)
     if bool((xi <= -1).any()):
         raise ConfigError(
-            "the target spectrum has correlation xi <= -1 somewhere, which no lognormal field can "
-            "have; use kind='grf' or a smaller sigma8 / thicker slab"
+            f"the target correlation xi <= -shift^2 = {-(shift**2):.3g} somewhere, which no "
+            "lognormal field can have; use a Gaussian field, a smaller amplitude or a larger shift"
         )
     pg = torch.fft.rfft2(torch.log1p(xi)).real * pix_area
     pg = pg.clamp(min=0.0)
     pg[..., 0, 0] = 0.0
-    return pg
+    g = gaussian_from_power(pg, n, pix_area, generator)
+    var_g = (torch.fft.irfft2(pg, s=(n, n))[..., 0, 0] / pix_area).to(torch.float32)
+    return shift * torch.expm1(g - 0.5 * var_g[:, None, None])
 
 
 def generate_maps(
@@ -267,16 +298,13 @@ def generate_maps(
     pix_area = (box / n) ** 2
     om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1).to(device)
     s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1).to(device)
-    kmag = _kgrid(n, box, device)
+    kmag = wavenumber_grid(n, box, device)
     power = projected_power(settings, kmag, om, s8)  # (B, n, n//2+1)
     power[..., 0, 0] = 0.0
     if settings.kind == "grf":
-        delta = _gaussian_from_power(power, n, pix_area, generator)
+        delta = gaussian_from_power(power, n, pix_area, generator)
     elif settings.kind == "lognormal":
-        pg = _lognormal_gaussian_power(power, n, pix_area)
-        g = _gaussian_from_power(pg, n, pix_area, generator)
-        var_g = (torch.fft.irfft2(pg, s=(n, n))[..., 0, 0] / pix_area).to(torch.float32)
-        delta = torch.expm1(g - 0.5 * var_g[:, None, None])
+        delta = lognormal_from_power(power, n, pix_area, generator)
     else:
         raise ConfigError(
             f"kind={settings.kind!r} is not allowed: kind must be one of 'grf', 'lognormal'"
@@ -292,7 +320,11 @@ def generate_maps(
 
 
 @functools.lru_cache(maxsize=16)
-def _kgrid(n: int, box: float, device) -> torch.Tensor:
+def wavenumber_grid(n: int, box: float, device) -> torch.Tensor:
+    """Cached |k| (n, n//2+1) float64 of the real-FFT modes of an n² map of side ``box``.
+
+    Units are 2π / (unit of ``box``): h/Mpc for box in Mpc/h, ℓ for box in radians.
+    """
     return wavenumbers((n, n), box, device=device)
 
 
@@ -303,13 +335,20 @@ def map_scale(settings: FieldParams) -> float:
     normalisation for networks (dimensionless).
     """
     n = settings.size
-    kmag = _kgrid(n, settings.box_size, torch.device("cpu"))
+    kmag = wavenumber_grid(n, settings.box_size, torch.device("cpu"))
     p = theory_power(settings, kmag, 0.3, 0.8).clone()
     p[0, 0] = 0.0
     return float(torch.sqrt((p * rfft_weights((n, n))).sum() / settings.box_size**2))
 
 
-def _per_sample(value, default: float, count: int, name: str) -> np.ndarray:
+def per_sample(value, default: float, count: int, name: str) -> np.ndarray:
+    """``value`` (scalar, (count,) array or None → ``default``) as a float64 array (count,).
+
+    Raises
+    ------
+    ConfigError
+        An array of another length.
+    """
     v = np.asarray(default if value is None else value, dtype=np.float64)
     if v.ndim == 0:
         return np.full(count, float(v))
@@ -361,9 +400,9 @@ def generate(
 
     device = default_device(None if device is None else str(device))
     count = settings.count
-    om = _per_sample(omega_m, settings.omega_m, count, "omega_m")
-    s8 = _per_sample(sigma8, settings.sigma8, count, "sigma8")
-    _check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
+    om = per_sample(omega_m, settings.omega_m, count, "omega_m")
+    s8 = per_sample(sigma8, settings.sigma8, count, "sigma8")
+    check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
     check_resolution(settings)
     gen = torch.Generator(device=device).manual_seed(int(settings.seed))
     if progress is None:
@@ -431,7 +470,7 @@ def save(da: xr.DataArray, path) -> Path:
         target = tmp / path.name
         ds = da.to_dataset(name=da.name or "delta")
         if path.suffix == ".zarr":
-            ds.to_zarr(target, mode="w")
+            ds.to_zarr(target, mode="w", consolidated=False)
         else:
             ds.to_netcdf(target)
         if path.is_dir() and path.suffix == ".zarr":
@@ -454,7 +493,7 @@ def load(path) -> xr.DataArray:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"maps file {str(path)!r} does not exist")
-    ds = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path)
+    ds = xr.open_zarr(path, consolidated=False) if path.suffix == ".zarr" else xr.open_dataset(path)
     names = [v for v in ds.data_vars if ds[v].ndim == 3]
     if not names:
         raise ConfigError(f"{str(path)!r} holds no (sample, y, x) map variable")

@@ -101,10 +101,11 @@ from scipy.integrate import trapezoid
 import engine
 from engine.cosmology import ccl_cosmology
 from engine.fields import (
-    _check_parameters,
-    _gaussian_from_power,
-    _lognormal_gaussian_power,
-    _per_sample,
+    check_parameters,
+    gaussian_from_power,
+    lognormal_from_power,
+    per_sample,
+    wavenumber_grid,
 )
 from engine.params import ConfigError, CosmologyParams, to_dict
 from engine.stats import bin_isotropic, rfft_weights, wavenumbers
@@ -400,7 +401,7 @@ def theory_cl(settings: SourceParams, ell, omega_m, sigma8) -> torch.Tensor:
     om = np.atleast_1d(np.asarray(omega_m, dtype=np.float64)).reshape(-1)
     s8 = np.atleast_1d(np.asarray(sigma8, dtype=np.float64)).reshape(-1)
     om, s8 = np.broadcast_arrays(om, s8)
-    _check_parameters(torch.from_numpy(om.copy()), torch.from_numpy(s8.copy()))
+    check_parameters(torch.from_numpy(om.copy()), torch.from_numpy(s8.copy()))
     if ell.numel() and float(ell.max()) > ELL_MAX * (1 + 1e-9):
         raise ConfigError(
             f"multipole ell={float(ell.max()):.4g} is beyond the tabulated C_l (ell <= {ELL_MAX:g})"
@@ -499,27 +500,6 @@ def load_mask(settings: KappaParams) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _lognormal_from_power(
-    power: torch.Tensor, n: int, pix_area: float, shift: float, generator
-) -> torch.Tensor:
-    """Shifted lognormal fields (B, n, n) float32 with spectrum ``power`` (module docstring)."""
-    try:
-        pg = _lognormal_gaussian_power(power / shift**2, n, pix_area)
-    except ConfigError:
-        raise ConfigError(
-            f"lognormal_shift={shift:.4g} is too small for this C_l (xi_kappa/kappa0^2 <= -1 "
-            "somewhere); use a larger lognormal_shift or kind='gaussian'"
-        ) from None
-    g = _gaussian_from_power(pg, n, pix_area, generator)
-    var_g = (torch.fft.irfft2(pg, s=(n, n))[..., 0, 0] / pix_area).to(torch.float32)
-    return shift * torch.expm1(g - 0.5 * var_g[:, None, None])
-
-
-@functools.lru_cache(maxsize=16)
-def _ell_grid(n: int, box: float, device) -> torch.Tensor:
-    return wavenumbers((n, n), box, device=device)
-
-
 def generate_maps(
     settings: KappaParams,
     omega_m: torch.Tensor,
@@ -558,12 +538,19 @@ def generate_maps(
     pix_area = (box / n) ** 2
     om = np.asarray(torch.as_tensor(omega_m, dtype=torch.float64).cpu()).reshape(-1)
     s8 = np.asarray(torch.as_tensor(sigma8, dtype=torch.float64).cpu()).reshape(-1)
-    ell = _ell_grid(n, box, device)
+    ell = wavenumber_grid(n, box, device)
     cl = theory_cl(settings, ell, om, s8)  # (B, n, n//2+1), zero at ell = 0
     if settings.kind == "gaussian":
-        kappa = _gaussian_from_power(cl, n, pix_area, generator)
+        kappa = gaussian_from_power(cl, n, pix_area, generator)
     elif settings.kind == "lognormal":
-        kappa = _lognormal_from_power(cl, n, pix_area, lognormal_shift(settings), generator)
+        shift = lognormal_shift(settings)
+        try:
+            kappa = lognormal_from_power(cl, n, pix_area, generator, shift=shift)
+        except ConfigError:
+            raise ConfigError(
+                f"lognormal_shift={shift:.4g} is too small for this C_l (xi_kappa/kappa0^2 <= -1 "
+                "somewhere); use a larger lognormal_shift or kind='gaussian'"
+            ) from None
     else:
         raise ConfigError(
             f"kind={settings.kind!r} is not allowed: kind must be one of 'gaussian', 'lognormal'"
@@ -589,7 +576,7 @@ def map_scale(settings: KappaParams) -> float:
     for networks (dimensionless).
     """
     n, box = settings.size, fov_radians(settings)
-    cl = map_cl(settings, _ell_grid(n, box, torch.device("cpu")), 0.3, 0.8).clone()
+    cl = map_cl(settings, wavenumber_grid(n, box, torch.device("cpu")), 0.3, 0.8).clone()
     cl[0, 0] = 0.0
     return float(torch.sqrt((cl * rfft_weights((n, n))).sum() / box**2))
 
@@ -633,9 +620,9 @@ def generate(
 
     device = default_device(None if device is None else str(device))
     count = settings.count
-    om = _per_sample(omega_m, settings.omega_m, count, "omega_m")
-    s8 = _per_sample(sigma8, settings.sigma8, count, "sigma8")
-    _check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
+    om = per_sample(omega_m, settings.omega_m, count, "omega_m")
+    s8 = per_sample(sigma8, settings.sigma8, count, "sigma8")
+    check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
     check_resolution(settings)
     gen = torch.Generator(device=device).manual_seed(int(settings.seed))
     if progress is None:

@@ -67,7 +67,7 @@ import torch
 import xarray as xr
 
 import engine
-from engine.fields import _check_parameters, _per_sample
+from engine.fields import check_parameters, per_sample
 from engine.lensing import ARCMIN, SourceParams, noise_cl, settings_attrs, theory_cl
 from engine.params import ConfigError
 
@@ -225,7 +225,7 @@ def generate_maps(settings: SkyParams, omega_m, sigma8, rng: np.random.Generator
     """
     om = np.asarray(omega_m, np.float64).reshape(-1)
     s8 = np.asarray(sigma8, np.float64).reshape(-1)
-    _check_parameters(torch.from_numpy(om.copy()), torch.from_numpy(s8.copy()))
+    check_parameters(torch.from_numpy(om.copy()), torch.from_numpy(s8.copy()))
     nside, lmax = settings.nside, effective_lmax(settings)
     keep = footprint_mask(settings)
     ell = np.arange(lmax + 1, dtype=np.float64)
@@ -274,8 +274,8 @@ def generate(settings: SkyParams, omega_m=None, sigma8=None) -> xr.DataArray:
         See :func:`generate_maps`.
     """
     count = settings.count
-    om = _per_sample(omega_m, settings.omega_m, count, "omega_m")
-    s8 = _per_sample(sigma8, settings.sigma8, count, "sigma8")
+    om = per_sample(omega_m, settings.omega_m, count, "omega_m")
+    s8 = per_sample(sigma8, settings.sigma8, count, "sigma8")
     maps = generate_maps(settings, om, s8, np.random.default_rng(int(settings.seed)))
     attrs = settings_attrs(settings)
     attrs.update(
