@@ -23,5 +23,7 @@ def default_device(requested: str | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(requested)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={requested!r} requested but no CUDA GPU is available; use 'cpu' or 'auto'")
+        raise ValueError(
+            f"device={requested!r} requested but no CUDA GPU is available; use 'cpu' or 'auto'"
+        )
     return dev

@@ -483,7 +483,10 @@ def save(da: xr.DataArray, path) -> Path:
 
 
 def load(path) -> xr.DataArray:
-    """Read maps written by :func:`save` (or any file holding one (sample, y, x) variable).
+    """Read samples written by :func:`save`: the first variable with a ``sample`` dimension.
+
+    Works for every kind of :mod:`engine.kinds`: maps (sample, y, x), volumes (sample, z, y, x)
+    and HEALPix skies (sample, pixel).
 
     Raises
     ------
@@ -494,7 +497,7 @@ def load(path) -> xr.DataArray:
     if not path.exists():
         raise ConfigError(f"maps file {str(path)!r} does not exist")
     ds = xr.open_zarr(path, consolidated=False) if path.suffix == ".zarr" else xr.open_dataset(path)
-    names = [v for v in ds.data_vars if ds[v].ndim == 3]
+    names = [v for v in ds.data_vars if "sample" in ds[v].dims]
     if not names:
-        raise ConfigError(f"{str(path)!r} holds no (sample, y, x) map variable")
+        raise ConfigError(f"{str(path)!r} holds no variable with a 'sample' dimension")
     return ds[names[0]].load()

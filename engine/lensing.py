@@ -49,9 +49,9 @@ whitespace-separated text file of two columns (z, n(z)), '#' comments allowed, g
 
 Map model
 ---------
-``kind="gaussian"``: a Gaussian random field with spectrum C_ℓ.
+``distribution="gaussian"``: a Gaussian random field with spectrum C_ℓ.
 
-``kind="lognormal"``: the shifted lognormal field κ = κ0 [exp(G − σ_G²/2) − 1] (Hilbert, Hartlap
+``distribution="lognormal"``: the shifted lognormal field κ = κ0 [exp(G − σ_G²/2) − 1] (Hilbert, Hartlap
 & Schneider 2011, A&A 536, A85; Xavier et al. 2016, MNRAS 459, 3693), which has mean 0 and
 κ ≥ −κ0. Its correlation function is ξ_κ = κ0² (e^{ξ_G} − 1), so G is generated with the spectrum
 of ξ_G = ln(1 + ξ_κ/κ0²) on the periodic grid (negative modes of that spectrum are set to 0, as in
@@ -175,6 +175,12 @@ class KappaParams(SourceParams):
         256, bounds=(8, 4096), doc="Number of pixels per side of the square map (N)."
     )
     kind = param.Selector(
+        default="kappa",
+        objects=["kappa"],
+        constant=True,
+        doc="Field kind: weak-lensing convergence (fixed).",
+    )
+    distribution = param.Selector(
         default="gaussian",
         objects=["gaussian", "lognormal"],
         doc="Gaussian random field, or shifted lognormal field with the same C_l.",
@@ -268,7 +274,7 @@ def hilbert_shift(z) -> np.ndarray:
 
 
 def lognormal_shift(settings: KappaParams) -> float:
-    """Shift κ0 used for ``kind="lognormal"``: the setting if > 0, else ∫ n(z) κ0_Hilbert(z) dz."""
+    """Shift κ0 used for ``distribution="lognormal"``: the setting if > 0, else ∫ n(z) κ0_Hilbert(z) dz."""
     if settings.lognormal_shift > 0:
         return float(settings.lognormal_shift)
     z, nz = source_nz(settings)
@@ -512,7 +518,7 @@ def generate_maps(
     Parameters
     ----------
     settings : KappaParams
-        kind, size N, fov (deg), nz, matter_power, n_gal (arcmin⁻²), sigma_e, smoothing (arcmin σ),
+        distribution, size N, fov (deg), nz, matter_power, n_gal (arcmin⁻²), sigma_e, smoothing (arcmin σ),
         mask, lognormal_shift and the shared cosmology settings; ``omega_m``, ``sigma8``,
         ``count``, ``seed`` are ignored.
     omega_m, sigma8 : torch.Tensor or array_like (B,)
@@ -540,20 +546,21 @@ def generate_maps(
     s8 = np.asarray(torch.as_tensor(sigma8, dtype=torch.float64).cpu()).reshape(-1)
     ell = wavenumber_grid(n, box, device)
     cl = theory_cl(settings, ell, om, s8)  # (B, n, n//2+1), zero at ell = 0
-    if settings.kind == "gaussian":
+    if settings.distribution == "gaussian":
         kappa = gaussian_from_power(cl, n, pix_area, generator)
-    elif settings.kind == "lognormal":
+    elif settings.distribution == "lognormal":
         shift = lognormal_shift(settings)
         try:
             kappa = lognormal_from_power(cl, n, pix_area, generator, shift=shift)
         except ConfigError:
             raise ConfigError(
                 f"lognormal_shift={shift:.4g} is too small for this C_l (xi_kappa/kappa0^2 <= -1 "
-                "somewhere); use a larger lognormal_shift or kind='gaussian'"
+                "somewhere); use a larger lognormal_shift or distribution='gaussian'"
             ) from None
     else:
         raise ConfigError(
-            f"kind={settings.kind!r} is not allowed: kind must be one of 'gaussian', 'lognormal'"
+            f"distribution={settings.distribution!r} is not allowed: "
+            "distribution must be one of 'gaussian', 'lognormal'"
         )
     if settings.sigma_e > 0:
         sigma_pix = settings.sigma_e / math.sqrt(settings.n_gal * (box / n / ARCMIN) ** 2)
@@ -648,7 +655,7 @@ def settings_attrs(settings: SourceParams) -> dict:
     }
     z, nz = source_nz(settings)
     attrs.update(nz_z=np.asarray(z, np.float64), nz_dndz=np.asarray(nz, np.float64))
-    attrs.update(units="dimensionless", engine_version=engine.__version__)
+    attrs.update(kind=settings.kind, units="dimensionless", engine_version=engine.__version__)
     return attrs
 
 
@@ -669,7 +676,9 @@ def to_dataarray(maps: np.ndarray, settings: KappaParams, omega_m, sigma8) -> xr
         long_name="weak-lensing convergence kappa (flat sky)",
         coordinate_units="arcmin",
         pixel_size=settings.fov * 60.0 / n,
-        lognormal_shift_used=lognormal_shift(settings) if settings.kind == "lognormal" else 0.0,
+        lognormal_shift_used=lognormal_shift(settings)
+        if settings.distribution == "lognormal"
+        else 0.0,
     )
     mask = load_mask(settings)
     mask = np.ones((n, n), np.uint8) if mask is None else mask.astype(np.uint8)

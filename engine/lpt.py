@@ -85,8 +85,8 @@ class LPTParams(FieldParams):
     """
 
     kind = param.Selector(
-        default="lpt",
-        objects=["lpt"],
+        default="2lpt",
+        objects=["2lpt"],
         constant=True,
         doc="Field kind: Lagrangian perturbation theory particles deposited on a mesh (fixed).",
     )
@@ -656,7 +656,7 @@ def generate_batch(
 def _attrs(settings: LPTParams) -> dict:
     cosmo = {k: getattr(settings, k) for k in ("omega_b", "h", "n_s", "transfer_function")}
     return dict(
-        generator="lpt",
+        kind=settings.kind,
         grid=settings.size,
         particles_per_side=settings.size,
         mass_assignment="cic",
@@ -728,7 +728,7 @@ def generate(
     (y, x) are the volume's (z, x)/(z, y)). Coords in Mpc/h at cell centres, per-sample coords
     omega_m and sigma8; attrs: every setting (redshift, lpt_order, box_size, size, thickness,
     axis, dim, smoothing, noise, seed, omega_b, h, n_s, transfer_function) plus grid,
-    particles_per_side, mass_assignment, cosmology (JSON string), generator="lpt", units,
+    particles_per_side, mass_assignment, cosmology (JSON string), kind="2lpt", units,
     engine_version.
 
     Raises

@@ -79,6 +79,13 @@ DES_LIKE_DEC = (-65.0, -25.0)
 class SkyParams(SourceParams):
     """Settings of a batch of full-sky HEALPix convergence maps."""
 
+    kind = param.Selector(
+        default="sky",
+        objects=["sky"],
+        constant=True,
+        doc="Field kind: full-sky HEALPix convergence (fixed).",
+    )
+
     nside = param.Integer(
         256,
         bounds=(1, 2048),
@@ -376,9 +383,10 @@ def extract_patches(
         masks[p] = ok.reshape(size, size)
     centres = (np.arange(size) + 0.5) * fov * 60.0 / size
     attrs.update(
+        kind="kappa" if attrs.get("kind") == "sky" else "patch",
         fov=float(fov),
         size=int(size),
-        kind=attrs.get("kind", "gaussian"),
+        distribution=attrs.get("distribution", "gaussian"),
         pixel_size=reso,
         projection="gnomonic",
         interpolation=interpolation,

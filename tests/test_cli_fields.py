@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
+from realdata import WMAP
 
-from engine import cli
+from engine import cli, fields
 from engine.runs import REPO_ROOT
 
 ARGS = [
@@ -45,7 +46,9 @@ def test_fields_writes_labelled_maps(tmp_path, capsys, suffix):
     out = tmp_path / f"maps{suffix}"
     assert cli.main([*ARGS, "--out", str(out)]) == 0
     summary = capsys.readouterr().out
-    assert summary.count("\n") == 1 and "wrote 3 lognormal maps of 32x32" in summary
+    assert (
+        summary.count("\n") == 1 and "wrote 3 lognormal samples (sample=3, y=32, x=32;" in summary
+    )
     assert str(out) in summary
 
     with _open(out) as ds:
@@ -111,3 +114,112 @@ def test_fields_user_error_from_the_real_entry_point(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr == "error: omega_m=2.0 is out of range: allowed 0.1 <= omega_m <= 0.9\n"
     assert bad.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, dims",
+    [
+        (
+            [
+                "--kind",
+                "2lpt",
+                "--size",
+                "16",
+                "--box",
+                "128",
+                "--thickness",
+                "128",
+                "--dim",
+                "3",
+                "--lpt-order",
+                "2",
+                "--count",
+                "2",
+                "--seed",
+                "1",
+            ],
+            ("sample", "z", "y", "x"),
+        ),
+        (
+            [
+                "--kind",
+                "2lpt",
+                "--size",
+                "16",
+                "--box",
+                "128",
+                "--thickness",
+                "20",
+                "--dim",
+                "2",
+                "--lpt-order",
+                "1",
+                "--count",
+                "2",
+            ],
+            ("sample", "y", "x"),
+        ),
+        (
+            [
+                "--kind",
+                "kappa",
+                "--fov",
+                "5",
+                "--size",
+                "32",
+                "--sigma-e",
+                "0.26",
+                "--ngal",
+                "8",
+                "--smoothing",
+                "10",
+                "--count",
+                "2",
+            ],
+            ("sample", "y", "x"),
+        ),
+    ],
+)
+def test_fields_other_kinds(tmp_path, capsys, args, dims):
+    out = tmp_path / "out.zarr"
+    assert cli.main(["fields", *args, "--out", str(out)]) == 0
+    da = fields.load(out)
+    assert da.dims == dims and da.attrs["kind"] == args[1]
+    assert da.sizes["sample"] == 2
+
+
+def test_fields_kind_specific_flags(tmp_path, capsys):
+    # a flag of another kind is refused, naming it; an unknown kind lists the known ones
+    assert (
+        cli.main(["fields", "--kind", "kappa", "--box", "3", "--out", str(tmp_path / "k.nc")]) == 2
+    )
+    assert "--box" in capsys.readouterr().err
+    assert cli.main(["fields", "--kind", "nbody", "--out", str(tmp_path / "k.nc")]) == 2
+    assert "'2lpt'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sky_patches_from_real_wmap_map(tmp_path, capsys):
+    fits = WMAP / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"
+    if not fits.exists():
+        pytest.skip("real WMAP map not available")
+    out = tmp_path / "patches.nc"
+    argv = [
+        "sky",
+        "--input",
+        str(fits),
+        "--patch",
+        "0,60",
+        "--patch",
+        "90,-60",
+        "--patch-fov",
+        "20",
+        "--patch-size",
+        "32",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(argv) == 0
+    da = fields.load(out)
+    assert da.shape == (2, 32, 32) and da.attrs["kind"] == "patch"
+    assert np.isfinite(da.values).all() and float(np.abs(da).max()) > 0

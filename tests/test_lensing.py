@@ -133,7 +133,7 @@ def test_halving_sigma8_quarters_low_ell_power():
 
 
 def test_lognormal_maps_spectrum_floor_and_skewness():
-    s = lensing.KappaParams(kind="lognormal", size=64, fov=3.0, sigma_e=0.0, smoothing=0.0)
+    s = lensing.KappaParams(distribution="lognormal", size=64, fov=3.0, sigma_e=0.0, smoothing=0.0)
     kappa0 = lensing.lognormal_shift(s)
     z, nz = lensing.des_y3_nz()
     assert kappa0 == pytest.approx(trapezoid(nz * lensing.hilbert_shift(z), z))
@@ -157,7 +157,7 @@ def test_lognormal_maps_spectrum_floor_and_skewness():
     assert target > 0.5
     # a fixed shift too small for this C_l cannot be lognormal
     with pytest.raises(ConfigError, match="lognormal_shift"):
-        tiny = lensing.KappaParams(kind="lognormal", size=64, fov=3.0, lognormal_shift=1e-4)
+        tiny = lensing.KappaParams(distribution="lognormal", size=64, fov=3.0, lognormal_shift=1e-4)
         lensing.generate_maps(tiny, [0.3], [0.8], torch.Generator().manual_seed(0))
 
 
@@ -200,7 +200,17 @@ def test_dataarray_schema_roundtrip_and_seeds(tmp_path):
     np.testing.assert_allclose(da.omega_m.values, [0.25, 0.3, 0.35])
     assert np.all(da.values[:, :8] == 0) and np.all(da.values[:, 8:] != 0)
     np.testing.assert_array_equal(da.mask.values, mask.astype(np.uint8))
-    for key in ("fov", "size", "n_gal", "sigma_e", "smoothing", "nz", "matter_power", "kind"):
+    for key in (
+        "fov",
+        "size",
+        "n_gal",
+        "sigma_e",
+        "smoothing",
+        "nz",
+        "matter_power",
+        "distribution",
+        "kind",
+    ):
         assert key in da.attrs
     np.testing.assert_allclose(da.attrs["nz_dndz"], lensing.des_y3_nz()[1])
     for suffix in (".nc", ".zarr"):
@@ -223,7 +233,7 @@ def test_bad_settings_raise_one_line_config_errors(tmp_path):
     cases = [
         ({"fov": 100}, "fov=100 is out of range"),
         ({"size": 4}, "size=4 is out of range"),
-        ({"kind": "gamma"}, "kind='gamma' is not allowed"),
+        ({"distribution": "gamma"}, "distribution='gamma' is not allowed"),
         ({"n_gal": 0}, "n_gal=0 is out of range"),
         ({"sigma_e": -0.1}, "sigma_e=-0.1 is out of range"),
         ({"matter_power": "emu"}, "matter_power='emu' is not allowed"),

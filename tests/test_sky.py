@@ -1,19 +1,18 @@
 """HEALPix κ skies: real WMAP reference spectrum, full-sky chi^2, noise, footprint, patches, files."""
 
 import math
-from pathlib import Path
 
 import healpy as hp
 import numpy as np
 import pytest
 import torch
 from astropy.io import fits
+from realdata import WMAP
 from scipy import stats as sps
 
 from engine import lensing, sky, stats
 from engine.params import ConfigError, set_values
 
-WMAP = Path("/work/shared/data/real/wmap")
 WMAP_MAP = WMAP / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"
 WMAP_MASK = WMAP / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
 WMAP_CL = WMAP / "cl_wmap_band_iqumap_r9_7yr_W_v4_udgraded32_II_lmax64_rmmono_3iter.fits"
