@@ -1,0 +1,62 @@
+"""The explorer application: the field lab and training pages in one Panel layout.
+
+:func:`create_app` builds a fresh layout for one browser session; ``explorer/main.py`` (the
+entry point of ``panel serve explorer``) calls it and marks the result servable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import panel as pn
+from bokeh.core.validation import silence
+from bokeh.core.validation.warnings import FIXED_SIZING_MODE
+
+from explorer.fieldlab import FieldLab
+from explorer.training import TrainingController
+
+TITLE = "Cosmo map lab — explorer"
+
+# HoloViews sizes figures by frame_width/frame_height, which Bokeh's validator flags as a fixed
+# sizing mode without width/height on every redraw; the layout is intended.
+silence(FIXED_SIZING_MODE, True)
+
+#: Page-wide CSS: a compact header bar.
+CSS = """
+.explorer-header { background: #1f3b57; color: white; padding: 6px 16px; border-radius: 4px; }
+.explorer-header h2 { margin: 4px 0; color: white; }
+.explorer-header p { margin: 0 0 4px 0; color: #d0dbe6; }
+"""
+
+
+def header() -> pn.pane.HTML:
+    """Title bar of the page."""
+    return pn.pane.HTML(
+        "<div class='explorer-header'><h2>Cosmo map lab</h2>"
+        "<p>Projected matter density maps, their power spectra against linear theory, "
+        "and networks that infer Ω<sub>m</sub> and σ<sub>8</sub> from them.</p></div>",
+        stylesheets=[CSS],
+        sizing_mode="stretch_width",
+    )
+
+
+def create_app(runs_root: str | Path | None = None) -> pn.viewable.Viewable:
+    """Build the explorer for the current session: header plus Field lab / Training tabs.
+
+    In a served session the training page polls its run every 500 ms until the session ends,
+    and field-lab updates are coalesced on the session's document.
+
+    Parameters
+    ----------
+    runs_root : str or Path, optional
+        Runs folder of the training page (default ``$EXPLORER_RUNS_DIR`` or ``runs/``).
+    """
+    doc = (
+        pn.state.curdoc if pn.state.curdoc is not None and pn.state.curdoc.session_context else None
+    )
+    lab = FieldLab(doc=doc)
+    trainer = TrainingController(runs_root=runs_root)
+    if doc is not None:
+        trainer.start()
+    tabs = pn.Tabs(("Field lab", lab), ("Training", trainer), dynamic=True)
+    return pn.Column(header(), tabs, sizing_mode="stretch_width")

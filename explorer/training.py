@@ -1,0 +1,499 @@
+"""Training page: launch, stop and resume engine training runs and watch their curves live.
+
+Nothing trains in the server. :class:`TrainingController` starts ``python -m engine train`` as a
+separate OS process in its own session (:func:`engine.runs.launch_train`), so closing the browser
+or restarting the server never kills a run. A periodic callback per browser session tails the
+open run's ``metrics.jsonl`` (:class:`engine.runs.MetricsTail`, by byte offset) and streams new
+points into ``hv.streams.Buffer`` objects drawn as ``hv.DynamicMap`` curves; runs started from
+the CLI (or on a cluster, on a shared file system) show up in the same list.
+
+Units: ``step`` counts optimiser updates; the loss is the Gaussian negative log-likelihood in
+normalised parameter units; RMSEs of Ω_m and σ8 are in their physical (dimensionless) units.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from engine.params import to_dict
+from engine.runs import (
+    MetricsTail,
+    RunDir,
+    launch_train,
+    list_runs,
+    new_run_id,
+    stop_run,
+)
+from engine.training import PRESETS, TrainParams, resolve_params
+from explorer.widgets import label, look
+
+hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
+
+#: Environment variable overriding the runs folder (default ``runs/`` in the working directory).
+RUNS_ENV = "EXPLORER_RUNS_DIR"
+#: Settings with widgets on the page, in display order (the others keep the preset's values).
+TRAIN_CONTROLS = (
+    "kind", "size", "noise", "smoothing", "model", "width",
+    "epochs", "steps_per_epoch", "batch_size", "lr", "seed",
+)  # fmt: skip
+#: Streamed curves: (split, metric name) of metrics.jsonl → (legend label, colour).
+SERIES = {
+    ("train", "loss"): ("train", "#1f77b4"),
+    ("val", "loss"): ("validation", "#d62728"),
+    ("train", "lr"): ("learning rate", "#2ca02c"),
+    ("val", "rmse_omega_m"): ("Ωₘ", "#9467bd"),
+    ("val", "rmse_sigma8"): ("σ₈", "#ff7f0e"),
+}
+
+
+@dataclass(frozen=True)
+class CurvePlot:
+    """One plot of the page: its series (keys of :data:`SERIES`), title and y-axis label."""
+
+    series: tuple[tuple[str, str], ...]
+    title: str
+    ylabel: str
+    yformatter: str | None = None
+
+
+#: The plots, each fed by one ``hv.streams.Buffer`` of (step, value, series) rows, so that a
+#: new point redraws the whole plot and its axes span every series.
+PLOTS = {
+    "loss": CurvePlot((("train", "loss"), ("val", "loss")), "Loss", "loss (Gaussian NLL)"),
+    "rmse": CurvePlot(
+        (("val", "rmse_omega_m"), ("val", "rmse_sigma8")),
+        "Validation RMSE of the parameters",
+        "RMSE (parameter units)",
+    ),
+    "lr": CurvePlot((("train", "lr"),), "Learning rate", "learning rate", yformatter="%.1e"),
+}
+#: Number of points each curve keeps (older ones scroll out).
+BUFFER_LENGTH = 200_000
+#: Colours of the run states in the status line.
+STATE_COLORS = {
+    "queued": "#6c757d",
+    "running": "#0d6efd",
+    "completed": "#198754",
+    "failed": "#dc3545",
+    "stopped": "#fd7e14",
+}
+
+DIM_STEP = hv.Dimension("step", label="optimiser step")
+
+#: Engine processes started by this server, polled so they are reaped when they end.
+_CHILDREN: list = []
+
+
+def default_runs_root() -> Path:
+    """The runs folder: ``$EXPLORER_RUNS_DIR`` if set, else ``runs/`` in the working directory."""
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def _reap_children() -> None:
+    _CHILDREN[:] = [p for p in _CHILDREN if p.poll() is None]
+
+
+def _empty_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "step": np.array([], dtype=np.int64),
+            "value": np.array([], dtype=float),
+            "series": np.array([], dtype=object),
+        }
+    )
+
+
+def metrics_frames(rows: list[dict]) -> dict[str, pd.DataFrame]:
+    """Group metric rows (dicts of metrics.jsonl) into one frame per plot of :data:`PLOTS`.
+
+    Each frame has columns ``step``, ``value`` and ``series`` (the legend label of
+    :data:`SERIES`). Rows of other metrics are ignored; ``null`` (non-finite) values become NaN.
+    """
+    plot_of = {key: name for name, plot in PLOTS.items() for key in plot.series}
+    grouped: dict[str, list[tuple]] = {}
+    for row in rows:
+        key = (row.get("split"), row.get("name"))
+        if key in plot_of and row.get("step") is not None:
+            value = row.get("value")
+            grouped.setdefault(plot_of[key], []).append(
+                (int(row["step"]), np.nan if value is None else float(value), SERIES[key][0])
+            )
+    return {
+        name: pd.DataFrame(
+            {
+                "step": np.array([r[0] for r in rs], dtype=np.int64),
+                "value": np.array([r[1] for r in rs], dtype=float),
+                "series": np.array([r[2] for r in rs], dtype=object),
+            }
+        )
+        for name, rs in grouped.items()
+    }
+
+
+def run_label(run: RunDir) -> str:
+    """One-line label of a run for the runs list: id, state and progress."""
+    status = run.status() or {}
+    state = status.get("state", "?")
+    step, total = status.get("step"), status.get("total_steps")
+    progress = f" {step}/{total}" if step is not None and total else ""
+    return f"{run.id} — {state}{progress}"
+
+
+def status_markdown(
+    run: RunDir | None, status: dict | None, maps_per_s: float | None = None
+) -> str:
+    """Markdown status line of a run: state, step/total, epoch, best loss, throughput (maps/s),
+    last update, error."""
+    if run is None:
+        return "No run open. Press **Train** or pick a run from the list."
+    if not status:
+        return f"**{run.id}** — no status yet"
+    state = status.get("state", "?")
+    color = STATE_COLORS.get(state, "#6c757d")
+    parts = [
+        f"**{run.id}**",
+        f"<span style='color:white;background:{color};padding:1px 8px;border-radius:8px'>"
+        f"{state}</span>",
+    ]
+    if status.get("step") is not None:
+        total = status.get("total_steps")
+        parts.append(f"step {status['step']}" + (f"/{total}" if total else ""))
+    if status.get("epoch") is not None:
+        parts.append(f"epoch {status['epoch']}")
+    if status.get("best_val") is not None:
+        parts.append(f"best val loss {status['best_val']:.4g}")
+    if maps_per_s:
+        parts.append(f"{maps_per_s:,.0f} maps/s")
+    if status.get("updated"):
+        parts.append(f"updated {time.strftime('%H:%M:%S', time.localtime(status['updated']))}")
+    text = " · ".join(parts)
+    if status.get("error"):
+        text += f"\n\n**Error:** `{status['error']}`"
+    return text
+
+
+def config_markdown(run: RunDir | None) -> str:
+    """Markdown table of the main settings of a run, from its config.json."""
+    config = (run.config() if run is not None else None) or {}
+    settings = config.get("settings") or {}
+    if not settings:
+        return ""
+    lines = [
+        f"preset `{config.get('preset')}` · device `{config.get('device', '?')}`",
+        "",
+        "| setting | value |",
+        "|:--|--:|",
+    ]
+    lines += [f"| {n} | {settings[n]} |" for n in TRAIN_CONTROLS if n in settings]
+    return "\n".join(lines)
+
+
+class TrainingController(pn.viewable.Viewer):
+    """Training page: a preset plus edited settings → engine run; runs list; live curves.
+
+    ``settings`` (a :class:`engine.training.TrainParams`) is reset to the preset's values when
+    ``preset`` changes; :meth:`overrides` is what the user changed. :meth:`train` launches a new
+    run in ``runs_root``, :meth:`stop` and :meth:`resume` act on the open run (``run_id``), and
+    :meth:`poll` (every ``period`` ms per browser session, see :meth:`start`) streams its new
+    metrics into the curve buffers.
+    """
+
+    runs_root = param.String(
+        doc="Folder holding the run directories (default: $EXPLORER_RUNS_DIR or runs/)."
+    )
+    preset = param.Selector(
+        default="smoke", objects=list(PRESETS), doc="Preset in engine.training.PRESETS."
+    )
+    settings = param.ClassSelector(class_=TrainParams, doc="Settings of the next run.")
+    run_id = param.Selector(default=None, objects=[], allow_None=True, doc="Id of the open run.")
+    status = param.Dict(default=None, allow_None=True, doc="status.json of the open run.")
+    message = param.String("", doc="Feedback of the last action.")
+    maps_per_s = param.Number(None, allow_None=True, doc="Latest training throughput, maps/s.")
+    period = param.Integer(
+        500, bounds=(50, None), doc="Polling period of the periodic callback, ms."
+    )
+    refresh_every = param.Integer(4, bounds=(1, None), doc="Refresh the runs list every n polls.")
+    can_stop = param.Boolean(False, doc="The open run has a live process that Stop can signal.")
+    can_resume = param.Boolean(False, doc="The open run has ended and has a checkpoint.")
+
+    def __init__(self, runs_root: str | Path | None = None, **params):
+        root = str(runs_root if runs_root is not None else default_runs_root())
+        super().__init__(runs_root=root, **params)
+        if self.settings is None:
+            self.settings = resolve_params(self.preset)
+        self.buffers = {
+            name: hv.streams.Buffer(_empty_frame(), length=BUFFER_LENGTH, index=False)
+            for name in PLOTS
+        }
+        self._tail: MetricsTail | None = None
+        self._callback = None
+        self._polls = 0
+        self.refresh_runs()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def run(self) -> RunDir | None:
+        """The open run, or None."""
+        return None if self.run_id is None else RunDir(Path(self.runs_root) / self.run_id)
+
+    def overrides(self) -> dict:
+        """Settings that differ from the preset's values: ``{name: value}`` for ``--set``."""
+        base = to_dict(resolve_params(self.preset))
+        return {n: v for n, v in to_dict(self.settings).items() if base.get(n) != v}
+
+    @param.depends("preset", watch=True)
+    def _reset_settings(self) -> None:
+        """Load the preset's values into the settings (widgets follow)."""
+        self.settings.param.update(**to_dict(resolve_params(self.preset)))
+
+    def refresh_runs(self) -> None:
+        """Re-read the runs folder into the run selector (labels show state and progress).
+
+        While no run is open, the newest one is opened, so a page shows the latest run (also
+        one started from the CLI) and the list's highlighted entry is the open run.
+        """
+        runs = list_runs(self.runs_root)
+        names = {run_label(r): r.id for r in runs}
+        if self.run_id is not None and self.run_id not in names.values():
+            names[self.run_id] = self.run_id
+        if names != self.param.run_id.names:
+            self.param.run_id.objects = names
+        if self.run_id is None and runs:
+            self.run_id = runs[0].id
+
+    @param.depends("run_id", watch=True)
+    def _open(self) -> None:
+        """Open the run: clear the curves and replay its metrics.jsonl from the start."""
+        for buffer in self.buffers.values():
+            buffer.clear()
+        self.maps_per_s = None
+        self._tail = None if self.run is None else MetricsTail(self.run.metrics_path)
+        self.poll()
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def train(self) -> RunDir:
+        """Launch a new engine run with the preset and :meth:`overrides`; open it."""
+        root = Path(self.runs_root)
+        root.mkdir(parents=True, exist_ok=True)
+        run = RunDir(root / new_run_id(self.preset))
+        proc = launch_train(run.path, self.preset, self.overrides())
+        _CHILDREN.append(proc)
+        self.message = f"Started {run.id} (pid {proc.pid})."
+        self.refresh_runs()
+        self.run_id = run.id
+        return run
+
+    def stop(self) -> bool:
+        """SIGTERM the open run's process (it checkpoints and ends as 'stopped')."""
+        if self.run is None:
+            return False
+        sent = stop_run(self.run.path)
+        self.message = (
+            f"Asked {self.run.id} to stop; it saves a checkpoint first."
+            if sent
+            else f"{self.run.id} is not running."
+        )
+        return sent
+
+    def resume(self) -> bool:
+        """Continue the open run from its last checkpoint in a new engine process."""
+        run = self.run
+        if run is None:
+            return False
+        status = run.status() or {}
+        if run.is_active():
+            self.message = f"{run.id} is still {status.get('state')}."
+            return False
+        if not (run.checkpoint_dir / "last.pt").is_file():
+            self.message = f"{run.id} has no checkpoint to resume from."
+            return False
+        _CHILDREN.append(launch_train(run.path, resume=True))
+        self.message = f"Resuming {run.id}."
+        return True
+
+    # -- polling -----------------------------------------------------------------------------
+
+    def poll(self) -> int:
+        """Stream new metric lines of the open run into the buffers; refresh status and list.
+
+        Returns the number of metric lines read.
+        """
+        _reap_children()
+        rows = self._tail.read_new() if self._tail is not None else []
+        for name, frame in metrics_frames(rows).items():
+            self.buffers[name].send(frame)
+        speeds = [r.get("value") for r in rows if r.get("name") == "maps_per_s"]
+        if speeds and speeds[-1] is not None:
+            self.maps_per_s = float(speeds[-1])
+        run = self.run
+        status = run.status() if run is not None else None
+        if status != self.status:
+            self.status = status
+        self._update_flags()
+        self._polls += 1
+        if self._polls % self.refresh_every == 0:
+            self.refresh_runs()
+        return len(rows)
+
+    def start(self) -> None:
+        """Poll every ``period`` ms in this browser session; stop when the session ends."""
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.poll, period=self.period)
+            pn.state.on_session_destroyed(self._stop_polling)
+
+    def _stop_polling(self, *_session_context) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+    # -- views -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _overlay(plot: CurvePlot, data: pd.DataFrame) -> hv.Overlay:
+        """All series of ``plot`` from the buffer's rows (always the same layers, maybe empty)."""
+        layers = []
+        for key in plot.series:
+            label, color = SERIES[key]
+            rows = data[data["series"] == label][["step", "value"]]
+            curve = hv.Curve(rows, DIM_STEP, ("value", plot.ylabel), label=label)
+            layers.append(curve.opts(color=color))
+            if key[0] == "val":  # one point per epoch: show the points
+                layers.append(hv.Scatter(curve).opts(color=color))
+        return hv.Overlay(layers)
+
+    def curve_view(self, name: str) -> hv.DynamicMap:
+        """Plot ``name`` of :data:`PLOTS` (loss, rmse, lr) against step, streamed from its buffer."""
+        plot = PLOTS[name]
+        return hv.DynamicMap(partial(self._overlay, plot), streams=[self.buffers[name]]).opts(
+            hv.opts.Curve(line_width=2, tools=["hover"], framewise=True),
+            hv.opts.Scatter(size=6, tools=["hover"], framewise=True),
+            hv.opts.Overlay(
+                title=plot.title,
+                yformatter=plot.yformatter,
+                frame_width=400,
+                frame_height=230,
+                legend_position="top_right",
+                framewise=True,
+                show_grid=True,
+            ),
+        )
+
+    def widgets(self) -> dict[str, pn.widgets.Widget]:
+        """Preset selector plus one widget per setting in :data:`TRAIN_CONTROLS` (from TrainParams)."""
+        p = self.settings.param
+        out = {
+            "preset": pn.widgets.Select.from_param(
+                self.param.preset, **label("Preset"), sizing_mode="stretch_width"
+            )
+        }
+        for name in TRAIN_CONTROLS:
+            par = p[name]
+            text = name.replace("_", " ")
+            if isinstance(par, param.Selector):
+                w = pn.widgets.Select.from_param(par, **label(text))
+            elif isinstance(par, param.Integer):
+                end = par.bounds[1] if par.bounds and (par.bounds[1] or 0) < 2**53 else None
+                w = pn.widgets.IntInput.from_param(par, **label(text), end=end)
+            else:
+                w = pn.widgets.FloatInput.from_param(par, **label(text))
+            w.param.update(description=par.doc, width=150)
+            out[name] = w
+        return out
+
+    @param.depends("status", "run_id", "maps_per_s")
+    def _status_text(self) -> str:
+        return status_markdown(self.run, self.status, self.maps_per_s)
+
+    def _update_flags(self) -> None:
+        """Enable Stop for a live local process, Resume for an ended run with a checkpoint."""
+        run, status = self.run, self.status or {}
+        active = run is not None and run.is_active()
+        self.param.update(
+            can_stop=active and status.get("pid") is not None,
+            can_resume=run is not None
+            and not active
+            and (run.checkpoint_dir / "last.pt").is_file(),
+        )
+
+    @staticmethod
+    def _progress(status: dict | None) -> dict:
+        """Progress-bar settings (value, max, visible) for a status.json dict."""
+        status = status or {}
+        step, total = status.get("step") or 0, status.get("total_steps") or 0
+        return dict(value=int(step), max=max(int(total), 1), visible=bool(total))
+
+    @param.depends("run_id", "status")  # config.json appears once the engine process starts
+    def _config_view(self):
+        return pn.pane.Markdown(config_markdown(self.run), margin=(0, 5))
+
+    def __panel__(self):
+        w = self.widgets()
+        train = pn.widgets.Button(
+            **label("▶ Train"), **look("primary"), sizing_mode="stretch_width"
+        )
+        train.on_click(lambda _e: self.train())
+        stop = pn.widgets.Button(
+            **label("■ Stop"), **look("warning"), disabled=self.param.can_stop.rx.not_()
+        )
+        stop.on_click(lambda _e: self.stop())
+        resume = pn.widgets.Button(
+            **label("↻ Resume"), **look("default"), disabled=self.param.can_resume.rx.not_()
+        )
+        resume.on_click(lambda _e: self.resume())
+        runs = pn.widgets.Select.from_param(
+            self.param.run_id,
+            **label(f"Runs in {self.runs_root}/"),
+            size=8,
+            sizing_mode="stretch_width",
+        )
+        refresh = pn.widgets.Button(**label("⟳ Refresh list"), **look("light"))
+        refresh.on_click(lambda _e: self.refresh_runs())
+        progress = pn.indicators.Progress(
+            **self._progress(self.status), sizing_mode="stretch_width", height=12
+        )
+        self.param.watch(lambda e: progress.param.update(**self._progress(e.new)), "status")
+        controls = pn.Column(
+            "### New run",
+            w["preset"],
+            pn.GridBox(*(w[n] for n in TRAIN_CONTROLS), ncols=2, sizing_mode="stretch_width"),
+            train,
+            pn.pane.Markdown(self.param.message, margin=(0, 5)),
+            pn.layout.Divider(),
+            "### Runs",
+            runs,
+            refresh,
+            width=340,
+        )
+
+        def curve(name: str) -> pn.pane.HoloViews:
+            # Not linked: each plot's framewise x range spans its own series.
+            return pn.pane.HoloViews(self.curve_view(name), linked_axes=False)
+
+        plots = pn.Column(
+            pn.Row(curve("loss"), curve("rmse")),
+            pn.Row(curve("lr"), self._config_view),
+        )
+        status = pn.pane.Markdown(self._status_text, margin=(0, 5), sizing_mode="stretch_width")
+        return pn.Row(
+            controls,
+            pn.Column(
+                "### Open run",
+                status,
+                progress,
+                pn.Row(stop, resume),
+                plots,
+                sizing_mode="stretch_width",
+            ),
+        )

@@ -1,0 +1,14 @@
+"""Shared pytest configuration."""
+
+from __future__ import annotations
+
+
+def pytest_addoption(parser):
+    # Browser tests (tests/test_browser.py): `pytest tests/test_browser.py --screenshots` also
+    # saves assets/screenshots/fieldlab.png and training.png (full page, 1400x900 viewport).
+    parser.addoption(
+        "--screenshots",
+        action="store_true",
+        default=False,
+        help="browser tests save full-page screenshots to assets/screenshots/",
+    )

@@ -1,0 +1,206 @@
+"""Real-browser tests of the explorer: `panel serve explorer` driven by Playwright + Chromium.
+
+Uses the Debian Chromium at /usr/bin/chromium (no browser download); skipped when it is missing.
+One server (with EXPLORER_RUNS_DIR in a temporary folder) and one browser serve the module;
+engine runs started by the tests are killed at the end. ``--screenshots`` saves
+assets/screenshots/fieldlab.png and training.png.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from engine.runs import is_alive, list_runs
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO / "assets" / "screenshots"
+
+# JavaScript helpers reading the Bokeh document of the page.
+JS_SOURCES = """(cols) => {
+  const out = [];
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.data_source && m.glyph) {
+      const data = m.data_source.data;
+      if (cols.every((c) => c in data)) {
+        out.push({glyph: m.glyph.constructor.__name__, n: m.data_source.get_length(),
+                  columns: Object.fromEntries(cols.map((c) => [c, Array.from(data[c])]))});
+      }
+    }
+  }
+  return out;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"panel serve exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("explorer-runs")
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir, tmp_path_factory):
+    """URL of a `panel serve explorer` subprocess; the server and its runs die at the end."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("server") / "panel.log", "wb")  # noqa: SIM115
+    cmd = [
+        sys.executable, "-m", "panel", "serve", "explorer",
+        "--port", str(port), "--address", "localhost",
+        "--allow-websocket-origin", f"localhost:{port}",
+    ]  # fmt: skip
+    env = {**os.environ, "EXPLORER_RUNS_DIR": str(runs_dir)}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://localhost:{port}/explorer"
+    try:
+        _wait_http(url, proc, timeout=90)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        for run in list_runs(runs_dir):  # engine runs live in their own sessions
+            pid = (run.status() or {}).get("pid")
+            if pid and is_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    """A fresh page (session) of the explorer, loaded and rendered."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(server)
+    pg.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0")
+    pg.wait_for_function(f"() => ({JS_SOURCES})(['k', 'P']).length > 0")
+    yield pg
+    context.close()
+
+
+def _screenshot(request, page, name: str) -> None:
+    if request.config.getoption("--screenshots"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def _measured_pk(page) -> list[float]:
+    sources = page.evaluate(JS_SOURCES, ["k", "P"])
+    (scatter,) = [s for s in sources if s["glyph"] == "Scatter"]
+    return scatter["columns"]["P"]
+
+
+def _wait_until(predicate, timeout: float = 60.0, interval: float = 0.25):
+    """Poll ``predicate()`` until it returns something truthy; return that."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() > deadline:
+            assert value, f"condition not met within {timeout} s"
+            return value
+        time.sleep(interval)
+
+
+def test_omega_m_slider_updates_power_spectrum(page, request):
+    before = _measured_pk(page)
+    assert len(before) > 10
+    # the parameter readout (a Markdown table in the page) shows Ω_m
+    page.locator("td", has_text="0.300").first.wait_for()
+    handle = page.locator(".noUi-handle").first  # the first slider is Ω_m
+    handle.focus()
+    for _ in range(10):
+        handle.press("ArrowRight")  # step 0.01
+    page.locator("td", has_text="0.400").first.wait_for()
+    after = _wait_until(lambda: (pk := _measured_pk(page)) != before and pk)
+    assert len(after) == len(before)
+    # larger Ω_m at fixed σ8: power moves from large to small scales
+    assert after[-1] / before[-1] > after[0] / before[0]
+    _screenshot(request, page, "fieldlab.png")
+
+
+def test_training_run_streams_loss_into_page(page, request, runs_dir):
+    page.get_by_text("Training", exact=True).first.click()
+    train = page.get_by_text("▶ Train")
+    train.wait_for()
+    # shorten the smoke preset through its widgets: 3 epochs of 8 steps (~20 s on 2 CPUs)
+    for name, value in (("epochs", 3), ("steps per epoch", 8)):
+        box = page.get_by_label(name, exact=True)
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_function(
+            "([name, value]) => [...Bokeh.documents[0].all_models]"
+            ".some((m) => m.title === name && m.value === value)",
+            arg=[name, value],
+        )
+    train.click()
+    page.get_by_text("running", exact=True).first.wait_for(timeout=60_000)
+
+    def loss_points():  # the loss curve's data source in the page grows as the run logs
+        sources = page.evaluate(JS_SOURCES, ["step", "value"])
+        return max((s["n"] for s in sources if s["glyph"] == "Line"), default=0)
+
+    _wait_until(loss_points, timeout=90)
+    page.get_by_text("completed", exact=True).first.wait_for(timeout=90_000)
+    assert _wait_until(lambda: loss_points() >= 6)  # 24 steps: every 5 and at epoch ends
+    (run,) = list_runs(runs_dir)
+    assert run.status()["state"] == "completed"
+    settings = run.config()["settings"]
+    assert (settings["epochs"], settings["steps_per_epoch"]) == (3, 8)
+    page.wait_for_timeout(1000)
+    _screenshot(request, page, "training.png")

@@ -1,0 +1,311 @@
+"""Param-level tests of the explorer: field-lab physics and state, training controller logic.
+
+No browser and no real training: runs are launched for real only to check the launch path
+(and terminated at once); curves are fed from hand-written metrics.jsonl files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import holoviews as hv
+import numpy as np
+import pytest
+
+from engine.params import ConfigError, FieldParams
+from engine.runs import RunDir, is_alive
+from engine.training import PRESETS
+from explorer import fieldlab, training
+from explorer.fieldlab import FieldLab, compute, parameter_table
+from explorer.training import TrainingController
+
+
+@pytest.fixture(scope="module")
+def base() -> fieldlab.FieldLabResult:
+    return compute(FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3))
+
+
+def test_compute_returns_consistent_arrays(base):
+    n = 128
+    assert base.delta.shape == (n, n)
+    assert base.x[0] == pytest.approx(1.0) and base.x[-1] == pytest.approx(255.0)  # L/N = 2 Mpc/h
+    assert base.k.shape == base.pk.shape == base.pk_expected.shape == base.pk_sigma.shape
+    kf, kn = 2 * np.pi / 256.0, np.pi * n / 256.0
+    assert base.k.min() == pytest.approx(kf, rel=0.3) and base.k.max() <= kn * 1.01
+    assert np.all(np.isfinite(base.pk)) and np.all(base.pk_expected > 0)
+    # the measured spectrum scatters around the binned theory: mean ratio over all bins ~ 1
+    assert np.mean(base.pk / base.pk_expected) == pytest.approx(1.0, abs=0.1)
+    # the PDF is a normalised density around 0 for a Gaussian field
+    width = base.pdf_delta[1] - base.pdf_delta[0]
+    assert np.sum(base.pdf_density) * width == pytest.approx(1.0, rel=1e-6)
+    assert abs(np.sum(base.pdf_delta * base.pdf_density) * width) < 0.1 * base.sigma_delta
+
+
+def test_same_seed_gives_same_map(base):
+    again = compute(FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3))
+    np.testing.assert_array_equal(again.delta, base.delta)
+    other = compute(FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=4))
+    assert not np.array_equal(other.delta, base.delta)
+
+
+def test_sigma8_scales_amplitude_not_shape(base):
+    """P ∝ σ8²: with the same seed the measured P(k) scales by (σ8'/σ8)² in every bin."""
+    high = compute(FieldParams(size=128, omega_m=0.3, sigma8=1.2, seed=3))
+    ratio = high.pk / base.pk
+    np.testing.assert_allclose(ratio, (1.2 / 0.8) ** 2, rtol=1e-3)
+    np.testing.assert_allclose(high.pk_expected / base.pk_expected, (1.2 / 0.8) ** 2, rtol=1e-6)
+
+
+def test_omega_m_changes_shape(base):
+    """Ω_m moves the turnover (k_eq ∝ Ω_m h): the ratio of spectra depends on k."""
+    high = compute(FieldParams(size=128, omega_m=0.6, sigma8=0.8, seed=3))
+    ratio = high.pk / base.pk
+    lo, hi = ratio[:5].mean(), ratio[-20:].mean()
+    # at fixed σ8 a larger Ω_m moves power from large to small scales
+    assert hi / lo > 1.5
+    # and the measured shape change follows the theory for the same modes
+    np.testing.assert_allclose(ratio, high.pk_expected / base.pk_expected, rtol=0.15)
+    assert high.k_eq == pytest.approx(2 * base.k_eq)
+
+
+def test_smoothing_and_noise_follow_theory(base):
+    smooth = compute(FieldParams(size=128, smoothing=4.0, seed=3))
+    damp = smooth.pk / base.pk
+    np.testing.assert_allclose(damp[:10], np.exp(-((smooth.k[:10] * 4.0) ** 2)), rtol=0.05)
+    noisy = compute(FieldParams(size=128, noise=2.0, seed=3))
+    assert noisy.noise_floor == pytest.approx(4.0 * 2.0**2)  # σ_n² (L/N)², L/N = 2 Mpc/h
+    assert np.median(noisy.pk[-20:] / noisy.pk_expected[-20:]) == pytest.approx(1.0, abs=0.15)
+
+
+def test_parameter_table_shows_values_with_units(base):
+    settings = FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3, smoothing=1.5)
+    text = parameter_table(settings, base)
+    for expected in ("Ω<sub>m</sub> | 0.300", "σ<sub>8</sub> | 0.800", "1.50 | Mpc/h"):
+        assert expected in text
+    for unit in ("Mpc/h", "h/Mpc", "pixels", "δ per pixel"):
+        assert unit in text
+    assert "| setting | value | unit |" in text.splitlines()[0]
+
+
+def test_fieldlab_recomputes_on_parameter_change():
+    lab = FieldLab(FieldParams(size=64))
+    first = lab.result
+    lab.settings.omega_m = 0.5
+    assert lab.result is not first and lab.result.settings["omega_m"] == 0.5
+    assert not lab.large
+    lab.settings.size = 512
+    assert lab.large and lab.result.delta.shape == (512, 512)
+    assert "0.500" in parameter_table(lab.settings, lab.result)
+
+
+def test_fieldlab_keeps_last_result_on_error(monkeypatch):
+    lab = FieldLab(FieldParams(size=64))
+    good = lab.result
+
+    def fail(settings):
+        raise ConfigError("kind='lognormal' fails here")
+
+    monkeypatch.setattr(fieldlab, "compute", fail)
+    lab.settings.seed = 5
+    assert lab.result is good and "fails here" in lab.error
+
+
+def test_widgets_are_generated_from_fieldparams():
+    lab = FieldLab(FieldParams(size=64))
+    w = lab.widgets()
+    assert set(w) == set(fieldlab.CONTROLS)
+    assert (w["omega_m"].start, w["omega_m"].end) == FieldParams.param.omega_m.bounds
+    assert (w["sigma8"].start, w["sigma8"].end) == FieldParams.param.sigma8.bounds
+    assert w["omega_m"].value == FieldParams.param.omega_m.default
+    assert list(w["size"].options) == list(fieldlab.SIZES)
+    assert list(w["kind"].options) == FieldParams.param.kind.objects
+    w["sigma8"].value = 1.1  # widget → state → result
+    assert lab.settings.sigma8 == 1.1 and lab.result.settings["sigma8"] == 1.1
+
+
+def test_coalescer_runs_once_per_burst():
+    calls, scheduled = [], []
+
+    class FakeDoc:
+        def add_timeout_callback(self, cb, ms):
+            scheduled.append((cb, ms))
+
+    c = fieldlab.Coalescer(lambda: (calls.append(1), time.sleep(0.08)), doc=FakeDoc(), delay=0.05)
+    for _ in range(10):
+        c.request()
+    assert len(scheduled) == 1 and scheduled[0][1] == 50 and not calls
+    scheduled[0][0]()
+    assert calls == [1]
+    c.request()  # the next wait is as long as the last run took (80 ms > 50 ms)
+    assert len(scheduled) == 2 and scheduled[1][1] >= 80
+
+
+def test_views_render_without_server():
+    from bokeh.document import Document
+
+    from explorer.app import create_app
+
+    app = create_app()
+    root = app.get_root(Document())
+    assert root is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Training controller
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_run(root, run_id, rows, state="running", pid=None, preset="smoke"):
+    run = RunDir(root / run_id).create()
+    run.write_config({"command": "train", "preset": preset, "settings": {"size": 32}})
+    run.write_status(state=state, pid=pid, step=0, epoch=0, total_steps=60)
+    with open(run.metrics_path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return run
+
+
+def _row(step, split, name, value, epoch=0):
+    return {"step": step, "epoch": epoch, "split": split, "name": name, "value": value, "time": 0.0}
+
+
+def test_runs_root_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv(training.RUNS_ENV, str(tmp_path))
+    assert TrainingController().runs_root == str(tmp_path)
+    monkeypatch.delenv(training.RUNS_ENV)
+    assert TrainingController().runs_root == "runs"
+
+
+def test_overrides_follow_widgets_and_preset(tmp_path):
+    ctl = TrainingController(runs_root=tmp_path, preset="smoke")
+    assert ctl.overrides() == {}
+    w = ctl.widgets()
+    assert set(training.TRAIN_CONTROLS) <= set(w)
+    assert w["epochs"].value == PRESETS["smoke"]["epochs"]
+    w["epochs"].value = 1
+    w["kind"].value = "lognormal"
+    w["lr"].value = 5e-3
+    assert ctl.overrides() == {"epochs": 1, "kind": "lognormal", "lr": 5e-3}
+    ctl.preset = "default"  # a new preset resets the settings to its values
+    assert ctl.overrides() == {} and w["epochs"].value == ctl.settings.epochs
+
+
+def test_train_launches_engine_process(tmp_path):
+    ctl = TrainingController(runs_root=tmp_path, preset="smoke")
+    ctl.settings.epochs = 1
+    run = ctl.train()
+    proc = training._CHILDREN[-1]
+    try:
+        assert run.path.parent == tmp_path and ctl.run_id == run.id
+        assert run.status()["state"] in ("queued", "running")
+        assert "--set" in proc.args and "epochs=1" in proc.args
+        assert os.getsid(proc.pid) == proc.pid  # own session: survives the server
+        assert run.id in ctl.param.run_id.objects
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def test_poll_streams_metrics_into_buffers(tmp_path):
+    rows = [
+        _row(5, "train", "loss", 1.0),
+        _row(5, "train", "lr", 1e-3),
+        _row(5, "train", "grad_norm", 0.5),  # not plotted
+        _row(5, "train", "maps_per_s", 812.0),  # shown in the status line
+        _row(10, "train", "loss", 0.8),
+        _row(10, "train", "lr", 2e-3),
+    ]
+    old = _write_run(tmp_path, "20250101-000000-cli-bbbb", [], state="completed")
+    os.utime(old.config_path, (time.time() - 60, time.time() - 60))
+    run = _write_run(tmp_path, "20260101-000000-smoke-aaaa", rows)
+    ctl = TrainingController(runs_root=tmp_path)
+    assert len(ctl.param.run_id.objects) == 2  # CLI runs are listed too
+    assert ctl.run_id == run.id  # the newest run opens by itself; its curves replay
+
+    def series(plot, label):
+        data = ctl.buffers[plot].data
+        return data[data["series"] == label]
+
+    assert list(series("loss", "train")["step"]) == [5, 10]
+    assert list(series("loss", "train")["value"]) == [1.0, 0.8]
+    assert list(series("lr", "learning rate")["value"]) == [1e-3, 2e-3]
+    assert len(series("loss", "validation")) == 0
+    assert ctl.status["state"] == "running"
+    assert "812 maps/s" in training.status_markdown(ctl.run, ctl.status, ctl.maps_per_s)
+    plot = hv.renderer("bokeh").get_plot(ctl.curve_view("loss"))
+
+    with open(run.metrics_path, "a") as f:
+        f.write(json.dumps(_row(20, "val", "loss", 0.5)) + "\n")
+        f.write(json.dumps(_row(20, "val", "rmse_omega_m", None)) + "\n")
+        f.write('{"step": 25, "epoch": 1, "split": "tr')  # torn last line: kept for later
+    assert ctl.poll() == 2
+    assert list(series("loss", "validation")["value"]) == [0.5]
+    assert np.isnan(series("rmse", "Ωₘ")["value"].iloc[0])
+    with open(run.metrics_path, "a") as f:
+        f.write('ain", "name": "loss", "value": 0.7, "time": 0.0}\n')
+    assert ctl.poll() == 1 and list(series("loss", "train")["step"]) == [5, 10, 25]
+
+    # the plot's axes span every series of the buffer, after incremental updates too
+    x_range = plot.handles["x_range"]
+    assert (x_range.start, x_range.end) == (5, 25)
+
+    run.write_status(state="completed", step=60)
+    ctl.poll()
+    assert ctl.status["state"] == "completed" and not ctl.can_stop
+    assert "completed" in training.status_markdown(ctl.run, ctl.status)
+
+    ctl.run_id = "20250101-000000-cli-bbbb"  # another run: curves start over
+    assert all(len(b.data) == 0 for b in ctl.buffers.values())
+
+
+def test_stop_signals_the_run_process(tmp_path):
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        run = _write_run(tmp_path, "20260101-000000-smoke-cccc", [], pid=sleeper.pid)
+        ctl = TrainingController(runs_root=tmp_path)
+        ctl.run_id = run.id
+        assert ctl.can_stop and not ctl.can_resume
+        assert ctl.stop()
+        sleeper.wait(timeout=10)
+        assert sleeper.returncode == -signal.SIGTERM
+        deadline = time.time() + 5
+        while is_alive(sleeper.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        run.write_status(state="stopped")
+        ctl.poll()
+        assert not ctl.can_stop and not ctl.can_resume  # no checkpoint yet
+        assert not ctl.resume() and "no checkpoint" in ctl.message
+        (run.checkpoint_dir / "last.pt").write_bytes(b"")
+        ctl.poll()
+        assert ctl.can_resume
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+
+
+def test_periodic_callback_is_removed_with_the_session(monkeypatch, tmp_path):
+    import panel as pn
+
+    class FakeCallback:
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    destroyed = []
+    cb = FakeCallback()
+    monkeypatch.setattr(pn.state, "add_periodic_callback", lambda f, period: cb)
+    monkeypatch.setattr(pn.state, "on_session_destroyed", destroyed.append)
+    ctl = TrainingController(runs_root=tmp_path)
+    ctl.start()
+    assert len(destroyed) == 1
+    destroyed[0](None)
+    assert cb.stopped
