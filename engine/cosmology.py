@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import numpy as np
 import pyccl as ccl
@@ -214,15 +215,28 @@ class LinearPowerTable:
         return out[0] if scalar else out
 
 
+#: Held while a cached table is built, so that threads (a server's warm-up thread and a first
+#: session, say) never build the same table twice; ``functools.lru_cache`` does not lock.
+BUILD_LOCK = threading.RLock()
+
+
 @functools.lru_cache(maxsize=8)
+def _power_table(omega_b: float, h: float, n_s: float, transfer_function: str) -> LinearPowerTable:
+    return LinearPowerTable(omega_b, h, n_s, transfer_function)
+
+
 def power_table(
     omega_b: float = 0.049,
     h: float = 0.6711,
     n_s: float = 0.9624,
     transfer_function: str = "eisenstein_hu",
 ) -> LinearPowerTable:
-    """Cached :class:`LinearPowerTable` (built in ~1 s with Eisenstein–Hu, once per process)."""
-    return LinearPowerTable(float(omega_b), float(h), float(n_s), transfer_function)
+    """Cached :class:`LinearPowerTable` (built in ~1 s with Eisenstein–Hu, once per process).
+
+    Thread-safe: concurrent first calls build the table once.
+    """
+    with BUILD_LOCK:
+        return _power_table(float(omega_b), float(h), float(n_s), transfer_function)
 
 
 def table_for(settings) -> LinearPowerTable:

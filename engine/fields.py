@@ -51,7 +51,7 @@ import torch
 import xarray as xr
 
 import engine
-from engine.cosmology import K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
+from engine.cosmology import BUILD_LOCK, K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
 from engine.device import default_device
 from engine.params import ConfigError, FieldParams, to_dict
 from engine.stats import bin_isotropic, rfft_weights, wavenumbers
@@ -93,9 +93,14 @@ def _kz_grid(thickness: float) -> tuple[np.ndarray, np.ndarray]:
     return kz, w / math.pi  # ∫_{-∞}^{∞} dk_z / 2π = (1/π) ∫_0^∞ dk_z
 
 
-@functools.lru_cache(maxsize=32)
 def _projected_table(table, thickness: float) -> torch.Tensor:
-    """ln P_2D(k_nodes | ω_m node, σ8=1, z=0) of shape (N_OM, N_K2D), float64, eq. (1)."""
+    """ln P_2D(k_nodes | ω_m node, σ8=1, z=0) of shape (N_OM, N_K2D), float64, eq. (1); cached."""
+    with BUILD_LOCK:
+        return _build_projected_table(table, thickness)
+
+
+@functools.lru_cache(maxsize=32)
+def _build_projected_table(table, thickness: float) -> torch.Tensor:
     ln_k2 = torch.linspace(math.log(K_MIN), math.log(K_MAX), N_K2D, dtype=torch.float64)
     kz, w = _kz_grid(thickness)
     kz, w = torch.from_numpy(kz), torch.from_numpy(w)
@@ -203,7 +208,29 @@ def check_resolution(settings: FieldParams) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def gaussian_from_power(power: torch.Tensor, n: int, pix_area: float, generator) -> torch.Tensor:
+def hermitian_white_noise(batch: int, n: int, generator, device=None) -> torch.Tensor:
+    """Real FFT of unit white noise drawn directly in Fourier space, (batch, n, n//2+1) complex64.
+
+    Statistically identical to ``torch.fft.rfft2`` of n² independent N(0, 1) pixels, without the
+    FFT: every mode has E|X|² = n², modes on the k_x = 0 and Nyquist columns are made Hermitian
+    (X(−k_y) = X(k_y)*) and the self-conjugate ones real, so any inverse real FFT (CPU or cuFFT)
+    is well defined.
+    """
+    x = torch.randn(
+        (batch, n, n // 2 + 1), generator=generator, device=device, dtype=torch.complex64
+    )
+    x = x * n
+    neg = (-torch.arange(n, device=x.device)) % n
+    cols = [0, n // 2] if n % 2 == 0 else [0]
+    for c in cols:
+        col = x[:, :, c]
+        x[:, :, c] = (col + col[:, neg].conj()) / math.sqrt(2.0)
+    return x
+
+
+def gaussian_from_power(
+    power: torch.Tensor, n: int, pix_area: float, generator, transfer: torch.Tensor | None = None
+) -> torch.Tensor:
     """Gaussian random fields with a given spectrum on the periodic grid (engine.stats conventions).
 
     Parameters
@@ -216,17 +243,19 @@ def gaussian_from_power(power: torch.Tensor, n: int, pix_area: float, generator)
         Pixel area (L/n)², same length unit as ``power``.
     generator : torch.Generator
         On ``power``'s device.
+    transfer : torch.Tensor (n, n//2+1), optional
+        Extra filter applied to the modes (e.g. a smoothing kernel), saving a separate FFT pass.
 
     Returns
     -------
-    torch.Tensor (B, n, n) float32 whose Fourier modes have variance n² P / pix_area, i.e.
-    ⟨P̂⟩ = P for :func:`engine.stats.power_spectrum`: unit white noise filtered by √(P / a).
+    torch.Tensor (B, n, n) float32 whose Fourier modes have variance n² P T² / pix_area, i.e.
+    ⟨P̂⟩ = P T² for :func:`engine.stats.power_spectrum`: white noise filtered by √(P / a) T.
     """
-    white = torch.randn(
-        (power.shape[0], n, n), generator=generator, device=power.device, dtype=torch.float32
-    )
     amp = torch.sqrt(power / pix_area).to(torch.float32)
-    return torch.fft.irfft2(torch.fft.rfft2(white) * amp, s=(n, n))
+    if transfer is not None:
+        amp = amp * transfer.to(torch.float32)
+    white = hermitian_white_noise(power.shape[0], n, generator, power.device)
+    return torch.fft.irfft2(white * amp, s=(n, n))
 
 
 def lognormal_from_power(
@@ -299,19 +328,24 @@ def generate_maps(
     om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1).to(device)
     s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1).to(device)
     kmag = wavenumber_grid(n, box, device)
-    power = projected_power(settings, kmag, om, s8)  # (B, n, n//2+1)
+    # theory once per distinct cosmology of the batch (often all maps share one)
+    uniq, inverse = torch.unique(torch.stack([om, s8], dim=1), dim=0, return_inverse=True)
+    power = projected_power(settings, kmag, uniq[:, 0], uniq[:, 1])  # (U, n, n//2+1)
     power[..., 0, 0] = 0.0
+    power = power[inverse]
+    kernel = None
+    if settings.smoothing > 0:
+        kernel = torch.exp(-0.5 * (kmag * settings.smoothing) ** 2).to(torch.float32)
     if settings.kind == "grf":
-        delta = gaussian_from_power(power, n, pix_area, generator)
+        delta = gaussian_from_power(power, n, pix_area, generator, transfer=kernel)
     elif settings.kind == "lognormal":
         delta = lognormal_from_power(power, n, pix_area, generator)
+        if kernel is not None:
+            delta = torch.fft.irfft2(torch.fft.rfft2(delta) * kernel, s=(n, n))
     else:
         raise ConfigError(
             f"kind={settings.kind!r} is not allowed: kind must be one of 'grf', 'lognormal'"
         )
-    if settings.smoothing > 0:
-        kernel = torch.exp(-0.5 * (kmag * settings.smoothing) ** 2).to(torch.float32)
-        delta = torch.fft.irfft2(torch.fft.rfft2(delta) * kernel, s=(n, n))
     if settings.noise > 0:
         delta = delta + settings.noise * torch.randn(
             delta.shape, generator=generator, device=device, dtype=torch.float32

@@ -309,12 +309,14 @@ class FieldParams(CosmologyParams):
     smoothing = param.Number(
         0.0,
         bounds=(0.0, 100.0),
+        softbounds=(0.0, 20.0),
         step=0.1,
         doc="Standard deviation of the Gaussian smoothing kernel in comoving Mpc/h (0: none).",
     )
     noise = param.Number(
         0.0,
         bounds=(0.0, 100.0),
+        softbounds=(0.0, 5.0),
         step=0.01,
         doc="Standard deviation per pixel of the additive white noise, in units of the density "
         "contrast (0: none).",

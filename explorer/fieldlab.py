@@ -12,7 +12,6 @@ Units: lengths in comoving Mpc/h, k in h/Mpc, 2D P(k) in (Mpc/h)², δ dimension
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,12 +38,6 @@ K_PLOT = (2e-3, 10.0)
 P_PLOT = (1e-3, 3e4)
 #: CMB temperature in K (pyccl's default), for k_eq of Eisenstein & Hu (1998), eq. (3).
 T_CMB = 2.7255
-#: Serialises :func:`compute` so that concurrent first calls do not build the theory tables twice
-#: (functools caches do not lock).
-_COMPUTE_LOCK = threading.Lock()
-#: Slider ranges shown when the engine parameter has no ``softbounds`` (the hard bounds of
-#: FieldParams allow up to 100, far beyond where anything is left to see).
-SOFT_RANGES = {"smoothing": (0.0, 20.0), "noise": (0.0, 5.0)}
 
 # Labelled dimensions shared by all plots (axis labels carry the units).
 DIM_X = hv.Dimension("x", label="x", unit="Mpc/h")
@@ -139,11 +132,7 @@ def compute(settings: FieldParams, pdf_bins: int = 80) -> FieldLabResult:
         Settings the generator rejects (e.g. a lognormal target with ξ ≤ −1).
     """
     t0 = time.perf_counter()
-    with _COMPUTE_LOCK:  # the server's warm-up thread and a first session share the tables
-        return _compute(settings, pdf_bins, t0)
-
-
-def _compute(s: FieldParams, pdf_bins: int, t0: float) -> FieldLabResult:
+    s = settings
     om = torch.tensor([s.omega_m], dtype=torch.float64)
     s8 = torch.tensor([s.sigma8], dtype=torch.float64)
     gen = torch.Generator().manual_seed(int(s.seed))
@@ -401,7 +390,7 @@ class FieldLab(pn.viewable.Viewer):
         p = self.settings.param
 
         def slider(name: str, text: str, fmt: str) -> pn.widgets.FloatSlider:
-            soft = p[name].softbounds or SOFT_RANGES.get(name)
+            soft = p[name].softbounds
             extra = {"start": soft[0], "end": soft[1]} if soft else {}
             return pn.widgets.FloatSlider.from_param(
                 p[name], **label(text), format=fmt, sizing_mode="stretch_width", **extra
