@@ -1,4 +1,5 @@
-r"""Summary statistics of 2D maps and 3D volumes, batched in torch: P(k), cross-spectra, pixel PDF.
+r"""Summary statistics of 2D maps and 3D volumes, batched in torch: P(k), cross-spectra, pixel PDF,
+peak counts.
 
 Fourier and normalisation conventions (written once, used everywhere)
 --------------------------------------------------------------------
@@ -251,3 +252,44 @@ def pixel_pdf(field, bins: int = 64, value_range: tuple[float, float] | None = N
     density = hist / max(float(hist.sum()), 1.0) / width
     centers = lo + width * (np.arange(bins) + 0.5)
     return centers, density.numpy()
+
+
+def peak_counts(maps, thresholds) -> np.ndarray:
+    """Number of local maxima above each threshold in each 2D map (periodic, 8 neighbours).
+
+    A peak is a pixel strictly larger than all 8 of its neighbours, the map wrapped periodically
+    (the convention of the flat periodic maps of :mod:`engine.fields` and :mod:`engine.lensing`;
+    ties are not peaks). It counts towards threshold t when its value is > t.
+
+    Parameters
+    ----------
+    maps : torch.Tensor or numpy.ndarray (B, N, M) or (N, M), real
+        Maps, y along the second-to-last axis.
+    thresholds : array_like (T,)
+        Thresholds in the units of the maps (e.g. ν σ for signal-to-noise levels ν).
+
+    Returns
+    -------
+    numpy.ndarray (B, T) int64 (or (T,) for a single map): peaks per map above each threshold.
+    """
+    x = torch.as_tensor(maps).detach()
+    single = x.ndim == 2
+    if single:
+        x = x.unsqueeze(0)
+    if x.ndim != 3:
+        raise ValueError(f"maps must have shape (B, N, M) or (N, M), got {tuple(x.shape)}")
+    n, m = x.shape[-2:]
+    # pad periodically by one pixel: the 8 neighbours are then shifted slices of the copy
+    xp = torch.cat([x[:, -1:], x, x[:, :1]], dim=1)
+    xp = torch.cat([xp[:, :, -1:], xp, xp[:, :, :1]], dim=2)
+    is_max = torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if (dy, dx) != (1, 1):
+                is_max &= x > xp[:, dy : dy + n, dx : dx + m]
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    out = np.zeros((x.shape[0], t.size), dtype=np.int64)
+    for b in range(x.shape[0]):
+        heights = np.sort(x[b][is_max[b]].to(torch.float64).cpu().numpy())
+        out[b] = heights.size - np.searchsorted(heights, t, side="right")
+    return out[0] if single else out

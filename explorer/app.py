@@ -1,4 +1,4 @@
-"""The explorer application: the field lab and training pages in one Panel layout.
+"""The explorer application: the field lab, sky and training pages in one Panel layout.
 
 :func:`create_app` builds a fresh layout for one browser session; ``explorer/main.py`` (the
 entry point of ``panel serve explorer``) calls it and marks the result servable.
@@ -13,6 +13,7 @@ from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import FIXED_SIZING_MODE
 
 from explorer.fieldlab import FieldLab
+from explorer.sky import SkyPage
 from explorer.training import TrainingController
 
 TITLE = "Cosmo map lab — explorer"
@@ -33,7 +34,7 @@ def header() -> pn.pane.HTML:
     """Title bar of the page."""
     return pn.pane.HTML(
         "<div class='explorer-header'><h2>Cosmo map lab</h2>"
-        "<p>Projected matter density maps, their power spectra against linear theory, "
+        "<p>Matter density, 2LPT and weak-lensing maps and skies, their spectra against theory, "
         "and networks that infer Ω<sub>m</sub> and σ<sub>8</sub> from them.</p></div>",
         stylesheets=[CSS],
         sizing_mode="stretch_width",
@@ -41,7 +42,7 @@ def header() -> pn.pane.HTML:
 
 
 def create_app(runs_root: str | Path | None = None) -> pn.viewable.Viewable:
-    """Build the explorer for the current session: header plus Field lab / Training tabs.
+    """Build the explorer for the current session: header plus Field lab / Sky / Training tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
     and field-lab updates are coalesced on the session's document.
@@ -58,5 +59,12 @@ def create_app(runs_root: str | Path | None = None) -> pn.viewable.Viewable:
     trainer = TrainingController(runs_root=runs_root)
     if doc is not None:
         trainer.start()
-    tabs = pn.Tabs(("Field lab", lab), ("Training", trainer), dynamic=True)
+    tabs = pn.Tabs(dynamic=True)
+
+    def open_in_lab(patch, source: str) -> None:  # the sky page hands a patch to the field lab
+        lab.show_map(patch, source=source)
+        tabs.active = 0
+
+    sky = SkyPage(on_open=open_in_lab)
+    tabs.extend([("Field lab", lab), ("Sky", sky), ("Training", trainer)])
     return pn.Column(header(), tabs, sizing_mode="stretch_width")

@@ -1,18 +1,10 @@
-"""Where the real data for tests lives (../shared/data/real next to the checkout; see its README).
+"""Where the real data for tests lives: the one lookup of :mod:`explorer.data` (no Panel import).
 
 Override with the environment variable COSMO_REAL_DATA.
 """
 
-import os
-from pathlib import Path
+from explorer.data import real_data_dir
 
-_CANDIDATES = [
-    os.environ.get("COSMO_REAL_DATA", ""),
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "real",
-    "/work/shared/data/real",
-]
-REAL_DATA = next(
-    (Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path("/work/shared/data/real")
-)
+REAL_DATA = real_data_dir()
 WMAP = REAL_DATA / "wmap"
 CAMELS = REAL_DATA / "camels"

@@ -3,7 +3,7 @@
 Uses the Debian Chromium at /usr/bin/chromium (no browser download); skipped when it is missing.
 One server (with EXPLORER_RUNS_DIR in a temporary folder) and one browser serve the module;
 engine runs started by the tests are killed at the end. ``--screenshots`` saves
-assets/screenshots/fieldlab.png and training.png.
+assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png and training.png.
 """
 
 from __future__ import annotations
@@ -134,8 +134,30 @@ def page(browser, server, request):
     context.close()
 
 
+# Page rectangle (x, y, width, height) of the plot frame of the figure titled ``title``.
+JS_FRAME = """(title) => {
+  let found = null;
+  function walk(v) {
+    if (found) return;
+    if (v.model && v.model.title && v.model.title.text === title && v.frame) {
+      const r = v.el.getBoundingClientRect(), f = v.frame.bbox;
+      found = [r.x + f.x, r.y + f.y, f.width, f.height];
+    }
+    if (v.child_views) for (const c of v.child_views) walk(c);
+  }
+  for (const v of Bokeh.index) walk(v);
+  return found;
+}"""
+
+# Whether some model of the document has a title text starting with ``prefix``.
+JS_TITLE = """(prefix) => [...Bokeh.documents[0].all_models]
+  .some((m) => typeof m.text === "string" && m.text.startsWith(prefix))"""
+
+
 def _screenshot(request, page, name: str) -> None:
     if request.config.getoption("--screenshots"):
+        page.mouse.move(1, 1)  # no hover tooltips in the picture
+        page.wait_for_timeout(300)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
 
@@ -204,3 +226,29 @@ def test_training_run_streams_loss_into_page(page, request, runs_dir):
     assert (settings["epochs"], settings["steps_per_epoch"]) == (3, 8)
     page.wait_for_timeout(1000)
     _screenshot(request, page, "training.png")
+
+
+def test_kind_selector_shows_kappa_with_ell_axis(page, request):
+    page.get_by_text("κ WL", exact=True).first.click()
+    page.locator("td", has_text="arcmin⁻²").first.wait_for()  # κ settings in the readout
+    # the spectrum is now C_ℓ: a Scatter over ℓ, and the map axes are in arcmin
+    _wait_until(lambda: page.evaluate(JS_SOURCES, ["ell", "P"]))
+    page.wait_for_function(JS_TITLE, arg="Convergence κ")
+    page.wait_for_timeout(500)
+    _screenshot(request, page, "fieldlab_kappa.png")
+
+
+def test_sky_click_cuts_patch_and_opens_it_in_field_lab(page, request):
+    page.get_by_text("Sky", exact=True).first.click()
+    page.get_by_text("WMAP 7-yr W band (analysis mask)").first.wait_for()  # WMAP is shown
+    frame = _wait_until(lambda: page.evaluate(JS_FRAME, "Click the sky to cut a patch"))
+    x, y, w, h = frame
+    page.wait_for_timeout(500)  # let the first frame settle before clicking
+    page.mouse.click(x + 0.4 * w, y + 0.8 * h)  # southern sky, east of the centre
+    page.get_by_text("Patch centre: lon").first.wait_for()
+    page.wait_for_function(JS_TITLE, arg="Patch at lon")  # the patch view shows it
+    page.wait_for_timeout(500)
+    _screenshot(request, page, "sky.png")
+    page.get_by_text("Open patch in field lab").first.click()
+    page.locator("td", has_text="centre lon").first.wait_for()  # the field lab measures it
+    _wait_until(lambda: page.evaluate(JS_SOURCES, ["ell", "P"]))

@@ -15,10 +15,16 @@ import time
 
 import holoviews as hv
 import numpy as np
+import panel as pn
 import pytest
 
+from engine import fields
+from engine.kinds import FIELD_KINDS
+from engine.lensing import ARCMIN, KappaParams
+from engine.lpt import LPTParams
 from engine.params import ConfigError, FieldParams
 from engine.runs import RunDir, is_alive
+from engine.stats import peak_counts
 from engine.training import PRESETS
 from explorer import fieldlab, training
 from explorer.fieldlab import FieldLab, compute, parameter_table
@@ -32,7 +38,7 @@ def base() -> fieldlab.FieldLabResult:
 
 def test_compute_returns_consistent_arrays(base):
     n = 128
-    assert base.delta.shape == (n, n)
+    assert base.map.shape == (n, n) and base.style.coord_unit == "Mpc/h"
     assert base.x[0] == pytest.approx(1.0) and base.x[-1] == pytest.approx(255.0)  # L/N = 2 Mpc/h
     assert base.k.shape == base.pk.shape == base.pk_expected.shape == base.pk_sigma.shape
     kf, kn = 2 * np.pi / 256.0, np.pi * n / 256.0
@@ -41,16 +47,16 @@ def test_compute_returns_consistent_arrays(base):
     # the measured spectrum scatters around the binned theory: mean ratio over all bins ~ 1
     assert np.mean(base.pk / base.pk_expected) == pytest.approx(1.0, abs=0.1)
     # the PDF is a normalised density around 0 for a Gaussian field
-    width = base.pdf_delta[1] - base.pdf_delta[0]
+    width = base.pdf_x[1] - base.pdf_x[0]
     assert np.sum(base.pdf_density) * width == pytest.approx(1.0, rel=1e-6)
-    assert abs(np.sum(base.pdf_delta * base.pdf_density) * width) < 0.1 * base.sigma_delta
+    assert abs(np.sum(base.pdf_x * base.pdf_density) * width) < 0.1 * base.sigma
 
 
 def test_same_seed_gives_same_map(base):
     again = compute(FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3))
-    np.testing.assert_array_equal(again.delta, base.delta)
+    np.testing.assert_array_equal(again.map, base.map)
     other = compute(FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=4))
-    assert not np.array_equal(other.delta, base.delta)
+    assert not np.array_equal(other.map, base.map)
 
 
 def test_sigma8_scales_amplitude_not_shape(base):
@@ -70,7 +76,7 @@ def test_omega_m_changes_shape(base):
     assert hi / lo > 1.5
     # and the measured shape change follows the theory for the same modes
     np.testing.assert_allclose(ratio, high.pk_expected / base.pk_expected, rtol=0.15)
-    assert high.k_eq == pytest.approx(2 * base.k_eq)
+    assert high.markers[0][0] == pytest.approx(2 * base.markers[0][0])  # k_eq
 
 
 def test_smoothing_and_noise_follow_theory(base):
@@ -78,13 +84,13 @@ def test_smoothing_and_noise_follow_theory(base):
     damp = smooth.pk / base.pk
     np.testing.assert_allclose(damp[:10], np.exp(-((smooth.k[:10] * 4.0) ** 2)), rtol=0.05)
     noisy = compute(FieldParams(size=128, noise=2.0, seed=3))
-    assert noisy.noise_floor == pytest.approx(4.0 * 2.0**2)  # σ_n² (L/N)², L/N = 2 Mpc/h
+    assert noisy.noise_theory[0] == pytest.approx(4.0 * 2.0**2)  # σ_n² (L/N)², L/N = 2 Mpc/h
     assert np.median(noisy.pk[-20:] / noisy.pk_expected[-20:]) == pytest.approx(1.0, abs=0.15)
 
 
 def test_parameter_table_shows_values_with_units(base):
     settings = FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3, smoothing=1.5)
-    text = parameter_table(settings, base)
+    text = parameter_table(compute(settings))
     for expected in ("Ω<sub>m</sub> | 0.300", "σ<sub>8</sub> | 0.800", "1.50 | Mpc/h"):
         assert expected in text
     for unit in ("Mpc/h", "h/Mpc", "pixels", "δ per pixel"):
@@ -99,8 +105,19 @@ def test_fieldlab_recomputes_on_parameter_change():
     assert lab.result is not first and lab.result.settings["omega_m"] == 0.5
     assert not lab.large
     lab.settings.size = 512
-    assert lab.large and lab.result.delta.shape == (512, 512)
-    assert "0.500" in parameter_table(lab.settings, lab.result)
+    assert lab.large and lab.result.map.shape == (512, 512)
+    assert "0.500" in parameter_table(lab.result)
+
+
+def test_views_are_rebuilt_only_when_the_style_changes():
+    lab = FieldLab(FieldParams(size=64))
+    builds = []
+    lab.param.watch(lambda e: builds.append(e.name), ["style", "large"])
+    lab.settings.omega_m = 0.45
+    lab.settings.seed = 3
+    assert builds == []  # same kind, extent and ranges: results go through the pipe
+    lab.settings.box_size = 128.0
+    assert builds == ["style"]
 
 
 def test_fieldlab_keeps_last_result_on_error(monkeypatch):
@@ -118,14 +135,86 @@ def test_fieldlab_keeps_last_result_on_error(monkeypatch):
 def test_widgets_are_generated_from_fieldparams():
     lab = FieldLab(FieldParams(size=64))
     w = lab.widgets()
-    assert set(w) == set(fieldlab.CONTROLS)
+    assert set(w) == {"kind"} | {c.name for c in fieldlab.KIND_VIEWS["grf"].controls}
     assert (w["omega_m"].start, w["omega_m"].end) == FieldParams.param.omega_m.bounds
     assert (w["sigma8"].start, w["sigma8"].end) == FieldParams.param.sigma8.bounds
+    assert (w["smoothing"].start, w["smoothing"].end) == FieldParams.param.smoothing.softbounds
     assert w["omega_m"].value == FieldParams.param.omega_m.default
     assert list(w["size"].options) == list(fieldlab.SIZES)
-    assert list(w["kind"].options) == FieldParams.param.kind.objects
+    assert list(w["kind"].options.values()) == list(FIELD_KINDS)
     w["sigma8"].value = 1.1  # widget → state → result
     assert lab.settings.sigma8 == 1.1 and lab.result.settings["sigma8"] == 1.1
+
+
+def test_widgets_of_other_kinds_come_from_their_param_classes():
+    lab = FieldLab(FieldParams(size=64))
+    lab.kind = "2lpt"
+    w = lab.widgets()
+    assert isinstance(lab.settings, LPTParams)
+    assert (w["redshift"].start, w["redshift"].end) == LPTParams.param.redshift.bounds
+    assert list(w["lpt_order"].options.values()) == [1, 2]
+    # huge hard bounds without softbounds: a number box with the hard bounds, no invented range
+    assert isinstance(w["box_size"], pn.widgets.FloatInput)
+    assert (w["box_size"].start, w["box_size"].end) == LPTParams.param.box_size.bounds
+    lab.kind = "kappa"
+    w = lab.widgets()
+    assert (w["fov"].start, w["fov"].end) == KappaParams.param.fov.bounds
+    assert (w["sigma_e"].start, w["sigma_e"].end) == KappaParams.param.sigma_e.bounds
+    assert list(w["distribution"].options) == KappaParams.param.distribution.objects
+
+
+def test_kind_switch_carries_cosmology_and_keeps_each_kinds_settings():
+    lab = FieldLab(FieldParams(size=64))
+    lab.settings.omega_m = 0.4
+    lab.settings.smoothing = 2.0  # Mpc/h: must not leak into κ's arcmin smoothing
+    lab.kind = "kappa"
+    assert lab.result.settings["kind"] == "kappa" and lab.settings.omega_m == 0.4
+    assert lab.settings.smoothing == KappaParams.param.smoothing.default
+    assert lab.result.style.k == "ell" and lab.result.style.coord_unit == "arcmin"
+    lab.kind = "lognormal"  # grf and lognormal share one FieldParams
+    assert lab.settings.kind == "lognormal" and lab.settings.smoothing == 2.0
+    assert lab.result.settings["kind"] == "lognormal"
+
+
+def test_lpt_compute_at_32():
+    """2LPT slab at 32³: δ > −1, positive skewness, CIC-deconvolved P(k) near the D²-scaled theory."""
+    s = LPTParams(size=32, box_size=256.0, thickness=64.0, seed=1)
+    r = compute(s)
+    assert r.map.shape == (32, 32) and r.style.coord_unit == "Mpc/h" and r.style.k_unit == "h/Mpc"
+    assert r.map.min() > -1 and r.skewness > 0
+    assert r.x[-1] == pytest.approx(256.0 - 4.0)  # cell centres, L/N = 8 Mpc/h
+    # without noise the expected band is the projected linear theory of the same modes
+    np.testing.assert_allclose(r.pk_expected, fields.binned_theory(s, 0.3, 0.8).power, rtol=1e-6)
+    low = r.k < np.pi * 32 / 256.0 / 2  # a single map: consistent within cosmic variance
+    assert np.mean(((r.pk[low] - r.pk_expected[low]) / r.pk_sigma[low]) ** 2) < 4
+    assert [t for _, t in r.markers] == ["k_eq", "k_N/4"]
+    # growth: at z = 1 the same seed gives a map scaled by about D(1) ≈ 0.6
+    high_z = compute(LPTParams(size=32, box_size=256.0, thickness=64.0, seed=1, redshift=1.0))
+    growth = float(dict((n, v) for n, v, _ in high_z.derived)["growth D(z)/D(0)"])
+    assert 0.55 < growth < 0.66
+    assert high_z.sigma / r.sigma == pytest.approx(growth, rel=0.15)
+    assert high_z.skewness < r.skewness
+    assert "order | 2LPT" in parameter_table(r)
+
+
+def test_kappa_compute_matches_theory_without_noise():
+    s = KappaParams(size=128, fov=5.0, sigma_e=0.0, smoothing=2.0, seed=2)
+    r = compute(s)
+    assert r.map.shape == (128, 128) and r.style.coord_unit == "arcmin"
+    assert r.x[-1] == pytest.approx(300.0 - 300.0 / 256)  # pixel centres in arcmin
+    assert r.style.k_label == "ℓ" and r.style.p_label == "ℓ(ℓ+1)C_ℓ/2π"
+    assert r.k[0] == pytest.approx(2 * np.pi / np.radians(5.0), rel=0.3)  # ℓ_f ≈ 72
+    ok = np.isfinite(r.pk) & (r.k < 3000)
+    assert np.mean(r.pk[ok] / r.pk_expected[ok]) == pytest.approx(1.0, abs=0.1)
+    assert np.all(np.isnan(r.noise_theory))  # σ_e = 0: no noise curve
+    # peaks: counts decrease with the threshold and match engine.stats on the map
+    assert np.all(np.diff(r.peak_counts) <= 0)
+    m = r.map
+    np.testing.assert_array_equal(r.peak_counts, peak_counts(m, m.mean() + r.peak_nu * r.sigma))
+    noisy = compute(KappaParams(size=128, fov=5.0, sigma_e=0.3, n_gal=5.0, smoothing=0.0))
+    level = 0.3**2 / (5.0 / ARCMIN**2)  # σ_e²/n_gal in sr
+    ell = noisy.k_theory[-1]
+    assert noisy.noise_theory[-1] == pytest.approx(level * ell * (ell + 1) / (2 * np.pi), rel=1e-6)
 
 
 def test_coalescer_runs_once_per_burst():
@@ -153,6 +242,87 @@ def test_views_render_without_server():
     app = create_app()
     root = app.get_root(Document())
     assert root is not None
+
+
+def test_open_patch_in_field_lab():
+    from explorer.sky import SkyPage
+
+    lab = FieldLab(FieldParams(size=64))
+    page = SkyPage(on_open=lambda patch, source: lab.show_map(patch, source=source))
+    page.patch_settings.size = 64
+    page.cut(120.0, 45.0)
+    page.open_in_field_lab()
+    assert lab.kind == "patch" and "patch" in lab.param["kind"].objects.values()
+    r = lab.result
+    assert r.map.shape == (64, 64) and r.style.value_unit == "mK" and r.style.k == "ell"
+    assert np.isfinite(r.pk).sum() > 5 and np.all(np.isnan(r.pk_theory))  # real map: no theory
+    assert "centre lon | 120.00" in parameter_table(r)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sky page
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mollweide_round_trip():
+    from explorer.sky import X_MAX, mollweide_forward, mollweide_inverse
+
+    lon = np.array([0.0, 30.0, 150.0, 210.0, 359.0, 80.0])
+    lat = np.array([0.0, 45.0, -60.0, 10.0, 89.0, -89.5])
+    x, y = mollweide_forward(lon, lat)
+    lon2, lat2, inside = mollweide_inverse(x, y)
+    assert inside.all()
+    np.testing.assert_allclose(lat2, lat, atol=1e-7)
+    np.testing.assert_allclose(lon2, lon, atol=1e-6)
+    assert x[1] < 0  # longitude grows to the left, as healpy.mollview
+    assert not mollweide_inverse(0.99 * X_MAX, 0.9)[2]  # outside the ellipse
+
+
+def test_sky_page_shows_wmap_and_tap_cuts_patch():
+    import healpy as hp
+
+    from explorer import sky
+
+    page = sky.SkyPage()
+    r = page.result
+    assert page.source == "wmap" and r.nside == 32 and r.unit == "μK"
+    assert 0.5 < r.fsky < 0.8  # the analysis mask removes the Galactic plane
+    assert r.ell[0] == 2 and np.isfinite(r.dl).all()
+    # healpy's reference spectrum of the same masked map (made with lmax 64 instead of 95: the
+    # iterated map2alm differs by ~1 %)
+    ref = np.isfinite(r.dl_theory)
+    assert ref.sum() == 63
+    np.testing.assert_allclose(r.dl[ref], r.dl_theory[ref], rtol=0.03)
+    image, bounds = sky.sample_mollweide(r.values, shape=(200, 100))
+    assert image.shape == (100, 200) and np.isnan(image[0, 0]) and np.isfinite(image).any()
+    x, y = sky.mollweide_forward(60.0, 50.0)  # a click at lon 60°, lat 50°
+    patch = page.tap(float(x), float(y))
+    size = page.patch_settings.size
+    assert patch.shape == (size, size) and patch.attrs["units"] == "mK"
+    assert page.center == pytest.approx((60.0, 50.0))
+    assert float(patch.x[-1]) == pytest.approx(page.patch_settings.fov * 60 * (1 - 0.5 / size))
+    pix = hp.ang2pix(32, 60.0, 50.0, lonlat=True)
+    assert abs(float(patch.values[size // 2, size // 2]) - r.sky.values[pix]) < 0.2  # mK
+    assert page.tap(0.99 * sky.X_MAX, 1.3) is None and "inside" in page.message
+    page.patch_settings.size = 64  # a new size recuts at the same centre
+    assert page.patch.shape == (64, 64)
+
+
+def test_sky_page_kappa_source_against_theory():
+    from explorer import sky
+
+    page = sky.SkyPage(source="kappa")
+    page.sky_settings.nside = 64
+    r = page.result
+    assert r.source == "kappa" and r.nside == 64 and r.fsky == 1.0
+    band = (r.ell >= 10) & (r.ell <= 100)
+    assert np.mean(r.dl[band] / r.dl_theory[band]) == pytest.approx(1.0, abs=0.1)
+    page.sky_settings.footprint = "des_like"
+    assert page.result.fsky == pytest.approx(0.107, abs=0.01)
+    patch = page.cut(30.0, -45.0)  # inside the DES-like box
+    assert patch.attrs["kind"] == "kappa" and patch.shape == (128, 128)
+    theory = fieldlab.ExternalMap.from_patch(patch).theory_settings()  # the sky's C_ℓ settings
+    assert (theory.omega_m, theory.fov, theory.size) == (0.3, page.patch_settings.fov, 128)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,3 +77,35 @@ def test_bad_input_messages():
         stats.power_spectrum(torch.zeros(4, 8, 6), 10.0)
     with pytest.raises(ValueError, match="increasing"):
         stats.power_spectrum(torch.zeros(8, 8), 10.0, edges=[1.0, 0.5])
+
+
+def numpy_peaks(m, thresholds):
+    """Brute force: visit every pixel and its 8 periodic neighbours."""
+    n, k = m.shape
+    heights = []
+    for i in range(n):
+        for j in range(k):
+            nb = [m[(i + dy) % n, (j + dx) % k] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            if all(
+                m[i, j] > v
+                for v, (dy, dx) in zip(nb, np.ndindex(3, 3), strict=True)
+                if (dy, dx) != (1, 1)
+            ):
+                heights.append(m[i, j])
+    heights = np.asarray(heights)
+    return np.array([(heights > t).sum() for t in thresholds])
+
+
+def test_peak_counts_match_brute_force():
+    rng = np.random.default_rng(3)
+    maps = rng.standard_normal((3, 24, 20))
+    maps[0, 5, 6] = maps[0, 5, 7] = 9.0  # a tie is no peak
+    maps[1, 0, 0] = 9.0  # a corner peak sees the opposite corners as neighbours
+    thresholds = np.linspace(-2.0, 3.0, 11)
+    got = stats.peak_counts(torch.from_numpy(maps), thresholds)
+    assert got.shape == (3, 11) and got.dtype == np.int64
+    for b in range(3):
+        np.testing.assert_array_equal(got[b], numpy_peaks(maps[b], thresholds))
+    assert got[0, -1] == numpy_peaks(maps[0], [3.0])[0]
+    np.testing.assert_array_equal(stats.peak_counts(maps[1], thresholds), got[1])  # numpy, 2D
+    assert stats.peak_counts(np.zeros((8, 8)), [-1.0]).tolist() == [0]  # flat: no strict maximum

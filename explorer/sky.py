@@ -1,0 +1,615 @@
+"""Sky page: a HEALPix map in Mollweide projection, its C_ℓ, and patches cut where you click.
+
+Sources: a synthesized full-sky κ map (:func:`engine.sky.generate`; nside 64/128/256, footprint
+full or DES-like) or the real WMAP 7-year W-band temperature map (nside 32, in mK; optionally with
+its temperature analysis mask), found through :mod:`explorer.data`.
+
+Rendering. The Mollweide view is drawn at screen resolution for the visible range: an
+``hv.DynamicMap`` driven by an ``hv.streams.RangeXY`` computes, for a regular grid of image pixels
+over the visible part of the Mollweide plane, their (lon, lat) with the inverse projection
+(:func:`mollweide_inverse`) and looks the HEALPix pixel up with ``healpy.ang2pix``. This is
+datashader's rasterize-to-the-screen idea done exactly (every screen pixel samples one HEALPix
+pixel), so it stays responsive at any nside and shows full detail when zoomed in.
+
+Click-to-extract. An ``hv.streams.Tap`` on the map gives (x, y) in the Mollweide plane →
+(lon, lat) → :func:`engine.sky.extract_patches` cuts a gnomonic patch (field of view and size
+from :class:`engine.lensing.KappaParams`' ``fov`` and ``size`` definitions) shown next to the
+sky; "Open in field lab" hands it to :meth:`explorer.fieldlab.FieldLab.show_map`.
+
+Conventions: longitude increases to the left (the sky seen from inside, as ``healpy.mollview``),
+lon = 0 at the centre; angles in degrees; C_ℓ plotted as D_ℓ = ℓ(ℓ+1)C_ℓ/2π (dimensionless for
+κ, μK² for WMAP).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import healpy as hp
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+import xarray as xr
+
+from engine import sky as esky
+from engine.lensing import KappaParams
+from engine.params import ConfigError, to_dict
+from explorer import data as realdata
+from explorer.fieldlab import Control, labelled, setting_widget
+from explorer.widgets import label, look
+
+hv.extension("bokeh", logo=False)
+
+#: HEALPix resolutions offered for synthesized skies.
+NSIDES = (64, 128, 256)
+#: Patch sizes offered (pixels per side).
+PATCH_SIZES = (64, 128, 256)
+#: Half axes of the Mollweide ellipse: x ∈ [−2√2, 2√2], y ∈ [−√2, √2].
+X_MAX, Y_MAX = 2 * math.sqrt(2), math.sqrt(2)
+#: Screen size of the Mollweide frame in pixels (also the sampling of the image).
+FRAME = (720, 360)
+#: WMAP temperatures are plotted in μK (file unit mK).
+MK_TO_UK = 1e3
+
+
+# ---------------------------------------------------------------------------------------------
+# Mollweide projection (pure numpy)
+# ---------------------------------------------------------------------------------------------
+
+
+def mollweide_inverse(x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lon, lat) in degrees of Mollweide plane points, longitude increasing to the left.
+
+    x = −(2√2/π) λ cos θ, y = √2 sin θ, 2θ + sin 2θ = π sin φ (λ = lon wrapped to (−180°, 180°],
+    φ = lat). Returns lon in [0, 360), lat in [−90, 90] and a boolean ``inside`` (points outside
+    the ellipse x²/8 + y²/2 ≤ 1 get lon = lat = nan).
+    """
+    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    inside = (x / X_MAX) ** 2 + (y / Y_MAX) ** 2 <= 1.0
+    theta = np.arcsin(np.clip(y / Y_MAX, -1.0, 1.0))
+    lat = np.degrees(np.arcsin(np.clip((2 * theta + np.sin(2 * theta)) / math.pi, -1.0, 1.0)))
+    cos_t = np.cos(theta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(cos_t > 1e-12, -math.pi * x / (X_MAX * cos_t), 0.0)
+    lon = np.mod(np.degrees(lam), 360.0)
+    return np.where(inside, lon, np.nan), np.where(inside, lat, np.nan), inside
+
+
+def mollweide_forward(lon, lat) -> tuple[np.ndarray, np.ndarray]:
+    """Mollweide plane (x, y) of (lon, lat) in degrees; inverse of :func:`mollweide_inverse`.
+
+    θ from 2θ + sin 2θ = π sin φ by Newton iterations (converged to 1e-10 rad in ≤ 30 steps,
+    exact at the poles).
+    """
+    lon, lat = np.broadcast_arrays(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
+    phi = np.radians(lat)
+    lam = np.radians((lon + 180.0) % 360.0 - 180.0)
+    theta = phi.copy()
+    target = math.pi * np.sin(phi)
+    for _ in range(30):
+        f = 2 * theta + np.sin(2 * theta) - target
+        df = 2 + 2 * np.cos(2 * theta)
+        step = np.where(df > 1e-12, f / np.where(df > 1e-12, df, 1.0), 0.0)
+        theta = theta - step
+        if np.all(np.abs(step) < 1e-10):
+            break
+    theta = np.where(np.abs(lat) >= 90, np.sign(phi) * math.pi / 2, theta)
+    return -X_MAX / math.pi * lam * np.cos(theta), Y_MAX * np.sin(theta)
+
+
+def sample_mollweide(
+    sky_map: np.ndarray, x_range=None, y_range=None, shape: tuple[int, int] = FRAME
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Sample a HEALPix map (RING) on a regular grid of the Mollweide plane.
+
+    Parameters
+    ----------
+    sky_map : ndarray (12 nside²,)
+        Values; UNSEEN (and non-finite) pixels become nan, as do points outside the ellipse.
+    x_range, y_range : (float, float), optional
+        Visible part of the plane (default the whole ellipse).
+    shape : (width, height)
+        Image pixels.
+
+    Returns
+    -------
+    image : ndarray (height, width) float64, first row at the top (largest y)
+    bounds : (x0, y0, x1, y1) of the image in the Mollweide plane
+    """
+    x0, x1 = x_range if x_range is not None else (-X_MAX, X_MAX)
+    y0, y1 = y_range if y_range is not None else (-Y_MAX, Y_MAX)
+    w, h = shape
+    xs = x0 + (np.arange(w) + 0.5) * (x1 - x0) / w
+    ys = y1 - (np.arange(h) + 0.5) * (y1 - y0) / h
+    lon, lat, inside = mollweide_inverse(xs[None, :], ys[:, None])
+    nside = hp.npix2nside(sky_map.size)
+    out = np.full(inside.shape, np.nan)
+    pix = hp.ang2pix(nside, lon[inside], lat[inside], lonlat=True)
+    vals = sky_map[pix]
+    vals = np.where(np.isfinite(vals) & (vals != hp.UNSEEN), vals, np.nan)
+    out[inside] = vals
+    return out, (x0, y0, x1, y1)
+
+
+def graticule(step_lon: float = 60.0, step_lat: float = 30.0) -> list[np.ndarray]:
+    """Meridians and parallels (and the outline) as Mollweide-plane paths, (M, 2) arrays."""
+    paths = []
+    t = np.linspace(-90, 90, 91)
+    for lon in np.arange(-180 + step_lon, 180, step_lon):
+        x, y = mollweide_forward(np.full_like(t, lon), t)
+        paths.append(np.column_stack([x, y]))
+    s = np.linspace(-179.999, 179.999, 181)
+    for lat in np.arange(-90 + step_lat, 90, step_lat):
+        x, y = mollweide_forward(s, np.full_like(s, lat))
+        paths.append(np.column_stack([x, y]))
+    a = np.linspace(0, 2 * math.pi, 361)
+    paths.append(np.column_stack([X_MAX * np.cos(a), Y_MAX * np.sin(a)]))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Sky sources (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class SkyResult:
+    """One sky ready to draw and cut.
+
+    Attributes
+    ----------
+    source : str
+        "kappa" or "wmap".
+    sky : xarray.DataArray (sample=1, pixel) for κ, (pixel,) for WMAP
+        The map (RING, UNSEEN where unobserved), attrs units and (κ) the settings and coords
+        omega_m, sigma8; the input of :func:`engine.sky.extract_patches`.
+    values : ndarray (npix,) float64
+        Plotted values (κ, or T in μK), nan where unobserved.
+    nside : int
+    unit : str
+        Unit of ``values`` ("" for κ, "μK").
+    title : str
+    clim : (float, float)
+        Symmetric colour range (99.5 % of |value| over observed pixels).
+    ell, dl : ndarray (L,)
+        ℓ = 2…lmax and the measured D_ℓ = ℓ(ℓ+1)Ĉ_ℓ/2π (pseudo-C_ℓ of the observed pixels),
+        in ``unit``².
+    dl_theory : ndarray (L,)
+        Expected D_ℓ: f_sky × the κ sky's theory (engine.sky.sky_cl), or for masked WMAP
+        healpy's reference spectrum (nan beyond it); nan where none.
+    theory_label : str
+    fsky : float
+        Observed fraction of the sky.
+    seconds : float
+    """
+
+    source: str
+    sky: xr.DataArray
+    values: np.ndarray
+    nside: int
+    unit: str
+    title: str
+    clim: tuple
+    ell: np.ndarray
+    dl: np.ndarray
+    dl_theory: np.ndarray
+    theory_label: str
+    fsky: float
+    seconds: float = field(default=0.0, compare=False)
+
+    def __repr__(self) -> str:
+        return f"SkyResult(source={self.source!r}, nside={self.nside}, fsky={self.fsky:.3f})"
+
+
+@functools.lru_cache(maxsize=4)
+def load_wmap(mask: bool = True) -> xr.DataArray:
+    """WMAP 7-yr W-band temperature (field I) in mK, RING nside 32; UNSEEN where masked.
+
+    Raises
+    ------
+    ConfigError
+        The files are not in the real-data folder (:mod:`explorer.data`).
+    """
+    path = realdata.real_file(realdata.WMAP_MAP)
+    mask_path = realdata.real_file(realdata.WMAP_MASK) if mask else None
+    if not realdata.wmap_available():
+        raise ConfigError(
+            f"WMAP files not found under {realdata.real_data_dir()} (set ${realdata.REAL_DATA_ENV})"
+        )
+    m = esky.read_healpix(path, field=0, mask=mask_path)
+    return xr.DataArray(
+        m,
+        dims=("pixel",),
+        name="temperature",
+        attrs=dict(
+            units="mK",
+            long_name="WMAP 7-year W-band temperature (I)",
+            ordering="RING",
+            source=path.name,
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _kappa_sky(key: tuple) -> xr.DataArray:
+    # (sample=1, pixel): extract_patches takes Ω_m, σ8 from the sample coords
+    return esky.generate(esky.SkyParams(**dict(key)))
+
+
+def _dl(ell: np.ndarray, cl: np.ndarray) -> np.ndarray:
+    return ell * (ell + 1) * cl / (2 * math.pi)
+
+
+def compute_sky(source: str, settings: esky.SkyParams, wmap_mask: bool = True) -> SkyResult:
+    """Make (or load) the sky of ``source`` and measure its C_ℓ.
+
+    Parameters
+    ----------
+    source : {"kappa", "wmap"}
+    settings : SkyParams
+        Settings of the synthesized κ sky (one sample; ``count`` ignored).
+    wmap_mask : bool
+        Apply the WMAP temperature analysis mask.
+
+    Raises
+    ------
+    ConfigError
+        Unknown source, bad settings, missing WMAP files.
+    """
+    t0 = time.perf_counter()
+    if source == "kappa":
+        key = tuple(sorted({**to_dict(settings), "count": 1}.items()))
+        sky = _kappa_sky(key)
+        scale, unit, title = 1.0, "", f"Synthesized κ sky (nside {settings.nside})"
+    elif source == "wmap":
+        sky = load_wmap(bool(wmap_mask))
+        scale, unit = MK_TO_UK, "μK"
+        title = "WMAP 7-yr W band" + (" (analysis mask)" if wmap_mask else "")
+    else:
+        raise ConfigError(f"source={source!r} is not allowed: one of 'kappa', 'wmap'")
+    raw = np.asarray(sky.values, dtype=np.float64).reshape(-1)
+    observed = np.isfinite(raw) & ~np.isclose(raw, hp.UNSEEN, rtol=1e-5, atol=0.0)
+    values = np.where(observed, raw * scale, np.nan)
+    fsky = float(observed.mean())
+    a = float(np.nanpercentile(np.abs(values - np.nanmedian(values)), 99.5)) or 1.0
+    cl = esky.measure_cl(raw) * scale**2
+    ell = np.arange(cl.size, dtype=np.float64)
+    theory = np.full(cl.size, np.nan)
+    theory_label = ""
+    if source == "kappa":
+        s = esky.SkyParams(**dict(key))
+        theory = esky.sky_cl(s, s.omega_m, s.sigma8, lmax=cl.size - 1) * fsky
+        theory_label = "theory × f_sky (pyccl Limber + noise, smoothed)"
+    elif wmap_mask and realdata.real_file(realdata.WMAP_CL).is_file():
+        ref = hp.read_cl(str(realdata.real_file(realdata.WMAP_CL))) * scale**2
+        n = min(ref.size, theory.size)
+        theory[:n] = ref[:n]
+        theory_label = "healpy reference (same mask, lmax 64)"
+    keep = ell >= 2
+    return SkyResult(
+        source=source,
+        sky=sky,
+        values=values,
+        nside=hp.npix2nside(raw.size),
+        unit=unit,
+        title=title,
+        clim=(-a, a),
+        ell=ell[keep],
+        dl=_dl(ell[keep], cl[keep]),
+        dl_theory=_dl(ell[keep], theory[keep]),
+        theory_label=theory_label,
+        fsky=fsky,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def extract(result: SkyResult, lon: float, lat: float, fov: float, size: int) -> xr.DataArray:
+    """Gnomonic patch (y, x) in the sky's units, centred on (lon, lat) degrees, side ``fov`` deg.
+
+    :func:`engine.sky.extract_patches` with bilinear interpolation; coords x, y in arcmin, lon,
+    lat, mask; unobserved pixels are 0.
+    """
+    return esky.extract_patches(result.sky, [(lon, lat)], fov=fov, size=size).isel(sample=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+
+#: Source selector labels.
+SOURCES = {"κ sky (synthesized)": "kappa", "WMAP W band (real)": "wmap"}
+
+
+class SkyPage(pn.viewable.Viewer):
+    """Sky page: source widgets, the Mollweide view, its C_ℓ, and the patch cut at a click.
+
+    State: ``source``, ``wmap_mask``, the synthesized sky's :class:`engine.sky.SkyParams`
+    (``sky_settings``) and the patch's :class:`engine.lensing.KappaParams` (``patch_settings``:
+    its ``fov`` and ``size``). :meth:`tap` is what a click does.
+    """
+
+    source = param.Selector(
+        default="wmap", objects=SOURCES, doc="Which sky: synthesized κ or the WMAP map."
+    )
+    wmap_mask = param.Boolean(True, doc="Apply the WMAP temperature analysis mask.")
+    sky_settings = param.ClassSelector(class_=esky.SkyParams, doc="Synthesized κ sky settings.")
+    patch_settings = param.ClassSelector(class_=KappaParams, doc="Patch fov (deg) and size.")
+    result = param.ClassSelector(class_=SkyResult, allow_None=True, doc="The sky shown.")
+    center = param.Tuple(None, length=2, allow_None=True, doc="Patch centre (lon, lat), deg.")
+    patch = param.ClassSelector(class_=xr.DataArray, allow_None=True, doc="The patch (y, x).")
+    message = param.String("", doc="Last error or hint ('' when none).")
+
+    def __init__(self, on_open: Callable | None = None, **params):
+        params.setdefault("sky_settings", esky.SkyParams(nside=128, count=1))
+        params.setdefault("patch_settings", KappaParams(fov=10.0, size=128))
+        if not realdata.wmap_available():
+            params.setdefault("source", "kappa")
+        super().__init__(**params)
+        self.on_open = on_open
+        self._sky_pipe = hv.streams.Pipe(data=None)
+        self._marker_pipe = hv.streams.Pipe(data=([], []))
+        self._patch_pipe = hv.streams.Pipe(data=None)
+        self.sky_settings.param.watch(self._refresh, ["nside", "footprint", "seed"])
+        self.patch_settings.param.watch(self._recut, ["fov", "size"])
+        self.param.watch(self._refresh, ["source", "wmap_mask"])
+        self._refresh()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _refresh(self, *_events) -> None:
+        try:
+            result = compute_sky(self.source, self.sky_settings, self.wmap_mask)
+        except ConfigError as exc:
+            self.message = str(exc)
+            return
+        self.param.update(result=result, message="")
+        self._sky_pipe.send(result)
+        self._recut()
+
+    def _recut(self, *_events) -> None:
+        if self.center is not None:
+            self.cut(*self.center)
+
+    def cut(self, lon: float, lat: float) -> xr.DataArray:
+        """Cut the patch centred on (lon, lat) degrees from the shown sky and show it."""
+        p = self.patch_settings
+        patch = extract(self.result, lon, lat, p.fov, p.size)
+        self.param.update(center=(float(lon), float(lat)), patch=patch, message="")
+        x, y = mollweide_forward(lon, lat)
+        self._marker_pipe.send(([float(x)], [float(y)]))
+        self._patch_pipe.send(patch)
+        return patch
+
+    def tap(self, x=None, y=None) -> xr.DataArray | None:
+        """A click at (x, y) of the Mollweide plane: cut a patch there (None outside the sky)."""
+        if x is None or y is None or self.result is None:
+            return None
+        lon, lat, inside = mollweide_inverse(x, y)
+        if not bool(inside):
+            self.message = "Click inside the sky to cut a patch."
+            return None
+        return self.cut(float(lon), float(lat))
+
+    def open_in_field_lab(self, *_events) -> None:
+        """Hand the patch to the field lab (the ``on_open(patch, source)`` callback)."""
+        if self.patch is not None and self.on_open is not None:
+            self.on_open(self.patch, self.result.title)
+
+    # -- views -------------------------------------------------------------------------------
+
+    def _sky_image(self, data=None, x_range=None, y_range=None) -> hv.Image:
+        result = data or self.result
+        img, bounds = sample_mollweide(result.values, x_range, y_range)
+        unit = f" ({result.unit})" if result.unit else ""
+        name = "kappa" if result.source == "kappa" else "T"
+        value = hv.Dimension(name, label=("κ" if name == "kappa" else "T") + unit)
+        return hv.Image(
+            img, bounds=bounds, kdims=["mx", "my"], vdims=[value.clone(range=result.clim)]
+        )
+
+    def sky_view(self) -> hv.Overlay:
+        """Mollweide map (resampled for the visible range), graticule, tap marker; Tap stream."""
+        dmap = hv.DynamicMap(self._sky_image, streams=[self._sky_pipe, hv.streams.RangeXY()])
+        dmap = dmap.opts(
+            hv.opts.Image(
+                cmap="RdBu_r",
+                colorbar=True,
+                frame_width=FRAME[0],
+                frame_height=FRAME[1],
+                xaxis=None,
+                yaxis=None,
+                framewise=False,
+                title="Click the sky to cut a patch",
+                active_tools=["wheel_zoom"],
+                tools=["hover"],
+            )
+        )
+        tap = hv.streams.Tap(source=dmap)
+        tap.add_subscriber(lambda x=None, y=None: self.tap(x, y))
+        # masked pixels (nan) show this grey ellipse; outside the ellipse stays white
+        a = np.linspace(0, 2 * math.pi, 361)
+        disc = hv.Polygons([{"mx": X_MAX * np.cos(a), "my": Y_MAX * np.sin(a)}], kdims=["mx", "my"])
+        disc = disc.opts(color="#d9d9d9", line_alpha=0)
+        grid = hv.Path(graticule(), kdims=["mx", "my"]).opts(
+            color="#525252", alpha=0.35, line_width=0.8
+        )
+        marker = hv.DynamicMap(
+            lambda data: hv.Points(data, kdims=["mx", "my"]), streams=[self._marker_pipe]
+        ).opts(hv.opts.Points(color="black", marker="x", size=14, line_width=3))
+        return (disc * dmap * grid * marker).opts(hv.opts.Overlay(toolbar="above"))
+
+    def _patch_image(self, data=None, value_label: str = "value"):
+        arcmin = hv.Dimension("x", label="x", unit="arcmin")
+        kdims = [arcmin, arcmin.clone("y", label="y")]
+        if data is None:
+            ext = self.patch_settings.fov * 60
+            value = hv.Dimension("value", label=value_label, range=(-1, 1))
+            img = hv.Image(np.zeros((2, 2)), bounds=(0, 0, ext, ext), kdims=kdims, vdims=[value])
+            return img.opts(title="No patch yet: click the sky")
+        scale = MK_TO_UK if data.attrs.get("units") == "mK" else 1.0
+        ext = float(data.attrs["fov"]) * 60.0
+        v = np.asarray(data.values, dtype=np.float64) * scale
+        if "mask" in data.coords:  # unobserved pixels (0 in the patch) show grey
+            v = np.where(np.asarray(data.mask) > 0, v, np.nan)
+        v = np.flipud(v)  # row 0 is the southern edge: north up
+        a = float(np.nanpercentile(np.abs(v), 99.5)) if np.isfinite(v).any() else 1.0
+        value = hv.Dimension("value", label=value_label, range=(-(a or 1.0), a or 1.0))
+        lon, lat = float(data.lon), float(data.lat)
+        return hv.Image(v, bounds=(0, 0, ext, ext), kdims=kdims, vdims=[value]).opts(
+            title=f"Patch at lon {lon:.1f}°, lat {lat:.1f}°"
+        )
+
+    def patch_view(self, source: str) -> hv.DynamicMap:
+        """The last patch, x/y in arcmin, north up, unobserved pixels grey."""
+        value_label = "T (μK)" if source == "wmap" else "κ"
+        return hv.DynamicMap(
+            lambda data: self._patch_image(data, value_label), streams=[self._patch_pipe]
+        ).opts(
+            hv.opts.Image(
+                cmap="RdBu_r",
+                frame_width=300,
+                frame_height=300,
+                data_aspect=1,
+                framewise=True,
+                colorbar=True,
+                clipping_colors={"NaN": "#d9d9d9"},
+                tools=["hover"],
+            )
+        )
+
+    def cl_view(self, source: str) -> hv.DynamicMap:
+        """Measured D_ℓ of the shown sky against its theory (axes follow the data)."""
+        unit = "μK²" if source == "wmap" else None
+        ell = hv.Dimension("ell", label="ℓ")
+        dl = hv.Dimension("dl", label="ℓ(ℓ+1)C_ℓ/2π", unit=unit)
+
+        def overlay(data=None):
+            r = data or self.result
+            measured = hv.Curve((r.ell, _positive(r.dl)), ell, dl, label="measured (anafast)")
+            theory = hv.Curve(
+                (r.ell, _positive(r.dl_theory)), ell, dl, label=r.theory_label or "theory"
+            )
+            return measured.opts(color="#d62728") * theory.opts(color="#08519c", line_dash="dashed")
+
+        return hv.DynamicMap(overlay, streams=[self._sky_pipe]).opts(
+            hv.opts.Overlay(
+                logx=True,
+                logy=True,
+                framewise=True,
+                frame_width=420,
+                frame_height=220,
+                legend_position="bottom_right",
+                title="Angular power spectrum of the sky",
+            ),
+            hv.opts.Curve(line_width=2, framewise=True, tools=["hover"]),
+        )
+
+    def widgets(self) -> dict[str, pn.widgets.Widget]:
+        """Source, sky and patch widgets (generated from the param definitions)."""
+        buttons = dict(**look("primary", "outline"), sizing_mode="stretch_width")
+        return {
+            "source": pn.widgets.RadioButtonGroup.from_param(
+                self.param.source, **label("Source"), **buttons
+            ),
+            "wmap_mask": pn.widgets.Checkbox.from_param(
+                self.param.wmap_mask, **label("WMAP analysis mask")
+            ),
+            "nside": setting_widget(
+                self.sky_settings, Control("nside", "HEALPix nside", "nside", options=NSIDES)
+            ),
+            "footprint": setting_widget(
+                self.sky_settings, Control("footprint", "Footprint", "footprint")
+            ),
+            "fov": setting_widget(
+                self.patch_settings, Control("fov", "Patch field of view (deg)", "fov", "deg", 1)
+            ),
+            "size": setting_widget(
+                self.patch_settings,
+                Control("size", "Patch size N (pixels)", "size", options=PATCH_SIZES),
+            ),
+        }
+
+    @param.depends("result", "center", "message")
+    def _readout(self):
+        r = self.result
+        lines = []
+        if self.message:
+            lines.append(f"**⚠ {self.message}**")
+        if r is not None:
+            unit = r.unit or "κ"
+            lines.append(
+                f"**{r.title}**: nside {r.nside}, f<sub>sky</sub> = {r.fsky:.3f}, "
+                f"colour range ±{r.clim[1]:.3g} {unit}, {1e3 * r.seconds:.0f} ms"
+            )
+        if self.center is not None:
+            lon, lat = self.center
+            lines.append(f"Patch centre: lon = {lon:.2f}°, lat = {lat:.2f}°")
+        return pn.pane.Markdown("\n\n".join(lines), sizing_mode="stretch_width", margin=(0, 5))
+
+    def _controls(self, source):
+        w = self._widget_cache
+        per_source = ("nside", "footprint") if source == "kappa" else ("wmap_mask",)
+        names = ("source", *per_source, "fov", "size")
+        return pn.Column(*(labelled(w[n]) for n in names), sizing_mode="stretch_width")
+
+    def __panel__(self):
+        self._widget_cache = self.widgets()
+        button = pn.widgets.Button(
+            **label("Open patch in field lab"), **look("primary"), sizing_mode="stretch_width"
+        )
+        button.on_click(self.open_in_field_lab)
+        button.disabled = self.patch is None
+        self.param.watch(lambda e: setattr(button, "disabled", e.new is None), "patch")
+        controls = pn.Column(
+            "### Sky",
+            pn.bind(self._controls, self.param.source),
+            button,
+            pn.layout.Divider(),
+            self._readout,
+            width=290,
+        )
+
+        def plots(source):  # rebuilt per source: units and labels change
+            return pn.Column(
+                pn.pane.HoloViews(self.sky_view(), linked_axes=False),
+                pn.Row(
+                    pn.pane.HoloViews(self.patch_view(source), linked_axes=False),
+                    pn.pane.HoloViews(self.cl_view(source), linked_axes=False),
+                ),
+            )
+
+        return pn.Row(
+            controls,
+            pn.Column(
+                pn.bind(plots, self.param.source),
+                pn.pane.Markdown(ABOUT, sizing_mode="stretch_width", max_width=1050),
+            ),
+        )
+
+
+def _positive(a) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return np.where(a > 0, a, np.nan)
+
+
+ABOUT = """
+### What you are looking at
+
+**Map.** A HEALPix sky in Mollweide projection (longitude increasing to the left, grid every
+60° × 30°; grey: unobserved). The synthesized κ sky is a Gaussian realisation of the
+pyccl Limber C<sub>ℓ</sub> of the field lab's κ maps, with shape noise and smoothing, on the
+full sky or a DES-like footprint. The WMAP map is the 7-year W-band (94 GHz) temperature at
+nside 32 (≈ 1.8° pixels): the CMB plus, without the analysis mask, the Galaxy's emission along
+the equator.
+
+**C<sub>ℓ</sub>.** healpy's anafast of the observed pixels (monopole removed; a pseudo-C<sub>ℓ</sub>,
+≈ f<sub>sky</sub> C<sub>ℓ</sub> on a cut sky), as ℓ(ℓ+1)C<sub>ℓ</sub>/2π.
+
+**Patches.** A click cuts a gnomonic (tangent-plane) patch centred there, bilinearly
+interpolated from the HEALPix pixels, north up; "Open patch in field lab" measures it there.
+"""
