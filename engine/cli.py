@@ -13,6 +13,19 @@ Verbs
         python -m engine fields --kind kappa --fov 5 --size 256 --sigma-e 0.26 --ngal 8 \\
             --smoothing 10 --count 8 --out k.zarr
 
+    ``--omega-m`` and ``--sigma8`` also take a range ``LO:HI``: uniform per sample, drawn from the
+    seed (``--omega-m 0.1:0.5 --sigma8 0.6:1.0``). ``--from-checkpoint PATH`` starts from the map
+    settings (kind, size, box, thickness, redshift, smoothing, noise, cosmology, ...) that a
+    trained checkpoint's model saw; flags still override them.
+
+``dataset``
+    Write an on-disk training dataset (see ``engine.datasets``): samples of any kind with
+    per-sample parameters uniform in a prior box and a fixed train/val/test split, to .zarr
+    chunk by chunk, atomically::
+
+        python -m engine dataset --kind grf --omega-m 0.1:0.5 --sigma8 0.6:1.0 --size 64 \\
+            --count 10000 --split 0.8,0.1,0.1 --seed 0 --out data.zarr
+
 ``sky``
     Full-sky HEALPix κ maps (``--kind sky`` settings), or gnomonic patches cut from them or from
     any HEALPix FITS map (``--input``)::
@@ -26,6 +39,20 @@ Verbs
 
         python -m engine train --preset smoke --run-dir runs/demo --set lr=3e-3
         python -m engine train --run-dir runs/demo --resume --set epochs=40
+        python -m engine train --preset smoke --set dataset=data.zarr
+        torchrun --standalone --nproc_per_node 2 -m engine train --preset smoke --run-dir runs/ddp
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the processes train one run with distributed data
+    parallel; rank 0 alone checks and writes the run directory (see ``engine.training``).
+
+``predict``
+    Infer (omega_m, sigma8) for every map of a file written by ``fields``, with the binned P(k)
+    likelihood (``engine.inference``) or a trained network checkpoint, and write one CSV row
+    per map (sample, true values when the maps carry them, posterior mean and std)::
+
+        python -m engine predict --method pk-likelihood --maps maps.zarr --out preds.csv
+        python -m engine predict --method network --checkpoint runs/demo/checkpoints/best.pt \\
+            --maps maps.zarr --out preds.csv
 
 Flags are generated from the settings classes (``engine.params.FieldParams``,
 ``engine.training.TrainParams``), so their names, defaults, bounds and help are those of the
@@ -94,14 +121,41 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config_arguments(parser)
 
 
-def _peek_kind(argv: Sequence[str]) -> str:
-    """The value of ``--kind`` in ``argv`` ("grf" if absent), to build the matching flags."""
+def _peek_option(argv: Sequence[str], flag: str) -> str | None:
+    """The value of option ``flag`` (e.g. ``"--kind"``) in ``argv``, or None if absent."""
     for i, a in enumerate(argv):
-        if a == "--kind" and i + 1 < len(argv):
+        if a == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if a.startswith("--kind="):
+        if a.startswith(flag + "="):
             return a.split("=", 1)[1]
-    return "grf"
+    return None
+
+
+def _peek_kind(argv: Sequence[str]) -> str:
+    """The value of ``--kind`` in ``argv``, else the kind of ``--from-checkpoint``'s maps, else
+    "grf": to build the matching flags.
+
+    Raises
+    ------
+    ConfigError
+        An unreadable ``--from-checkpoint``.
+    """
+    kind = _peek_option(argv, "--kind")
+    checkpoint = _peek_option(argv, "--from-checkpoint")
+    if kind is None and checkpoint:
+        from engine.training import checkpoint_map_settings
+
+        kind = checkpoint_map_settings(checkpoint)["kind"]
+    return kind or "grf"
+
+
+def _add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from-checkpoint",
+        metavar="PATH",
+        help="Start from the map settings of a trained checkpoint (kind, size, box, thickness, "
+        "redshift, smoothing, noise, cosmology, ...); config file and flags override them.",
+    )
 
 
 def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
@@ -120,7 +174,9 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
         prog="cosmo-engine",
         description="Headless engine for machine learning on cosmological maps.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fields,sky,train}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{fields,dataset,sky,train,predict}"
+    )
 
     fields_p = sub.add_parser(
         "fields",
@@ -137,8 +193,41 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
     )
     fields_cls = get_kind(fields_kind, FIELD_KINDS).settings_class()
     add_arguments(fields_p, fields_cls, aliases=ALIASES, skip=("kind",))
+    _add_checkpoint_argument(fields_p)
     _add_output_arguments(fields_p)
     fields_p.set_defaults(func=cmd_fields)
+
+    from engine.datasets import DEFAULT_CHUNK, DEFAULT_SPLIT
+
+    dataset_p = sub.add_parser(
+        "dataset",
+        help="Write a training dataset (.zarr): parameters from a prior box, fixed split.",
+        description=f"Generate --count samples of kind {fields_kind!r} with per-sample omega_m "
+        "and sigma8 uniform in ranges LO:HI (drawn from --seed) and a fixed train/val/test "
+        "split, and write them to a .zarr store chunk by chunk (atomically). Flags depend on "
+        "--kind: see 'dataset --kind KIND --help'.",
+    )
+    dataset_p.add_argument(
+        "--kind", default=fields_kind, choices=list(FIELD_KINDS), help="Map kind (see fields)."
+    )
+    add_arguments(dataset_p, fields_cls, aliases=ALIASES, skip=("kind",))
+    dataset_p.add_argument(
+        "--split",
+        default=",".join(f"{f:g}" for f in DEFAULT_SPLIT),
+        metavar="TRAIN,VAL,TEST",
+        help="Fractions of the samples in the train, val and test splits (sum 1; default "
+        "%(default)s); which samples is fixed by --seed.",
+    )
+    dataset_p.add_argument(
+        "--chunk",
+        type=int,
+        default=DEFAULT_CHUNK,
+        help="Samples generated and written per chunk (default %(default)s); chunk i draws its "
+        "maps from a seed derived from (--seed, i).",
+    )
+    _add_checkpoint_argument(dataset_p)
+    _add_output_arguments(dataset_p)
+    dataset_p.set_defaults(func=cmd_dataset)
 
     from engine.sky import SkyParams
 
@@ -189,6 +278,7 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
     _add_config_arguments(train_p)
     add_arguments(train_p, TrainParams, aliases=ALIASES)
     train_p.set_defaults(func=cmd_train)
+    _add_predict_parser(sub)
     return parser
 
 
@@ -215,20 +305,85 @@ def _settings(kind: Kind, args: argparse.Namespace):
     return settings
 
 
+def _map_settings(kind: Kind, args: argparse.Namespace):
+    """(settings, ranges) of a generating verb (fields, dataset).
+
+    Layers: the kind's defaults < ``--from-checkpoint`` < ``--config`` < flags < ``--set``;
+    ``omega_m`` and ``sigma8`` may be ranges ``LO:HI`` in any layer (a later plain value
+    replaces an earlier range), returned as ``{name: (low, high)}``
+    (:func:`engine.datasets.pop_ranges`).
+    """
+    from engine.datasets import pop_ranges
+    from engine.params import user_settings
+
+    settings = kind.new_settings()
+    cls = type(settings)
+    layers = list(_layers(args, cls))
+    if getattr(args, "from_checkpoint", None):
+        from engine.training import checkpoint_map_settings
+
+        names = set(user_settings(cls)) - {"kind", "seed", "count", "omega_m", "sigma8"}
+        values = checkpoint_map_settings(args.from_checkpoint)
+        layers.insert(0, {k: v for k, v in values.items() if k in names})
+    ranges: dict[str, tuple[float, float]] = {}
+    for layer in layers:
+        plain, found = pop_ranges(cls, layer)
+        for key in plain:
+            ranges.pop(key.replace("-", "_"), None)
+        ranges.update(found)
+        set_values(settings, plain)
+    return settings, ranges
+
+
+def _describe_parameters(settings, ranges) -> str:
+    return ", ".join(
+        f"{n}={ranges[n][0]:g}:{ranges[n][1]:g}" if n in ranges else f"{n}={getattr(settings, n):g}"
+        for n in ("omega_m", "sigma8")
+    )
+
+
 def cmd_fields(args: argparse.Namespace) -> int:
-    """``fields`` verb: generate ``count`` maps or volumes and save them; prints a summary line."""
+    """``fields`` verb: generate ``count`` maps or volumes and save them; prints a summary line.
+
+    ``omega_m`` / ``sigma8`` given as ranges ``LO:HI`` are drawn uniformly per sample from the
+    seed (:func:`engine.datasets.draw_parameters`).
+    """
     from engine import fields
+    from engine.datasets import draw_parameters
 
     kind = get_kind(args.kind, FIELD_KINDS)
-    settings = _settings(kind, args)
+    settings, ranges = _map_settings(kind, args)
     out, device = _output(args)
     t0 = time.perf_counter()
-    da = kind.generate(settings, device=device)
+    theta = draw_parameters(settings, ranges, settings.count, settings.seed) if ranges else {}
+    da = kind.generate(settings, device=device, **theta)
     fields.save(da, out)
     params = ", ".join(f"{d}={da.sizes[d]}" for d in da.dims)
     print(
-        f"wrote {settings.count} {kind.name} samples ({params}; omega_m={settings.omega_m:g}, "
-        f"sigma8={settings.sigma8:g}, seed {settings.seed}) to {out} on {device} "
+        f"wrote {settings.count} {kind.name} samples ({params}; "
+        f"{_describe_parameters(settings, ranges)}, seed {settings.seed}) to {out} on {device} "
+        f"in {time.perf_counter() - t0:.2f} s"
+    )
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """``dataset`` verb: write an on-disk dataset (:func:`engine.datasets.write_dataset`);
+    prints a summary line with the split sizes."""
+    import numpy as np
+
+    from engine.datasets import SPLITS, open_dataset, write_dataset
+
+    kind = get_kind(args.kind, FIELD_KINDS)
+    settings, ranges = _map_settings(kind, args)
+    out, device = _output(args)
+    t0 = time.perf_counter()
+    write_dataset(kind.name, settings, ranges, out, args.split, args.chunk, device)
+    counts = np.bincount(open_dataset(out)["split"].values, minlength=len(SPLITS))
+    sizes = ", ".join(f"{c} {name}" for name, c in zip(SPLITS, counts, strict=True))
+    print(
+        f"wrote dataset of {settings.count} {kind.name} samples ({sizes}; "
+        f"{_describe_parameters(settings, ranges)}, seed {settings.seed}) to {out} on {device} "
         f"in {time.perf_counter() - t0:.2f} s"
     )
     return 0
@@ -296,21 +451,122 @@ def cmd_train(args: argparse.Namespace) -> int:
         failed with the message.
     """
     from engine.runs import RunDir, check_run_dir, new_run_id
-    from engine.training import TrainParams, resolve_device, resolve_params, run_training
+    from engine.training import (
+        Distributed,
+        TrainParams,
+        resolve_device,
+        resolve_params,
+        run_training,
+    )
 
     if args.run_dir is None and args.resume:
         raise ConfigError("--resume needs --run-dir DIR of the run to continue")
-    run = RunDir(args.run_dir or Path("runs") / new_run_id(args.preset))
+    # Under torchrun every rank runs this; rank 0 names and checks the run directory.
+    with Distributed.from_env() as dist:
+        run = RunDir(dist.broadcast(str(args.run_dir or Path("runs") / new_run_id(args.preset))))
+        try:
+            base = dist.on_main(check_run_dir, run, args.resume)
+            params = resolve_params(args.preset, *_layers(args, TrainParams), base=base)
+            device = dist.device(resolve_device(params))
+        except ConfigError as exc:
+            if dist.is_main and (run.status() or {}).get("state") == "queued":  # launch_train
+                run.write_status(state="failed", error=str(exc))
+            raise
+        preset = (run.config() or {}).get("preset") if args.resume else args.preset
+        return run_training(params, run, device, resume=args.resume, preset=preset, dist=dist)
+
+
+def _add_predict_parser(sub) -> None:
+    """The ``predict`` verb's subparser (see :func:`cmd_predict`)."""
+    from engine.inference import DEFAULT_PRIOR
+
+    prior = ",".join(f"{v:g}" for pair in DEFAULT_PRIOR for v in pair)
+    p = sub.add_parser(
+        "predict",
+        help="Infer (omega_m, sigma8) for every map of a file; one CSV row per map.",
+        description="Infer (omega_m, sigma8) for every map of a .zarr/.nc file written by "
+        "'fields', with the binned P(k) likelihood or a trained network, and write one CSV "
+        "row per map: sample, true values (when the maps carry them), posterior mean and std.",
+    )
+    p.add_argument(
+        "--method",
+        default="pk-likelihood",
+        choices=["pk-likelihood", "network"],
+        help="pk-likelihood: Gaussian likelihood of the binned P(k) (engine.inference); "
+        "network: a trained checkpoint (--checkpoint).",
+    )
+    p.add_argument("--maps", required=True, metavar="PATH", help="Maps file, .zarr or .nc.")
+    p.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
+    p.add_argument("--checkpoint", metavar="PATH", help="Network checkpoint (--method network).")
+    p.add_argument(
+        "--prior",
+        default=prior,
+        metavar="OM_MIN,OM_MAX,S8_MIN,S8_MAX",
+        help="Flat prior box of the likelihood (default %(default)s).",
+    )
+    p.add_argument(
+        "--grid", type=int, default=64, help="Posterior grid points per parameter (default 64)."
+    )
+    p.add_argument(
+        "--k-max",
+        type=float,
+        default=None,
+        help="Highest bin centre used, h/Mpc (ell for kappa maps); default Nyquist.",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="Torch device of the network: cpu (default), cuda[:i]."
+    )
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``predict`` verb: posterior mean/std per map to a CSV file; prints a summary line.
+
+    Raises
+    ------
+    ConfigError
+        Missing maps file, unsupported kind, bad prior, missing checkpoint, output not .csv or
+        in a missing directory; all before anything is written.
+    """
+    import numpy as np
+
+    from engine import fields, inference
+
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ConfigError(f"--out {str(out)!r} must end in .csv")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
     try:
-        base = check_run_dir(run, args.resume)
-        params = resolve_params(args.preset, *_layers(args, TrainParams), base=base)
-        device = resolve_device(params)
-    except ConfigError as exc:
-        if (run.status() or {}).get("state") == "queued":  # left so by launch_train
-            run.write_status(state="failed", error=str(exc))
-        raise
-    preset = (run.config() or {}).get("preset") if args.resume else args.preset
-    return run_training(params, run, device, resume=args.resume, preset=preset)
+        values = [float(v) for v in args.prior.split(",")]
+        if len(values) != 4:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"--prior {args.prior!r} must look like OM_MIN,OM_MAX,S8_MIN,S8_MAX"
+        ) from None
+    if args.method == "network" and not args.checkpoint:
+        raise ConfigError("--method network needs --checkpoint PATH")
+    t0 = time.perf_counter()
+    maps = fields.load(args.maps)
+    if args.method == "network":
+        result = inference.predict_network(maps, args.checkpoint, device=args.device)
+    else:
+        result = inference.pk_likelihood_predict(
+            maps, prior=(tuple(values[:2]), tuple(values[2:])), grid=args.grid, k_max=args.k_max
+        )
+    inference.write_predictions(out, result)
+    summary = ""
+    if "truth" in result:
+        rmse = np.sqrt(np.mean((result["mean"] - result["truth"]) ** 2, axis=0))
+        summary = "; rmse " + ", ".join(
+            f"{n}={r:.4g}" for n, r in zip(inference.PARAM_NAMES, rmse, strict=True)
+        )
+    print(
+        f"wrote {len(result['mean'])} predictions ({args.method}{summary}) to {out} "
+        f"in {time.perf_counter() - t0:.2f} s"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        kind = _peek_kind(argv) if argv[:1] == ["fields"] else "grf"
+        kind = _peek_kind(argv) if argv[:1] in (["fields"], ["dataset"]) else "grf"
         args = build_parser(get_kind(kind, FIELD_KINDS).name).parse_args(argv)
         return args.func(args)
     except ConfigError as exc:

@@ -14,6 +14,10 @@ lognormal  engine.params.FieldParams      lognormal slab maps δ (sample, y, x),
 kappa      engine.lensing.KappaParams     flat-sky convergence κ (sample, y, x), arcmin
 sky        engine.sky.SkyParams           HEALPix convergence κ (sample, pixel), RING order
 =========  =============================  ==================================================
+
+Kinds of flat maps also name their torch hot path (:meth:`Kind.generate_batch`: ``(B, N, N)``
+maps on the device from a ``torch.Generator``), their settings check and their fixed input
+normalisation (:meth:`Kind.map_scale`), used by training on the fly (``engine.training``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ class Kind:
     module: str
     params: str
     doc: str
+    #: Function of ``module``: ``(settings, omega_m, sigma8, generator, device) -> tensor``
+    #: (the torch hot path; "" when the kind has none).
+    batch: str = ""
+    #: Function of ``module``: ``(settings) -> None``, raising ConfigError for unusable settings.
+    check: str = ""
+    #: Dotted path of ``(settings) -> float``: expected pixel std at the fiducial cosmology.
+    scale: str = ""
 
     def settings_class(self) -> type[param.Parameterized]:
         """The param class of this kind's settings."""
@@ -46,21 +57,103 @@ class Kind:
             return cls(kind=self.name)
         return cls()
 
-    def generate(self, settings, device=None):
-        """``settings.count`` samples from ``settings.seed`` as an xarray.DataArray."""
+    def generate(self, settings, device=None, **kwargs):
+        """``settings.count`` samples from ``settings.seed`` as an xarray.DataArray.
+
+        ``kwargs`` go to the module's ``generate`` (e.g. per-sample ``omega_m``, ``sigma8``
+        arrays of length ``count``).
+        """
         mod = importlib.import_module(self.module)
         if self.name == "sky":  # healpy synthesis runs on the CPU
-            return mod.generate(settings)
-        return mod.generate(settings, device=device)
+            return mod.generate(settings, **kwargs)
+        return mod.generate(settings, device=device, **kwargs)
+
+    def generate_batch(self, settings, omega_m, sigma8, generator, device=None):
+        """A batch of samples as a torch tensor, one per (omega_m, sigma8) pair.
+
+        Parameters
+        ----------
+        settings : the kind's settings (:meth:`settings_class`)
+        omega_m, sigma8 : torch.Tensor (B,)
+        generator : torch.Generator
+            On ``device``; same generator state ⇒ same batch on CPU.
+
+        Returns
+        -------
+        torch.Tensor (B, N, N) float32 for flat maps ((B, N, N, N) for 2lpt volumes, dim=3).
+
+        Raises
+        ------
+        ConfigError
+            The kind has no torch hot path, or bad settings/parameters.
+        """
+        if not self.batch:
+            raise ConfigError(f"kind={self.name!r} has no batched torch generator")
+        fn = getattr(importlib.import_module(self.module), self.batch)
+        return fn(settings, omega_m, sigma8, generator, device)
+
+    def check_settings(self, settings) -> None:
+        """Raise :class:`ConfigError` for settings this kind cannot generate (e.g. pixels finer
+        than the theory tables); no-op for kinds without a check."""
+        if self.check:
+            getattr(importlib.import_module(self.module), self.check)(settings)
+
+    def map_scale(self, settings) -> float:
+        """Expected standard deviation per pixel at Ω_m = 0.3, σ8 = 0.8 (map units), the fixed
+        input normalisation of networks.
+
+        Raises
+        ------
+        ConfigError
+            The kind defines no scale.
+        """
+        if not self.scale:
+            raise ConfigError(f"kind={self.name!r} defines no map scale")
+        module, _, name = self.scale.rpartition(".")
+        return float(getattr(importlib.import_module(module), name)(settings))
 
 
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("grf", "engine.fields", "FieldParams", "Gaussian random field of a projected slab"),
-        Kind("lognormal", "engine.fields", "FieldParams", "lognormal field of a projected slab"),
-        Kind("2lpt", "engine.lpt", "LPTParams", "1LPT/2LPT particles on a mesh: volumes or slabs"),
-        Kind("kappa", "engine.lensing", "KappaParams", "flat-sky weak-lensing convergence"),
+        Kind(
+            "grf",
+            "engine.fields",
+            "FieldParams",
+            "Gaussian random field of a projected slab",
+            batch="generate_maps",
+            check="check_resolution",
+            scale="engine.fields.map_scale",
+        ),
+        Kind(
+            "lognormal",
+            "engine.fields",
+            "FieldParams",
+            "lognormal field of a projected slab",
+            batch="generate_maps",
+            check="check_resolution",
+            scale="engine.fields.map_scale",
+        ),
+        # The 2LPT scale is the linear-theory std of the same slab (engine.fields): a fixed
+        # normalisation close to the LPT maps' own std, which is all a network input needs.
+        Kind(
+            "2lpt",
+            "engine.lpt",
+            "LPTParams",
+            "1LPT/2LPT particles on a mesh: volumes or slabs",
+            batch="generate_batch",
+            check="check_settings",
+            scale="engine.fields.map_scale",
+        ),
+        Kind(
+            "kappa",
+            "engine.lensing",
+            "KappaParams",
+            "flat-sky weak-lensing convergence",
+            batch="generate_maps",
+            check="check_resolution",
+            scale="engine.lensing.map_scale",
+        ),
         Kind("sky", "engine.sky", "SkyParams", "full-sky HEALPix weak-lensing convergence"),
     )
 }

@@ -1,0 +1,196 @@
+"""Networks of engine.models: shapes, gradients, sizes, periodic symmetry, the hybrid's P(k)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine import stats
+from engine.models import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    MODELS,
+    LogPowerSpectrum,
+    build_model,
+    count_parameters,
+    model_options,
+    summary,
+)
+from engine.params import ConfigError
+
+COMMON = ("in_channels", "n_params", "width", "circular_padding")
+
+
+def _maps(b: int, c: int, n: int, seed: int = 0) -> torch.Tensor:
+    """(b, c, n, n) float32 test maps with a red spectrum (smoothed white noise plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, n, n, generator=g)
+    smooth = torch.fft.irfft2(torch.fft.rfft2(x) * 0.3, s=(n, n))
+    smooth = smooth + torch.roll(smooth, 1, -1) + torch.roll(smooth, 1, -2)
+    return smooth + 0.1 * torch.randn(b, c, n, n, generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_takes_the_common_kwargs(name):
+    assert set(COMMON) <= set(model_options(name))
+    model = build_model(name)
+    assert model.min_size >= 1 and model.total_stride >= 1
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(("c", "n"), [(1, 32), (3, 64)])
+def test_forward_shape_finite_and_batch_independent(name, c, n):
+    model = build_model(name, in_channels=c, n_params=2, width=8).eval()
+    x = _maps(2, c, n)
+    with torch.no_grad():
+        out = model(x)
+        single = model(x[1:])
+    assert out.shape == (2, 4) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(single, out[1:], atol=1e-5, rtol=1e-5)  # GroupNorm: per map
+    if name != "cnn":  # the new models squash their log-stds into the task's range
+        assert (out[:, 2:] > LOG_STD_MIN).all() and (out[:, 2:] < LOG_STD_MAX).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradients_reach_every_parameter_and_the_input(name):
+    model = build_model(name, in_channels=2, width=8)
+    x = _maps(2, 2, 32).requires_grad_(True)
+    model(x).square().sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_resnet18_parameter_counts():
+    # The body (BasicBlocks) of our ResNet-18 at width 64 is torchvision's resnet18 without its
+    # 7x7 stem conv (9,408) + stem BN (128) and 1000-class fc (513,000): 11,689,512 in total
+    # (torchvision docs); GroupNorm has the same affine parameters as BatchNorm.
+    model = build_model("resnet18", width=64)
+    body = count_parameters(model) - count_parameters(model.head) - count_parameters(model.stem)
+    assert body == 11_689_512 - 9_408 - 128 - 513_000
+    n16 = count_parameters(build_model("resnet18", width=16))
+    n32 = count_parameters(build_model("resnet18", width=32))
+    assert 0.65e6 < n16 < 0.8e6 and 2.7e6 < n32 < 3.0e6
+    cbam = count_parameters(build_model("resnet_cbam", width=16))
+    assert 1.0 < cbam / n16 < 1.05  # CBAM is light
+    assert 50e3 < count_parameters(build_model("hybrid", width=16)) < 200e3
+    assert summary("resnet18", width=32) == "resnet18: 2.83 M parameters"
+    assert summary("cnn") == "cnn: 78.8 k parameters"
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "n"),
+    [
+        ("cnn", {}, 32),
+        ("resnet18", {}, 32),
+        ("resnet_cbam", {}, 32),
+        ("hybrid", {}, 32),
+        ("resnet18", {"stem": "large"}, 64),
+    ],
+)
+def test_circular_padding_gives_invariance_to_periodic_shifts_by_the_total_stride(name, kwargs, n):
+    model = build_model(name, width=8, in_channels=2, circular_padding=True, **kwargs).eval()
+    s = model.total_stride
+    x = _maps(2, 2, n)
+    with torch.no_grad():
+        out = model(x)
+        shifted = model(torch.roll(x, shifts=(s, -2 * s % n), dims=(-2, -1)))
+        off_grid = model(torch.roll(x, shifts=(1, 0), dims=(-2, -1)))
+    torch.testing.assert_close(shifted, out, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(off_grid, out, atol=1e-5, rtol=1e-5)  # the test can fail
+
+
+def test_zero_padding_breaks_shift_invariance():
+    model = build_model("resnet18", width=8, circular_padding=False).eval()
+    x = _maps(2, 1, 32)
+    with torch.no_grad():
+        shifted = model(torch.roll(x, shifts=(8, 8), dims=(-2, -1)))
+        assert not torch.allclose(shifted, model(x), atol=1e-5)
+
+
+def test_resnets_see_the_map_amplitude_which_groupnorm_alone_removes():
+    x = _maps(2, 1, 32)
+    with torch.no_grad():
+        cnn = build_model("cnn", width=8).eval()  # the baseline: norm right after conv 1
+        torch.testing.assert_close(cnn(3 * x), cnn(x), atol=1e-4, rtol=1e-4)
+        for name in ("resnet18", "resnet_cbam", "hybrid"):
+            model = build_model(name, width=8).eval()
+            assert (model(3 * x) - model(x)).abs().max() > 1e-3, name
+
+
+def test_hybrid_log_spectrum_is_the_stats_estimator_up_to_a_constant():
+    n, box = 32, 100.0  # Mpc/h; the model works in pixel units, P_pix = P * (n / box)**2
+    model = build_model("hybrid", in_channels=3, width=8, n_k_bins=8).eval()
+    x = _maps(2, 3, n, seed=1)
+    seen = {}
+    model.spectrum_mlp.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+    with torch.no_grad():
+        model(x)
+    branch_input = seen["x"].reshape(2, 3, 8)
+    edges = torch.tensor(model.spectrum.edges(n), dtype=torch.float64) * n / box  # h/Mpc
+    ref = stats.power_spectrum(x.double(), box, edges=edges, dim=2).power  # (2, 3, 8), (Mpc/h)^2
+    expected = (ref.log() + 2 * math.log(n / box)).float()
+    torch.testing.assert_close(branch_input, expected, atol=1e-4, rtol=1e-4)
+    # with one bin per k_f the bins are exactly the stats module's default bins
+    full = LogPowerSpectrum(n_k_bins=n // 2)
+    default = stats.default_edges((n, n), box)
+    torch.testing.assert_close(torch.tensor(full.edges(n), dtype=torch.float64) * n / box, default)
+    ref = stats.power_spectrum(x[:, :1].double(), box, dim=2).power
+    torch.testing.assert_close(
+        full.log_power(x[:, :1]), (ref.log() + 2 * math.log(n / box)).float(), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_log_spectrum_calibration_and_size_checks():
+    assert build_model("hybrid", n_k_bins=16).min_size == 32
+    spec = LogPowerSpectrum(in_channels=1, n_k_bins=16)
+    x = _maps(8, 1, 32)
+    spec.calibrate(x)
+    z = spec(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(1, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(1, 16), atol=1e-4, rtol=0)
+    assert set(dict(spec.named_buffers())) == {"shift", "scale"}  # saved with the model state
+    with pytest.raises(ValueError, match="at least 32 pixels"):
+        spec(_maps(1, 1, 16))
+    with pytest.raises(ValueError, match="square"):
+        spec(torch.zeros(1, 1, 32, 64))
+
+
+def test_state_dict_round_trip_rebuilds_the_same_model():
+    kwargs = {"in_channels": 1, "n_params": 2, "width": 8, "circular_padding": True}
+    model = build_model("hybrid", **kwargs).eval()
+    model.spectrum.calibrate(_maps(4, 1, 32))
+    clone = build_model("hybrid", **kwargs).eval()
+    clone.load_state_dict(model.state_dict())
+    x = _maps(2, 1, 32, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), model(x))
+
+
+def test_registry_errors_are_one_line_config_errors():
+    with pytest.raises(ConfigError, match="model='vit' is not allowed") as err:
+        build_model("vit")
+    assert "resnet_cbam" in str(err.value) and "\n" not in str(err.value)
+    for name, bad in [
+        ("resnet18", {"depth": 3}),
+        ("resnet18", {"stem": "huge"}),
+        ("resnet_cbam", {"norm": "layer"}),
+        ("hybrid", {"n_k_bins": 0}),
+        ("cnn", {"width": 0}),
+    ]:
+        with pytest.raises(ConfigError, match=f"model='{name}' cannot be built") as err:
+            build_model(name, **bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError):
+        summary("vit")
+    with pytest.raises(ConfigError):
+        model_options("vit")
