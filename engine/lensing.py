@@ -140,6 +140,7 @@ class SourceParams(CosmologyParams):
     n_gal = param.Number(
         8.0,
         bounds=(0.01, 1000.0),
+        softbounds=(1.0, 50.0),
         step=0.5,
         doc="Effective number density of source galaxies in arcmin^-2.",
     )
@@ -152,6 +153,7 @@ class SourceParams(CosmologyParams):
     smoothing = param.Number(
         10.0,
         bounds=(0.0, 600.0),
+        softbounds=(0.0, 30.0),
         step=0.5,
         doc="Standard deviation sigma (not FWHM) of the Gaussian smoothing kernel in arcmin "
         "(0: none).",

@@ -484,6 +484,77 @@ def lattice_deposit(psi: torch.Tensor, box_size: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def generate_displacements(
+    settings: LPTParams,
+    omega_m: torch.Tensor,
+    sigma8: torch.Tensor,
+    generator: torch.Generator,
+    device=None,
+) -> torch.Tensor:
+    """LPT displacements Ψ(q) of the particle lattice, one field per (omega_m, sigma8) pair.
+
+    :func:`linear_modes` then :func:`displacement` at ``settings.redshift`` with
+    ``settings.lpt_order``; the first step of :func:`generate_volumes`, which consumes the
+    generator identically (same seed ⇒ the particles of the same volume).
+
+    Parameters
+    ----------
+    settings : LPTParams
+        size N, box_size L (Mpc/h), redshift, lpt_order and the shared cosmology.
+    omega_m, sigma8 : torch.Tensor (B,)
+    generator : torch.Generator
+        Source of randomness on ``device``.
+    device : torch.device or str, optional
+        Default: the generator's device.
+
+    Returns
+    -------
+    torch.Tensor (B, 3, N, N, N) float32 in Mpc/h (components along z, y, x).
+
+    Raises
+    ------
+    ConfigError
+        Parameters out of range or a cell size outside the theory table.
+    """
+    device = torch.device(device) if device is not None else generator.device
+    check_settings(settings)
+    om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1)
+    s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1)
+    if om.shape != s8.shape:
+        raise ConfigError(
+            f"omega_m and sigma8 must hold one value per volume, got {om.numel()} and {s8.numel()}"
+        )
+    check_parameters(om.cpu(), s8.cpu())
+    delta_k = linear_modes(settings, om, s8, generator, device)
+    ratio = second_order_growth_ratio(om, settings.redshift)
+    return displacement(delta_k, settings.box_size, settings.lpt_order, ratio)
+
+
+def particle_positions(psi: torch.Tensor, box_size: float) -> torch.Tensor:
+    """Eulerian particle positions x = q + Ψ(q), wrapped into the periodic box [0, L)³.
+
+    The particle of cell (i, j, l) starts at q = ((i+½), (j+½), (l+½)) L/N (as in
+    :func:`lattice_deposit`).
+
+    Parameters
+    ----------
+    psi : torch.Tensor (B, 3, N, N, N) float32
+        Displacements in Mpc/h (:func:`generate_displacements`).
+    box_size : float
+        Side L in Mpc/h.
+
+    Returns
+    -------
+    torch.Tensor (B, N³, 3) float32 in Mpc/h; component 0, 1, 2 is the coordinate along z, y, x.
+    """
+    batch, _, n = psi.shape[:3]
+    c = box_size / n
+    q = (torch.arange(n, dtype=torch.float32, device=psi.device) + 0.5) * c
+    lattice = torch.stack(torch.meshgrid(q, q, q, indexing="ij"))  # (3, N, N, N)
+    x = torch.remainder(psi + lattice, box_size)
+    return x.reshape(batch, 3, -1).transpose(1, 2)
+
+
 def generate_volumes(
     settings: LPTParams,
     omega_m: torch.Tensor,
@@ -515,19 +586,7 @@ def generate_volumes(
     ConfigError
         Parameters out of range or a cell size outside the theory table.
     """
-    device = torch.device(device) if device is not None else generator.device
-    check_settings(settings)
-    om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1)
-    s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1)
-    if om.shape != s8.shape:
-        raise ConfigError(
-            f"omega_m and sigma8 must hold one value per volume, got {om.numel()} and {s8.numel()}"
-        )
-    check_parameters(om.cpu(), s8.cpu())
-    delta_k = linear_modes(settings, om, s8, generator, device)
-    ratio = second_order_growth_ratio(om, settings.redshift)
-    psi = displacement(delta_k, settings.box_size, settings.lpt_order, ratio)
-    del delta_k
+    psi = generate_displacements(settings, omega_m, sigma8, generator, device)
     return lattice_deposit(psi, settings.box_size)
 
 

@@ -295,12 +295,16 @@ class FieldParams(CosmologyParams):
     box_size = param.Number(
         256.0,
         bounds=(1.0, 1e5),
+        softbounds=(10.0, 1000.0),
+        step=1.0,
         inclusive_bounds=(True, True),
         doc="Side of the periodic square map in comoving Mpc/h (L).",
     )
     thickness = param.Number(
         10.0,
         bounds=(0.1, 1e5),
+        softbounds=(1.0, 1000.0),
+        step=1.0,
         doc="Thickness of the projected slab in comoving Mpc/h (Delta).",
     )
     redshift = param.Number(

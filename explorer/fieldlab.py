@@ -382,6 +382,42 @@ def measure_lpt(s: lpt.LPTParams) -> dict:
     )
 
 
+#: Most particles drawn in the particle view (a random subset above it).
+MAX_PARTICLES = 200_000
+
+
+def slab_particles(settings: dict, max_points: int = MAX_PARTICLES) -> np.ndarray:
+    """Positions of the LPT particles inside the slab of a 2LPT field-lab map, in map coordinates.
+
+    The particles are those of the volume behind the map (same seed: :func:`engine.lpt.
+    generate_displacements` consumes the generator like :func:`engine.lpt.generate_volumes`)
+    whose line-of-sight coordinate lies in the slab [0, Δ); their other two coordinates are
+    returned in the map's orientation (columns → x, rows → y, :func:`engine.lpt.project_slab`).
+
+    Parameters
+    ----------
+    settings : dict
+        Plain 2LPT settings (``FieldLabResult.settings`` of kind "2lpt").
+    max_points : int
+        At most this many particles (a seeded random subset beyond it).
+
+    Returns
+    -------
+    numpy.ndarray (M, 2) float32: (x, y) in Mpc/h.
+    """
+    s = lpt.LPTParams(**{k: v for k, v in settings.items() if k in lpt.LPTParams.param})
+    om, s8, gen = _seeded(s)
+    psi = lpt.generate_displacements(s, om, s8, gen, device="cpu")
+    pos = lpt.particle_positions(psi, s.box_size)[0]
+    los = lpt.AXES[s.axis] - 1
+    row, col = (c for c in range(3) if c != los)
+    inside = pos[pos[:, los] < s.thickness]
+    if inside.shape[0] > max_points:
+        pick = torch.randperm(inside.shape[0], generator=torch.Generator().manual_seed(0))
+        inside = inside[pick[:max_points]]
+    return torch.stack([inside[:, col], inside[:, row]], dim=1).numpy()
+
+
 def d_ell(ell):
     """ℓ(ℓ+1)/2π, the factor turning C_ℓ into the plotted D_ℓ = ℓ(ℓ+1)C_ℓ/2π."""
     ell = np.asarray(ell, dtype=np.float64)
@@ -1051,6 +1087,9 @@ class FieldLab(pn.viewable.Viewer):
     )
     error = param.String("", doc="Message of the last failed update ('' when it succeeded).")
     large = param.Boolean(False, doc="True when the map is rasterized (size > RASTERIZE_ABOVE).")
+    particles = param.Boolean(
+        False, doc="2LPT: also show the particles inside the slab (rasterized by datashader)."
+    )
 
     def __init__(self, settings: param.Parameterized | None = None, doc=None, **params):
         settings = settings or FieldParams()
@@ -1241,12 +1280,40 @@ class FieldLab(pn.viewable.Viewer):
             )
         )
 
+    def particle_view(self, result: FieldLabResult | None, show: bool):
+        """Particles of a 2LPT map's slab as a datashader raster of counts (empty when off)."""
+        if not show or result is None or result.settings.get("kind") != "2lpt":
+            return pn.pane.Markdown("", margin=0)
+        from holoviews.operation.datashader import rasterize
+
+        dims = _dims(result.style)
+        xy = slab_particles(result.settings)
+        extent = result.style.extent
+        points = hv.Points(xy, kdims=[dims["x"], dims["y"]])
+        raster = rasterize(points, x_range=(0, extent), y_range=(0, extent)).opts(
+            cmap="viridis",
+            cnorm="eq_hist",
+            colorbar=True,
+            frame_width=380,
+            frame_height=380,
+            data_aspect=1,
+            title=f"{len(xy):,} particles with line-of-sight coordinate in [0, Δ)",
+        )
+        return pn.pane.HoloViews(raster, linked_axes=False)
+
     def _plots(self, style: PlotStyle, large: bool):
         # one fresh pipe per set of views: detached views stop receiving results
         self._pipe = pipe = hv.streams.Pipe(data=self.result)
+        extra = []
+        if style is not None and style.kind == "2lpt":
+            toggle = pn.widgets.Checkbox.from_param(
+                self.param.particles, name="Show the particles in the slab"
+            )
+            extra = [toggle, pn.bind(self.particle_view, self.param.result, self.param.particles)]
         return pn.Row(
             pn.Column(
                 pn.pane.HoloViews(self.map_view(pipe, style, large), linked_axes=False),
+                *extra,
                 pn.pane.HoloViews(self.peaks_view(pipe, style), linked_axes=False),
             ),
             pn.Column(
