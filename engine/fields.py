@@ -35,6 +35,18 @@ that resolves both the sinc² oscillations (16 points per period 2π/Δ) and the
 (steps ≤ 0.005 h/Mpc at small k_z, 2 % at large k_z); beyond u = k_zΔ/2 = 20π sinc² is replaced by
 its mean 1/(2u²). 3D power beyond k = 100 h/Mpc is neglected. Batches are then interpolated exactly
 like the 3D table (cubic in ln Ω_m, linear in ln k).
+
+Mesh slabs (``2lpt``, :mod:`engine.lpt`): a map averaged over the cells j of a mesh (cell c = L/N,
+centres z_j, overlap weights w_j of :func:`slab_weights`) of a cloud-in-cell density is the
+continuous field integrated against K(z) = Σ_j w_j Λ(z − z_j)/c (Λ the CIC triangle), so eq. (1)
+holds with sinc²(k_zΔ/2) replaced by the exact line-of-sight window
+
+    |K(k_z)|² = |Σ_j w_j e^{−i k_z z_j}|² sinc⁴(k_z c/2),                              (1')
+
+integrated on a uniform k_z grid (16 points per period 2π/max(Δ, c), up to k_z = 6π/c where
+sinc⁴ < 2e-4). The in-plane CIC window W²(k) = sinc⁴(k_x c/2) sinc⁴(k_y c/2) of the map's own
+pixels multiplies the binned expectation (:func:`binned_theory`, without its aliases: a few per
+cent towards k_N); the map is otherwise linear theory (no LPT damping or nonlinear growth).
 """
 
 from __future__ import annotations
@@ -93,16 +105,66 @@ def _kz_grid(thickness: float) -> tuple[np.ndarray, np.ndarray]:
     return kz, w / math.pi  # ∫_{-∞}^{∞} dk_z / 2π = (1/π) ∫_0^∞ dk_z
 
 
-def _projected_table(table, thickness: float) -> torch.Tensor:
-    """ln P_2D(k_nodes | ω_m node, σ8=1, z=0) of shape (N_OM, N_K2D), float64, eq. (1); cached."""
+def slab_weights(n: int, thickness: float, box_size: float) -> torch.Tensor:
+    """Weight of each cell along the line of sight in the average through a slab [0, Δ).
+
+    Cell j spans [j c, (j+1) c), c = L/N; its weight is the length of its overlap with [0, Δ)
+    divided by Δ, so the weights sum to 1 and the projected value is the exact mean over the
+    slab of the piecewise-constant (cell-averaged) field. Partially covered cells count with
+    their covered fraction.
+
+    Returns
+    -------
+    torch.Tensor (N,) float64, dimensionless.
+
+    Raises
+    ------
+    ConfigError
+        ``thickness`` not in (0, L].
+    """
+    if not 0 < thickness <= box_size * (1 + 1e-12):
+        raise ConfigError(
+            f"thickness={thickness} is out of range: allowed 0 < thickness <= box_size={box_size}"
+        )
+    c = box_size / n
+    lo = torch.arange(n, dtype=torch.float64) * c
+    overlap = (torch.clamp(lo + c, max=thickness) - lo).clamp(min=0.0)
+    return overlap / overlap.sum()
+
+
+def _mesh_kz_grid(thickness: float, n: int, box_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """k_z nodes (h/Mpc) and trapezoid weights × the mesh window (1') / π, float64."""
+    c = box_size / n
+    w_j = slab_weights(n, thickness, box_size).numpy()
+    keep = w_j > 0
+    z_j = ((np.arange(n) + 0.5) * c)[keep]
+    step = 2 * math.pi / max(thickness, c) / 16
+    kz = np.arange(0.0, min(6 * math.pi / c, K_MAX) + step, step)
+    phase = np.exp(-1j * kz[:, None] * (z_j - z_j.mean())[None, :])
+    window = np.abs(phase @ w_j[keep]) ** 2 * np.sinc(kz * c / (2 * math.pi)) ** 4
+    w = np.full_like(kz, step)
+    w[0] = w[-1] = step / 2
+    return kz, w * window / math.pi
+
+
+def mesh_cells(settings) -> tuple[int, float] | None:
+    """(N, L) of the mesh behind a slab map made by depositing particles (kind ``2lpt``), else None."""
+    if getattr(settings, "kind", None) == "2lpt":
+        return int(settings.size), float(settings.box_size)
+    return None
+
+
+def _projected_table(table, thickness: float, cells: tuple[int, float] | None = None):
+    """ln P_2D(k_nodes | ω_m node, σ8=1, z=0) of shape (N_OM, N_K2D), float64, eq. (1) or, for a
+    mesh slab ``cells = (N, L)``, eq. (1'); cached."""
     with BUILD_LOCK:
-        return _build_projected_table(table, thickness)
+        return _build_projected_table(table, thickness, cells)
 
 
 @functools.lru_cache(maxsize=32)
-def _build_projected_table(table, thickness: float) -> torch.Tensor:
+def _build_projected_table(table, thickness: float, cells=None) -> torch.Tensor:
     ln_k2 = torch.linspace(math.log(K_MIN), math.log(K_MAX), N_K2D, dtype=torch.float64)
-    kz, w = _kz_grid(thickness)
+    kz, w = _kz_grid(thickness) if cells is None else _mesh_kz_grid(thickness, *cells)
     kz, w = torch.from_numpy(kz), torch.from_numpy(w)
     k3 = torch.sqrt(torch.exp(ln_k2)[:, None] ** 2 + kz[None, :] ** 2)  # (N_K2D, Q)
     t = (k3.log() - float(table.ln_k[0])) / table._dlnk
@@ -120,10 +182,14 @@ def _build_projected_table(table, thickness: float) -> torch.Tensor:
 def projected_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
     """Projected linear spectrum P_2D(k) of eq. (1) in (Mpc/h)², at ``settings.redshift``.
 
+    For mesh slabs (kind ``2lpt``) the line-of-sight window is that of eq. (1'), the in-plane
+    CIC window is not included (see :func:`binned_theory`).
+
     Parameters
     ----------
     settings : FieldParams
-        Uses thickness (Mpc/h), redshift and the cosmology settings (omega_b, h, n_s, transfer).
+        Uses thickness (Mpc/h), redshift and the cosmology settings (omega_b, h, n_s, transfer);
+        size and box_size for mesh slabs.
     k : torch.Tensor (...), h/Mpc
     omega_m, sigma8 : float or torch.Tensor (B,)
 
@@ -137,7 +203,7 @@ def projected_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
     om = torch.atleast_1d(torch.as_tensor(omega_m, dtype=torch.float64)).to(k.device)
     s8 = torch.atleast_1d(torch.as_tensor(sigma8, dtype=torch.float64)).to(k.device)
     check_parameters(om, s8)
-    tab2 = _projected_table(table, float(settings.thickness)).to(k.device)
+    tab2 = _projected_table(table, float(settings.thickness), mesh_cells(settings)).to(k.device)
     idx, wom = _catmull_rom_weights(om.log(), float(table.ln_om[0]), table._dlnom, N_OM)
     ln_p = (tab2[idx] * wom[..., None]).sum(-2)  # (B, N_K2D)
     ln_d = (table._ln_growth_nodes(float(settings.redshift)).to(k.device)[idx] * wom).sum(-1)
@@ -164,16 +230,24 @@ def theory_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
     return p + settings.noise**2 * (settings.box_size / settings.size) ** 2
 
 
-def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None):
+def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None, deconvolved: bool = False):
     """Theory of eq. (2) averaged over the Fourier modes of each bin, exactly as the estimator.
 
     Returns a :class:`~engine.stats.PowerSpectrum` whose ``power`` is the expectation of
     ``engine.stats.power_spectrum(map, settings.box_size, edges).power`` for maps generated with
-    ``settings`` (before the lognormal clipping caveat).
+    ``settings`` (before the lognormal clipping caveat). For mesh slabs (kind ``2lpt``) the signal
+    is multiplied mode by mode by the in-plane CIC window W²(k) (:func:`engine.lpt.cic_window`,
+    no aliases) unless ``deconvolved`` (the expectation for maps divided by W in Fourier space,
+    without the noise term's amplification).
     """
     shape = (settings.size, settings.size)
     kmag = wavenumbers(shape, settings.box_size)
     p = theory_power(settings, kmag, omega_m, sigma8)
+    if mesh_cells(settings) is not None and not deconvolved:
+        from engine.lpt import cic_window
+
+        noise = settings.noise**2 * (settings.box_size / settings.size) ** 2
+        p = (p - noise) * cic_window(shape).to(p.device) + noise
     return bin_isotropic(p, shape, settings.box_size, edges)
 
 

@@ -84,8 +84,10 @@ at the parameter bounds) or, for the slab kinds, forward-mode autograd through t
 theory of :func:`engine.fields.theory_power` (``derivative="autograd"``); the tests check that
 they agree.
 
-Caveats: ``2lpt`` slabs are compared with the *linear* projected spectrum (no CIC window, no LPT
-damping, see :mod:`engine.lpt`): use ``k_max`` ≲ k_N/4 there. Masked κ maps, 3D volumes and
+Caveats: ``2lpt`` slabs are compared with the *linear* projected spectrum through the CIC windows
+of the mesh (eq. 1' of :mod:`engine.fields`: exact along the line of sight, in-plane without
+aliases) but without the LPT damping and nonlinear growth of :mod:`engine.lpt`: use
+``k_max`` ≲ k_N/4 there. Masked κ maps, 3D volumes and
 HEALPix skies are not supported.
 """
 
@@ -1044,10 +1046,16 @@ def write_predictions(path, result: dict, names: Sequence[str] = PARAM_NAMES) ->
     per parameter ``<name>_mean``, ``<name>_std`` and, when ``result`` has ``map``,
     ``<name>_map``. Values with 8 significant digits.
 
+    ``result`` may also map method names to such dicts (several methods on the same maps, e.g.
+    ``{"network": ..., "pk_likelihood": ...}`` of ``engine.evaluate``): then the columns are
+    ``sample``, ``<name>_true`` (from the first method that has ``truth``) and, per method in
+    order, ``<method>_<name>_mean``, ``<method>_<name>_std`` (and ``<method>_<name>_map``).
+
     Raises
     ------
     ConfigError
-        A path not ending in .csv or in a directory that does not exist.
+        A path not ending in .csv or in a directory that does not exist, or methods with
+        different numbers of maps.
     """
     from engine.runs import atomic_write
 
@@ -1056,14 +1064,18 @@ def write_predictions(path, result: dict, names: Sequence[str] = PARAM_NAMES) ->
         raise ConfigError(f"--out {str(path)!r} must end in .csv")
     if not path.parent.is_dir():
         raise ConfigError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    keys = [k for k in ("mean", "std", "map") if k in result]
-    cols = [("truth", j) for j in range(len(names))] if "truth" in result else []
-    cols += [(k, j) for j in range(len(names)) for k in keys]
-    suffix = {"truth": "true", "mean": "mean", "std": "std", "map": "map"}
-    header = ["sample"] + [f"{names[j]}_{suffix[k]}" for k, j in cols]
+    groups = [("", result)] if "mean" in result else [(f"{m}_", r) for m, r in result.items()]
+    truth = next((r["truth"] for _, r in groups if "truth" in r), None)
+    n_maps = {len(r["mean"]) for _, r in groups}
+    if len(n_maps) > 1:
+        raise ConfigError(f"the methods predicted different numbers of maps: {sorted(n_maps)}")
+    cols = [(truth, j, f"{names[j]}_true") for j in range(len(names))] if truth is not None else []
+    for prefix, r in groups:
+        keys = [k for k in ("mean", "std", "map") if k in r]
+        cols += [(r[k], j, f"{prefix}{names[j]}_{k}") for j in range(len(names)) for k in keys]
     with atomic_write(path) as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        for i in range(len(result["mean"])):
-            w.writerow([i] + [f"{float(result[k][i][j]):.8g}" for k, j in cols])
+        w.writerow(["sample"] + [c[2] for c in cols])
+        for i in range(n_maps.pop() if n_maps else 0):
+            w.writerow([i] + [f"{float(a[i][j]):.8g}" for a, j, _ in cols])
     return path

@@ -69,7 +69,7 @@ import xarray as xr
 import engine
 from engine.cosmology import K_MAX, K_MIN, table_for
 from engine.device import default_device
-from engine.fields import check_parameters, per_sample, to_dataarray
+from engine.fields import check_parameters, per_sample, slab_weights, to_dataarray
 from engine.params import ConfigError, FieldParams, to_dict
 
 #: Axis names of a volume (B, z, y, x) and their array dimension.
@@ -588,33 +588,6 @@ def generate_volumes(
     """
     psi = generate_displacements(settings, omega_m, sigma8, generator, device)
     return lattice_deposit(psi, settings.box_size)
-
-
-def slab_weights(n: int, thickness: float, box_size: float) -> torch.Tensor:
-    """Weight of each cell along the line of sight in the average through a slab [0, Δ).
-
-    Cell j spans [j c, (j+1) c), c = L/N; its weight is the length of its overlap with [0, Δ)
-    divided by Δ, so the weights sum to 1 and the projected value is the exact mean over the
-    slab of the piecewise-constant (cell-averaged) field. Partially covered cells count with
-    their covered fraction.
-
-    Returns
-    -------
-    torch.Tensor (N,) float64, dimensionless.
-
-    Raises
-    ------
-    ConfigError
-        ``thickness`` not in (0, L].
-    """
-    if not 0 < thickness <= box_size * (1 + 1e-12):
-        raise ConfigError(
-            f"thickness={thickness} is out of range: allowed 0 < thickness <= box_size={box_size}"
-        )
-    c = box_size / n
-    lo = torch.arange(n, dtype=torch.float64) * c
-    overlap = (torch.clamp(lo + c, max=thickness) - lo).clamp(min=0.0)
-    return overlap / overlap.sum()
 
 
 def project_slab(

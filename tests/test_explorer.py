@@ -153,9 +153,9 @@ def test_widgets_of_other_kinds_come_from_their_param_classes():
     assert isinstance(lab.settings, LPTParams)
     assert (w["redshift"].start, w["redshift"].end) == LPTParams.param.redshift.bounds
     assert list(w["lpt_order"].options.values()) == [1, 2]
-    # huge hard bounds without softbounds: a number box with the hard bounds, no invented range
-    assert isinstance(w["box_size"], pn.widgets.FloatInput)
-    assert (w["box_size"].start, w["box_size"].end) == LPTParams.param.box_size.bounds
+    # a slider over the soft bounds declared in the engine (hard bounds are far wider)
+    assert isinstance(w["box_size"], pn.widgets.FloatSlider)
+    assert (w["box_size"].start, w["box_size"].end) == LPTParams.param.box_size.softbounds
     lab.kind = "kappa"
     w = lab.widgets()
     assert (w["fov"].start, w["fov"].end) == KappaParams.param.fov.bounds
@@ -184,7 +184,9 @@ def test_lpt_compute_at_32():
     assert r.map.min() > -1 and r.skewness > 0
     assert r.x[-1] == pytest.approx(256.0 - 4.0)  # cell centres, L/N = 8 Mpc/h
     # without noise the expected band is the projected linear theory of the same modes
-    np.testing.assert_allclose(r.pk_expected, fields.binned_theory(s, 0.3, 0.8).power, rtol=1e-6)
+    np.testing.assert_allclose(
+        r.pk_expected, fields.binned_theory(s, 0.3, 0.8, deconvolved=True).power, rtol=1e-6
+    )
     low = r.k < np.pi * 32 / 256.0 / 2  # a single map: consistent within cosmic variance
     assert np.mean(((r.pk[low] - r.pk_expected[low]) / r.pk_sigma[low]) ** 2) < 4
     assert [t for _, t in r.markers] == ["k_eq", "k_N/4"]
