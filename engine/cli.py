@@ -54,6 +54,22 @@ Verbs
         python -m engine predict --method network --checkpoint runs/demo/checkpoints/best.pt \\
             --maps maps.zarr --out preds.csv
 
+``evaluate``
+    Score a network checkpoint (a .pt file or a run directory) and the P(k) likelihood on the
+    labelled maps of a dataset spec (``engine.data``: a kind generated like the checkpoint's
+    training maps, a .zarr/.nc file, ``camels:PATH``, ...): writes ``report.json``,
+    ``predictions.csv`` and ``figures/`` to ``--out`` (``engine.evaluate``) and prints a table::
+
+        python -m engine evaluate --checkpoint runs/demo --dataset grf --count 256 --out ev/
+        python -m engine evaluate --dataset "lognormal?size=64&count=128" --out ev-pk/
+
+``compare``
+    Every checkpoint on every dataset (and the P(k) likelihood once per dataset) as one
+    long-format CSV table (model, dataset, method, param, rmse, ..., efficiency, n_maps)::
+
+        python -m engine compare --checkpoints runs/a runs/b --datasets grf lognormal \\
+            --count 128 --out table.csv
+
 Flags are generated from the settings classes (``engine.params.FieldParams``,
 ``engine.training.TrainParams``), so their names, defaults, bounds and help are those of the
 settings. Settings are resolved as: preset < ``--config`` file < flags < ``--set key=value``
@@ -175,7 +191,9 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
         description="Headless engine for machine learning on cosmological maps.",
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{fields,dataset,sky,train,predict}"
+        dest="command",
+        required=True,
+        metavar="{fields,dataset,sky,train,predict,evaluate,compare}",
     )
 
     fields_p = sub.add_parser(
@@ -279,6 +297,7 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
     add_arguments(train_p, TrainParams, aliases=ALIASES)
     train_p.set_defaults(func=cmd_train)
     _add_predict_parser(sub)
+    _add_evaluate_parsers(sub)
     return parser
 
 
@@ -566,6 +585,140 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"wrote {len(result['mean'])} predictions ({args.method}{summary}) to {out} "
         f"in {time.perf_counter() - t0:.2f} s"
     )
+    return 0
+
+
+def _add_evaluate_parsers(sub) -> None:
+    """The ``evaluate`` and ``compare`` verbs' subparsers (see :func:`cmd_evaluate`,
+    :func:`cmd_compare` and ``engine.evaluate``)."""
+    datasets_help = "Datasets YAML of short names (default $ENGINE_DATASETS or ./datasets.yaml)."
+    p = sub.add_parser(
+        "evaluate",
+        help="Score a network and the P(k) likelihood on labelled maps; report.json + figures.",
+        description="Predict (omega_m, sigma8) for every map of a dataset spec (a kind such as "
+        "grf, generated like the checkpoint's training maps; a .zarr/.nc file; prefix:path) with "
+        "a trained network and the binned P(k) likelihood, and write OUT/report.json, "
+        "OUT/predictions.csv and OUT/figures/*.png (schema: engine.evaluate).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="Checkpoint .pt or run directory (its best.pt); "
+        "without it only the P(k) likelihood is evaluated.",
+    )
+    p.add_argument("--dataset", required=True, metavar="SPEC", help="Dataset spec or short name.")
+    p.add_argument("--out", required=True, metavar="DIR", help="Output directory (created).")
+    p.add_argument("--count", type=int, default=None, help="Number of maps (spec option count).")
+    p.add_argument("--seed", type=int, default=None, help="Seed of generated maps (spec option).")
+    p.add_argument("--device", default="cpu", help="Torch device of the network: cpu, cuda[:i].")
+    p.add_argument(
+        "--no-pk-likelihood",
+        dest="pk_likelihood",
+        action="store_false",
+        help="Do not run the P(k) likelihood.",
+    )
+    p.add_argument(
+        "--k-max",
+        type=float,
+        default=None,
+        help="Highest bin centre of the P(k) likelihood and the Fisher bound, h/Mpc (ell for "
+        "kappa); default Nyquist (k_N/4 for 2lpt).",
+    )
+    p.add_argument("--datasets", metavar="FILE", help=datasets_help)
+    p.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser(
+        "compare",
+        help="Metrics of several checkpoints on several datasets as one long CSV table.",
+        description="Evaluate every checkpoint on every dataset spec (and the P(k) likelihood "
+        "once per dataset, model 'pk-likelihood') and write one CSV row per (model, dataset, "
+        "method, param) with rmse, mae, r2, bias, coverage_68, coverage_95, efficiency, n_maps.",
+    )
+    c.add_argument(
+        "--checkpoints", nargs="*", default=[], metavar="PATH", help=".pt files or run dirs."
+    )
+    c.add_argument(
+        "--datasets", nargs="+", required=True, metavar="SPEC", help="Dataset specs or names."
+    )
+    c.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
+    c.add_argument("--count", type=int, default=None, help="Number of maps per dataset.")
+    c.add_argument("--seed", type=int, default=None, help="Seed of generated maps.")
+    c.add_argument("--device", default="cpu", help="Torch device of the networks.")
+    c.add_argument(
+        "--no-pk-likelihood",
+        dest="pk_likelihood",
+        action="store_false",
+        help="Leave out the P(k)-likelihood rows.",
+    )
+    c.add_argument("--datasets-file", metavar="FILE", help=datasets_help)
+    c.set_defaults(func=cmd_compare)
+
+
+def _check_count(count: int | None) -> None:
+    if count is not None and count < 1:
+        raise ConfigError(f"--count {count} must be >= 1")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate`` verb: :func:`engine.evaluate.evaluate`; prints a method × parameter table.
+
+    Raises
+    ------
+    ConfigError
+        Bad dataset spec, checkpoint, count or output directory (one line, before writing).
+    """
+    from engine.evaluate import evaluate, format_table
+
+    _check_count(args.count)
+    report = evaluate(
+        args.dataset,
+        args.checkpoint,
+        out_dir=args.out,
+        pk_likelihood=args.pk_likelihood,
+        device=args.device,
+        count=args.count,
+        seed=args.seed,
+        datasets_file=args.datasets,
+        k_max=args.k_max,
+    )
+    print(format_table(report))
+    for note in report.get("notes") or []:
+        print(f"note: {note}")
+    print(
+        f"evaluated {report['n_maps']} maps of {report['dataset']} in {report['seconds']:.2f} s; "
+        f"wrote {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``compare`` verb: :func:`engine.evaluate.compare` to a long-format CSV; prints it.
+
+    Raises
+    ------
+    ConfigError
+        Bad output path or count; failing (checkpoint, dataset) pairs are reported in the
+        table's ``error`` column and on stderr instead.
+    """
+    from engine.evaluate import compare
+
+    _check_count(args.count)
+    t0 = time.perf_counter()
+    table = compare(
+        args.checkpoints,
+        args.datasets,
+        count=args.count,
+        seed=args.seed,
+        device=args.device,
+        datasets_file=args.datasets_file,
+        pk_likelihood=args.pk_likelihood,
+        out=args.out,
+    )
+    shown = table.drop(columns=["error"]).dropna(subset=["rmse"])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for row in table.dropna(subset=["error"]).drop_duplicates(["model", "dataset"]).itertuples():
+        print(f"warning: {row.model} on {row.dataset}: {row.error}", file=sys.stderr)
+    print(f"wrote {len(table)} rows to {args.out} in {time.perf_counter() - t0:.2f} s")
     return 0
 
 

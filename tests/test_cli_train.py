@@ -28,6 +28,7 @@ TINY = {
     "log_every": 2,
     "num_threads": 1,
     "device": "cpu",
+    "eval_maps": 0,
 }
 CKPT_KEYS = {
     "model_name",

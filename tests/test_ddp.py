@@ -33,6 +33,7 @@ SETTINGS = {
     "log_every": 2,
     "num_threads": 1,
     "device": "cpu",
+    "eval_maps": 0,
     "ema_decay": 0.9,
     "augment_flips": True,
     "freeze": "backbone",

@@ -116,6 +116,7 @@ TINY = {
     "log_every": 2,
     "num_threads": 1,
     "device": "cpu",
+    "eval_maps": 0,
     "warmup_steps": 2,
 }
 

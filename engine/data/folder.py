@@ -1,0 +1,287 @@
+r"""A folder of 2D maps in ``.npy`` / ``.npz`` / ``.fits`` files with a labels CSV.
+
+Spec: ``folder:/d/maps?box_size=25`` (slab maps, Mpc/h) or ``folder:/d/maps?fov=5`` (κ, degrees).
+
+Layout
+------
+::
+
+    maps/
+      labels.csv        file,omega_m,sigma8[,other labels…][,simulation]
+      a.npy             (H, W) or (C, H, W) float array
+      b.npz             first array (or the one named by key=NAME)
+      c.fits            primary-HDU (or first image HDU) 2D/3D image
+
+* ``labels.csv`` (or ``labels=PATH``): a header row with a ``file`` column (paths relative to the
+  folder) and numeric label columns, renamed by :func:`engine.data._common.label_name`
+  (``Omega_m`` → ``omega_m``, ``sigma_8`` → ``sigma8``, …); one row per map, in the order of the
+  samples. An optional integer ``simulation`` column groups maps of one simulation for the
+  splits (default: each file its own group).
+* Without a labels file (and no ``labels=`` option) every map file of the folder is read in
+  name order, unlabelled.
+* All maps must share one shape: (H, H) gives dims (sample, y, x); (C, H, H) gives (sample,
+  channel, y, x).
+
+Pixel scale
+-----------
+``box_size=L`` (Mpc/h: slab maps) or ``fov=θ`` (degrees: κ patches) gives the side of every map
+and so its pixel scale (attrs ``box_size`` or ``fov``; x/y coords in Mpc/h or arcmin). Without
+either the maps carry pixel-index coords and no scale, and
+:func:`engine.data.transfer.match_resolution` (domain transfer) refuses them, saying to give one.
+
+Output: ``xarray.DataArray "maps"`` float32 (loaded: folder datasets are small), per-sample coord
+``file`` and the label columns; attrs ``kind="folder"``, ``units`` (``units=`` option, default
+"dimensionless"), ``size``, ``box_size`` or ``fov``, ``labels_file``, ``split``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import engine
+from engine.data._common import (
+    as_float,
+    as_int,
+    as_split,
+    check_finite,
+    first_line,
+    label_name,
+    reject_unknown,
+    split_groups,
+)
+from engine.params import ConfigError
+
+#: Options of :func:`open`.
+OPTIONS = ("labels", "box_size", "fov", "split", "count", "key", "units")
+#: Map file suffixes read.
+SUFFIXES = (".npy", ".npz", ".fits", ".fit", ".fits.gz")
+#: Default labels file name.
+LABELS_NAME = "labels.csv"
+
+
+def read_map(path: Path, key: str | None = None) -> np.ndarray:
+    """One map file → float32 array (H, W) or (C, H, W).
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable file, no such ``key`` in an .npz, an image that is not 2D/3D
+        float/int, or NaN/inf values (one line naming the file).
+    """
+    where = f"map file {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist")
+    name = path.name.lower()
+    try:
+        if name.endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        elif name.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise ConfigError(f"{where} holds no arrays")
+                if key is not None and key not in z.files:
+                    raise ConfigError(f"{where} has no array {key!r}; it has {', '.join(z.files)}")
+                arr = z[key or z.files[0]]
+        else:
+            from astropy.io import fits
+
+            with fits.open(path) as hdul:
+                data = next(
+                    (
+                        h.data
+                        for h in hdul
+                        if getattr(h, "data", None) is not None
+                        and getattr(h.data, "ndim", 0) in (2, 3)
+                    ),
+                    None,
+                )
+                if data is None:
+                    raise ConfigError(f"{where} has no 2D or 3D image HDU")
+                arr = np.array(data)
+    except ConfigError:
+        raise
+    except Exception as exc:  # numpy / astropy raise many kinds on bad files
+        raise ConfigError(f"{where} is not readable: {first_line(exc)}") from None
+    if arr.ndim not in (2, 3) or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ConfigError(
+            f"{where} must hold a (H, W) or (C, H, W) number array, got {arr.dtype} {arr.shape}"
+        )
+    arr = arr.astype(np.float32)
+    check_finite(arr[None], where, 0)
+    return arr
+
+
+def read_labels(path: Path, folder: Path) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """Files and numeric label columns of a labels CSV (module docstring).
+
+    Returns
+    -------
+    files : list of Path (S,)
+    labels : dict name → numpy.ndarray (S,) float64 (``simulation`` as int64)
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable file, no ``file`` column, no rows, non-numeric or NaN labels.
+    """
+    where = f"labels file {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist")
+    try:
+        with builtins.open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{where} is not a readable CSV: {first_line(exc)}") from None
+    if "file" not in header:
+        raise ConfigError(f"{where} has no 'file' column (columns: {', '.join(header)})")
+    if not rows:
+        raise ConfigError(f"{where} has no rows")
+    files = [folder / r["file"] for r in rows]
+    labels: dict[str, np.ndarray] = {}
+    for col in header:
+        if col == "file" or not col:
+            continue
+        try:
+            vals = np.array([float(r[col]) for r in rows], dtype=np.float64)
+        except ValueError:
+            raise ConfigError(f"{where}: column {col!r} is not numeric") from None
+        if not np.all(np.isfinite(vals)):
+            raise ConfigError(f"{where}: column {col!r} holds NaN or inf")
+        name = label_name(col)
+        labels[name] = vals.astype(np.int64) if name == "simulation" else vals
+    return files, labels
+
+
+def open(  # noqa: A001 - the reader interface of engine.data
+    target: str,
+    like: Mapping[str, Any] | None = None,
+    labels: str | None = None,
+    box_size: str | None = None,
+    fov: str | None = None,
+    split: str | None = None,
+    count: str | None = None,
+    key: str | None = None,
+    units: str = "dimensionless",
+    **unknown: str,
+) -> xr.DataArray:
+    """Maps of a folder with a labels CSV (module docstring for layout and output).
+
+    Parameters
+    ----------
+    target : str
+        The folder.
+    like : mapping, optional
+        Not used (maps keep their resolution; see :func:`engine.data.transfer.match_resolution`).
+    labels : str, optional
+        Labels CSV; default ``labels.csv`` in the folder when present.
+    box_size : str, optional
+        Side of every map in Mpc/h (slab maps).
+    fov : str, optional
+        Side of every map in degrees (κ patches). Not together with ``box_size``.
+    split : {"train", "val", "test", "all"}, optional
+        By file (or by the ``simulation`` column), fixed seed, 80/10/10 %; default ``all``.
+    count : str, optional
+        Keep only the first ``count`` maps.
+    key : str, optional
+        Array name inside ``.npz`` files (default: the first).
+    units : str
+        Units of the map values, stored in attrs (default "dimensionless").
+
+    Returns
+    -------
+    xarray.DataArray "maps" (sample, y, x) or (sample, channel, y, x) float32.
+
+    Raises
+    ------
+    ConfigError
+        Unknown option or bad value; missing folder, labels file or map file; unreadable files;
+        maps of different shapes or not square; NaN/inf values; an empty split.
+    """
+    folder = Path(target)
+    where = f"folder {str(folder)!r}"
+    reject_unknown(where, unknown, OPTIONS)
+    if not folder.is_dir():
+        raise ConfigError(f"{where} is not a folder")
+    if box_size is not None and fov is not None:
+        raise ConfigError(f"{where}: give box_size (Mpc/h) or fov (degrees), not both")
+    box = None if box_size is None else as_float(box_size, "box_size", where, 0.0)
+    fov_deg = None if fov is None else as_float(fov, "fov", where, 0.0, 180.0)
+    split = as_split(split, where)
+    n_keep = None if count is None else as_int(count, "count", where)
+
+    lpath = Path(labels) if labels else folder / LABELS_NAME
+    if labels or lpath.is_file():
+        files, label_cols = read_labels(lpath, folder)
+    else:
+        files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(SUFFIXES))
+        label_cols = {}
+        if not files:
+            raise ConfigError(f"{where} has no {LABELS_NAME} and no .npy/.npz/.fits maps")
+    groups = label_cols.get("simulation", np.arange(len(files)))
+    uniq = np.unique(groups)
+    chosen = set(uniq[split_groups(uniq.size, split)].tolist())
+    index = np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
+    if n_keep is not None:
+        index = index[:n_keep]
+    if index.size == 0:
+        raise ConfigError(f"{where} has no maps in split {split!r}")
+    maps = []
+    for i in index:
+        arr = read_map(files[i], key)
+        if maps and arr.shape != maps[0].shape:
+            raise ConfigError(
+                f"map file {str(files[i])!r} has shape {arr.shape}, the first {maps[0].shape}"
+            )
+        if arr.shape[-1] != arr.shape[-2]:
+            raise ConfigError(f"map file {str(files[i])!r} is not square: {arr.shape}")
+        maps.append(arr)
+    data = np.stack(maps)
+    n = data.shape[-1]
+    dims = ("sample", "y", "x") if data.ndim == 3 else ("sample", "channel", "y", "x")
+    attrs: dict[str, Any] = dict(
+        kind="folder",
+        units=str(units),
+        size=int(n),
+        labels_file=str(lpath) if label_cols or labels else "",
+        split=split,
+        long_name=f"maps of folder {folder.name}",
+        engine_version=engine.__version__,
+    )
+    if box is not None:
+        centres, cunits = (np.arange(n) + 0.5) * box / n, "Mpc/h"
+        attrs.update(box_size=box, coordinate_units=cunits)
+    elif fov_deg is not None:
+        centres, cunits = (np.arange(n) + 0.5) * fov_deg * 60.0 / n, "arcmin"
+        attrs.update(fov=fov_deg, pixel_size=fov_deg * 60.0 / n, coordinate_units=cunits)
+    else:
+        centres, cunits = np.arange(n) + 0.5, "pixel"
+        attrs.update(coordinate_units=cunits)
+    coords: dict[str, Any] = {
+        "x": ("x", centres, {"units": cunits}),
+        "y": ("y", centres, {"units": cunits}),
+        "file": (
+            "sample",
+            np.array(
+                [
+                    str(files[i].relative_to(folder))
+                    if files[i].is_relative_to(folder)
+                    else str(files[i])
+                    for i in index
+                ]
+            ),
+        ),
+    }
+    for name, vals in label_cols.items():
+        coords[name] = ("sample", vals[index])
+    return xr.DataArray(data, dims=dims, coords=coords, name="maps", attrs=attrs)
