@@ -14,7 +14,7 @@ from bokeh.core.validation.warnings import FIXED_SIZING_MODE
 
 from explorer.fieldlab import FieldLab
 from explorer.sky import SkyPage
-from explorer.training import TrainingController
+from explorer.training import TrainingController, default_examples_root
 
 TITLE = "Cosmo map lab — explorer"
 
@@ -41,7 +41,9 @@ def header() -> pn.pane.HTML:
     )
 
 
-def create_app(runs_root: str | Path | None = None) -> pn.viewable.Viewable:
+def create_app(
+    runs_root: str | Path | None = None, examples_root: str | Path | None = None
+) -> pn.viewable.Viewable:
     """Build the explorer for the current session: header plus Field lab / Sky / Training tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
@@ -51,12 +53,16 @@ def create_app(runs_root: str | Path | None = None) -> pn.viewable.Viewable:
     ----------
     runs_root : str or Path, optional
         Runs folder of the training page (default ``$EXPLORER_RUNS_DIR`` or ``runs/``).
+    examples_root : str or Path, optional
+        Read-only example runs listed on the training page (default ``$EXPLORER_EXAMPLES_DIR``
+        or ``assets/models/``).
     """
     doc = (
         pn.state.curdoc if pn.state.curdoc is not None and pn.state.curdoc.session_context else None
     )
     lab = FieldLab(doc=doc)
-    trainer = TrainingController(runs_root=runs_root)
+    examples = examples_root if examples_root is not None else default_examples_root()
+    trainer = TrainingController(runs_root=runs_root, examples_root=str(examples))
     if doc is not None:
         trainer.start()
     tabs = pn.Tabs(dynamic=True)

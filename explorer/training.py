@@ -7,12 +7,24 @@ open run's ``metrics.jsonl`` (:class:`engine.runs.MetricsTail`, by byte offset) 
 points into ``hv.streams.Buffer`` objects drawn as ``hv.DynamicMap`` curves; runs started from
 the CLI (or on a cluster, on a shared file system) show up in the same list.
 
+The launch form is generated from :class:`engine.training.TrainParams` (bounds, defaults and docs
+are the engine's): a map setting shows only for the kinds whose settings class
+(:mod:`engine.kinds`) has it, and the chosen model's parameter count
+(:func:`engine.models.summary`) sits next to the model selector. When the open run has an
+evaluation (``report.json``, written by the engine when training ends) it appears below the
+curves (:class:`explorer.report.EvaluationPanel`).
+
+Shipped example runs (``assets/models/<name>/``, or ``$EXPLORER_EXAMPLES_DIR``) are listed after
+the runs as ``example: <name>``: read-only (no Stop or Resume; nothing is written there), so the
+page demonstrates trained models without training. When no run exists, the first example opens.
+
 Units: ``step`` counts optimiser updates; the loss is the Gaussian negative log-likelihood in
 normalised parameter units; RMSEs of Ω_m and σ8 are in their physical (dimensionless) units.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -25,8 +37,11 @@ import pandas as pd
 import panel as pn
 import param
 
-from engine.params import to_dict
+from engine.kinds import get_kind
+from engine.models import summary
+from engine.params import ConfigError, to_dict, user_settings
 from engine.runs import (
+    REPO_ROOT,
     MetricsTail,
     RunDir,
     launch_train,
@@ -34,18 +49,33 @@ from engine.runs import (
     new_run_id,
     stop_run,
 )
-from engine.training import PRESETS, TrainParams, resolve_params
+from engine.training import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
+from explorer.report import EvaluationPanel
 from explorer.widgets import label, look
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
 
 #: Environment variable overriding the runs folder (default ``runs/`` in the working directory).
 RUNS_ENV = "EXPLORER_RUNS_DIR"
-#: Settings with widgets on the page, in display order (the others keep the preset's values).
-TRAIN_CONTROLS = (
-    "kind", "size", "noise", "smoothing", "model", "width",
-    "epochs", "steps_per_epoch", "batch_size", "lr", "seed",
-)  # fmt: skip
+#: Environment variable overriding the folder of shipped example runs (see
+#: :func:`default_examples_root`).
+EXAMPLES_ENV = "EXPLORER_EXAMPLES_DIR"
+#: Prefix of the run selector's values that name example runs (run ids never hold a colon).
+EXAMPLE_PREFIX = "example:"
+#: Settings with widgets on the page, by group, in display order (the others keep the preset's
+#: values); names that TrainParams does not have are left out. Map settings show only for the
+#: kinds they apply to (:func:`setting_applies`).
+CONTROL_GROUPS = {
+    "Maps": (
+        "kind", "size", "box_size", "thickness", "redshift", "lpt_order",
+        "fov", "n_gal", "sigma_e", "noise", "smoothing",
+    ),
+    "Model": ("model", "width"),
+    "Training": ("epochs", "steps_per_epoch", "batch_size", "lr", "seed", "eval_maps"),
+}  # fmt: skip
+TRAIN_CONTROLS = tuple(
+    n for names in CONTROL_GROUPS.values() for n in names if n in TrainParams.param
+)
 #: Streamed curves: (split, metric name) of metrics.jsonl → (legend label, colour).
 SERIES = {
     ("train", "loss"): ("train", "#1f77b4"),
@@ -99,6 +129,42 @@ def default_runs_root() -> Path:
     return Path(os.environ.get(RUNS_ENV) or "runs")
 
 
+def default_examples_root() -> Path:
+    """The example runs: ``$EXPLORER_EXAMPLES_DIR`` if set, else ``assets/models/`` of the repo."""
+    return Path(os.environ.get(EXAMPLES_ENV) or REPO_ROOT / "assets" / "models")
+
+
+@functools.cache
+def _kind_settings(kind: str) -> frozenset[str]:
+    """Names of the settings of ``kind``'s own settings class (engine.kinds)."""
+    return frozenset(user_settings(get_kind(kind, TRAIN_KINDS).settings_class()))
+
+
+def setting_applies(name: str, kind: str) -> bool:
+    """True if TrainParams setting ``name`` is used for maps of ``kind``.
+
+    A map setting (one of the settings class of some training kind) applies to the kinds whose
+    class has it; any other setting (model, optimiser, ...) applies to all.
+    """
+    if name == "kind" or not any(name in _kind_settings(k) for k in TRAIN_KINDS):
+        return True
+    return kind in TRAIN_KINDS and name in _kind_settings(kind)
+
+
+@functools.cache
+def _summary(model: str, kwargs: tuple) -> str:
+    return summary(model, **dict(kwargs))
+
+
+def model_summary(settings: TrainParams) -> str:
+    """One line with the parameter count of the settings' model, e.g. ``"cnn: 80.4 k parameters"``
+    (:func:`engine.models.summary`, cached per model and model settings)."""
+    try:
+        return _summary(settings.model, tuple(sorted(settings.model_kwargs().items())))
+    except ConfigError as exc:
+        return f"{settings.model}: {exc}"
+
+
 def _reap_children() -> None:
     _CHILDREN[:] = [p for p in _CHILDREN if p.poll() is None]
 
@@ -140,28 +206,40 @@ def metrics_frames(rows: list[dict]) -> dict[str, pd.DataFrame]:
     }
 
 
-def run_label(run: RunDir) -> str:
-    """One-line label of a run for the runs list: id, state and progress."""
+def run_label(run: RunDir, example: bool = False) -> str:
+    """One-line label of a run for the runs list: id, state and progress.
+
+    An example run reads ``example: <name> — <state>``.
+    """
     status = run.status() or {}
     state = status.get("state", "?")
     step, total = status.get("step"), status.get("total_steps")
     progress = f" {step}/{total}" if step is not None and total else ""
-    return f"{run.id} — {state}{progress}"
+    return f"{'example: ' if example else ''}{run.id} — {state}{progress}"
+
+
+def list_examples(root: str | Path | None) -> list[RunDir]:
+    """The example run directories under ``root`` (None or missing: none), by name."""
+    return sorted(list_runs(root), key=lambda r: r.id) if root else []
 
 
 def status_markdown(
-    run: RunDir | None, status: dict | None, maps_per_s: float | None = None
+    run: RunDir | None,
+    status: dict | None,
+    maps_per_s: float | None = None,
+    example: bool = False,
 ) -> str:
     """Markdown status line of a run: state, step/total, epoch, best loss, throughput (maps/s),
-    last update, error."""
+    last update, error; ``example`` marks a read-only example run."""
     if run is None:
         return "No run open. Press **Train** or pick a run from the list."
+    name = f"example **{run.id}** (read-only)" if example else f"**{run.id}**"
     if not status:
-        return f"**{run.id}** — no status yet"
+        return f"{name} — no status yet"
     state = status.get("state", "?")
     color = STATE_COLORS.get(state, "#6c757d")
     parts = [
-        f"**{run.id}**",
+        name,
         f"<span style='color:white;background:{color};padding:1px 8px;border-radius:8px'>"
         f"{state}</span>",
     ]
@@ -194,22 +272,35 @@ def config_markdown(run: RunDir | None) -> str:
         "| setting | value |",
         "|:--|--:|",
     ]
-    lines += [f"| {n} | {settings[n]} |" for n in TRAIN_CONTROLS if n in settings]
+    kind = settings.get("kind", "")
+    lines += [
+        f"| {n} | {settings[n]} |"
+        for n in TRAIN_CONTROLS
+        if n in settings and setting_applies(n, kind)
+    ]
     return "\n".join(lines)
 
 
 class TrainingController(pn.viewable.Viewer):
-    """Training page: a preset plus edited settings → engine run; runs list; live curves.
+    """Training page: a preset plus edited settings → engine run; runs list; live curves;
+    the open run's evaluation.
 
     ``settings`` (a :class:`engine.training.TrainParams`) is reset to the preset's values when
     ``preset`` changes; :meth:`overrides` is what the user changed. :meth:`train` launches a new
     run in ``runs_root``, :meth:`stop` and :meth:`resume` act on the open run (``run_id``), and
     :meth:`poll` (every ``period`` ms per browser session, see :meth:`start`) streams its new
-    metrics into the curve buffers.
+    metrics into the curve buffers and refreshes :attr:`evaluation`.
+
+    Example runs in ``examples_root`` (none when empty; the app passes
+    :func:`default_examples_root`) are listed after the runs with ids prefixed by
+    :data:`EXAMPLE_PREFIX`; they are only read.
     """
 
     runs_root = param.String(
         doc="Folder holding the run directories (default: $EXPLORER_RUNS_DIR or runs/)."
+    )
+    examples_root = param.String(
+        default="", doc="Folder holding read-only example runs ('': none)."
     )
     preset = param.Selector(
         default="smoke", objects=list(PRESETS), doc="Preset in engine.training.PRESETS."
@@ -225,12 +316,17 @@ class TrainingController(pn.viewable.Viewer):
     refresh_every = param.Integer(4, bounds=(1, None), doc="Refresh the runs list every n polls.")
     can_stop = param.Boolean(False, doc="The open run has a live process that Stop can signal.")
     can_resume = param.Boolean(False, doc="The open run has ended and has a checkpoint.")
+    evaluation = param.ClassSelector(
+        class_=EvaluationPanel, doc="Evaluation (report.json) of the open run."
+    )
 
     def __init__(self, runs_root: str | Path | None = None, **params):
         root = str(runs_root if runs_root is not None else default_runs_root())
         super().__init__(runs_root=root, **params)
         if self.settings is None:
             self.settings = resolve_params(self.preset)
+        if self.evaluation is None:
+            self.evaluation = EvaluationPanel()
         self.buffers = {
             name: hv.streams.Buffer(_empty_frame(), length=BUFFER_LENGTH, index=False)
             for name in PLOTS
@@ -243,9 +339,18 @@ class TrainingController(pn.viewable.Viewer):
     # -- state -------------------------------------------------------------------------------
 
     @property
+    def is_example(self) -> bool:
+        """True if the open run is a read-only example."""
+        return self.run_id is not None and self.run_id.startswith(EXAMPLE_PREFIX)
+
+    @property
     def run(self) -> RunDir | None:
         """The open run, or None."""
-        return None if self.run_id is None else RunDir(Path(self.runs_root) / self.run_id)
+        if self.run_id is None:
+            return None
+        if self.is_example:
+            return RunDir(Path(self.examples_root) / self.run_id[len(EXAMPLE_PREFIX) :])
+        return RunDir(Path(self.runs_root) / self.run_id)
 
     def overrides(self) -> dict:
         """Settings that differ from the preset's values: ``{name: value}`` for ``--set``."""
@@ -260,17 +365,24 @@ class TrainingController(pn.viewable.Viewer):
     def refresh_runs(self) -> None:
         """Re-read the runs folder into the run selector (labels show state and progress).
 
-        While no run is open, the newest one is opened, so a page shows the latest run (also
-        one started from the CLI) and the list's highlighted entry is the open run.
+        While no run is open, the newest one is opened (else the first example), so a page
+        shows the latest run (also one started from the CLI) and the list's highlighted entry
+        is the open run.
         """
         runs = list_runs(self.runs_root)
         names = {run_label(r): r.id for r in runs}
+        names.update(
+            {
+                run_label(r, example=True): EXAMPLE_PREFIX + r.id
+                for r in list_examples(self.examples_root)
+            }
+        )
         if self.run_id is not None and self.run_id not in names.values():
             names[self.run_id] = self.run_id
         if names != self.param.run_id.names:
             self.param.run_id.objects = names
-        if self.run_id is None and runs:
-            self.run_id = runs[0].id
+        if self.run_id is None and names:
+            self.run_id = next(iter(names.values()))
 
     @param.depends("run_id", watch=True)
     def _open(self) -> None:
@@ -299,6 +411,9 @@ class TrainingController(pn.viewable.Viewer):
         """SIGTERM the open run's process (it checkpoints and ends as 'stopped')."""
         if self.run is None:
             return False
+        if self.is_example:
+            self.message = f"{self.run.id} is a read-only example."
+            return False
         sent = stop_run(self.run.path)
         self.message = (
             f"Asked {self.run.id} to stop; it saves a checkpoint first."
@@ -311,6 +426,9 @@ class TrainingController(pn.viewable.Viewer):
         """Continue the open run from its last checkpoint in a new engine process."""
         run = self.run
         if run is None:
+            return False
+        if self.is_example:
+            self.message = f"{run.id} is a read-only example; press Train for a new run."
             return False
         status = run.status() or {}
         if run.is_active():
@@ -342,6 +460,7 @@ class TrainingController(pn.viewable.Viewer):
         if status != self.status:
             self.status = status
         self._update_flags()
+        self.evaluation.update(run, status)  # last: drawing a new evaluation takes a while
         self._polls += 1
         if self._polls % self.refresh_every == 0:
             self.refresh_runs()
@@ -391,7 +510,11 @@ class TrainingController(pn.viewable.Viewer):
         )
 
     def widgets(self) -> dict[str, pn.widgets.Widget]:
-        """Preset selector plus one widget per setting in :data:`TRAIN_CONTROLS` (from TrainParams)."""
+        """Preset selector plus one widget per setting in :data:`TRAIN_CONTROLS` (from TrainParams).
+
+        Bounds, defaults and descriptions come from the settings' param objects; map settings
+        are visible only while the chosen kind uses them (:func:`setting_applies`).
+        """
         p = self.settings.param
         out = {
             "preset": pn.widgets.Select.from_param(
@@ -403,28 +526,46 @@ class TrainingController(pn.viewable.Viewer):
             text = name.replace("_", " ")
             if isinstance(par, param.Selector):
                 w = pn.widgets.Select.from_param(par, **label(text))
-            elif isinstance(par, param.Integer):
-                end = par.bounds[1] if par.bounds and (par.bounds[1] or 0) < 2**53 else None
-                w = pn.widgets.IntInput.from_param(par, **label(text), end=end)
-            else:
-                w = pn.widgets.FloatInput.from_param(par, **label(text))
+            else:  # typed values may use the whole range (soft bounds are for sliders)
+                start, end = par.bounds or (None, None)
+                if isinstance(par, param.Integer):
+                    end = end if (end or 0) < 2**53 else None
+                    w = pn.widgets.IntInput.from_param(par, **label(text), start=start, end=end)
+                else:
+                    w = pn.widgets.FloatInput.from_param(par, **label(text), start=start, end=end)
             w.param.update(description=par.doc, width=150)
+            if any(not setting_applies(name, k) for k in TRAIN_KINDS):
+                w.visible = pn.bind(setting_applies, name, p.kind)
             out[name] = w
         return out
 
+    def model_info(self) -> pn.pane.Markdown:
+        """The chosen model's parameter count (:func:`model_summary`), following the settings."""
+        p = self.settings.param
+
+        def text(*_values) -> str:
+            return f"**{model_summary(self.settings)}**"
+
+        return pn.pane.Markdown(
+            pn.bind(text, p.model, p.width, p.circular_padding),
+            margin=(0, 5),
+            sizing_mode="stretch_width",
+        )
+
     @param.depends("status", "run_id", "maps_per_s")
     def _status_text(self) -> str:
-        return status_markdown(self.run, self.status, self.maps_per_s)
+        return status_markdown(self.run, self.status, self.maps_per_s, example=self.is_example)
 
     def _update_flags(self) -> None:
         """Enable Stop for a live local process, Resume for an ended run with a checkpoint."""
         run, status = self.run, self.status or {}
-        active = run is not None and run.is_active()
+        if run is None or self.is_example:
+            self.param.update(can_stop=False, can_resume=False)
+            return
+        active = run.is_active()
         self.param.update(
             can_stop=active and status.get("pid") is not None,
-            can_resume=run is not None
-            and not active
-            and (run.checkpoint_dir / "last.pt").is_file(),
+            can_resume=not active and (run.checkpoint_dir / "last.pt").is_file(),
         )
 
     @staticmethod
@@ -432,7 +573,8 @@ class TrainingController(pn.viewable.Viewer):
         """Progress-bar settings (value, max, visible) for a status.json dict."""
         status = status or {}
         step, total = status.get("step") or 0, status.get("total_steps") or 0
-        return dict(value=int(step), max=max(int(total), 1), visible=bool(total))
+        top = max(int(total), 1)
+        return dict(max=top, value=min(int(step), top), visible=bool(total))
 
     @param.depends("run_id", "status")  # config.json appears once the engine process starts
     def _config_view(self):
@@ -454,7 +596,7 @@ class TrainingController(pn.viewable.Viewer):
         resume.on_click(lambda _e: self.resume())
         runs = pn.widgets.Select.from_param(
             self.param.run_id,
-            **label(f"Runs in {self.runs_root}/"),
+            **label(f"Runs in {self.runs_root}/" + (" and examples" if self.examples_root else "")),
             size=8,
             sizing_mode="stretch_width",
         )
@@ -463,11 +605,25 @@ class TrainingController(pn.viewable.Viewer):
         progress = pn.indicators.Progress(
             **self._progress(self.status), sizing_mode="stretch_width", height=12
         )
-        self.param.watch(lambda e: progress.param.update(**self._progress(e.new)), "status")
+
+        def show_progress(event) -> None:
+            # One at a time: Progress checks value against the bounds its max set last.
+            settings = self._progress(event.new)
+            progress.value = 0
+            progress.max = settings.pop("max")
+            progress.param.update(**settings)
+
+        self.param.watch(show_progress, "status")
+        form = []
+        for title, names in CONTROL_GROUPS.items():
+            items = [w[n] for n in names if n in w]
+            if title == "Model":
+                items.append(self.model_info())
+            form += [pn.pane.Markdown(f"#### {title}", margin=(0, 5)), pn.FlexBox(*items)]
         controls = pn.Column(
             "### New run",
             w["preset"],
-            pn.GridBox(*(w[n] for n in TRAIN_CONTROLS), ncols=2, sizing_mode="stretch_width"),
+            *form,
             train,
             pn.pane.Markdown(self.param.message, margin=(0, 5)),
             pn.layout.Divider(),
@@ -494,6 +650,8 @@ class TrainingController(pn.viewable.Viewer):
                 progress,
                 pn.Row(stop, resume),
                 plots,
+                "### Evaluation",
+                self.evaluation,
                 sizing_mode="stretch_width",
             ),
         )

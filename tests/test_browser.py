@@ -1,8 +1,9 @@
 """Real-browser tests of the explorer: `panel serve explorer` driven by Playwright + Chromium.
 
 Uses the Debian Chromium at /usr/bin/chromium (no browser download); skipped when it is missing.
-One server (with EXPLORER_RUNS_DIR in a temporary folder) and one browser serve the module;
-engine runs started by the tests are killed at the end. ``--screenshots`` saves
+One server (with EXPLORER_RUNS_DIR and EXPLORER_EXAMPLES_DIR in temporary folders, the latter
+holding one fake example run with an evaluation) and one browser serve the module; engine runs
+started by the tests are killed at the end. ``--screenshots`` saves
 assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png and training.png.
 """
 
@@ -18,8 +19,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_explorer_training import write_evaluation, write_example_run
 
 from engine.runs import is_alive, list_runs
+from engine.training import TrainParams
 
 pytestmark = pytest.mark.browser
 
@@ -79,7 +82,15 @@ def runs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(runs_dir, tmp_path_factory):
+def examples_dir(tmp_path_factory) -> Path:
+    """Shipped example runs of the server: one fake finished run ``grf64`` with an evaluation."""
+    root = tmp_path_factory.mktemp("examples")
+    write_example_run(root, "grf64")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir, examples_dir, tmp_path_factory):
     """URL of a `panel serve explorer` subprocess; the server and its runs die at the end."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
@@ -90,7 +101,11 @@ def server(runs_dir, tmp_path_factory):
         "--port", str(port), "--address", "localhost",
         "--allow-websocket-origin", f"localhost:{port}",
     ]  # fmt: skip
-    env = {**os.environ, "EXPLORER_RUNS_DIR": str(runs_dir)}
+    env = {
+        **os.environ,
+        "EXPLORER_RUNS_DIR": str(runs_dir),
+        "EXPLORER_EXAMPLES_DIR": str(examples_dir),
+    }
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -224,8 +239,33 @@ def test_training_run_streams_loss_into_page(page, request, runs_dir):
     assert run.status()["state"] == "completed"
     settings = run.config()["settings"]
     assert (settings["epochs"], settings["steps_per_epoch"]) == (3, 8)
+    # The finished run's evaluation (report.json) appears in the page by itself.
+    if "eval_maps" in TrainParams.param:  # the engine evaluates at the end of training
+        n_maps = settings["eval_maps"]
+    else:
+        # NOTE: an engine without end-of-training evaluation (no eval_maps setting) writes no
+        # report.json: stand in for it with a fake evaluation of 40 maps written into the run
+        # directory, which the page picks up on its next poll in the same way.
+        write_evaluation(run.path)
+        n_maps = 40
+    page.get_by_text(f"Evaluation on {n_maps} test maps").first.wait_for(timeout=120_000)
+    page.locator("td", has_text="P(k) likelihood").first.wait_for()
     page.wait_for_timeout(1000)
     _screenshot(request, page, "training.png")
+
+
+def test_example_run_shows_its_evaluation_read_only(page):
+    page.get_by_text("Training", exact=True).first.click()
+    runs = page.locator("select").filter(has=page.locator("option", has_text="example: grf64"))
+    runs.select_option(label="example: grf64 — completed 40/40")
+    page.get_by_text("(read-only)").first.wait_for()
+    page.locator("td", has_text="Cramér–Rao bound").first.wait_for()  # its evaluation table
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect(page.get_by_role("button", name="■ Stop")).to_be_disabled()
+    expect(page.get_by_role("button", name="↻ Resume")).to_be_disabled()  # has last.pt, yet
+    # its curves replay from its metrics.jsonl, and the evaluation plots are drawn
+    _wait_until(lambda: page.evaluate(JS_SOURCES, ["step", "value"]))
+    page.wait_for_function(JS_TITLE, arg="σ₈: RMSE per bin of the truth")
 
 
 def test_kind_selector_shows_kappa_with_ell_axis(page, request):

@@ -38,7 +38,9 @@ ARGS = [
 
 
 def _open(path):
-    return xr.open_zarr(path, consolidated=False) if path.suffix == ".zarr" else xr.open_dataset(path)
+    return (
+        xr.open_zarr(path, consolidated=False) if path.suffix == ".zarr" else xr.open_dataset(path)
+    )
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".nc"])
