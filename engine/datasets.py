@@ -257,6 +257,9 @@ def write_dataset(
     if progress is None:
         progress = sys.stderr.isatty()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    from engine.runs import default_mode
+
+    os.chmod(tmp, default_mode(0o777))  # not mkdtemp's 0o700
     try:
         target = tmp / out.name
         starts = range(0, count, chunk)

@@ -574,6 +574,9 @@ def save(da: xr.DataArray, path) -> Path:
     if not path.parent.exists():
         raise ConfigError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    from engine.runs import default_mode
+
+    os.chmod(tmp, default_mode(0o777))  # not mkdtemp's 0o700
     try:
         target = tmp / path.name
         ds = da.to_dataset(name=da.name or "delta")

@@ -75,10 +75,13 @@ def atomic_write(path: str | Path, binary: bool = False, fsync: bool = False) ->
         Flush the data to disk before the rename (slower; use for checkpoints).
 
     On an exception inside the ``with`` block the temporary file is removed and ``path`` is left
-    as it was.
+    as it was. The file gets the permissions of a plainly created one (0o666 minus the umask, not
+    mkstemp's 0o600), so run directories on a shared file system stay readable by the explorer
+    and by collaborators.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, default_mode(0o666))
     try:
         with os.fdopen(
             fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})
@@ -92,6 +95,22 @@ def atomic_write(path: str | Path, binary: bool = False, fsync: bool = False) ->
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: The process umask, read once at import (reading it means setting it, which is not thread-safe).
+_UMASK = _read_umask()
+
+
+def default_mode(base: int = 0o666) -> int:
+    """Permission bits of a newly created file (``base`` 0o666) or directory (0o777) under the
+    process umask, for temporary files and directories that are renamed into place."""
+    return base & ~_UMASK
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
