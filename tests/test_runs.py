@@ -161,3 +161,13 @@ def test_launch_refuses_occupied_or_empty_run_dir_without_writing(tmp_path):
     with pytest.raises(ConfigError, match="holds no run"):
         runs.launch_train(tmp_path / "empty", resume=True)
     assert run.status() is None and not (tmp_path / "empty").exists()
+
+
+def test_atomic_files_have_the_permissions_of_plain_files(tmp_path):
+    """mkstemp makes 0o600 files; renamed into place they must read like any created file."""
+    from engine.runs import write_json_atomic
+
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    write_json_atomic(tmp_path / "atomic.json", {"x": 1})
+    assert (tmp_path / "atomic.json").stat().st_mode == plain.stat().st_mode
