@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 5006
 
-.PHONY: install serve test lint format bench screenshots clean
+.PHONY: install serve test lint format bench bench-inference screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,25 @@ format: install
 
 bench: install
 	$(PY) -m benchmarks
+
+# Accuracy and speed of the shipped models in assets/models (docs/results.md).
+bench-inference: install
+	$(PY) -m benchmarks.inference
+
+# The precomputed comparison of the Compare page (assets/compare/README.md): every shipped model
+# on every sample dataset, and the P(k) likelihood.
+COMPARE_DATASETS := grf lognormal \
+	"camels:assets/samples/camels/Maps_Mtot_Sample_LH_z=0.00.npy?delta=true" \
+	"quijote:assets/samples/quijote/LH" \
+	"des:assets/samples/des/kappa_nside64.fits?mask=assets/samples/des/mask_nside64.fits&omega_m=0.3&sigma8=0.8" \
+	"folder:assets/samples/folder?box_size=100"
+
+compare-samples: install
+	rm -rf assets/compare/predictions && mkdir -p assets/compare
+	$(PY) -m engine compare \
+		--checkpoints $(sort $(patsubst %/checkpoints/best.pt,%,$(wildcard assets/models/*/checkpoints/best.pt))) \
+		--datasets $(COMPARE_DATASETS) --count 64 \
+		--out assets/compare/table.csv --predictions-dir assets/compare/predictions
 
 screenshots: install
 	$(PY) -m pytest -q tests/test_browser.py --screenshots

@@ -68,7 +68,11 @@ Verbs
     long-format CSV table (model, dataset, method, param, rmse, ..., efficiency, n_maps)::
 
         python -m engine compare --checkpoints runs/a runs/b --datasets grf lognormal \\
-            --count 128 --out table.csv
+            --count 128 --out table.csv --predictions-dir predictions/
+
+    Data of other simulations (``camels:``, ``quijote:``, ``des:``, ``folder:``) and our files
+    are resampled and tiled to each network's pixel grid first (``engine.data.transfer``;
+    column ``transfer``); pairs that cannot be evaluated get the reason in column ``error``.
 
 Flags are generated from the settings classes (``engine.params.FieldParams``,
 ``engine.training.TrainParams``), so their names, defaults, bounds and help are those of the
@@ -651,6 +655,12 @@ def _add_evaluate_parsers(sub) -> None:
         help="Leave out the P(k)-likelihood rows.",
     )
     c.add_argument("--datasets-file", metavar="FILE", help=datasets_help)
+    c.add_argument(
+        "--predictions-dir",
+        metavar="DIR",
+        help="Also write each (model, dataset) pair's predictions as DIR/<model>__<dataset>.csv "
+        "(created; the table's 'predictions' column names the file).",
+    )
     c.set_defaults(func=cmd_compare)
 
 
@@ -713,8 +723,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         datasets_file=args.datasets_file,
         pk_likelihood=args.pk_likelihood,
         out=args.out,
+        predictions_dir=args.predictions_dir,
     )
-    shown = table.drop(columns=["error"]).dropna(subset=["rmse"])
+    shown = table.drop(columns=["error", "predictions"]).dropna(subset=["rmse"])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for row in table.dropna(subset=["error"]).drop_duplicates(["model", "dataset"]).itertuples():
         print(f"warning: {row.model} on {row.dataset}: {row.error}", file=sys.stderr)

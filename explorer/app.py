@@ -1,4 +1,4 @@
-"""The explorer application: the field lab, sky and training pages in one Panel layout.
+"""The explorer application: the field lab, sky, training and compare pages in one layout.
 
 :func:`create_app` builds a fresh layout for one browser session; ``explorer/main.py`` (the
 entry point of ``panel serve explorer``) calls it and marks the result servable.
@@ -12,6 +12,7 @@ import panel as pn
 from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import FIXED_SIZING_MODE
 
+from explorer.compare import ComparePage
 from explorer.fieldlab import FieldLab
 from explorer.sky import SkyPage
 from explorer.training import TrainingController, default_examples_root
@@ -44,7 +45,8 @@ def header() -> pn.pane.HTML:
 def create_app(
     runs_root: str | Path | None = None, examples_root: str | Path | None = None
 ) -> pn.viewable.Viewable:
-    """Build the explorer for the current session: header plus Field lab / Sky / Training tabs.
+    """Build the explorer for the current session: header plus Field lab / Sky / Training /
+    Compare tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
     and field-lab updates are coalesced on the session's document.
@@ -72,5 +74,17 @@ def create_app(
         tabs.active = 0
 
     sky = SkyPage(on_open=open_in_lab)
-    tabs.extend([("Field lab", lab), ("Sky", sky), ("Training", trainer)])
+    # the Compare page reads its example maps and domain gap only once its tab is shown
+    comparison = ComparePage(runs_root=runs_root, doc=doc, visible=False)
+    if doc is not None:
+        comparison.start()
+    tabs.extend([("Field lab", lab), ("Sky", sky), ("Training", trainer), ("Compare", comparison)])
+
+    compare_tab = len(tabs) - 1
+
+    def show_compare(event) -> None:
+        if event.new == compare_tab:
+            comparison.visible = True
+
+    tabs.param.watch(show_compare, "active")
     return pn.Column(header(), tabs, sizing_mode="stretch_width")

@@ -12,5 +12,5 @@ import panel as pn  # noqa: E402
 
 from explorer.app import TITLE, create_app  # noqa: E402
 
-pn.extension()
+pn.extension("tabulator")  # the Compare page's table
 create_app().servable(title=TITLE)

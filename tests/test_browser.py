@@ -292,3 +292,19 @@ def test_sky_click_cuts_patch_and_opens_it_in_field_lab(page, request):
     page.get_by_text("Open patch in field lab").first.click()
     page.locator("td", has_text="centre lon").first.wait_for()  # the field lab measures it
     _wait_until(lambda: page.evaluate(JS_SOURCES, ["ell", "P"]))
+
+
+def test_compare_tab_shows_the_shipped_comparison(page):
+    """The Compare tab lists the rows of assets/compare/table.csv (models × datasets) at once."""
+    import csv
+
+    with open(REPO / "assets" / "compare" / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    page.get_by_text("Compare", exact=True).first.click()
+    page.get_by_text("↻ Recompute").first.wait_for()
+    for model in {r["model"] for r in rows}:  # every model and the P(k) likelihood
+        page.locator(".tabulator-cell", has_text=model).first.wait_for()
+    assert page.locator(".tabulator-row").count() >= min(len(rows), 8)
+    # the first evaluated pair's scatter and the domain gap are drawn
+    page.wait_for_function(JS_TITLE, arg="σ₈: prediction against truth")
+    page.wait_for_function(JS_TITLE, arg="Domain gap: power spectrum", timeout=120_000)

@@ -342,3 +342,114 @@ def test_network_refuses_maps_of_another_geometry(trained_run):
     msg = _one_line_error(evaluate.evaluate, maps, trained_run.path)
     assert "size=32" in msg
     assert isinstance(maps, xr.DataArray)
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain transfer: native-format data evaluated with a network of another pixel grid
+# ---------------------------------------------------------------------------------------------
+
+
+def _camels_fixture(folder, n_sims: int = 2, size: int = 64):
+    """A CMD-format file: (15 S, size, size) positive surface densities + a params table."""
+    rng = np.random.default_rng(3)
+    maps = np.exp(0.3 * rng.standard_normal((15 * n_sims, size, size))).astype(np.float32)
+    path = folder / "Maps_Mtot_Tiny_LH_z=0.00.npy"
+    np.save(path, maps * 1e10)
+    rows = "\n".join(f"{0.2 + 0.1 * s} {0.7 + 0.1 * s} 1 1 1 1" for s in range(n_sims))
+    (folder / "params_LH_Tiny.txt").write_text("# Om sigma8 SN1 AGN1 SN2 AGN2\n" + rows + "\n")
+    return f"camels:{path}"
+
+
+@pytest.fixture(scope="module")
+def small_box_checkpoint(trained_run, tmp_path_factory):
+    """The tiny network relabelled as trained on 16² maps over 12.5 Mpc/h (a CAMELS-size box)."""
+    ckpt = torch.load(trained_run.path / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["map_settings"] = {**ckpt["map_settings"], "box_size": 12.5, "thickness": 5.0}
+    path = tmp_path_factory.mktemp("small") / "smallbox.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_camels_maps_are_resampled_and_tiled_for_the_network(small_box_checkpoint, tmp_path):
+    spec = _camels_fixture(tmp_path) + "?delta=true"
+    out = tmp_path / "ev"
+    report = evaluate.evaluate(spec, small_box_checkpoint, out_dir=out, count=15)
+    # 64² over 25 Mpc/h → pixels of 12.5/16 Mpc/h: 2 × 2 area average, 32² → 2 × 2 tiles of 16²
+    assert report["transfer"] == {
+        "from": {"unit": "Mpc/h", "side": 25.0, "size": 64, "pixel": 25.0 / 64},
+        "to": {"unit": "Mpc/h", "side": 12.5, "size": 16, "pixel": 12.5 / 16},
+        "method": "area-average",
+        "tiles_per_map": 4,
+    }
+    assert report["n_maps"] == 60 and set(report["methods"]) == {"network"}
+    assert report["fisher"] is None and report["kind"] == "camels"
+    notes = " ".join(report["notes"])
+    assert "P(k) likelihood skipped" in notes and "'camels'" in notes
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and {float(r["omega_m_true"]) for r in rows} == {0.2}
+    # the mass maps themselves (not delta) are refused: no unit conversion
+    msg = _one_line_error(evaluate.evaluate, _camels_fixture(tmp_path), small_box_checkpoint)
+    assert "delta=true" in msg and "(Msun/h)/(Mpc/h)^2" in msg
+
+
+def test_maps_physically_smaller_than_the_trained_box_are_refused(trained_run, tmp_path):
+    spec = _camels_fixture(tmp_path) + "?delta=true"
+    side = evaluate.checkpoint_like(trained_run.path)["box_size"]
+    msg = _one_line_error(evaluate.evaluate, spec, trained_run.path, count=15)
+    assert "cover 25 Mpc/h" in msg and f"{side:g} Mpc/h" in msg
+
+
+def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
+    small_box_checkpoint, trained_run, tmp_path, capsys
+):
+    """One row per (model, dataset, method, param) for a generated kind, one of our files and
+    the native formats of assets/samples; P(k) rows where the theory exists, errors otherwise."""
+    samples = evaluate.Path(__file__).resolve().parent.parent / "assets" / "samples"
+    ours = tmp_path / "grf32.nc"  # our file of a finer grid than the network's (32² vs 16²)
+    small = "grf?size=32&count=6&box_size=12.5&thickness=5&seed=4"
+    open_spec(small).to_netcdf(ours)
+    specs = {
+        "synthetic": "grf",
+        "file": str(ours),
+        "camels": _camels_fixture(tmp_path) + "?delta=true",
+        "quijote": f"quijote:{samples / 'quijote' / 'LH'}?thickness=250",
+        "des": f"des:{samples / 'des' / 'kappa_nside64.fits'}?omega_m=0.3&sigma8=0.8&size=16",
+        "folder": f"folder:{samples / 'folder'}?box_size=100",
+    }
+    out = tmp_path / "table.csv"
+    argv = ["compare", "--checkpoints", str(small_box_checkpoint), str(trained_run.path)]
+    argv += ["--datasets", *specs.values(), "--count", "6", "--out", str(out)]
+    assert cli.main([*argv, "--predictions-dir", str(tmp_path / "pred")]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(evaluate.COMPARE_COLUMNS)
+    by = {(r["model"], r["dataset"], r["method"], r["param"]): r for r in rows}
+    assert len(by) == len(rows) == len(specs) * 3 * 2  # 2 networks + P(k) likelihood, 2 params
+    ok = lambda r: r["error"] == "" and float(r["rmse"]) >= 0  # noqa: E731
+    err = lambda r, words: r["rmse"] == "" and words in r["error"]  # noqa: E731
+    small_name, tiny = "smallbox", "tiny"
+    for p in ("omega_m", "sigma8"):
+        # generated maps: both networks, each like its training maps, and the likelihood
+        assert ok(by[(tiny, specs["synthetic"], "network", p)])
+        assert ok(by[("pk-likelihood", specs["synthetic"], "pk_likelihood", p)])
+        # our file: resampled 32² → 16² for the small-box network, refused by the other
+        r = by[(small_name, specs["file"], "network", p)]
+        assert ok(r) and r["transfer"].startswith("area-average") and r["n_maps"] == "6"
+        assert err(by[(tiny, specs["file"], "network", p)], "smaller than")
+        assert ok(by[("pk-likelihood", specs["file"], "pk_likelihood", p)])  # own grid
+        # camels: tiled for the small-box network; the likelihood has no theory for it
+        r = by[(small_name, specs["camels"], "network", p)]
+        assert ok(r) and r["n_maps"] == "24" and "4 tiles/map" in r["transfer"]
+        assert err(by[("pk-likelihood", specs["camels"], "pk_likelihood", p)], "not made by")
+        # quijote (1000 Mpc/h slabs): cut into many tiles of 12.5 Mpc/h
+        assert ok(by[(small_name, specs["quijote"], "network", p)])
+        # des: kappa in degrees vs slab networks; folder: 100 Mpc/h < 256 Mpc/h
+        assert err(by[(tiny, specs["des"], "network", p)], "no domain transfer")
+        assert err(by[(tiny, specs["folder"], "network", p)], "smaller than")
+        assert ok(by[(small_name, specs["folder"], "network", p)])
+    pred = tmp_path / by[(small_name, specs["camels"], "network", "omega_m")]["predictions"]
+    frame = np.genfromtxt(pred, delimiter=",", names=True)
+    assert len(frame) == 24 and set(frame["source_sample"]) == set(range(6))
+    assert "network_sigma8_mean" in frame.dtype.names
+    assert "warning:" in capsys.readouterr().err
