@@ -47,6 +47,7 @@ import param
 
 from engine.params import ConfigError
 from engine.runs import REPO_ROOT
+from explorer.polling import SessionPolling
 from explorer.report import METRIC_COLUMNS, param_label, read_predictions, scatter_plot
 from explorer.training import default_runs_root
 from explorer.widgets import label, look
@@ -308,7 +309,7 @@ def example_frame(frame: pd.DataFrame | None, method: str, n: int = N_EXAMPLES) 
     return out.head(n)[cols]
 
 
-class ComparePage(pn.viewable.Viewer):
+class ComparePage(SessionPolling, pn.viewable.Viewer):
     """Compare page state: the table shown, the selected pair and what is derived from it.
 
     :meth:`select_row` (the table's selection calls it) reads the pair's predictions, example
@@ -558,17 +559,6 @@ class ComparePage(pn.viewable.Viewer):
         self.table_path = str(table)
         self.message = f"Comparison done: {table}."
         return True
-
-    def start(self) -> None:
-        """Poll every ``period`` ms in this browser session; stop when the session ends."""
-        if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self.poll, period=self.period)
-            pn.state.on_session_destroyed(self._stop_polling)
-
-    def _stop_polling(self, *_session_context) -> None:
-        if self._callback is not None:
-            self._callback.stop()
-            self._callback = None
 
     # -- views -------------------------------------------------------------------------------
 

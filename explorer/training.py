@@ -50,6 +50,7 @@ from engine.runs import (
     stop_run,
 )
 from engine.training import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
+from explorer.polling import SessionPolling
 from explorer.report import EvaluationPanel
 from explorer.widgets import label, look
 
@@ -281,7 +282,7 @@ def config_markdown(run: RunDir | None) -> str:
     return "\n".join(lines)
 
 
-class TrainingController(pn.viewable.Viewer):
+class TrainingController(SessionPolling, pn.viewable.Viewer):
     """Training page: a preset plus edited settings → engine run; runs list; live curves;
     the open run's evaluation.
 
@@ -465,17 +466,6 @@ class TrainingController(pn.viewable.Viewer):
         if self._polls % self.refresh_every == 0:
             self.refresh_runs()
         return len(rows)
-
-    def start(self) -> None:
-        """Poll every ``period`` ms in this browser session; stop when the session ends."""
-        if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self.poll, period=self.period)
-            pn.state.on_session_destroyed(self._stop_polling)
-
-    def _stop_polling(self, *_session_context) -> None:
-        if self._callback is not None:
-            self._callback.stop()
-            self._callback = None
 
     # -- views -------------------------------------------------------------------------------
 

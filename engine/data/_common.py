@@ -262,3 +262,35 @@ class LazyMaps:
                 return block[0] if np.ndim(sel) == 0 else block
 
         return xr.Variable(dims, indexing.LazilyIndexedArray(_Backend()))
+
+
+def open_npy(path, where: str) -> np.ndarray:
+    """Memory-map a float .npy array (nothing is read yet); callers check its shape.
+
+    Parameters
+    ----------
+    path : Path
+    where : str
+        How the file is named in messages, e.g. ``"CAMELS maps 'x.npy'"``.
+
+    Returns
+    -------
+    numpy.ndarray (memmap) of a floating dtype.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, not a readable .npy, or not a float array.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError / OSError / UnpicklingError
+        raise ConfigError(f"{where} is not a readable .npy file: {first_line(exc)}") from None
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ConfigError(f"{where} must hold a float array, got {arr.dtype} {arr.shape}")
+    return arr

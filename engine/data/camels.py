@@ -73,7 +73,7 @@ from engine.data._common import (
     as_int,
     as_split,
     check_finite,
-    first_line,
+    open_npy,
     read_table,
     reject_unknown,
     split_groups,
@@ -150,16 +150,9 @@ class _CamelsReader:
 
 
 def _open_npy(path: Path, where: str) -> np.ndarray:
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError / OSError / UnpicklingError
-        raise ConfigError(f"{where} is not a readable .npy file: {first_line(exc)}") from None
-    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.floating):
-        raise ConfigError(
-            f"{where} must hold float maps of shape (N, H, W), got {arr.dtype} {arr.shape}"
-        )
+    arr = open_npy(path, where)
+    if arr.ndim != 3:
+        raise ConfigError(f"{where} must hold float maps of shape (N, H, W), got {arr.shape}")
     if arr.shape[1] != arr.shape[2] or arr.shape[1] < 8 or arr.shape[0] < 1:
         raise ConfigError(f"{where} must hold square maps (N, H, H) with H >= 8, got {arr.shape}")
     return arr

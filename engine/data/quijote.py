@@ -67,7 +67,7 @@ from engine.data._common import (
     as_float,
     as_int,
     as_split,
-    first_line,
+    open_npy,
     read_table,
     reject_unknown,
     split_groups,
@@ -137,18 +137,8 @@ def _grid_name(folder: Path, grid: str | None, where: str) -> str:
 
 def _open_grid(path: Path) -> np.ndarray:
     where = f"Quijote grid {str(path)!r}"
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError / OSError / UnpicklingError
-        raise ConfigError(f"{where} is not a readable .npy file: {first_line(exc)}") from None
-    if (
-        arr.ndim != 3
-        or len(set(arr.shape)) != 1
-        or arr.shape[0] < 8
-        or not np.issubdtype(arr.dtype, np.floating)
-    ):
+    arr = open_npy(path, where)
+    if arr.ndim != 3 or len(set(arr.shape)) != 1 or arr.shape[0] < 8:
         raise ConfigError(
             f"{where} must be a float (n, n, n) grid, n >= 8: got {arr.dtype} {arr.shape}"
         )
