@@ -23,6 +23,23 @@ registered constructor takes the same four keyword arguments (``in_channels``, `
     A conv branch and a branch on the binned log power spectrum of the input, computed inside
     the model with the estimator of :mod:`engine.stats`, fused by squeeze-and-excitation (Hu et
     al. 2018, CVPR, "Squeeze-and-excitation networks") (:class:`HybridPk`).
+``hybrid_std``
+    ``hybrid`` whose spectrum branch standardises its input with statistics of the first
+    training batch (``calibrate_spectrum=True``) and whose conv branch sees 4×4-pixel averages
+    (``conv_pool=4``, for training on a CPU) (:func:`hybrid_std`).
+``hybrid_log``
+    ``hybrid_std`` on the log density ln(1 + δ) instead of δ (``input_transform="log1p"``,
+    :class:`InputTransform`; :func:`hybrid_log`), for lognormal and N-body-like maps.
+
+Input transform: the models receive ``x = δ / s`` (s the training task's fixed map scale).
+``HybridPk(input_transform="log1p")`` first maps it back to the log density
+``ln(1 + max(s·x, −1 + ε))`` with ``s`` held in the buffer ``input.map_scale``, which
+``engine.training.Trainer`` sets from the task's map scale (:func:`set_map_scale`) and which is
+saved with the weights, so a checkpoint applies the same transform at inference. For a
+lognormal field ln(1 + δ) is a Gaussian field, whose power spectrum holds all of its
+information (Neyrinck, Szapudi & Szalay 2009, ApJ 698, L90: the log transform restores the
+Fisher information that the power spectrum of δ loses on non-linear scales). The default,
+``input_transform="none"``, keeps the models' original behaviour and state-dict keys.
 
 Normalisation: GroupNorm, not BatchNorm, by default. Its statistics are per map, so a model gives
 the same output for a map whatever the batch it sits in, train and eval modes agree, small
@@ -578,6 +595,54 @@ class LogPowerSpectrum(nn.Module):
         self.scale.copy_(lp.std(0).clamp_min(1e-3))
 
 
+#: Input transforms of :class:`InputTransform` (model argument ``input_transform``).
+INPUT_TRANSFORMS = ("none", "log1p")
+
+
+class InputTransform(nn.Module):
+    """Pointwise transform of the (globally rescaled) input maps, ``(B, C, H, W) → same``.
+
+    The models receive ``x = δ / s`` with ``s`` the fixed map scale of the training task
+    (``engine.training.ParameterRegression.scale``, map units). ``"log1p"`` returns the log
+    density ``ln(1 + max(s·x, −1 + eps))`` (dimensionless; ``eps`` guards empty cells of CIC
+    density maps, where δ = −1, giving ln(eps) there); ``"none"`` returns ``x`` unchanged.
+
+    ``map_scale`` (scalar float32 buffer, default 1) is ``s``; it is set before training with
+    :func:`set_map_scale` and saved in the model's state, so inference applies the same
+    transform. Its gradient with respect to ``x`` is ``s / (1 + s·x)`` (0 where clamped).
+    """
+
+    def __init__(self, transform: str = "log1p", eps: float = 1e-3):
+        super().__init__()
+        if transform not in INPUT_TRANSFORMS:
+            raise ValueError(
+                f"input_transform={transform!r} must be one of "
+                + ", ".join(map(repr, INPUT_TRANSFORMS))
+            )
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"log_eps={eps!r} must be in (0, 1)")
+        self.transform = transform
+        self.eps = float(eps)
+        self.register_buffer("map_scale", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform == "none":
+            return x
+        delta = x.float() * self.map_scale
+        return torch.log1p(delta.clamp_min(self.eps - 1.0))
+
+
+def set_map_scale(model: nn.Module, scale: float) -> int:
+    """Set ``map_scale`` (map units) of every :class:`InputTransform` in ``model``; returns how
+    many there were (0 for models without an input transform, which ignore the scale)."""
+    found = 0
+    for module in model.modules():
+        if isinstance(module, InputTransform):
+            module.map_scale.fill_(float(scale))
+            found += 1
+    return found
+
+
 class SqueezeExcitation(nn.Module):
     """Squeeze-and-excitation gate (Hu et al. 2018, CVPR, eq. 3) on a feature vector.
 
@@ -620,6 +685,21 @@ class HybridPk(nn.Module):
         Reduction ratio of the SE gate.
     hidden : int
         Width of the head's hidden layer.
+    input_transform : {"none", "log1p"}
+        Applied to the input before both branches (:class:`InputTransform`); ``"log1p"`` adds
+        the module ``input`` (buffer ``input.map_scale``) to the model.
+    log_eps : float
+        Floor ε of ``1 + δ`` for ``"log1p"`` (dimensionless).
+    calibrate_spectrum : bool
+        Standardise the spectrum branch's input (:meth:`LogPowerSpectrum.calibrate`) with the
+        first batch seen in training mode (a data-dependent initialisation, as ActNorm in
+        Kingma & Dhariwal 2018); the buffer ``spectrum_calibrated`` records that it happened,
+        so a resumed or loaded model does not recalibrate. Off: shift 0 and scale 1, unless
+        calibrated by hand.
+    conv_pool : int
+        The conv branch sees the (transformed) map averaged over ``conv_pool × conv_pool``
+        pixel blocks (``F.avg_pool2d``; 1: full resolution), ``conv_pool²`` times cheaper; the
+        spectrum branch always sees the full map. Maps need a side divisible by it.
 
     The spectrum is invariant to any periodic shift; with ``circular_padding`` the whole output is
     invariant to periodic shifts by multiples of :attr:`total_stride` pixels.
@@ -635,11 +715,28 @@ class HybridPk(nn.Module):
         n_k_bins: int = 16,
         se_reduction: int = 4,
         hidden: int = 128,
+        input_transform: str = "none",
+        log_eps: float = 1e-3,
+        calibrate_spectrum: bool = False,
+        conv_pool: int = 1,
     ):
         super().__init__()
         _check_common(in_channels, n_params, width)
+        if isinstance(conv_pool, bool) or not isinstance(conv_pool, int) or conv_pool < 1:
+            raise ValueError(f"conv_pool={conv_pool!r} must be a positive integer")
+        self.conv_pool = conv_pool
         self.n_params = n_params
-        self.total_stride = 2**stages
+        if input_transform not in INPUT_TRANSFORMS:
+            raise ValueError(
+                f"input_transform={input_transform!r} must be one of "
+                + ", ".join(map(repr, INPUT_TRANSFORMS))
+            )
+        #: The input transform, or None for ``"none"`` (no module: the original state dict).
+        self.input = InputTransform(input_transform, log_eps) if input_transform != "none" else None
+        self.calibrate_spectrum = bool(calibrate_spectrum)
+        if self.calibrate_spectrum:
+            self.register_buffer("spectrum_calibrated", torch.zeros((), dtype=torch.bool))
+        self.total_stride = conv_pool * 2**stages
         #: Smallest map side (pixels) the model accepts: the spectrum needs ``2 * n_k_bins``.
         self.min_size = 2 * n_k_bins
         f = width * 2 ** (stages - 1)
@@ -653,7 +750,14 @@ class HybridPk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, N, N) float32`` normalised maps → ``(B, 2 * n_params)`` means and log-stds."""
-        h_conv = self.features(x).mean(dim=(-2, -1))
+        if self.input is not None:
+            x = self.input(x)
+        if self.calibrate_spectrum and self.training and not bool(self.spectrum_calibrated):
+            if x.shape[0] >= 2:
+                self.spectrum.calibrate(x)
+                self.spectrum_calibrated.fill_(True)
+        pooled = F.avg_pool2d(x, self.conv_pool) if self.conv_pool > 1 else x
+        h_conv = self.features(pooled).mean(dim=(-2, -1))
         h_pk = self.spectrum_mlp(self.spectrum(x).flatten(1).to(h_conv.dtype))
         return self.head(self.fusion(torch.cat([h_conv, h_pk], dim=1)))
 
@@ -661,6 +765,56 @@ class HybridPk(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------
+
+
+def hybrid_std(
+    in_channels: int = 1,
+    n_params: int = 2,
+    width: int = 16,
+    circular_padding: bool = True,
+    n_k_bins: int = 16,
+    hidden: int = 128,
+    conv_pool: int = 4,
+) -> HybridPk:
+    """:class:`HybridPk` with ``calibrate_spectrum=True`` (standardised spectrum branch) and a
+    conv branch on 4×4-pixel averages (``conv_pool=4``: ~16× cheaper, for CPU training)."""
+    return HybridPk(
+        in_channels=in_channels,
+        n_params=n_params,
+        width=width,
+        circular_padding=circular_padding,
+        n_k_bins=n_k_bins,
+        hidden=hidden,
+        calibrate_spectrum=True,
+        conv_pool=conv_pool,
+    )
+
+
+def hybrid_log(
+    in_channels: int = 1,
+    n_params: int = 2,
+    width: int = 16,
+    circular_padding: bool = True,
+    n_k_bins: int = 16,
+    hidden: int = 128,
+    log_eps: float = 1e-3,
+    conv_pool: int = 4,
+) -> HybridPk:
+    """:class:`HybridPk` on the log density ln(1 + δ) (``input_transform="log1p"``, see
+    :class:`InputTransform`), otherwise as :func:`hybrid_std`; for lognormal and 2LPT maps."""
+    return HybridPk(
+        in_channels=in_channels,
+        n_params=n_params,
+        width=width,
+        circular_padding=circular_padding,
+        n_k_bins=n_k_bins,
+        hidden=hidden,
+        input_transform="log1p",
+        log_eps=log_eps,
+        calibrate_spectrum=True,
+        conv_pool=conv_pool,
+    )
+
 
 #: Model constructors by name; each takes keyword arguments only (at least ``in_channels``,
 #: ``n_params``, ``width``, ``circular_padding``) and returns an ``nn.Module`` mapping
@@ -670,6 +824,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet_cbam": resnet_cbam,
     "hybrid": HybridPk,
+    "hybrid_std": hybrid_std,
+    "hybrid_log": hybrid_log,
 }
 
 

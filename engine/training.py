@@ -73,7 +73,7 @@ from engine.device import default_device
 from engine.kinds import get_kind
 from engine.lensing import KappaParams
 from engine.lpt import LPTParams
-from engine.models import MODELS, build_model, count_parameters
+from engine.models import MODELS, build_model, count_parameters, set_map_scale
 from engine.params import (
     OMEGA_M_BOUNDS,
     SIGMA8_BOUNDS,
@@ -87,6 +87,8 @@ from engine.runs import RunDir, atomic_write
 
 #: Seed streams of :func:`derive_seed`.
 STREAM_INIT, STREAM_TRAIN, STREAM_VAL, STREAM_POINTS, STREAM_DATA = 0, 1, 2, 3, 4
+#: Seed stream of the end-of-training evaluation maps (:func:`evaluate_run`).
+STREAM_EVAL = 5
 #: Map kinds that can be generated on the fly (2D maps of :mod:`engine.kinds`).
 TRAIN_KINDS = ("grf", "lognormal", "2lpt", "kappa")
 #: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.lensing.
@@ -315,6 +317,16 @@ class TrainParams(FieldParams):
         doc="Discriminative learning rates: the top-level stage at depth d from the head "
         "(head d=0) trains with lr * lr_decay**d (1: the same lr everywhere).",
     )
+    eval_maps = param.Integer(
+        512,
+        bounds=(0, 100_000),
+        doc="Maps of the evaluation run when training completes (not when stopped or failed): "
+        "the best checkpoint and the P(k) likelihood on a fresh test set of the run's own kind "
+        "and map settings with parameters uniform in the prior box (with a dataset: the first "
+        "eval_maps maps of its test split), written to report.json, predictions.csv and "
+        "figures/ in the run directory (engine.evaluate); 0: no evaluation. Kind kappa costs a "
+        "pyccl C_l per map (~0.3 s each).",
+    )
     val_maps = param.Integer(
         512,
         bounds=(1, 1_000_000),
@@ -468,12 +480,81 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 20,
         "epochs": 3,
         "val_maps": 64,
+        "eval_maps": 64,
         "lr": 2e-3,
         "warmup_steps": 10,
         "log_every": 5,
         "width": 8,
     },
     "default": {},
+    # Issue #4 §6 results (docs/results.md): one preset per shipped model in assets/models/NAME,
+    # trained on this project's 2-core CPU; retrain with
+    # python -m engine train --preset NAME --run-dir assets/models/NAME
+    "grf64": {
+        # Gaussian slabs, 64² pixels of 15.6 Mpc/h, 100 Mpc/h thick (linear scales): the P(k)
+        # likelihood reaches the Cramér-Rao bound here (efficiency ~0.99 for both parameters).
+        "kind": "grf",
+        "size": 64,
+        "box_size": 1000.0,
+        "thickness": 100.0,
+        "model": "hybrid_std",
+        "width": 8,
+        "batch_size": 128,
+        "steps_per_epoch": 150,
+        "epochs": 4,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.998,
+        "augment_flips": True,
+        "val_maps": 1024,
+        "eval_maps": 1024,
+        "log_every": 25,
+    },
+    "lognormal64": {
+        # Lognormal slabs, 64² pixels of 2 Mpc/h, 5 Mpc/h thick (pixel std ~1.9, strongly
+        # non-Gaussian); hybrid_log sees ln(1 + δ), a Gaussian field for these maps.
+        "kind": "lognormal",
+        "size": 64,
+        "box_size": 128.0,
+        "thickness": 5.0,
+        "model": "hybrid_log",
+        "width": 8,
+        "batch_size": 128,
+        "steps_per_epoch": 150,
+        "epochs": 6,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.998,
+        "augment_flips": True,
+        "val_maps": 1024,
+        "eval_maps": 1024,
+        "log_every": 25,
+    },
+    "2lpt64": {
+        # 2LPT slabs at z = 0: 64³ particles in a 128 Mpc/h box (2 Mpc/h cells), a slab of
+        # 8 Mpc/h (4 cells) projected to 64² pixels; hybrid_log (ln(1 + δ), empty cells at
+        # ln 1e-3). On the fly this costs ~0.3 s per map on 2 CPU cores: on a CPU train on a
+        # dataset instead (docs/results.md): python -m engine dataset --kind 2lpt --size 64
+        # --box 128 --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 3200
+        # --split 0.75,0.1,0.15 --seed 0 --chunk 64 --out data/2lpt64.zarr, then add
+        # --set dataset=data/2lpt64.zarr to the train command.
+        "kind": "2lpt",
+        "size": 64,
+        "box_size": 128.0,
+        "thickness": 8.0,
+        "model": "hybrid_log",
+        "width": 8,
+        "batch_size": 64,
+        "steps_per_epoch": 150,
+        "epochs": 6,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.998,
+        "augment_flips": True,
+        "val_maps": 256,
+        "eval_maps": 480,
+        "log_every": 25,
+    },
 }
 
 
@@ -1373,6 +1454,10 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(params.seed, STREAM_INIT))
             model = build_model(self.model_name, **self.model_kwargs)
+        # Models with an input transform on the raw map (engine.models.InputTransform, e.g.
+        # ln(1 + δ)) receive δ / scale like every model and need the scale to undo it; it is
+        # saved in their state, so checkpoints predict with the same transform.
+        set_map_scale(model, self.task.scale)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -1732,6 +1817,41 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
+def evaluate_run(params: TrainParams, run: RunDir, device: torch.device) -> str | None:
+    """Evaluate a completed run's best checkpoint into its run directory (``engine.evaluate``).
+
+    On ``params.eval_maps`` maps: generated now with the run's map settings and prior box, from
+    the seed ``derive_seed(params.seed, STREAM_EVAL)`` (on the CPU, so the test set does not
+    depend on the training device), or the first ones of the test split of ``params.dataset``.
+    Writes ``report.json``, ``predictions.csv`` and ``figures/`` next to the checkpoints.
+
+    Returns
+    -------
+    str or None
+        None on success, else ``"evaluation failed: <one line>"`` (any exception is caught, and
+        so is a second SIGTERM/SIGINT during the evaluation: the run still completed).
+    """
+    from engine.evaluate import evaluate
+
+    spec = params.dataset or params.kind
+    seed = None if params.dataset else derive_seed(params.seed, STREAM_EVAL) % 2**62
+    try:
+        with StopSignals():
+            evaluate(
+                spec,
+                run.path,
+                out_dir=run.path,
+                device=str(device),
+                count=params.eval_maps,
+                seed=seed,
+            )
+    except (Exception, KeyboardInterrupt) as exc:
+        msg = f"evaluation failed: {one_line(exc)}"
+        print(msg, file=sys.stderr)
+        return msg
+    return None
+
+
 def run_training(
     params: TrainParams,
     run: RunDir,
@@ -1745,7 +1865,9 @@ def run_training(
 
     Writes ``config.json`` (settings, engine version, device, number of processes), sets the
     state ``running`` with this pid, trains (resuming from ``last.pt`` if ``resume``, else
-    starting from ``init_from``'s weights when set) and ends in state ``completed`` (exit 0),
+    starting from ``init_from``'s weights when set) and ends in state ``completed`` (exit 0;
+    first, with ``eval_maps > 0``, :func:`evaluate_run` writes ``report.json`` while the state is
+    still ``running``, and a failed evaluation is only noted in ``error``),
     ``stopped`` after SIGTERM/SIGINT (exit 0; 130 after a second signal, without a checkpoint of
     the interrupted step) or ``failed`` with a one-line ``error`` (exit 1; 2 for a ConfigError,
     e.g. a checkpoint of another model). The settings must already be checked and the run
@@ -1813,7 +1935,11 @@ def run_training(
     if not main:
         return 0
     epoch = epoch_of(trainer.step, params.steps_per_epoch)
-    run.write_status(state=state, step=trainer.step, epoch=epoch, error=None)
+    error = None
+    if state == "completed" and params.eval_maps > 0:
+        run.write_status(step=trainer.step, epoch=epoch)
+        error = evaluate_run(params, run, device)
+    run.write_status(state=state, step=trainer.step, epoch=epoch, error=error)
     best = f", best val loss {trainer.best_val:.4g}" if math.isfinite(trainer.best_val) else ""
     print(f"{state}: run {run.id} at step {trainer.step}/{params.total_steps}{best} ({run.path})")
     return 0

@@ -194,3 +194,79 @@ def test_registry_errors_are_one_line_config_errors():
         summary("vit")
     with pytest.raises(ConfigError):
         model_options("vit")
+
+
+def test_log1p_input_transform_sees_the_raw_density_contrast():
+    from engine.models import InputTransform, set_map_scale
+
+    scale = 2.5  # map units: the model receives delta / scale
+    delta = torch.tensor([[[[-1.0, -0.5, 0.0, 3.0]]]])
+    model = build_model("hybrid_log", width=8, n_k_bins=2)
+    assert set_map_scale(model, scale) == 1 and set_map_scale(build_model("hybrid"), scale) == 0
+    out = model.input(delta / scale)
+    eps = model.input.eps
+    torch.testing.assert_close(out, torch.log1p(delta.clamp_min(eps - 1.0)))
+    assert math.isclose(float(out[0, 0, 0, 0]), math.log(eps), rel_tol=1e-5)  # empty CIC cell
+    assert "input.map_scale" in model.state_dict()  # saved: inference undoes the same scale
+    assert "input.map_scale" not in build_model("hybrid").state_dict()  # default unchanged
+    torch.testing.assert_close(InputTransform("none")(delta), delta)
+    with pytest.raises(ConfigError, match="input_transform='sqrt'"):
+        build_model("hybrid", input_transform="sqrt")
+    with pytest.raises(ConfigError, match="log_eps"):
+        build_model("hybrid_log", log_eps=0.0)
+
+
+def test_lognormal_maps_become_gaussian_under_the_log_transform():
+    from engine.models import set_map_scale
+
+    gauss = 1.2 * _maps(4, 1, 32) / _maps(4, 1, 32).std()
+    delta = torch.exp(gauss - gauss.var() / 2) - 1  # a lognormal field, δ > −1
+    scale = 1.7  # the task's map scale: the model receives δ / scale
+    model = build_model("hybrid_log", width=8)
+    set_map_scale(model, scale)
+    torch.testing.assert_close(
+        model.input(delta / scale), gauss - gauss.var() / 2, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_spectrum_calibration_happens_once_on_the_first_training_batch():
+    model = build_model("hybrid_std", width=8)
+    assert not bool(model.spectrum_calibrated)
+    x = _maps(8, 1, 32)
+    model.eval()(x)  # evaluation never calibrates
+    assert not bool(model.spectrum_calibrated)
+    model.train()(x)
+    assert bool(model.spectrum_calibrated)
+    z = model.spectrum(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(1, 16), atol=1e-5, rtol=0)
+    shift = model.spectrum.shift.clone()
+    model(3 * _maps(8, 1, 32, seed=5))  # later batches leave it alone
+    torch.testing.assert_close(model.spectrum.shift, shift)
+    clone = build_model("hybrid_std", width=8)
+    clone.load_state_dict(model.state_dict())
+    assert bool(clone.spectrum_calibrated)
+    torch.testing.assert_close(clone.spectrum.shift, shift)
+
+
+def test_pooled_conv_branch_is_cheaper_and_keeps_the_shapes():
+    full = build_model("hybrid", width=8)
+    pooled = build_model("hybrid", width=8, conv_pool=4)
+    assert pooled.total_stride == 4 * full.total_stride
+    assert count_parameters(pooled) == count_parameters(full)
+    x = _maps(2, 1, 64)
+    assert pooled.eval()(x).shape == (2, 4)
+    with pytest.raises(ConfigError, match="conv_pool"):
+        build_model("hybrid", conv_pool=0)
+
+
+def test_trainer_gives_the_input_transform_the_task_map_scale(tmp_path):
+    from engine.runs import RunDir
+    from engine.training import Trainer, resolve_params
+
+    params = resolve_params("smoke", overrides={"kind": "lognormal", "model": "hybrid_log"})
+    run = RunDir(tmp_path / "run")
+    run.create()
+    trainer = Trainer(params, run, torch.device("cpu"), progress=False)
+    scale = trainer.task.scale
+    assert scale > 0 and float(trainer.model.input.map_scale) == pytest.approx(scale)
+    assert float(trainer.state()["model_state"]["input.map_scale"]) == pytest.approx(scale)
