@@ -296,7 +296,10 @@ def regression_metrics(mean, std, truth) -> dict[str, float]:
     return {
         "rmse": float(np.sqrt(np.mean(e**2))),
         "mae": float(np.mean(np.abs(e))),
-        "r2": 1.0 - float(np.sum(e**2)) / sst if sst > 0 else math.nan,
+        # undefined when the truth does not vary (e.g. every map of one simulation)
+        "r2": 1.0 - float(np.sum(e**2)) / sst
+        if sst > 1e-10 * float(np.sum(truth**2))
+        else math.nan,
         "bias": float(np.mean(e)),
         "coverage_68": coverage(mean, std, truth, Z_68),
         "coverage_95": coverage(mean, std, truth, Z_95),
@@ -1042,6 +1045,7 @@ def _rows(
     method: str,
     report: Mapping[str, Any],
     predictions: str | None = None,
+    maps_of: str | None = None,
 ) -> list[dict]:
     rows = []
     for name in PARAMS:
@@ -1057,7 +1061,7 @@ def _rows(
                 "transfer": transfer_text(report.get("transfer")) or None,
                 "error": None,
                 "predictions": predictions,
-                "checkpoint": report.get("checkpoint_arg") if method == "network" else None,
+                "checkpoint": report.get("checkpoint_arg") if method == "network" else maps_of,
             }
         )
     return rows
@@ -1140,7 +1144,10 @@ def compare(
 
     For each dataset spec, each checkpoint is evaluated (:func:`evaluate`; generated kinds take
     each checkpoint's map settings and prior; other data go through domain transfer,
-    :func:`transfer_maps`); the P(k) likelihood is evaluated once per dataset, on the maps of
+    :func:`transfer_maps`); for generated kinds (``grf``, …: other maps for every network, made
+    with its settings) the P(k) likelihood runs on each network's maps, as model
+    ``"pk-likelihood [<model> maps]"`` with that checkpoint in ``checkpoint``; otherwise the P(k)
+    likelihood is evaluated once per dataset, on the maps of
     the first checkpoint that could be evaluated without domain transfer, else on the
     dataset's own maps (no checkpoint), as rows of model :data:`PK_MODEL`. It runs only for
     kinds whose theory the project has (grf, lognormal, 2lpt, kappa: generated maps and our
@@ -1218,18 +1225,35 @@ def compare(
 
     options = {"count": count, "seed": seed, "device": device, "datasets_file": datasets_file}
     rows: list[dict] = []
+    from engine.data import parse_spec, resolve_name
+
     for spec in datasets:
         pk_done = not pk_likelihood
+        # generated kinds are made with each checkpoint's own map settings: every network sees
+        # other maps, so the P(k) likelihood runs on each network's maps (model label names them)
+        try:
+            synthetic = parse_spec(resolve_name(spec, datasets_file))[0] == "synthetic"
+        except ConfigError:
+            synthetic = False
         for ckpt in checkpoints:
             name = checkpoint_name(ckpt)
             try:
-                rep, rel = run(spec, ckpt, name, not pk_done)
+                rep, rel = run(spec, ckpt, name, pk_likelihood if synthetic else not pk_done)
             except ConfigError as exc:
                 if on_error == "raise":
                     raise
                 rows += _error_rows(name, spec, "network", str(exc), str(ckpt))
                 continue
             rows += _rows(name, spec, "network", rep, rel)
+            if synthetic and pk_likelihood:
+                pk_done = True
+                label = f"{PK_MODEL} [{name} maps]"
+                if "pk_likelihood" in rep["methods"]:
+                    rows += _rows(label, spec, "pk_likelihood", rep, rel, str(ckpt))
+                else:
+                    note = "; ".join(rep.get("notes") or []) or "not run"
+                    rows += _error_rows(label, spec, "pk_likelihood", note)
+                continue
             if not pk_done and rep.get("transfer") is None:
                 pk_done = True
                 if "pk_likelihood" in rep["methods"]:

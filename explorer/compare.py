@@ -427,15 +427,19 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
         threading.Thread(target=run, daemon=True, name="compare-derived").start()
 
     def _network_row(self, r: pd.Series) -> pd.Series | None:
-        """The row whose network's maps the views use: ``r`` itself for a network row, the
-        dataset's first evaluated network for a P(k)-likelihood row; None when there is none."""
+        """The row whose network's maps the views use: ``r`` itself for a network row; for a
+        P(k)-likelihood row the network named in its ``checkpoint`` (generated kinds), else the
+        dataset's first evaluated network; None when there is none."""
         if r["method"] == "network":
             return r if r["checkpoint"] and not r["error"] else None
         same = self.table[
             (self.table["dataset"] == r["dataset"])
+            & (self.table["method"] == "network")
             & (self.table["checkpoint"] != "")
             & (self.table["error"] == "")
         ]
+        if r["checkpoint"]:  # a P(k) row on one network's generated maps: that network's row
+            same = same[same["checkpoint"] == r["checkpoint"]]
         return same.iloc[0] if len(same) else None
 
     def _like(self, r: pd.Series) -> dict | None:

@@ -405,3 +405,17 @@ def test_repository_samples_open_in_their_native_formats():
     assert f.shape == (8, 32, 32) and "omega_m" in f.coords
     total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
     assert total < 3e6
+
+
+def test_match_resolution_refuses_much_coarser_pixels():
+    """Interpolating 31 Mpc/h pixels onto 2 Mpc/h ones cannot restore the small scales."""
+    import xarray as xr
+
+    from engine.data.transfer import match_resolution
+
+    da = xr.DataArray(np.zeros((1, 32, 32), np.float32), dims=("sample", "y", "x"))
+    da.attrs.update(box_size=1000.0, kind="quijote", source="quijote:x")
+    with pytest.raises(ConfigError, match="coarser than the network"):
+        match_resolution(da, {"kind": "lognormal", "size": 64, "box_size": 128.0})
+    out = match_resolution(da, {"kind": "grf", "size": 64, "box_size": 1000.0})  # 2x: allowed
+    assert out.shape == (1, 64, 64)

@@ -319,8 +319,11 @@ def test_compare_one_checkpoint_two_datasets(trained_run, tmp_path, capsys):
     for ds in ("grf", "lognormal"):
         for p in ("omega_m", "sigma8"):
             assert ("tiny", ds, "network", p) in keys
-            assert ("pk-likelihood", ds, "pk_likelihood", p) in keys
+            # generated maps follow each network's settings: the likelihood runs on its maps
+            assert ("pk-likelihood [tiny maps]", ds, "pk_likelihood", p) in keys
     assert len(rows) == 8 and all(r["n_maps"] == "8" and float(r["rmse"]) > 0 for r in rows)
+    pk = [r for r in rows if r["method"] == "pk_likelihood"]
+    assert {r["checkpoint"] for r in pk} == {str(trained_run.path)}
 
 
 def test_failed_evaluation_is_noted_and_the_run_still_completes(tmp_path, monkeypatch):
@@ -425,14 +428,16 @@ def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(evaluate.COMPARE_COLUMNS)
     by = {(r["model"], r["dataset"], r["method"], r["param"]): r for r in rows}
-    assert len(by) == len(rows) == len(specs) * 3 * 2  # 2 networks + P(k) likelihood, 2 params
+    # 2 networks + the P(k) likelihood, 2 params; on generated maps one likelihood per network
+    assert len(by) == len(rows) == (len(specs) * 3 + 1) * 2
     ok = lambda r: r["error"] == "" and float(r["rmse"]) >= 0  # noqa: E731
     err = lambda r, words: r["rmse"] == "" and words in r["error"]  # noqa: E731
     small_name, tiny = "smallbox", "tiny"
     for p in ("omega_m", "sigma8"):
         # generated maps: both networks, each like its training maps, and the likelihood
         assert ok(by[(tiny, specs["synthetic"], "network", p)])
-        assert ok(by[("pk-likelihood", specs["synthetic"], "pk_likelihood", p)])
+        assert ok(by[("pk-likelihood [tiny maps]", specs["synthetic"], "pk_likelihood", p)])
+        assert ok(by[("pk-likelihood [smallbox maps]", specs["synthetic"], "pk_likelihood", p)])
         # our file: resampled 32² → 16² for the small-box network, refused by the other
         r = by[(small_name, specs["file"], "network", p)]
         assert ok(r) and r["transfer"].startswith("area-average") and r["n_maps"] == "6"
@@ -442,12 +447,14 @@ def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
         r = by[(small_name, specs["camels"], "network", p)]
         assert ok(r) and r["n_maps"] == "24" and "4 tiles/map" in r["transfer"]
         assert err(by[("pk-likelihood", specs["camels"], "pk_likelihood", p)], "not made by")
-        # quijote (1000 Mpc/h slabs): cut into many tiles of 12.5 Mpc/h
-        assert ok(by[(small_name, specs["quijote"], "network", p)])
+        # quijote (32² over 1000 Mpc/h): 31 Mpc/h pixels are far coarser than the small-box
+        # network's 0.78 Mpc/h ones (refused)
+        assert err(by[(small_name, specs["quijote"], "network", p)], "coarser than the network")
         # des: kappa in degrees vs slab networks; folder: 100 Mpc/h < 256 Mpc/h
         assert err(by[(tiny, specs["des"], "network", p)], "no domain transfer")
         assert err(by[(tiny, specs["folder"], "network", p)], "smaller than")
-        assert ok(by[(small_name, specs["folder"], "network", p)])
+        # folder: 3.1 Mpc/h pixels, 4x coarser than the small-box network's: refused too
+        assert err(by[(small_name, specs["folder"], "network", p)], "coarser than the network")
     pred = tmp_path / by[(small_name, specs["camels"], "network", "omega_m")]["predictions"]
     frame = np.genfromtxt(pred, delimiter=",", names=True)
     assert len(frame) == 24 and set(frame["source_sample"]) == set(range(6))

@@ -31,7 +31,9 @@ maps of N² pixels over a side E (attrs ``box_size`` or ``fov``) have pixels of 
    with the per-sample coords of its map, plus ``source_sample``, ``tile_y`` and ``tile_x``.
 
 It refuses (one-line ConfigError) when the data has no pixel scale, is not square, has other
-units (Mpc/h vs degrees) than the network, or is physically smaller than the trained side.
+units (Mpc/h vs degrees) than the network, is physically smaller than the trained side, or has
+pixels more than :data:`MAX_UPSAMPLING` times coarser than the network's: interpolation cannot
+restore the small scales the network was trained to read, so its answer would mean nothing.
 
 :func:`domain_gap`
 ------------------
@@ -55,6 +57,8 @@ import xarray as xr
 
 from engine.params import ConfigError
 
+#: Largest ratio data pixel / network pixel that is interpolated (beyond it: refused).
+MAX_UPSAMPLING = 2.0
 #: Kinds whose maps are slabs with a side in Mpc/h; ``kappa`` has a field of view in degrees.
 SLAB_KINDS = ("grf", "lognormal", "2lpt")
 #: Samples resampled per step (bounds memory for lazily read data).
@@ -173,7 +177,8 @@ def match_resolution(da: xr.DataArray, like: Mapping[str, Any]) -> xr.DataArray:
     ------
     ConfigError
         No pixel scale, non-square maps, units that differ from the network's (Mpc/h vs
-        degrees), or maps physically smaller than the network's side.
+        degrees), maps physically smaller than the network's side, or pixels more than
+        :data:`MAX_UPSAMPLING` times coarser than the network's.
     """
     unit0, side0, n0 = trained_grid(like)
     unit, side, n = data_grid(da)
@@ -189,6 +194,12 @@ def match_resolution(da: xr.DataArray, like: Mapping[str, Any]) -> xr.DataArray:
             "maps: cannot cut a training-size map from them"
         )
     pixel0 = side0 / n0
+    if side / n > MAX_UPSAMPLING * pixel0 * (1 + 1e-6):
+        raise ConfigError(
+            f"maps of {src!r} have {side / n:.4g} {unit} pixels, {side / n / pixel0:.3g}× coarser "
+            f"than the network's {pixel0:.4g} {unit}: the small scales it was trained on are "
+            f"missing (at most {MAX_UPSAMPLING:g}× finer resampling)"
+        )
     r, method = resampling_matrix(n, side, pixel0)
     tiles = r.shape[0] // n0
     sample_dims = [d for d in da.dims if d not in ("y", "x")]
