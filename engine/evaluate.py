@@ -110,6 +110,7 @@ from typing import Any
 import numpy as np
 
 from engine.params import ConfigError
+from engine.training import resolve_checkpoint
 
 #: Version of the report.json schema.
 REPORT_VERSION = 1
@@ -162,26 +163,6 @@ FIGURES = {
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file of ``path``: a ``.pt`` file, or a run directory's
-    ``checkpoints/best.pt`` (``last.pt`` when there is no best).
-
-    Raises
-    ------
-    ConfigError
-        Neither a file nor a run directory with a checkpoint.
-    """
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name
-        raise ConfigError(f"checkpoint {str(path)!r}: run directory without checkpoints/best.pt")
-    if not p.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist (give a .pt file or a run dir)")
-    return p
 
 
 def checkpoint_name(path: str | Path) -> str:

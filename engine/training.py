@@ -1116,17 +1116,37 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> None:
         torch.save(dict(obj), f)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file of ``path``: a ``.pt`` file, or a run directory's
+    ``checkpoints/best.pt`` (``last.pt`` when there is no best).
+
+    Raises
+    ------
+    ConfigError
+        Neither a file nor a run directory with a checkpoint.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise ConfigError(f"checkpoint {str(path)!r}: run directory without checkpoints/best.pt")
+    if not p.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist (give a .pt file or a run dir)")
+    return p
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :class:`Trainer` with ``torch.load(weights_only=True)``.
+
+    ``path`` is a ``.pt`` file or a run directory (:func:`resolve_checkpoint`).
 
     Raises
     ------
     ConfigError
         The file does not exist or is not a readable checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    path = resolve_checkpoint(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle/zip errors of many kinds; report one line

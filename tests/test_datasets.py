@@ -158,6 +158,16 @@ def test_fields_ranges_and_from_checkpoint(tmp_path, capsys):
     assert (
         cli.main(["fields", "--from-checkpoint", str(tmp_path / "no.pt"), "--out", "x.zarr"]) == 2
     )
+    # a run directory stands for its checkpoints/best.pt
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"map_settings": settings, "config": {}}, run / "checkpoints" / "best.pt")
+    out4 = tmp_path / "d.zarr"
+    assert (
+        cli.main(["fields", "--from-checkpoint", str(run), "--count", "2", "--out", str(out4)]) == 0
+    )
+    with xr.open_zarr(out4, consolidated=False) as ds:
+        assert ds["delta"].attrs["box_size"] == 64.0 and ds.sizes["x"] == 16
 
 
 def test_training_on_a_dataset(dataset_path, tmp_path):
