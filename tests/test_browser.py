@@ -19,10 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_explorer_training import write_evaluation, write_example_run
+from test_explorer_training import write_example_run
 
 from engine.runs import is_alive, list_runs
-from engine.training import TrainParams
 
 pytestmark = pytest.mark.browser
 
@@ -239,15 +238,8 @@ def test_training_run_streams_loss_into_page(page, request, runs_dir):
     assert run.status()["state"] == "completed"
     settings = run.config()["settings"]
     assert (settings["epochs"], settings["steps_per_epoch"]) == (3, 8)
-    # The finished run's evaluation (report.json) appears in the page by itself.
-    if "eval_maps" in TrainParams.param:  # the engine evaluates at the end of training
-        n_maps = settings["eval_maps"]
-    else:
-        # NOTE: an engine without end-of-training evaluation (no eval_maps setting) writes no
-        # report.json: stand in for it with a fake evaluation of 40 maps written into the run
-        # directory, which the page picks up on its next poll in the same way.
-        write_evaluation(run.path)
-        n_maps = 40
+    # The engine evaluates the finished run (report.json); it appears in the page by itself.
+    n_maps = settings["eval_maps"]
     page.get_by_text(f"Evaluation on {n_maps} test maps").first.wait_for(timeout=120_000)
     page.locator("td", has_text="P(k) likelihood").first.wait_for()
     page.wait_for_timeout(1000)
