@@ -1086,27 +1086,17 @@ def write_pair_predictions(path, results: Mapping[str, dict], truth, maps) -> No
     Columns ``sample`` (row of the evaluated maps), ``source_sample`` (map of the dataset it
     comes from: differs from ``sample`` after tiling), ``tile_y``/``tile_x`` (after tiling),
     ``omega_m_true``, ``sigma8_true`` and per method ``<method>_<param>_mean`` / ``_std``
-    (dimensionless), the layout of ``predictions.csv`` that :mod:`explorer.report` reads.
+    (dimensionless), the layout of ``predictions.csv`` that :mod:`explorer.report` reads
+    (:func:`engine.inference.write_predictions`, which also adds ``<method>_<param>_map`` for the
+    P(k) likelihood).
     """
-    import pandas as pd
+    from engine import inference
 
-    from engine.runs import atomic_write
-
-    n = len(truth)
-    cols: dict[str, Any] = {"sample": np.arange(n)}
-    for key in ("source_sample", "tile_y", "tile_x"):
-        if key in maps.coords:
-            cols[key] = np.asarray(maps[key].values)
-    if "source_sample" not in cols:
-        cols["source_sample"] = np.arange(n)
-    for j, name in enumerate(PARAMS):
-        cols[f"{name}_true"] = truth[:, j]
-    for method, r in results.items():
-        for j, name in enumerate(PARAMS):
-            cols[f"{method}_{name}_mean"] = np.asarray(r["mean"])[:, j]
-            cols[f"{method}_{name}_std"] = np.asarray(r["std"])[:, j]
-    with atomic_write(Path(path)) as f:
-        pd.DataFrame(cols).to_csv(f, index=False, float_format="%.8g")
+    coords = maps.coords
+    source = coords["source_sample"].values if "source_sample" in coords else np.arange(len(truth))
+    extra = {"source_sample": np.asarray(source)}
+    extra.update({k: np.asarray(coords[k].values) for k in ("tile_y", "tile_x") if k in coords})
+    inference.write_predictions(path, dict(results), truth=truth, extra=extra)
 
 
 def compare(

@@ -1039,7 +1039,13 @@ def predict_network(
     return out
 
 
-def write_predictions(path, result: dict, names: Sequence[str] = PARAM_NAMES) -> Path:
+def write_predictions(
+    path,
+    result: dict,
+    names: Sequence[str] = PARAM_NAMES,
+    truth=None,
+    extra: dict | None = None,
+) -> Path:
     """Write one CSV row per map atomically (temporary file + ``os.replace``).
 
     Columns: ``sample``; ``<name>_true`` for each parameter when ``result`` has ``truth``; then
@@ -1050,6 +1056,10 @@ def write_predictions(path, result: dict, names: Sequence[str] = PARAM_NAMES) ->
     ``{"network": ..., "pk_likelihood": ...}`` of ``engine.evaluate``): then the columns are
     ``sample``, ``<name>_true`` (from the first method that has ``truth``) and, per method in
     order, ``<method>_<name>_mean``, ``<method>_<name>_std`` (and ``<method>_<name>_map``).
+
+    ``truth`` (B, len(names)), when given, replaces the results' ``truth``; ``extra`` maps column
+    names to (B,) arrays written right after ``sample`` (e.g. the tile indices of
+    ``engine.evaluate``).
 
     Raises
     ------
@@ -1065,11 +1075,14 @@ def write_predictions(path, result: dict, names: Sequence[str] = PARAM_NAMES) ->
     if not path.parent.is_dir():
         raise ConfigError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist")
     groups = [("", result)] if "mean" in result else [(f"{m}_", r) for m, r in result.items()]
-    truth = next((r["truth"] for _, r in groups if "truth" in r), None)
+    if truth is None:
+        truth = next((r["truth"] for _, r in groups if "truth" in r), None)
     n_maps = {len(r["mean"]) for _, r in groups}
     if len(n_maps) > 1:
         raise ConfigError(f"the methods predicted different numbers of maps: {sorted(n_maps)}")
-    cols = [(truth, j, f"{names[j]}_true") for j in range(len(names))] if truth is not None else []
+    cols = [(np.asarray(v)[:, None], 0, k) for k, v in (extra or {}).items()]
+    if truth is not None:
+        cols += [(truth, j, f"{names[j]}_true") for j in range(len(names))]
     for prefix, r in groups:
         keys = [k for k in ("mean", "std", "map") if k in r]
         cols += [(r[k], j, f"{prefix}{names[j]}_{k}") for j in range(len(names)) for k in keys]

@@ -829,6 +829,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        raise ConfigError(
+            f"model={name!r} is not allowed: model must be one of {', '.join(map(repr, MODELS))}"
+        )
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build the model registered as ``name`` with keyword arguments ``kwargs``.
 
@@ -838,10 +845,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
         Unknown ``name`` (the message lists the known ones), keyword arguments the model does
         not take, or values it rejects (one line).
     """
-    if name not in MODELS:
-        raise ConfigError(
-            f"model={name!r} is not allowed: model must be one of {', '.join(map(repr, MODELS))}"
-        )
+    _check_name(name)
     try:
         return MODELS[name](**kwargs)
     except (TypeError, ValueError) as exc:
@@ -857,10 +861,7 @@ def model_options(name: str) -> dict[str, object]:
     ConfigError
         Unknown ``name``.
     """
-    if name not in MODELS:
-        raise ConfigError(
-            f"model={name!r} is not allowed: model must be one of {', '.join(map(repr, MODELS))}"
-        )
+    _check_name(name)
     sig = inspect.signature(MODELS[name])
     return {k: p.default for k, p in sig.parameters.items() if p.default is not p.empty}
 
