@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import fields, stats
 from engine.params import FieldParams
+from engine.physics import slabs, stats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -48,7 +48,7 @@ def paired(fn, peer, repeat: int = 20, warmup: int = 2) -> tuple[float, float]:
 
 
 def numpy_power(delta: np.ndarray, box: float, edges: np.ndarray) -> np.ndarray:
-    """Plain numpy estimator with the conventions of engine.stats (full-plane FFT, histogram)."""
+    """Plain numpy estimator with the conventions of engine.physics.stats (full-plane FFT, histogram)."""
     n = delta.shape[0]
     p = np.abs(np.fft.fft2(delta)) ** 2 * box**2 / n**4
     k1 = 2 * np.pi * np.fft.fftfreq(n, d=box / n)
@@ -83,7 +83,7 @@ def bench_grf() -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     om, s8 = torch.full((16,), 0.3), torch.full((16,), 0.8)
     k = torch.logspace(-3, 1, 512, dtype=torch.float64)
-    pk_tab = fields.projected_power(s, k, 0.3, 0.8).numpy()
+    pk_tab = slabs.projected_power(s, k, 0.3, 0.8).numpy()
 
     def pk(kk):
         return np.exp(np.interp(np.log(np.maximum(kk, 1e-3)), np.log(k.numpy()), np.log(pk_tab)))
@@ -95,7 +95,7 @@ def bench_grf() -> list[dict]:
         def peer(cls=peer_cls, seeds=seeds):
             cls(N=256, dim=2, pk=pk, boxlength=256.0, seed=next(seeds)).delta_x()
 
-        t_ours, t_peer = paired(lambda: fields.generate_maps(s, om, s8, gen), peer, repeat=10)
+        t_ours, t_peer = paired(lambda: slabs.generate_maps(s, om, s8, gen), peer, repeat=10)
         ours, theirs = 16 / t_ours, 1 / t_peer
         out.append(
             dict(
@@ -148,7 +148,7 @@ def bench_power_spectrum() -> list[dict]:
 
 def bench_lpt() -> list[dict]:
     """2LPT (and 1LPT) density of one 128³ volume on the CPU, seconds (no peer in this run)."""
-    from engine.lpt import LPTParams, generate_volumes
+    from engine.physics.lpt import LPTParams, generate_volumes
 
     out = []
     for order in (2, 1):
@@ -166,7 +166,7 @@ def bench_lpt() -> list[dict]:
 
 def bench_kappa() -> list[dict]:
     """Flat-sky κ 256² maps per second (DES-like defaults, batches of 16, one cosmology)."""
-    from engine import lensing
+    from engine.physics import lensing
 
     s = lensing.KappaParams(size=256)
     gen = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """A simulation-calibrated P(k) likelihood for the 2LPT slabs of ``assets/models/2lpt64``.
 
-The engine's P(k) likelihood (:mod:`engine.inference`) models a map's binned spectrum with
+The engine's P(k) likelihood (:mod:`engine.evaluation.likelihood`) models a map's binned spectrum with
 *linear* theory. For thin 2LPT slabs at z = 0 that model is wrong at every k⊥: the projection
 integrates 3D modes up to k_z ~ 2π/Δ, where LPT is damped and nonlinear, so the measured P̂ lies
 ~25-35 % below linear theory and the linear likelihood is biased. The fair classical baseline is
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.datasets import load_split, open_dataset
-from engine.inference import map_model, settings_from_attrs
+from engine.data.store import load_split, open_dataset
+from engine.evaluation.likelihood import map_model, settings_from_attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT / "data" / "2lpt64.zarr"

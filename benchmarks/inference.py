@@ -8,20 +8,20 @@ issue #4 §6, see docs/results.md), on this machine's CPU:
    (Ω_m, σ8) uniform in its prior box from the seed :data:`SEED` (never seen in training: the
    training seeds draw from other streams, the 2LPT dataset from its own seed), and times the
    generation (maps/s);
-2. predicts them with the network (:func:`engine.inference.predict_network`, posterior mean) and
-   with the binned P(k) likelihood (:func:`engine.inference.pk_likelihood_predict`, posterior
-   mean, the peer; for 2LPT slabs with k <= k_Nyquist/4 as ``engine.evaluate`` does, since their
+2. predicts them with the network (:func:`engine.evaluation.likelihood.predict_network`, posterior mean) and
+   with the binned P(k) likelihood (:func:`engine.evaluation.likelihood.pk_likelihood_predict`, posterior
+   mean, the peer; for 2LPT slabs with k <= k_Nyquist/4 as ``engine.evaluation.evaluate`` does, since their
    linear theory fails on smaller scales, and once more with every k), timing both (maps/s);
 3. scores both: RMSE per parameter over all test maps and over the maps away from the prior edges
-   (:func:`engine.evaluate.away_from_edges`, 10 % of the prior width), the efficiency
-   σ_CRB / RMSE there (:func:`engine.evaluate.efficiency_from_sigma` with
-   :func:`engine.evaluate.crb_sigma`; a bound only for Gaussian maps — for lognormal and 2LPT
+   (:func:`engine.evaluation.evaluate.away_from_edges`, 10 % of the prior width), the efficiency
+   σ_CRB / RMSE there (:func:`engine.evaluation.evaluate.efficiency_from_sigma` with
+   :func:`engine.evaluation.evaluate.crb_sigma`; a bound only for Gaussian maps — for lognormal and 2LPT
    maps σ_CRB is the information of the power spectrum alone, which a network may beat), and
    the RMSE ratio P(k) likelihood / network;
 4. times optimiser steps with the settings the model was trained with (the run's
    ``config.json``: maps/s of training including on-the-fly generation or dataset reads).
 
-Prints a table and writes ``benchmarks/results/inference.json``, a list of objects with ``name``,
+Prints a table and writes ``benchmarks/results/likelihood.json``, a list of objects with ``name``,
 ``value``, ``unit`` and, where a peer exists, ``peer``, ``peer_value`` and ``ratio`` (> 1 means
 the network is better: peer/ours for errors, ours/peer for efficiencies and rates), plus
 ``target`` and ``meta`` — the format of ``benchmarks/results/latest.json``
@@ -42,14 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import evaluate, inference
+from engine.evaluation import evaluate, likelihood
 from engine.kinds import get_kind
 from engine.params import ConfigError, set_values, user_settings
-from engine.training import PRESETS, Trainer, load_checkpoint, resolve_params
+from engine.train.training import PRESETS, Trainer, load_checkpoint, resolve_params
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "assets" / "models"
-RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "likelihood.json"
 #: Seed of the test maps' parameters and fields.
 SEED = 20_260_404
 #: Test maps per kind (2LPT slabs cost ~0.3 s each on 2 cores, hence fewer).
@@ -119,7 +119,7 @@ def train_rate(run_dir: Path) -> float | None:
 
 
 def pk_k_max(kind: str, settings) -> float | None:
-    """Highest k (h/Mpc) of the P(k) likelihood: ``engine.evaluate``'s choice, k_Nyquist / 4
+    """Highest k (h/Mpc) of the P(k) likelihood: ``engine.evaluation.evaluate``'s choice, k_Nyquist / 4
     for 2LPT slabs (their linear theory fails on smaller scales), else None (Nyquist)."""
     if kind == "2lpt":
         return math.pi * int(settings.size) / float(settings.box_size) / 4
@@ -142,11 +142,11 @@ def bench_model(run_dir: Path) -> list[dict]:
     maps, truth, gen_rate = test_maps(kind, settings, prior, count)
 
     t = time.perf_counter()
-    net = inference.predict_network(maps, ckpt_path)["mean"]
+    net = likelihood.predict_network(maps, ckpt_path)["mean"]
     net_rate = count / (time.perf_counter() - t)
     k_max = pk_k_max(kind.name, settings)
     t = time.perf_counter()
-    pk = inference.pk_likelihood_predict(maps, settings, prior=prior, k_max=k_max)["mean"]
+    pk = likelihood.pk_likelihood_predict(maps, settings, prior=prior, k_max=k_max)["mean"]
     pk_rate = count / (time.perf_counter() - t)
 
     keep = evaluate.away_from_edges(truth, prior)
@@ -194,7 +194,7 @@ def bench_model(run_dir: Path) -> list[dict]:
             )
         )
     if k_max is not None:  # the likelihood with every k, past the range of its linear theory
-        full = inference.pk_likelihood_predict(maps, settings, prior=prior)["mean"]
+        full = likelihood.pk_likelihood_predict(maps, settings, prior=prior)["mean"]
         r_full = rmse(full, truth)
         rows.append(
             dict(

@@ -9,15 +9,15 @@ kind       settings                       output
 =========  =============================  ==================================================
 grf        engine.params.FieldParams      Gaussian slab maps δ (sample, y, x), Mpc/h
 lognormal  engine.params.FieldParams      lognormal slab maps δ (sample, y, x), Mpc/h
-2lpt       engine.lpt.LPTParams           1LPT/2LPT slabs (sample, y, x) or volumes
+2lpt       engine.physics.lpt.LPTParams           1LPT/2LPT slabs (sample, y, x) or volumes
                                           (sample, z, y, x), Mpc/h
-kappa      engine.lensing.KappaParams     flat-sky convergence κ (sample, y, x), arcmin
-sky        engine.sky.SkyParams           HEALPix convergence κ (sample, pixel), RING order
+kappa      engine.physics.lensing.KappaParams     flat-sky convergence κ (sample, y, x), arcmin
+sky        engine.physics.sky.SkyParams           HEALPix convergence κ (sample, pixel), RING order
 =========  =============================  ==================================================
 
 Kinds of flat maps also name their torch hot path (:meth:`Kind.generate_batch`: ``(B, N, N)``
 maps on the device from a ``torch.Generator``), their settings check and their fixed input
-normalisation (:meth:`Kind.map_scale`), used by training on the fly (``engine.training``).
+normalisation (:meth:`Kind.map_scale`), used by training on the fly (``engine.train.training``).
 """
 
 from __future__ import annotations
@@ -118,43 +118,43 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind(
             "grf",
-            "engine.fields",
+            "engine.physics.slabs",
             "FieldParams",
             "Gaussian random field of a projected slab",
             batch="generate_maps",
             check="check_resolution",
-            scale="engine.fields.map_scale",
+            scale="engine.physics.slabs.map_scale",
         ),
         Kind(
             "lognormal",
-            "engine.fields",
+            "engine.physics.slabs",
             "FieldParams",
             "lognormal field of a projected slab",
             batch="generate_maps",
             check="check_resolution",
-            scale="engine.fields.map_scale",
+            scale="engine.physics.slabs.map_scale",
         ),
-        # The 2LPT scale is the linear-theory std of the same slab (engine.fields): a fixed
+        # The 2LPT scale is the linear-theory std of the same slab (engine.physics.slabs): a fixed
         # normalisation close to the LPT maps' own std, which is all a network input needs.
         Kind(
             "2lpt",
-            "engine.lpt",
+            "engine.physics.lpt",
             "LPTParams",
             "1LPT/2LPT particles on a mesh: volumes or slabs",
             batch="generate_batch",
             check="check_settings",
-            scale="engine.fields.map_scale",
+            scale="engine.physics.slabs.map_scale",
         ),
         Kind(
             "kappa",
-            "engine.lensing",
+            "engine.physics.lensing",
             "KappaParams",
             "flat-sky weak-lensing convergence",
             batch="generate_maps",
             check="check_resolution",
-            scale="engine.lensing.map_scale",
+            scale="engine.physics.lensing.map_scale",
         ),
-        Kind("sky", "engine.sky", "SkyParams", "full-sky HEALPix weak-lensing convergence"),
+        Kind("sky", "engine.physics.sky", "SkyParams", "full-sky HEALPix weak-lensing convergence"),
     )
 }
 

@@ -1,7 +1,7 @@
 """One definition of every setting.
 
 Each user-facing setting is a ``param`` parameter on a ``param.Parameterized`` class here (or in
-the module that owns it, e.g. ``engine.training.TrainParams``): its default, bounds, allowed values
+the module that owns it, e.g. ``engine.train.training.TrainParams``): its default, bounds, allowed values
 and doc (with the unit) are written once. The CLI flags, YAML/JSON config files, ``--set key=value``
 overrides and the explorer's widgets are all derived from these classes by the helpers below.
 

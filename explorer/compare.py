@@ -1,6 +1,6 @@
 """Compare page: trained models and the P(k) likelihood on every dataset, and why models fail.
 
-The page reads a table of ``python -m engine compare`` (:func:`engine.evaluate.compare`: one
+The page reads a table of ``python -m engine compare`` (:func:`engine.evaluation.evaluate.compare`: one
 row per model, dataset, method and parameter, with RMSE, bias, R², coverages, efficiency,
 ``transfer``, ``error``, ``predictions`` and ``checkpoint`` columns) and the per-pair
 predictions it wrote with ``--predictions-dir``. A fresh clone shows the precomputed
@@ -60,7 +60,7 @@ SHIPPED_TABLE = REPO_ROOT / "assets" / "compare" / "table.csv"
 TABLE_ENV = "EXPLORER_COMPARE_TABLE"
 #: Prefix of the folders of recomputed comparisons in the runs folder.
 RUN_PREFIX = "compare-"
-#: Columns a comparison table must have (engine.evaluate.COMPARE_COLUMNS, older tables may lack
+#: Columns a comparison table must have (engine.evaluation.evaluate.COMPARE_COLUMNS, older tables may lack
 #: the others).
 REQUIRED = ("model", "dataset", "method", "param", "rmse")
 #: Parameters in display order.
@@ -112,7 +112,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns of :data:`engine.evaluate.COMPARE_COLUMNS` (missing optional ones empty); text
+        Columns of :data:`engine.evaluation.evaluate.COMPARE_COLUMNS` (missing optional ones empty); text
         columns hold ``""`` for empty cells, metrics NaN.
 
     Raises
@@ -120,7 +120,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     ConfigError
         Missing or unreadable file, or a file without the columns of :data:`REQUIRED`.
     """
-    from engine.evaluate import COMPARE_COLUMNS
+    from engine.evaluation.evaluate import COMPARE_COLUMNS
 
     try:
         frame = pd.read_csv(path)
@@ -443,7 +443,7 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
         return same.iloc[0] if len(same) else None
 
     def _like(self, r: pd.Series) -> dict | None:
-        from engine.evaluate import checkpoint_like
+        from engine.evaluation.evaluate import checkpoint_like
 
         net = self._network_row(r)
         if net is None:
@@ -676,7 +676,7 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
 
 def read_empty() -> pd.DataFrame:
     """An empty table with the columns of :func:`read_table`."""
-    from engine.evaluate import COMPARE_COLUMNS
+    from engine.evaluation.evaluate import COMPARE_COLUMNS
 
     return pd.DataFrame({c: pd.Series(dtype=object) for c in COMPARE_COLUMNS})
 

@@ -1,7 +1,7 @@
 """Field lab: a live map of any flat kind, its power spectrum against theory, its PDF and peaks.
 
-Kinds: ``grf`` and ``lognormal`` projected slabs (:mod:`engine.fields`), ``2lpt`` particle slabs
-(:mod:`engine.lpt`), ``kappa`` weak-lensing convergence (:mod:`engine.lensing`), and ``patch``, an
+Kinds: ``grf`` and ``lognormal`` projected slabs (:mod:`engine.physics.slabs`), ``2lpt`` particle slabs
+(:mod:`engine.physics.lpt`), ``kappa`` weak-lensing convergence (:mod:`engine.physics.lensing`), and ``patch``, an
 external map handed over by the sky page (:meth:`FieldLab.show_map`).
 
 One mechanism for all of them. A :class:`KindView` per kind names its settings class (from the
@@ -36,10 +36,10 @@ import param
 import torch
 import xarray as xr
 
-from engine import fields, lensing, lpt, stats
-from engine.cosmology import table_for
 from engine.kinds import FIELD_KINDS, KINDS
 from engine.params import ConfigError, CosmologyParams, FieldParams, to_dict, user_settings
+from engine.physics import lensing, lpt, slabs, stats
+from engine.physics.cosmology import table_for
 from explorer.widgets import label, look
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
@@ -224,7 +224,7 @@ class ExternalMap(param.Parameterized):
 
     @classmethod
     def from_patch(cls, patch: xr.DataArray, source: str = "") -> ExternalMap:
-        """Wrap one patch of :func:`engine.sky.extract_patches` (dims (sample, y, x), sample 0)."""
+        """Wrap one patch of :func:`engine.physics.sky.extract_patches` (dims (sample, y, x), sample 0)."""
         if "sample" in patch.dims:
             patch = patch.isel(sample=0)
         coord = {c: float(patch[c]) for c in ("lon", "lat") if c in patch.coords}
@@ -315,9 +315,9 @@ def _seeded(settings) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
 def measure_projected(s: FieldParams) -> dict:
     """grf / lognormal slab: map δ, P(k) against the projected linear theory of eq. (2)."""
     om, s8, gen = _seeded(s)
-    delta = fields.generate_maps(s, om, s8, gen, device="cpu")[0]
+    delta = slabs.generate_maps(s, om, s8, gen, device="cpu")[0]
     k_theory = np.geomspace(*K_PLOT, 300)
-    pk_theory = fields.theory_power(s, torch.from_numpy(k_theory), s.omega_m, s.sigma8).numpy()
+    pk_theory = slabs.theory_power(s, torch.from_numpy(k_theory), s.omega_m, s.sigma8).numpy()
     noise = s.noise**2 * (s.box_size / s.size) ** 2 * np.ones_like(k_theory)
     k_eq = k_equality(s.omega_m, s.h)
     return dict(
@@ -327,7 +327,7 @@ def measure_projected(s: FieldParams) -> dict:
         derived=(("k<sub>eq</sub>", f"{k_eq:.4f}", "h/Mpc"),),
         **_spectra(
             stats.power_spectrum(delta, s.box_size),
-            fields.binned_theory(s, s.omega_m, s.sigma8),
+            slabs.binned_theory(s, s.omega_m, s.sigma8),
             k_theory,
             pk_theory,
             noise,
@@ -339,8 +339,8 @@ def measure_lpt(s: lpt.LPTParams) -> dict:
     """2LPT/1LPT slab: CIC map δ; P(k) deconvolved by the 2D CIC window against D²-scaled theory.
 
     The measured map is divided by W(k) = sinc²(k_x c/2) sinc²(k_y c/2) (c = L/N) in Fourier space
-    before the estimator (:func:`engine.lpt.cic_window`). The expected band is the projected
-    linear spectrum at ``s.redshift`` (eq. 1 of :mod:`engine.fields`, D(z)² included) with the
+    before the estimator (:func:`engine.physics.lpt.cic_window`). The expected band is the projected
+    linear spectrum at ``s.redshift`` (eq. 1 of :mod:`engine.physics.slabs`, D(z)² included) with the
     smoothing kernel, plus the white noise as the deconvolution amplifies it (σ_n²(L/N)²/W²).
     Trust the comparison at k ≲ k_N/4 (lattice and alias caveats of ``cic_window``).
     """
@@ -350,14 +350,14 @@ def measure_lpt(s: lpt.LPTParams) -> dict:
     n, box = s.size, s.box_size
     w2 = lpt.cic_window((n, n))
     deconvolved = torch.fft.irfft2(torch.fft.rfft2(delta) / w2.sqrt().to(torch.float32), s=(n, n))
-    kmag = fields.wavenumber_grid(n, box, torch.device("cpu"))
-    signal = fields.projected_power(s, kmag, s.omega_m, s.sigma8) * torch.exp(
+    kmag = slabs.wavenumber_grid(n, box, torch.device("cpu"))
+    signal = slabs.projected_power(s, kmag, s.omega_m, s.sigma8) * torch.exp(
         -(kmag**2) * s.smoothing**2
     )
     floor = s.noise**2 * (box / n) ** 2
     expected = stats.bin_isotropic(signal + floor / w2, (n, n), box)
     k_theory = np.geomspace(*K_PLOT, 300)
-    pk_theory = fields.theory_power(s, torch.from_numpy(k_theory), s.omega_m, s.sigma8).numpy()
+    pk_theory = slabs.theory_power(s, torch.from_numpy(k_theory), s.omega_m, s.sigma8).numpy()
     k_eq, k_nyq = k_equality(s.omega_m, s.h), math.pi * n / box
     growth = float(table_for(s).growth(torch.tensor([s.omega_m]), s.redshift)[0])
     order = "2LPT" if s.lpt_order == 2 else "1LPT (Zel'dovich)"
@@ -389,10 +389,10 @@ MAX_PARTICLES = 200_000
 def slab_particles(settings: dict, max_points: int = MAX_PARTICLES) -> np.ndarray:
     """Positions of the LPT particles inside the slab of a 2LPT field-lab map, in map coordinates.
 
-    The particles are those of the volume behind the map (same seed: :func:`engine.lpt.
-    generate_displacements` consumes the generator like :func:`engine.lpt.generate_volumes`)
+    The particles are those of the volume behind the map (same seed: :func:`engine.physics.lpt.
+    generate_displacements` consumes the generator like :func:`engine.physics.lpt.generate_volumes`)
     whose line-of-sight coordinate lies in the slab [0, Δ); their other two coordinates are
-    returned in the map's orientation (columns → x, rows → y, :func:`engine.lpt.project_slab`).
+    returned in the map's orientation (columns → x, rows → y, :func:`engine.physics.lpt.project_slab`).
 
     Parameters
     ----------
@@ -1136,7 +1136,7 @@ class FieldLab(pn.viewable.Viewer):
         self._coalescer.request()
 
     def show_map(self, patch: xr.DataArray, source: str = "") -> None:
-        """Show an external patch (:func:`engine.sky.extract_patches` output) as kind "patch"."""
+        """Show an external patch (:func:`engine.physics.sky.extract_patches` output) as kind "patch"."""
         ext = ExternalMap.from_patch(patch, source=source)
         self._by_class[ExternalMap] = ext
         objects = dict(self.param["kind"].objects)

@@ -16,7 +16,7 @@ and writes, next to the run's other files::
 Methods are ``network`` (the trained model) and ``pk_likelihood`` (the classical power-spectrum
 likelihood); ``fisher`` holds the Cramér–Rao bound. Every key may be missing: a view shows what
 is there. A ``predictions.csv`` with unprefixed ``<param>_mean`` columns (the ``predict`` verb's
-format, :func:`engine.inference.write_predictions`) is read as the network's.
+format, :func:`engine.evaluation.likelihood.write_predictions`) is read as the network's.
 
 :class:`EvaluationPanel` holds the evaluation of the open run (state in params) and draws it as a
 comparison table and interactive HoloViews plots (not the report's PNG figures): truth against
@@ -317,7 +317,7 @@ def evaluation_state(run: RunDir | None, status: dict | None, report: dict | Non
     """``"ready"`` (a report), ``"pending"`` (the run may still write one) or ``"none"``.
 
     The engine writes ``report.json`` after the last training step while the run is still
-    ``running`` (``engine.training.run_training``), so a run is pending while it is queued or
+    ``running`` (``engine.train.training.run_training``), so a run is pending while it is queued or
     running, and an ended run without a report has none.
     """
     if report is not None:

@@ -1,6 +1,6 @@
 """Sky page: a HEALPix map in Mollweide projection, its C_ℓ, and patches cut where you click.
 
-Sources: a synthesized full-sky κ map (:func:`engine.sky.generate`; nside 64/128/256, footprint
+Sources: a synthesized full-sky κ map (:func:`engine.physics.sky.generate`; nside 64/128/256, footprint
 full or DES-like) or the real WMAP 7-year W-band temperature map (nside 32, in mK; optionally with
 its temperature analysis mask), found through :mod:`explorer.data`.
 
@@ -12,8 +12,8 @@ datashader's rasterize-to-the-screen idea done exactly (every screen pixel sampl
 pixel), so it stays responsive at any nside and shows full detail when zoomed in.
 
 Click-to-extract. An ``hv.streams.Tap`` on the map gives (x, y) in the Mollweide plane →
-(lon, lat) → :func:`engine.sky.extract_patches` cuts a gnomonic patch (field of view and size
-from :class:`engine.lensing.KappaParams`' ``fov`` and ``size`` definitions) shown next to the
+(lon, lat) → :func:`engine.physics.sky.extract_patches` cuts a gnomonic patch (field of view and size
+from :class:`engine.physics.lensing.KappaParams`' ``fov`` and ``size`` definitions) shown next to the
 sky; "Open in field lab" hands it to :meth:`explorer.fieldlab.FieldLab.show_map`.
 
 Conventions: longitude increases to the left (the sky seen from inside, as ``healpy.mollview``),
@@ -36,9 +36,9 @@ import panel as pn
 import param
 import xarray as xr
 
-from engine import sky as esky
-from engine.lensing import KappaParams
 from engine.params import ConfigError, to_dict
+from engine.physics import sky as esky
+from engine.physics.lensing import KappaParams
 from explorer import data as realdata
 from explorer.fieldlab import Control, labelled, setting_widget
 from explorer.widgets import label, look
@@ -167,7 +167,7 @@ class SkyResult:
         "kappa" or "wmap".
     sky : xarray.DataArray (sample=1, pixel) for κ, (pixel,) for WMAP
         The map (RING, UNSEEN where unobserved), attrs units and (κ) the settings and coords
-        omega_m, sigma8; the input of :func:`engine.sky.extract_patches`.
+        omega_m, sigma8; the input of :func:`engine.physics.sky.extract_patches`.
     values : ndarray (npix,) float64
         Plotted values (κ, or T in μK), nan where unobserved.
     nside : int
@@ -180,7 +180,7 @@ class SkyResult:
         ℓ = 2…lmax and the measured D_ℓ = ℓ(ℓ+1)Ĉ_ℓ/2π (pseudo-C_ℓ of the observed pixels),
         in ``unit``².
     dl_theory : ndarray (L,)
-        Expected D_ℓ: f_sky × the κ sky's theory (engine.sky.sky_cl), or for masked WMAP
+        Expected D_ℓ: f_sky × the κ sky's theory (engine.physics.sky.sky_cl), or for masked WMAP
         healpy's reference spectrum (nan beyond it); nan where none.
     theory_label : str
     fsky : float
@@ -311,7 +311,7 @@ def compute_sky(source: str, settings: esky.SkyParams, wmap_mask: bool = True) -
 def extract(result: SkyResult, lon: float, lat: float, fov: float, size: int) -> xr.DataArray:
     """Gnomonic patch (y, x) in the sky's units, centred on (lon, lat) degrees, side ``fov`` deg.
 
-    :func:`engine.sky.extract_patches` with bilinear interpolation; coords x, y in arcmin, lon,
+    :func:`engine.physics.sky.extract_patches` with bilinear interpolation; coords x, y in arcmin, lon,
     lat, mask; unobserved pixels are 0.
     """
     return esky.extract_patches(result.sky, [(lon, lat)], fov=fov, size=size).isel(sample=0)
@@ -328,8 +328,8 @@ SOURCES = {"κ sky (synthesized)": "kappa", "WMAP W band (real)": "wmap"}
 class SkyPage(pn.viewable.Viewer):
     """Sky page: source widgets, the Mollweide view, its C_ℓ, and the patch cut at a click.
 
-    State: ``source``, ``wmap_mask``, the synthesized sky's :class:`engine.sky.SkyParams`
-    (``sky_settings``) and the patch's :class:`engine.lensing.KappaParams` (``patch_settings``:
+    State: ``source``, ``wmap_mask``, the synthesized sky's :class:`engine.physics.sky.SkyParams`
+    (``sky_settings``) and the patch's :class:`engine.physics.lensing.KappaParams` (``patch_settings``:
     its ``fov`` and ``size``). :meth:`tap` is what a click does.
     """
 

@@ -7,10 +7,10 @@ open run's ``metrics.jsonl`` (:class:`engine.runs.MetricsTail`, by byte offset) 
 points into ``hv.streams.Buffer`` objects drawn as ``hv.DynamicMap`` curves; runs started from
 the CLI (or on a cluster, on a shared file system) show up in the same list.
 
-The launch form is generated from :class:`engine.training.TrainParams` (bounds, defaults and docs
+The launch form is generated from :class:`engine.train.training.TrainParams` (bounds, defaults and docs
 are the engine's): a map setting shows only for the kinds whose settings class
 (:mod:`engine.kinds`) has it, and the chosen model's parameter count
-(:func:`engine.models.summary`) sits next to the model selector. When the open run has an
+(:func:`engine.nn.models.summary`) sits next to the model selector. When the open run has an
 evaluation (``report.json``, written by the engine when training ends) it appears below the
 curves (:class:`explorer.report.EvaluationPanel`).
 
@@ -38,7 +38,7 @@ import panel as pn
 import param
 
 from engine.kinds import get_kind
-from engine.models import summary
+from engine.nn.models import summary
 from engine.params import ConfigError, to_dict, user_settings
 from engine.runs import (
     REPO_ROOT,
@@ -49,7 +49,7 @@ from engine.runs import (
     new_run_id,
     stop_run,
 )
-from engine.training import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
+from engine.train.training import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
 from explorer.polling import SessionPolling
 from explorer.report import EvaluationPanel
 from explorer.widgets import label, look
@@ -159,7 +159,7 @@ def _summary(model: str, kwargs: tuple) -> str:
 
 def model_summary(settings: TrainParams) -> str:
     """One line with the parameter count of the settings' model, e.g. ``"cnn: 80.4 k parameters"``
-    (:func:`engine.models.summary`, cached per model and model settings)."""
+    (:func:`engine.nn.models.summary`, cached per model and model settings)."""
     try:
         return _summary(settings.model, tuple(sorted(settings.model_kwargs().items())))
     except ConfigError as exc:
@@ -286,7 +286,7 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
     """Training page: a preset plus edited settings → engine run; runs list; live curves;
     the open run's evaluation.
 
-    ``settings`` (a :class:`engine.training.TrainParams`) is reset to the preset's values when
+    ``settings`` (a :class:`engine.train.training.TrainParams`) is reset to the preset's values when
     ``preset`` changes; :meth:`overrides` is what the user changed. :meth:`train` launches a new
     run in ``runs_root``, :meth:`stop` and :meth:`resume` act on the open run (``run_id``), and
     :meth:`poll` (every ``period`` ms per browser session, see :meth:`start`) streams its new
@@ -304,7 +304,7 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         default="", doc="Folder holding read-only example runs ('': none)."
     )
     preset = param.Selector(
-        default="smoke", objects=list(PRESETS), doc="Preset in engine.training.PRESETS."
+        default="smoke", objects=list(PRESETS), doc="Preset in engine.train.training.PRESETS."
     )
     settings = param.ClassSelector(class_=TrainParams, doc="Settings of the next run.")
     run_id = param.Selector(default=None, objects=[], allow_None=True, doc="Id of the open run.")

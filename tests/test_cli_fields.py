@@ -11,7 +11,8 @@ import pytest
 import xarray as xr
 from realdata import WMAP
 
-from engine import cli, fields
+from engine import cli
+from engine.physics import slabs
 from engine.runs import REPO_ROOT
 
 ARGS = [
@@ -185,7 +186,7 @@ def test_fields_user_error_from_the_real_entry_point(tmp_path):
 def test_fields_other_kinds(tmp_path, capsys, args, dims):
     out = tmp_path / "out.zarr"
     assert cli.main(["fields", *args, "--out", str(out)]) == 0
-    da = fields.load(out)
+    da = slabs.load(out)
     assert da.dims == dims and da.attrs["kind"] == args[1]
     assert da.sizes["sample"] == 2
 
@@ -222,6 +223,6 @@ def test_sky_patches_from_real_wmap_map(tmp_path, capsys):
         str(out),
     ]
     assert cli.main(argv) == 0
-    da = fields.load(out)
+    da = slabs.load(out)
     assert da.shape == (2, 32, 32) and da.attrs["kind"] == "patch"
     assert np.isfinite(da.values).all() and float(np.abs(da).max()) > 0

@@ -12,10 +12,11 @@ import time
 import pytest
 import torch
 
-from engine import cli, fields
+from engine import cli
 from engine.params import load_config_file, to_dict
+from engine.physics import slabs
 from engine.runs import REPO_ROOT, RunDir, launch_train
-from engine.training import PRESETS, TrainParams, load_checkpoint, load_model, resolve_params
+from engine.train.training import PRESETS, TrainParams, load_checkpoint, load_model, resolve_params
 
 #: Tiny settings on top of the smoke preset: 16² maps, a few steps, one CPU thread.
 TINY = {
@@ -147,7 +148,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("fault", ["raise", "nan"])
 def test_runtime_failure_marks_run_failed(tmp_path, monkeypatch, capsys, fault):
-    real = fields.generate_maps
+    real = slabs.generate_maps
     calls = []
 
     def flaky(*args, **kwargs):  # validation set, step 1, then the fault at step 2
@@ -159,7 +160,7 @@ def test_runtime_failure_marks_run_failed(tmp_path, monkeypatch, capsys, fault):
             raise RuntimeError("boom\nsecond line")
         return maps * float("nan")
 
-    monkeypatch.setattr(fields, "generate_maps", flaky)
+    monkeypatch.setattr(slabs, "generate_maps", flaky)
     run = RunDir(tmp_path / "r")
     argv = ["train", "--preset", "smoke", "--run-dir", str(run.path), *_sets(TINY)]
     assert cli.main([*argv, "--set", "log_every=1"]) == 1

@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy.integrate import simpson
 
-from engine.cosmology import ccl_cosmology, linear_power_pyccl, power_table
 from engine.params import ConfigError
+from engine.physics.cosmology import ccl_cosmology, linear_power_pyccl, power_table
 
 K = np.logspace(np.log10(0.005), 1, 400)  # h/Mpc
 

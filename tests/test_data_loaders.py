@@ -18,7 +18,7 @@ from engine.data import open_spec
 from engine.data._common import read_table, split_groups
 from engine.data.transfer import domain_gap, match_resolution
 from engine.params import ConfigError
-from engine.stats import default_edges, power_spectrum
+from engine.physics.stats import default_edges, power_spectrum
 from tests.realdata import CAMELS
 
 CAMELS_NAMES = ["omega_m", "sigma8", "A_SN1", "A_AGN1", "A_SN2", "A_AGN2"]
@@ -193,7 +193,7 @@ def test_quijote_slabs_match_numpy_and_have_mean_zero(tmp_path):
 
 
 def test_quijote_partial_cells_match_lpt_project_slab(tmp_path):
-    from engine.lpt import project_slab
+    from engine.physics.lpt import project_slab
 
     vols = write_quijote(tmp_path / "LH", density=True)  # values=auto reads a density grid
     da = open_spec(f"quijote:{tmp_path / 'LH'}?thickness=100&axis=0&count=3")
@@ -303,7 +303,7 @@ def test_folder_reads_npy_npz_fits_with_labels(tmp_path):
 
 
 def power_law_maps(count, n, box, slope=-2.0, seed=0):
-    """Gaussian maps with P(k) ∝ k^slope made with numpy FFTs (independent of engine.fields)."""
+    """Gaussian maps with P(k) ∝ k^slope made with numpy FFTs (independent of engine.physics.slabs)."""
     rng = np.random.default_rng(seed)
     k = 2 * np.pi * np.fft.fftfreq(n, d=box / n)
     kk = np.sqrt(k[:, None] ** 2 + k[None, :] ** 2)

@@ -7,11 +7,12 @@ import pytest
 import torch
 import xarray as xr
 
-from engine import cli, datasets
+from engine import cli
+from engine.data import store
 from engine.kinds import Kind
 from engine.params import ConfigError, FieldParams
 from engine.runs import RunDir
-from engine.training import DiskData, ParameterRegression, Trainer, resolve_params
+from engine.train.training import DiskData, ParameterRegression, Trainer, resolve_params
 
 #: A tiny grf dataset: 12 maps of 16², chunks of 5, split 6/3/3.
 DATASET_ARGS = [
@@ -45,12 +46,12 @@ def dataset_path(tmp_path_factory):
 
 
 def test_ranges_are_parsed_once_for_both_verbs():
-    rest, ranges = datasets.pop_ranges(
+    rest, ranges = store.pop_ranges(
         FieldParams, {"omega_m": "0.1:0.5", "sigma8": [0.6, 1.0], "size": "16", "noise": 0.1}
     )
     assert rest == {"size": "16", "noise": 0.1}
     assert ranges == {"omega_m": (0.1, 0.5), "sigma8": (0.6, 1.0)}
-    assert datasets.pop_ranges(FieldParams, {"omega_m": 0.3}) == ({"omega_m": 0.3}, {})
+    assert store.pop_ranges(FieldParams, {"omega_m": 0.3}) == ({"omega_m": 0.3}, {})
     for value, message in [
         ("0.5:0.1", "needs LO < HI"),
         ("0.1:0.2:0.3", "must be a number or a range LO:HI"),
@@ -58,24 +59,24 @@ def test_ranges_are_parsed_once_for_both_verbs():
         ("0.05:0.5", "omega_m=0.05 is out of range: allowed 0.1 <= omega_m <= 0.9"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            datasets.pop_ranges(FieldParams, {"omega_m": value})
+            store.pop_ranges(FieldParams, {"omega_m": value})
 
 
 def test_parameters_and_split_are_fixed_by_the_seed():
     s = FieldParams(omega_m=0.3, sigma8=0.8)
-    a = datasets.draw_parameters(s, {"omega_m": (0.1, 0.5)}, 1000, 7)
-    b = datasets.draw_parameters(s, {"omega_m": (0.1, 0.5)}, 1000, 7)
+    a = store.draw_parameters(s, {"omega_m": (0.1, 0.5)}, 1000, 7)
+    b = store.draw_parameters(s, {"omega_m": (0.1, 0.5)}, 1000, 7)
     np.testing.assert_array_equal(a["omega_m"], b["omega_m"])
     assert 0.1 <= a["omega_m"].min() and a["omega_m"].max() < 0.5
     assert abs(a["omega_m"].mean() - 0.3) < 0.01  # uniform: mean 0.3, std 0.115/sqrt(1000)
     assert (a["sigma8"] == 0.8).all()
-    labels = datasets.split_labels(10, (0.8, 0.1, 0.1), 3)
+    labels = store.split_labels(10, (0.8, 0.1, 0.1), 3)
     assert np.bincount(labels).tolist() == [8, 1, 1]
-    np.testing.assert_array_equal(labels, datasets.split_labels(10, (0.8, 0.1, 0.1), 3))
-    assert not np.array_equal(labels, datasets.split_labels(10, (0.8, 0.1, 0.1), 4))
+    np.testing.assert_array_equal(labels, store.split_labels(10, (0.8, 0.1, 0.1), 3))
+    assert not np.array_equal(labels, store.split_labels(10, (0.8, 0.1, 0.1), 4))
     for bad in ("0.8,0.1", "0.8,0.3,0.1", "1,-0.5,0.5", "a,b,c"):
         with pytest.raises(ConfigError, match="--split"):
-            datasets.parse_split(bad)
+            store.parse_split(bad)
 
 
 def test_dataset_verb_writes_a_split_zarr(dataset_path, tmp_path, capsys):
@@ -99,7 +100,7 @@ def test_dataset_verb_writes_a_split_zarr(dataset_path, tmp_path, capsys):
     assert "wrote dataset of 12 grf samples (6 train, 3 val, 3 test;" in capsys.readouterr().out
     with xr.open_zarr(again, consolidated=False) as ds2:
         np.testing.assert_array_equal(ds2["delta"].values, da.values)
-    maps, theta = datasets.load_split(datasets.open_dataset(again), "val")
+    maps, theta = store.load_split(store.open_dataset(again), "val")
     assert maps.shape == (3, 16, 16) and theta.shape == (3, 2)
     np.testing.assert_array_equal(maps, da.values[da["split"].values == 1])
 
@@ -118,12 +119,12 @@ def test_dataset_is_written_atomically(tmp_path, monkeypatch, error):
     monkeypatch.setattr(Kind, "generate", flaky)
     out = tmp_path / "d.zarr"
     with pytest.raises(error):
-        datasets.write_dataset(
+        store.write_dataset(
             "grf", FieldParams(size=16, count=6), {"omega_m": (0.2, 0.4)}, out, chunk=3
         )
     assert list(tmp_path.iterdir()) == []  # no output, no temporary directory
     with pytest.raises(ConfigError, match="must end in .zarr"):
-        datasets.write_dataset("grf", FieldParams(size=16), {}, tmp_path / "d.nc")
+        store.write_dataset("grf", FieldParams(size=16), {}, tmp_path / "d.nc")
 
 
 def test_fields_ranges_and_from_checkpoint(tmp_path, capsys):
@@ -136,7 +137,7 @@ def test_fields_ranges_and_from_checkpoint(tmp_path, capsys):
         assert len(set(om)) == 4 and ((0.2 <= om) & (om < 0.4)).all()
         assert (ds["sigma8"].values == 0.8).all()
     np.testing.assert_array_equal(
-        om, datasets.draw_parameters(FieldParams(), {"omega_m": (0.2, 0.4)}, 4, 1)["omega_m"]
+        om, store.draw_parameters(FieldParams(), {"omega_m": (0.2, 0.4)}, 4, 1)["omega_m"]
     )
     # a plain value given later (--set) replaces the range of the flag
     out2 = tmp_path / "b.zarr"
@@ -185,8 +186,8 @@ def test_training_on_a_dataset(dataset_path, tmp_path):
         },
     )
     task = ParameterRegression(params, torch.device("cpu"))
-    maps, theta = datasets.load_split(datasets.open_dataset(dataset_path), "train")
-    assert task.scale == datasets.open_dataset(dataset_path).attrs["map_scale"]
+    maps, theta = store.load_split(store.open_dataset(dataset_path), "train")
+    assert task.scale == store.open_dataset(dataset_path).attrs["map_scale"]
     torch.testing.assert_close(task.low, torch.tensor([0.2, 0.7]))
     # each pass over the train split visits every map once
     ys = torch.cat([task.train_batch(s)[1] for s in range(3)])
@@ -194,7 +195,7 @@ def test_training_on_a_dataset(dataset_path, tmp_path):
     for half in (ys[:6], ys[6:]):
         assert sorted(half[:, 0].tolist()) == pytest.approx(sorted(expected[:, 0].tolist()))
     val = task.validation_set(params)  # the val split, in file order
-    val_maps, _ = datasets.load_split(datasets.open_dataset(dataset_path), "val")
+    val_maps, _ = store.load_split(store.open_dataset(dataset_path), "val")
     torch.testing.assert_close(val[0][0][:, 0] * task.scale, torch.from_numpy(val_maps))
 
     run = RunDir(tmp_path / "run").create()
@@ -207,7 +208,7 @@ def test_training_on_a_dataset(dataset_path, tmp_path):
 
 def test_datasets_that_cannot_train(tmp_path):
     fixed = tmp_path / "fixed.zarr"
-    datasets.write_dataset("grf", FieldParams(size=16, count=3), {"omega_m": (0.2, 0.4)}, fixed)
+    store.write_dataset("grf", FieldParams(size=16, count=3), {"omega_m": (0.2, 0.4)}, fixed)
     with pytest.raises(ConfigError, match="does not vary sigma8"):
         DiskData(fixed)
     with pytest.raises(ConfigError, match="dataset='nowhere.zarr' does not exist"):

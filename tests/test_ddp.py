@@ -19,7 +19,7 @@ import torch
 from engine import cli
 from engine.params import ConfigError
 from engine.runs import REPO_ROOT, RunDir
-from engine.training import Distributed, load_checkpoint
+from engine.train.training import Distributed, load_checkpoint
 
 #: Tiny settings: 16² maps, 8 maps per step in 2 shards (one per rank), 2 epochs of 4 steps.
 SETTINGS = {

@@ -1,4 +1,4 @@
-"""Evaluation (engine.evaluate), synthetic/file readers (engine.data.synthetic), the evaluate and
+"""Evaluation (engine.evaluation.evaluate), synthetic/file readers (engine.data.synthetic), the evaluate and
 compare verbs, and the end-of-training evaluation."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import pytest
 import torch
 import xarray as xr
 
-from engine import cli, evaluate
+from engine import cli
 from engine.data import open_spec
-from engine.datasets import write_dataset
+from engine.data.store import write_dataset
+from engine.evaluation import evaluate
 from engine.kinds import get_kind
 from engine.params import ConfigError
 from engine.runs import RunDir
-from engine.training import resolve_params, run_training
+from engine.train.training import resolve_params, run_training
 
 #: A tiny training run: 16² grf maps, a few steps, one thread; evaluation on 16 maps.
 TINY = {

@@ -18,14 +18,14 @@ import numpy as np
 import panel as pn
 import pytest
 
-from engine import fields
 from engine.kinds import FIELD_KINDS
-from engine.lensing import ARCMIN, KappaParams
-from engine.lpt import LPTParams
 from engine.params import ConfigError, FieldParams
+from engine.physics import slabs
+from engine.physics.lensing import ARCMIN, KappaParams
+from engine.physics.lpt import LPTParams
+from engine.physics.stats import peak_counts
 from engine.runs import RunDir, is_alive
-from engine.stats import peak_counts
-from engine.training import PRESETS
+from engine.train.training import PRESETS
 from explorer import fieldlab, training
 from explorer.fieldlab import FieldLab, compute, parameter_table
 from explorer.training import TrainingController
@@ -185,7 +185,7 @@ def test_lpt_compute_at_32():
     assert r.x[-1] == pytest.approx(256.0 - 4.0)  # cell centres, L/N = 8 Mpc/h
     # without noise the expected band is the projected linear theory of the same modes
     np.testing.assert_allclose(
-        r.pk_expected, fields.binned_theory(s, 0.3, 0.8, deconvolved=True).power, rtol=1e-6
+        r.pk_expected, slabs.binned_theory(s, 0.3, 0.8, deconvolved=True).power, rtol=1e-6
     )
     low = r.k < np.pi * 32 / 256.0 / 2  # a single map: consistent within cosmic variance
     assert np.mean(((r.pk[low] - r.pk_expected[low]) / r.pk_sigma[low]) ** 2) < 4
@@ -225,7 +225,7 @@ def test_kappa_compute_matches_theory_without_noise():
     ok = np.isfinite(r.pk) & (r.k < 3000)
     assert np.mean(r.pk[ok] / r.pk_expected[ok]) == pytest.approx(1.0, abs=0.1)
     assert np.all(np.isnan(r.noise_theory))  # σ_e = 0: no noise curve
-    # peaks: counts decrease with the threshold and match engine.stats on the map
+    # peaks: counts decrease with the threshold and match engine.physics.stats on the map
     assert np.all(np.diff(r.peak_counts) <= 0)
     m = r.map
     np.testing.assert_array_equal(r.peak_counts, peak_counts(m, m.mean() + r.peak_nu * r.sigma))

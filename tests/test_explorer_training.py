@@ -16,9 +16,9 @@ import pandas as pd
 import panel as pn
 import pytest
 
-from engine.models import MODELS, build_model, count_parameters, format_count
+from engine.nn.models import MODELS, build_model, count_parameters, format_count
 from engine.runs import RunDir
-from engine.training import TRAIN_KINDS, TrainParams
+from engine.train.training import TRAIN_KINDS, TrainParams
 from explorer import report as rep
 from explorer import training
 from explorer.training import TrainingController

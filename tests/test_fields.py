@@ -7,9 +7,9 @@ import xarray as xr
 from scipy import stats as sps
 from scipy.integrate import simpson
 
-from engine import fields, stats
-from engine.cosmology import ccl_cosmology, linear_power_pyccl
 from engine.params import ConfigError, FieldParams
+from engine.physics import slabs, stats
+from engine.physics.cosmology import ccl_cosmology, linear_power_pyccl
 
 
 def reference_projection(k, thickness, omega_m=0.3, sigma8=0.8, redshift=0.0):
@@ -26,7 +26,7 @@ def reference_projection(k, thickness, omega_m=0.3, sigma8=0.8, redshift=0.0):
 def test_projection_matches_brute_force(thickness):
     settings = FieldParams(thickness=thickness, redshift=0.5)
     k = np.array([0.02, 0.1, 0.3, 1.0, 3.0])
-    ours = fields.projected_power(settings, torch.from_numpy(k), 0.3, 0.8).numpy()
+    ours = slabs.projected_power(settings, torch.from_numpy(k), 0.3, 0.8).numpy()
     ref = np.array([reference_projection(x, thickness, redshift=0.5) for x in k])
     np.testing.assert_allclose(ours, ref, rtol=5e-3)
 
@@ -38,7 +38,7 @@ def chi2_pvalue(maps, settings, amplitude=1.0, omega_m=0.3, sigma8=0.8):
     strictly below the Nyquist frequency only.
     """
     ps = stats.power_spectrum(maps, settings.box_size)
-    th = fields.binned_theory(settings, omega_m, sigma8)
+    th = slabs.binned_theory(settings, omega_m, sigma8)
     expect = amplitude * th.power
     mean = ps.power.mean(0)
     var = 2 * expect**2 / (ps.n_modes * maps.shape[0])
@@ -58,7 +58,7 @@ def test_grf_spectrum_chi2(overrides):
     settings = FieldParams(kind="grf", **overrides)
     gen = torch.Generator().manual_seed(123)
     n = 48
-    maps = fields.generate_maps(settings, torch.full((n,), 0.3), torch.full((n,), 0.8), gen)
+    maps = slabs.generate_maps(settings, torch.full((n,), 0.3), torch.full((n,), 0.8), gen)
     assert maps.shape == (n, settings.size, settings.size) and maps.dtype == torch.float32
     assert chi2_pvalue(maps, settings) > 1e-3
     # the same test detects a 5% amplitude error in the theory
@@ -69,7 +69,7 @@ def test_grf_spectrum_chi2(overrides):
 def test_grf_detects_wrong_cosmology():
     settings = FieldParams(kind="grf", size=128, box_size=256.0, thickness=10.0)
     gen = torch.Generator().manual_seed(7)
-    maps = fields.generate_maps(settings, torch.full((32,), 0.3), torch.full((32,), 0.8), gen)
+    maps = slabs.generate_maps(settings, torch.full((32,), 0.3), torch.full((32,), 0.8), gen)
     assert chi2_pvalue(maps, settings) > 1e-3
     assert chi2_pvalue(maps, settings, omega_m=0.33) < 1e-6
 
@@ -77,7 +77,7 @@ def test_grf_detects_wrong_cosmology():
 def lognormal_maps(n=64, seed=5):
     settings = FieldParams(kind="lognormal", size=64, box_size=256.0, thickness=40.0)
     gen = torch.Generator().manual_seed(seed)
-    maps = fields.generate_maps(settings, torch.full((n,), 0.3), torch.full((n,), 0.8), gen)
+    maps = slabs.generate_maps(settings, torch.full((n,), 0.3), torch.full((n,), 0.8), gen)
     return settings, maps.to(torch.float64)
 
 
@@ -85,7 +85,7 @@ def test_lognormal_spectrum_matches_target():
     """Mean spectrum vs target, chi^2 with the map-to-map variance (non-Gaussian covariance)."""
     settings, maps = lognormal_maps()
     ps = stats.power_spectrum(maps, settings.box_size)
-    th = fields.binned_theory(settings, 0.3, 0.8).power
+    th = slabs.binned_theory(settings, 0.3, 0.8).power
     use = ps.edges[1:] <= np.pi * settings.size / settings.box_size
     mean = ps.power.mean(0)
     err2 = ps.power.var(0) / maps.shape[0]
@@ -98,8 +98,8 @@ def test_lognormal_spectrum_matches_target():
 def test_lognormal_one_point_moments():
     settings, maps = lognormal_maps()
     assert float(maps.min()) > -1.0
-    # target pixel variance from the spectrum, sigma^2 = sum_k P / V (engine.stats conventions)
-    var_target = float(fields.map_scale(settings)) ** 2
+    # target pixel variance from the spectrum, sigma^2 = sum_k P / V (engine.physics.stats conventions)
+    var_target = float(slabs.map_scale(settings)) ** 2
     per_map_var = maps.var(dim=(1, 2))
     assert float(per_map_var.mean()) == pytest.approx(
         var_target, abs=4 * float(per_map_var.std()) / np.sqrt(len(maps))
@@ -119,12 +119,12 @@ def test_lognormal_one_point_moments():
 
 def test_sigma8_scales_amplitude_and_same_seed_same_maps():
     settings = FieldParams(kind="grf", size=64, count=3, seed=11)
-    a = fields.generate(settings, sigma8=0.8, device="cpu")
-    b = fields.generate(settings, sigma8=0.4, device="cpu")
-    c = fields.generate(settings, sigma8=0.8, device="cpu")
+    a = slabs.generate(settings, sigma8=0.8, device="cpu")
+    b = slabs.generate(settings, sigma8=0.4, device="cpu")
+    c = slabs.generate(settings, sigma8=0.8, device="cpu")
     np.testing.assert_array_equal(a.values, c.values)
     np.testing.assert_allclose(b.values, 0.5 * a.values, rtol=1e-4, atol=1e-6)
-    d = fields.generate(FieldParams(kind="grf", size=64, count=3, seed=12), device="cpu")
+    d = slabs.generate(FieldParams(kind="grf", size=64, count=3, seed=12), device="cpu")
     assert not np.allclose(a.values, d.values)
 
 
@@ -132,7 +132,7 @@ def test_dataarray_schema_and_roundtrip(tmp_path):
     settings = FieldParams(
         kind="lognormal", size=32, box_size=50.0, count=4, smoothing=1.0, noise=0.1
     )
-    da = fields.generate(settings, omega_m=[0.2, 0.3, 0.4, 0.5], device="cpu")
+    da = slabs.generate(settings, omega_m=[0.2, 0.3, 0.4, 0.5], device="cpu")
     assert da.dims == ("sample", "y", "x") and da.shape == (4, 32, 32)
     assert da.dtype == np.float32
     np.testing.assert_allclose(da.x.values, (np.arange(32) + 0.5) * 50.0 / 32)
@@ -155,12 +155,12 @@ def test_dataarray_schema_and_roundtrip(tmp_path):
     ):
         assert key in da.attrs
     for suffix in (".zarr", ".nc"):
-        path = fields.save(da, tmp_path / f"maps{suffix}")
-        back = fields.load(path)
+        path = slabs.save(da, tmp_path / f"maps{suffix}")
+        back = slabs.load(path)
         np.testing.assert_array_equal(back.values, da.values)
-        assert fields.settings_from_attrs(back.attrs).smoothing == 1.0
+        assert slabs.settings_from_attrs(back.attrs).smoothing == 1.0
     # overwriting a .zarr store is atomic and leaves no temporary directories behind
-    fields.save(da, tmp_path / "maps.zarr")
+    slabs.save(da, tmp_path / "maps.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.nc", "maps.zarr"]
 
 
@@ -168,9 +168,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(
         ConfigError, match=r"omega_m=1.5 is out of range: allowed 0.1 <= omega_m <= 0.9"
     ):
-        fields.generate(FieldParams(size=16, count=2), omega_m=1.5)
+        slabs.generate(FieldParams(size=16, count=2), omega_m=1.5)
     with pytest.raises(ConfigError, match="must end in .zarr or .nc"):
-        fields.save(xr.DataArray(np.zeros((1, 2, 2))), tmp_path / "maps.npy")
+        slabs.save(xr.DataArray(np.zeros((1, 2, 2))), tmp_path / "maps.npy")
     with pytest.raises(ConfigError, match="pixel size"):
-        fields.generate(FieldParams(size=4096, box_size=10.0, count=1))
+        slabs.generate(FieldParams(size=4096, box_size=10.0, count=1))
     assert not list(tmp_path.iterdir())

@@ -1,4 +1,4 @@
-"""P(k) likelihood, Fisher matrix and Cramér–Rao bound (engine.inference), and the predict verb.
+"""P(k) likelihood, Fisher matrix and Cramér–Rao bound (engine.evaluation.likelihood), and the predict verb.
 
 The statistical tests use one fixed-seed set of Gaussian maps (grf, 64², L = 1024 Mpc/h,
 Δ = 100 Mpc/h) with (Ω_m, σ8) uniform in [0.25, 0.35] × [0.75, 0.85], ≥ 5 σ_CRB inside the prior
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import cli, fields, inference
+from engine import cli
+from engine.evaluation import likelihood
 from engine.params import ConfigError, FieldParams
+from engine.physics import slabs
 
 N_MAPS = 400
 SETTINGS = dict(kind="grf", size=64, box_size=1024.0, thickness=100.0)
@@ -30,10 +32,10 @@ def gaussian_run():
     gen = torch.Generator().manual_seed(2024)
     om = 0.25 + 0.10 * torch.rand(N_MAPS, generator=gen, dtype=torch.float64)
     s8 = 0.75 + 0.10 * torch.rand(N_MAPS, generator=gen, dtype=torch.float64)
-    maps = fields.generate_maps(settings, om, s8, gen)
-    pred = inference.pk_likelihood_predict(maps, settings)
+    maps = slabs.generate_maps(settings, om, s8, gen)
+    pred = likelihood.pk_likelihood_predict(maps, settings)
     truth = torch.stack([om, s8], dim=-1).numpy()
-    crb = inference.cramer_rao(settings, om, s8)
+    crb = likelihood.cramer_rao(settings, om, s8)
     return settings, truth, pred, crb
 
 
@@ -45,8 +47,8 @@ def test_pk_likelihood_is_nearly_unbiased_and_efficient(gaussian_run):
     # posterior-mean bias of a skewed posterior is O(σ²/θ): a small fraction of σ
     assert np.all(np.abs(err.mean(0)) < 0.3 * crb.mean(0)), (err.mean(0), crb.mean(0))
     assert np.all(np.abs((pred["map"] - truth).mean(0)) < 0.15 * crb.mean(0))
-    eff = inference.efficiency(pred["mean"], truth, settings)
-    eff_map = inference.efficiency(pred["map"], truth, settings)
+    eff = likelihood.efficiency(pred["mean"], truth, settings)
+    eff_map = likelihood.efficiency(pred["map"], truth, settings)
     print(f"efficiency (posterior mean) {eff.round(3)}, (MAP) {eff_map.round(3)}")
     # a Gaussian field's information is all in P(k): efficiency 1 within the RMSE error (3.5 %)
     assert np.all((eff > 0.85) & (eff < 1.15)), eff
@@ -66,7 +68,7 @@ def test_posterior_std_matches_scatter_and_covers(gaussian_run):
 
 def test_posterior_correlation_is_the_fisher_one(gaussian_run):
     settings, truth, pred, _ = gaussian_run
-    cov = np.linalg.inv(inference.fisher_matrix(settings, truth[:50, 0], truth[:50, 1]))
+    cov = np.linalg.inv(likelihood.fisher_matrix(settings, truth[:50, 0], truth[:50, 1]))
     rho = cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1])
     # per map it is the correlation at θ̂, not at the truth: compare on average
     assert abs(pred["corr"][:50].mean() - rho.mean()) < 0.05
@@ -78,9 +80,9 @@ def test_gamma_likelihood_has_the_same_maximum(gaussian_run):
     gen = torch.Generator().manual_seed(2024)
     om = 0.25 + 0.10 * torch.rand(N_MAPS, generator=gen, dtype=torch.float64)
     s8 = 0.75 + 0.10 * torch.rand(N_MAPS, generator=gen, dtype=torch.float64)
-    maps = fields.generate_maps(settings, om[:40], s8[:40], gen)
-    gauss = inference.pk_likelihood_predict(maps, settings)
-    gamma = inference.pk_likelihood_predict(maps, settings, likelihood="gamma")
+    maps = slabs.generate_maps(settings, om[:40], s8[:40], gen)
+    gauss = likelihood.pk_likelihood_predict(maps, settings)
+    gamma = likelihood.pk_likelihood_predict(maps, settings, likelihood="gamma")
     np.testing.assert_allclose(gamma["map"], gauss["map"], atol=1e-9)
     assert np.all(np.abs(gamma["mean"] - gauss["mean"]) < 0.25 * gauss["std"])
 
@@ -88,9 +90,9 @@ def test_gamma_likelihood_has_the_same_maximum(gaussian_run):
 def test_local_grid_matches_a_fine_global_grid():
     settings = FieldParams(**SETTINGS)
     gen = torch.Generator().manual_seed(7)
-    maps = fields.generate_maps(settings, torch.full((6,), 0.3), torch.full((6,), 0.8), gen)
-    coarse = inference.pk_likelihood_predict(maps, settings, grid=16)  # cells > σ(σ8)
-    fine = inference.pk_likelihood_predict(maps, settings, grid=160)
+    maps = slabs.generate_maps(settings, torch.full((6,), 0.3), torch.full((6,), 0.8), gen)
+    coarse = likelihood.pk_likelihood_predict(maps, settings, grid=16)  # cells > σ(σ8)
+    fine = likelihood.pk_likelihood_predict(maps, settings, grid=160)
     assert coarse["refined"].all() and not fine["refined"].any()
     np.testing.assert_allclose(coarse["map"], fine["map"], atol=1e-7)
     np.testing.assert_allclose(coarse["mean"], fine["mean"], atol=0.01 * fine["std"].min())
@@ -100,13 +102,13 @@ def test_local_grid_matches_a_fine_global_grid():
 
 def test_theory_table_interpolates_the_binned_theory():
     settings = FieldParams(**dict(SETTINGS, smoothing=8.0, noise=0.05))
-    model = inference.map_model(settings)
-    table, theta, mu_grid = inference.theory_grid(model, inference.DEFAULT_PRIOR, 32)
+    model = likelihood.map_model(settings)
+    table, theta, mu_grid = likelihood.theory_grid(model, likelihood.DEFAULT_PRIOR, 32)
     rng = np.random.default_rng(0)
     om = torch.from_numpy(rng.uniform(0.1, 0.5, 50))
     s8 = torch.from_numpy(rng.uniform(0.6, 1.0, 50))
     exact = model.binned(om, s8)
-    # the theory is itself a C¹ cubic in ln Ω_m (engine.cosmology): its jumps of the second
+    # the theory is itself a C¹ cubic in ln Ω_m (engine.physics.cosmology): its jumps of the second
     # derivative limit the interpolation to ~3e-4, far below its 1e-3 accuracy against pyccl
     np.testing.assert_allclose(table(om, s8).numpy(), exact.numpy(), rtol=5e-4)
     np.testing.assert_allclose(mu_grid[:3].numpy(), model.binned(*theta[:3].T).numpy(), rtol=5e-4)
@@ -123,53 +125,53 @@ def test_theory_table_interpolates_the_binned_theory():
 def test_fisher_scales_with_area_and_drops_with_noise_and_smoothing():
     small = FieldParams(**dict(SETTINGS, size=32, box_size=512.0))
     big = FieldParams(**dict(SETTINGS, size=64, box_size=1024.0))  # 4x the area, same pixels
-    f_small = inference.fisher_matrix(small, 0.3, 0.8)
-    f_big = inference.fisher_matrix(big, 0.3, 0.8)
+    f_small = likelihood.fisher_matrix(small, 0.3, 0.8)
+    f_big = likelihood.fisher_matrix(big, 0.3, 0.8)
     # noiseless: ∂ ln P / ∂σ8 = 2/σ8 on every mode, so F_σ8σ8 = ½ (2/σ8)² × full-plane modes
     for s, f in ((small, f_small), (big, f_big)):
-        n_modes = float(inference.map_model(s).n_modes.sum())
+        n_modes = float(likelihood.map_model(s).n_modes.sum())
         assert f[1, 1] == pytest.approx(0.5 * (2 / 0.8) ** 2 * n_modes, rel=1e-6)
     # F ∝ area (mode count ∝ L²) up to the discreteness of the rings and the extra k_f/2 shell
     # of low-k modes of the larger box (Ω_m information from the turnover): σ_CRB halves
     np.testing.assert_allclose(f_big, 4 * f_small, rtol=0.1)
     np.testing.assert_allclose(
-        inference.cramer_rao(big, 0.3, 0.8), inference.cramer_rao(small, 0.3, 0.8) / 2, rtol=0.1
+        likelihood.cramer_rao(big, 0.3, 0.8), likelihood.cramer_rao(small, 0.3, 0.8) / 2, rtol=0.1
     )
-    noisy = inference.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.02)), 0.3, 0.8)
-    noisier = inference.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.5)), 0.3, 0.8)
+    noisy = likelihood.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.02)), 0.3, 0.8)
+    noisier = likelihood.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.5)), 0.3, 0.8)
     both = FieldParams(**dict(SETTINGS, noise=0.02, smoothing=20.0))
-    smooth_noisy = inference.fisher_matrix(both, 0.3, 0.8)
+    smooth_noisy = likelihood.fisher_matrix(both, 0.3, 0.8)
     for more, less in ((f_big, noisy), (noisy, noisier), (noisy, smooth_noisy)):
         assert np.all(np.linalg.eigvalsh(more - less) > 0)  # strictly less information
     assert np.all(np.linalg.eigvalsh(noisier) > 0)
     # a known smoothing of a noiseless map loses nothing: ∂ ln P is unchanged mode by mode
-    smooth = inference.fisher_matrix(FieldParams(**dict(SETTINGS, smoothing=20.0)), 0.3, 0.8)
+    smooth = likelihood.fisher_matrix(FieldParams(**dict(SETTINGS, smoothing=20.0)), 0.3, 0.8)
     np.testing.assert_allclose(smooth, f_big, rtol=1e-9)
     # binned information (the likelihood's) is the per-mode sum to 0.5 % for slabs
     np.testing.assert_allclose(
-        inference.fisher_matrix(big, 0.3, 0.8, binned=True), f_big, rtol=5e-3
+        likelihood.fisher_matrix(big, 0.3, 0.8, binned=True), f_big, rtol=5e-3
     )
     # batched fiducials = one by one; k_max keeps fewer modes
-    fb = inference.fisher_matrix(big, [0.3, 0.25], [0.8, 0.85])
+    fb = likelihood.fisher_matrix(big, [0.3, 0.25], [0.8, 0.85])
     np.testing.assert_allclose(fb[0], f_big, rtol=1e-12)
     kf = 2 * math.pi / big.box_size
-    f_low = inference.fisher_matrix(big, 0.3, 0.8, k_max=8 * kf)
+    f_low = likelihood.fisher_matrix(big, 0.3, 0.8, k_max=8 * kf)
     assert np.all(np.linalg.eigvalsh(f_big - f_low) > 0)
-    sigma = inference.cramer_rao(big, 0.3, 0.8)
+    sigma = likelihood.cramer_rao(big, 0.3, 0.8)
     np.testing.assert_allclose(sigma, np.sqrt(np.diag(np.linalg.inv(f_big))))
 
 
 def test_finite_difference_and_autograd_derivatives_agree():
     settings = FieldParams(**dict(SETTINGS, smoothing=6.0, noise=0.03))
-    d_fd, w = inference.log_power_derivatives(settings, [0.3, 0.21], [0.8, 0.9])
-    d_ad, w2 = inference.log_power_derivatives(
+    d_fd, w = likelihood.log_power_derivatives(settings, [0.3, 0.21], [0.8, 0.9])
+    d_ad, w2 = likelihood.log_power_derivatives(
         settings, [0.3, 0.21], [0.8, 0.9], derivative="autograd"
     )
     assert d_fd.shape == (2, 2, w.numel()) and torch.equal(w, w2)
     assert set(w.unique().tolist()) <= {1.0, 2.0}
     np.testing.assert_allclose(d_fd.numpy(), d_ad.numpy(), rtol=1e-5, atol=1e-6)
-    f_fd = inference.fisher_matrix(settings, 0.3, 0.8)
-    f_ad = inference.fisher_matrix(settings, 0.3, 0.8, derivative="autograd")
+    f_fd = likelihood.fisher_matrix(settings, 0.3, 0.8)
+    f_ad = likelihood.fisher_matrix(settings, 0.3, 0.8, derivative="autograd")
     np.testing.assert_allclose(f_fd, f_ad, rtol=1e-6)
     # σ8 enters as σ8² times the signal: ∂ ln P / ∂σ8 = (2/σ8) P_signal / P_map ≤ 2/σ8
     assert float(d_ad[0, 1].max()) <= 2 / 0.8 + 1e-9
@@ -182,29 +184,29 @@ def _one_line(exc_info) -> str:
 
 
 def test_bad_input_raises_one_line_config_errors():
-    from engine.lensing import KappaParams
-    from engine.lpt import LPTParams
-    from engine.sky import SkyParams
+    from engine.physics.lensing import KappaParams
+    from engine.physics.lpt import LPTParams
+    from engine.physics.sky import SkyParams
 
     s = FieldParams(**dict(SETTINGS, size=16, box_size=256.0))
     maps = torch.zeros(2, 16, 16)
     cases = [
-        (lambda: inference.map_model(SkyParams()), "not supported"),
-        (lambda: inference.map_model(LPTParams(dim=3)), "volumes"),
-        (lambda: inference.map_model(KappaParams(mask="m.npy")), "masked"),
-        (lambda: inference.map_model(s, k_max=1e-4), "below the fundamental"),
-        (lambda: inference.pk_likelihood_predict(torch.zeros(2, 8, 8), s), "do not match"),
-        (lambda: inference.pk_likelihood_predict(maps * math.nan, s), "NaN"),
-        (lambda: inference.pk_likelihood_predict(maps, s, prior=((0.05, 0.5), (0.6, 1))), "prior"),
-        (lambda: inference.pk_likelihood_predict(maps, s, prior=(0.1, 0.5)), "prior"),
-        (lambda: inference.pk_likelihood_predict(maps, s, grid=4), "grid"),
-        (lambda: inference.pk_likelihood_predict(maps, s, likelihood="x"), "likelihood"),
-        (lambda: inference.pk_likelihood_predict(maps), "settings"),
-        (lambda: inference.fisher_matrix(s, 0.3, 0.8, derivative="x"), "derivative"),
-        (lambda: inference.fisher_matrix(s, 0.05, 0.8), "omega_m"),
-        (lambda: inference.efficiency(np.zeros((3, 2)), np.zeros((2, 2)), s), "pred_mean"),
-        (lambda: inference.settings_from_attrs({"size": 8}), "kind"),
-        (lambda: inference.settings_from_attrs({"kind": "sky"}), "not supported"),
+        (lambda: likelihood.map_model(SkyParams()), "not supported"),
+        (lambda: likelihood.map_model(LPTParams(dim=3)), "volumes"),
+        (lambda: likelihood.map_model(KappaParams(mask="m.npy")), "masked"),
+        (lambda: likelihood.map_model(s, k_max=1e-4), "below the fundamental"),
+        (lambda: likelihood.pk_likelihood_predict(torch.zeros(2, 8, 8), s), "do not match"),
+        (lambda: likelihood.pk_likelihood_predict(maps * math.nan, s), "NaN"),
+        (lambda: likelihood.pk_likelihood_predict(maps, s, prior=((0.05, 0.5), (0.6, 1))), "prior"),
+        (lambda: likelihood.pk_likelihood_predict(maps, s, prior=(0.1, 0.5)), "prior"),
+        (lambda: likelihood.pk_likelihood_predict(maps, s, grid=4), "grid"),
+        (lambda: likelihood.pk_likelihood_predict(maps, s, likelihood="x"), "likelihood"),
+        (lambda: likelihood.pk_likelihood_predict(maps), "settings"),
+        (lambda: likelihood.fisher_matrix(s, 0.3, 0.8, derivative="x"), "derivative"),
+        (lambda: likelihood.fisher_matrix(s, 0.05, 0.8), "omega_m"),
+        (lambda: likelihood.efficiency(np.zeros((3, 2)), np.zeros((2, 2)), s), "pred_mean"),
+        (lambda: likelihood.settings_from_attrs({"size": 8}), "kind"),
+        (lambda: likelihood.settings_from_attrs({"kind": "sky"}), "not supported"),
     ]
     for fn, text in cases:
         with pytest.raises(ConfigError) as exc:
@@ -213,36 +215,36 @@ def test_bad_input_raises_one_line_config_errors():
 
 
 def test_dataarray_input_and_other_kinds():
-    from engine import lpt
-    from engine.lpt import LPTParams
+    from engine.physics import lpt
+    from engine.physics.lpt import LPTParams
 
     lpt_settings = LPTParams(size=32, box_size=512.0, thickness=64.0, count=3, seed=1)
     da = lpt.generate(lpt_settings, device="cpu")
-    rebuilt = inference.settings_from_attrs(dict(da.attrs))
+    rebuilt = likelihood.settings_from_attrs(dict(da.attrs))
     assert isinstance(rebuilt, LPTParams) and rebuilt.thickness == 64.0 and rebuilt.dim == 2
     kf = 2 * math.pi / 512.0
-    out = inference.pk_likelihood_predict(da, k_max=4 * kf, grid=24)  # linear theory: low k only
+    out = likelihood.pk_likelihood_predict(da, k_max=4 * kf, grid=24)  # linear theory: low k only
     assert out["truth"].shape == out["mean"].shape == (3, 2)
     lo, hi = np.array([0.1, 0.6]), np.array([0.5, 1.0])
     assert np.all((out["mean"] > lo) & (out["mean"] < hi) & (out["std"] > 0))
 
-    ln = fields.generate(FieldParams(**dict(SETTINGS, kind="lognormal", count=4, seed=2)))
-    out = inference.pk_likelihood_predict(ln)
+    ln = slabs.generate(FieldParams(**dict(SETTINGS, kind="lognormal", count=4, seed=2)))
+    out = likelihood.pk_likelihood_predict(ln)
     assert np.all(np.abs(out["mean"] - out["truth"]) < 5 * out["std"])
 
 
 def test_kappa_maps_with_linear_matter_power():
-    from engine import lensing
+    from engine.physics import lensing
 
     ks = lensing.KappaParams(size=32, fov=5.0, matter_power="linear", count=6, seed=3)
     da = lensing.generate(ks, device="cpu")
-    out = inference.pk_likelihood_predict(da, table_nodes=(6, 4), grid=32)
+    out = likelihood.pk_likelihood_predict(da, table_nodes=(6, 4), grid=32)
     assert np.all(np.isfinite(out["mean"])) and np.all(out["std"] > 0)
     assert np.all(np.abs(out["mean"] - out["truth"]) < 4 * out["std"])
-    f = inference.fisher_matrix(ks, 0.3, 0.8)
+    f = likelihood.fisher_matrix(ks, 0.3, 0.8)
     assert f.shape == (2, 2) and np.all(np.linalg.eigvalsh(f) > 0)
     with pytest.raises(ConfigError, match="autograd"):
-        inference.fisher_matrix(ks, 0.3, 0.8, derivative="autograd")
+        likelihood.fisher_matrix(ks, 0.3, 0.8, derivative="autograd")
 
 
 def _read_csv(path):
@@ -298,16 +300,16 @@ def test_predict_verb_rejects_unsupported_kinds(tmp_path, capsys):
 
 
 def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys):
-    from engine.models import build_model
+    from engine.nn.models import build_model
     from engine.params import to_dict
-    from engine.training import save_checkpoint
+    from engine.train.training import save_checkpoint
 
     settings = FieldParams(**dict(SETTINGS, size=32, box_size=512.0, count=4, seed=5))
     kwargs = {"in_channels": 1, "n_params": 2, "width": 4, "circular_padding": True}
     torch.manual_seed(0)
     model = build_model("cnn", **kwargs).eval()
     ckpt = tmp_path / "best.pt"
-    scale = fields.map_scale(settings)
+    scale = slabs.map_scale(settings)
     save_checkpoint(
         {
             "model_name": "cnn",
@@ -322,8 +324,8 @@ def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys
         },
         ckpt,
     )
-    da = fields.generate(settings)
-    out = inference.predict_network(da, ckpt)
+    da = slabs.generate(settings)
+    out = likelihood.predict_network(da, ckpt)
     with torch.no_grad():
         raw = model(torch.from_numpy(da.values).unsqueeze(1) / scale).double()
     low, width = torch.tensor([0.1, 0.6]), torch.tensor([0.4, 0.4])
@@ -332,7 +334,7 @@ def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys
     np.testing.assert_allclose(out["truth"][:, 0], 0.3)
 
     maps = tmp_path / "maps.nc"
-    fields.save(da, maps)
+    slabs.save(da, maps)
     csv_out = tmp_path / "net.csv"
     argv = ["predict", "--method", "network", "--checkpoint", str(ckpt), "--maps", str(maps)]
     assert cli.main([*argv, "--out", str(csv_out)]) == 0
@@ -340,6 +342,6 @@ def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys
     assert len(rows) == 4 and "omega_m_map" not in rows[0]
     assert float(rows[1]["sigma8_mean"]) == pytest.approx(out["mean"][1, 1], rel=1e-6)
 
-    other = fields.generate(FieldParams(**dict(SETTINGS, size=32, box_size=256.0, count=1)))
+    other = slabs.generate(FieldParams(**dict(SETTINGS, size=32, box_size=256.0, count=1)))
     with pytest.raises(ConfigError, match="box_size"):
-        inference.predict_network(other, ckpt)
+        likelihood.predict_network(other, ckpt)

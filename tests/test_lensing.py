@@ -9,8 +9,8 @@ import torch
 from scipy import stats as sps
 from scipy.integrate import trapezoid
 
-from engine import fields, lensing, stats
 from engine.params import ConfigError, set_values
+from engine.physics import lensing, slabs, stats
 
 ARCMIN_PER_RAD = 180 * 60 / math.pi
 
@@ -18,7 +18,7 @@ ARCMIN_PER_RAD = 180 * 60 / math.pi
 def pyccl_kappa_cl(ell, omega_m=0.3, sigma8=0.8, matter_power="halofit", dndz=None):
     """C_ℓ^κκ from a pyccl *convergence* tracer (lensing kernel, der_angles=1), built here.
 
-    Independent of engine.lensing's shear tracer + spin-factor conversion.
+    Independent of engine.physics.lensing's shear tracer + spin-factor conversion.
     """
     cosmo = ccl.Cosmology(
         Omega_c=omega_m - 0.049,
@@ -214,7 +214,7 @@ def test_dataarray_schema_roundtrip_and_seeds(tmp_path):
         assert key in da.attrs
     np.testing.assert_allclose(da.attrs["nz_dndz"], lensing.des_y3_nz()[1])
     for suffix in (".nc", ".zarr"):
-        back = fields.load(fields.save(da, tmp_path / f"kappa{suffix}"))
+        back = slabs.load(slabs.save(da, tmp_path / f"kappa{suffix}"))
         np.testing.assert_array_equal(back.values, da.values)
         np.testing.assert_array_equal(back.mask.values, da.mask.values)
         np.testing.assert_allclose(np.asarray(back.attrs["nz_z"]), da.attrs["nz_z"])

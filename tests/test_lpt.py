@@ -10,9 +10,9 @@ import torch
 import xarray as xr
 from scipy import stats as sps
 
-from engine import fields, lpt, stats
-from engine.cosmology import ccl_cosmology, linear_power_pyccl
 from engine.params import ConfigError, set_values
+from engine.physics import lpt, slabs, stats
+from engine.physics.cosmology import ccl_cosmology, linear_power_pyccl
 
 OM, S8 = 0.3, 0.8
 PAIRS = ((0, 1), (0, 2), (1, 2))
@@ -27,7 +27,7 @@ def volumes(n_vol, seed=1, **overrides):
 
 
 def deconvolved_power(vols, box_size, edges):
-    """Binned P̂(k) / W²_CIC(k) per volume, (Mpc/h)^3, engine.stats conventions."""
+    """Binned P̂(k) / W²_CIC(k) per volume, (Mpc/h)^3, engine.physics.stats conventions."""
     n = vols.shape[-1]
     shape = (n, n, n)
     fk = torch.fft.rfftn(vols, dim=(1, 2, 3))
@@ -204,15 +204,15 @@ def test_large_scale_power_chi2_against_pyccl(order):
 
 
 def test_mesh_slab_window_limits():
-    """Eq. (1') of engine.fields: a slab through the whole box is eq. (1); a
+    """Eq. (1') of engine.physics.slabs: a slab through the whole box is eq. (1); a
     slab two cells thick loses power to the CIC kernel along the line of sight, more at high k."""
     k = torch.tensor([0.02, 0.05, 0.1, 0.2])
 
     def ratio(n, box, dz):
         mesh = lpt.LPTParams(size=n, box_size=box, thickness=dz)
-        cont = fields.FieldParams(size=n, box_size=box, thickness=dz)
+        cont = slabs.FieldParams(size=n, box_size=box, thickness=dz)
         return (
-            fields.projected_power(mesh, k, OM, S8) / fields.projected_power(cont, k, OM, S8)
+            slabs.projected_power(mesh, k, OM, S8) / slabs.projected_power(cont, k, OM, S8)
         ).numpy()
 
     np.testing.assert_allclose(ratio(64, 256.0, 256.0), 1.0, atol=2e-3)
@@ -221,7 +221,7 @@ def test_mesh_slab_window_limits():
 
 
 def test_slab_maps_chi2_against_windowed_projected_theory():
-    """Mean raw P̂ of 32 2LPT slab maps (Δ = 2 cells, z = 3) against fields.binned_theory with the
+    """Mean raw P̂ of 32 2LPT slab maps (Δ = 2 cells, z = 3) against slabs.binned_theory with the
     line-of-sight (1') and in-plane CIC windows, k ≤ k_N/4: χ² with Gaussian cosmic variance; the
     same test rejects a 15 % amplitude error."""
     settings = lpt.LPTParams(size=64, box_size=256.0, thickness=8.0, redshift=3.0, dim=2)
@@ -235,7 +235,7 @@ def test_slab_maps_chi2_against_windowed_projected_theory():
     edges = stats.default_edges((64, 64), 256.0)
     edges = edges[edges <= np.pi * 64 / 256.0 / 4 + 1e-12]
     ps = stats.power_spectrum(maps.to(torch.float64), 256.0, edges=edges)
-    theory = fields.binned_theory(settings, OM, S8, edges).power
+    theory = slabs.binned_theory(settings, OM, S8, edges).power
     mean = ps.power.mean(0)
 
     def pvalue(amplitude):
@@ -352,10 +352,10 @@ def test_same_seed_same_volume_and_dataarray_schema(tmp_path):
     assert flat.dims == ("sample", "y", "x") and flat.shape == (3, 16, 16)
     np.testing.assert_allclose(flat.omega_m.values, [0.2, 0.3, 0.4])
     assert flat.attrs["thickness"] == 10.0 and flat.attrs["lpt_order"] == 2
-    back = fields.load(fields.save(flat, tmp_path / "lpt.nc"))
+    back = slabs.load(slabs.save(flat, tmp_path / "lpt.nc"))
     np.testing.assert_array_equal(back.values, flat.values)
     assert back.attrs["particles_per_side"] == 16
-    fields.save(a, tmp_path / "lpt.zarr")
+    slabs.save(a, tmp_path / "lpt.zarr")
     np.testing.assert_array_equal(
         xr.open_zarr(tmp_path / "lpt.zarr", consolidated=False)["delta"].values, a.values
     )

@@ -1,4 +1,4 @@
-"""Networks of engine.models: shapes, gradients, sizes, periodic symmetry, the hybrid's P(k)."""
+"""Networks of engine.nn.models: shapes, gradients, sizes, periodic symmetry, the hybrid's P(k)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from engine import stats
-from engine.models import (
+from engine.nn.models import (
     LOG_STD_MAX,
     LOG_STD_MIN,
     MODELS,
@@ -19,6 +18,7 @@ from engine.models import (
     summary,
 )
 from engine.params import ConfigError
+from engine.physics import stats
 
 COMMON = ("in_channels", "n_params", "width", "circular_padding")
 
@@ -197,7 +197,7 @@ def test_registry_errors_are_one_line_config_errors():
 
 
 def test_log1p_input_transform_sees_the_raw_density_contrast():
-    from engine.models import InputTransform, set_map_scale
+    from engine.nn.models import InputTransform, set_map_scale
 
     scale = 2.5  # map units: the model receives delta / scale
     delta = torch.tensor([[[[-1.0, -0.5, 0.0, 3.0]]]])
@@ -217,7 +217,7 @@ def test_log1p_input_transform_sees_the_raw_density_contrast():
 
 
 def test_lognormal_maps_become_gaussian_under_the_log_transform():
-    from engine.models import set_map_scale
+    from engine.nn.models import set_map_scale
 
     gauss = 1.2 * _maps(4, 1, 32) / _maps(4, 1, 32).std()
     delta = torch.exp(gauss - gauss.var() / 2) - 1  # a lognormal field, δ > −1
@@ -261,7 +261,7 @@ def test_pooled_conv_branch_is_cheaper_and_keeps_the_shapes():
 
 def test_trainer_gives_the_input_transform_the_task_map_scale(tmp_path):
     from engine.runs import RunDir
-    from engine.training import Trainer, resolve_params
+    from engine.train.training import Trainer, resolve_params
 
     params = resolve_params("smoke", overrides={"kind": "lognormal", "model": "hybrid_log"})
     run = RunDir(tmp_path / "run")

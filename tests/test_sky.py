@@ -10,8 +10,8 @@ from astropy.io import fits
 from realdata import WMAP
 from scipy import stats as sps
 
-from engine import lensing, sky, stats
 from engine.params import ConfigError, set_values
+from engine.physics import lensing, sky, stats
 
 WMAP_MAP = WMAP / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"
 WMAP_MASK = WMAP / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"

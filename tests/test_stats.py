@@ -1,14 +1,14 @@
-"""The P(k) estimator against a plain numpy implementation of the conventions in engine.stats."""
+"""The P(k) estimator against a plain numpy implementation of the conventions in engine.physics.stats."""
 
 import numpy as np
 import pytest
 import torch
 
-from engine import stats
+from engine.physics import stats
 
 
 def numpy_power(a, box, edges, b=None):
-    """Full-plane FFT, |k| per mode, mean of v^2 |d_k|^2 / V per bin (engine.stats docstring)."""
+    """Full-plane FFT, |k| per mode, mean of v^2 |d_k|^2 / V per bin (engine.physics.stats docstring)."""
     d = a.ndim
     n = a.shape[0]
     fa = np.fft.fftn(a)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from engine import fields
-from engine.models import MODELS, build_model, count_parameters
+from engine.nn.models import MODELS, build_model, count_parameters
 from engine.params import ConfigError, FieldParams, user_settings
-from engine.training import (
+from engine.physics import slabs
+from engine.train.training import (
     PRESETS,
     ParameterRegression,
     TrainParams,
@@ -79,9 +79,9 @@ def test_task_uses_one_global_scale_and_uniform_prior():
     # Same generator state again, by hand: the input is the map over ONE fixed scale.
     gen = torch.Generator().manual_seed(3)
     theta = task.to_physical(torch.rand((64, 2), generator=gen))
-    maps = fields.generate_maps(params, theta[:, 0], theta[:, 1], gen)
+    maps = slabs.generate_maps(params, theta[:, 0], theta[:, 1], gen)
     torch.testing.assert_close(x[:, 0] * task.scale, maps)
-    assert task.scale == fields.map_scale(params)
+    assert task.scale == slabs.map_scale(params)
     # ...so the map amplitude still carries sigma8.
     amp = x.std(dim=(1, 2, 3))
     corr = torch.corrcoef(torch.stack([amp, y[:, 1]]))[0, 1]
@@ -123,7 +123,7 @@ TINY = {
 
 def _trainer(tmp_path, name="run", **overrides):
     from engine.runs import RunDir
-    from engine.training import Trainer
+    from engine.train.training import Trainer
 
     params = resolve_params("smoke", overrides={**TINY, **overrides})
     return Trainer(params, RunDir(tmp_path / name).create(), torch.device("cpu"), progress=False)
@@ -156,7 +156,7 @@ def _symmetries(m: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_augment_maps_symmetries_noise_and_smoothing():
-    from engine.training import augment_maps
+    from engine.train.training import augment_maps
 
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert augment_maps(x, torch.Generator()) is x
@@ -234,7 +234,7 @@ def test_other_kinds_on_the_fly():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stages_groups_and_freezing_work_for_every_model(name):
-    from engine.training import frozen_parameters, model_stages, param_groups
+    from engine.train.training import frozen_parameters, model_stages, param_groups
 
     model = build_model(name, in_channels=1, n_params=2, width=4, circular_padding=True)
     stages = model_stages(model)
@@ -330,7 +330,7 @@ def test_tensorboard_missing_or_present(tmp_path, monkeypatch):
     import sys
     import types
 
-    from engine import training
+    from engine.train import training
 
     monkeypatch.setattr(training, "tensorboard_available", lambda: False)
     with pytest.raises(ConfigError, match="pip install tensorboard"):

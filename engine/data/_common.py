@@ -9,7 +9,7 @@ Readers of data made of several maps per simulation (CAMELS: 15 maps; Quijote: s
 split by **simulation**, never by map, so that no simulation has maps in two splits: the
 simulations 0 … S−1 are permuted with ``numpy.random.default_rng(SPLIT_SEED)`` and the first
 ⌊0.8 S⌋ go to ``train``, the next ⌊0.1 S⌋ to ``val`` and the rest (≈ 10 %) to ``test`` — the
-fractions of :data:`engine.datasets.DEFAULT_SPLIT`. The permutation depends on S only, so a
+fractions of :data:`engine.data.store.DEFAULT_SPLIT`. The permutation depends on S only, so a
 file always gets the same split. ``all`` keeps every simulation in file order.
 """
 

@@ -5,7 +5,7 @@ Spec: ``des:/d/DES_Y3_kappa.fits?mask=/d/mask.fits&max_masked=0.1&omega_m=0.3&si
 Input
 -----
 A HEALPix FITS map (any nside, RING or NESTED, full or partial-sky indexing; column ``field``,
-default 0) read with :func:`engine.sky.read_healpix`. Unobserved pixels are ``UNSEEN`` (or
+default 0) read with :func:`engine.physics.sky.read_healpix`. Unobserved pixels are ``UNSEEN`` (or
 non-finite) in the map, and/or 0 in a separate HEALPix ``mask=PATH`` of the same nside (the DES
 Y3 mass maps of Jeffrey et al. 2021, MNRAS 505, 4626 are distributed this way).
 
@@ -16,12 +16,12 @@ Centres lie on a grid over the sphere: rows of constant latitude every ``spacing
 ⌊360 cos(lat) / spacing⌋ equally spaced longitudes. A centre is skipped early when a disc of
 radius fov/√2 around it (``healpy.query_disc``) is so masked that the square patch inside must
 exceed ``max_masked`` (masked area of the square ≥ masked area of the disc − (disc − square)
-area, with 0.05 slack for pixelisation); the others are cut with :func:`engine.sky.
+area, with 0.05 slack for pixelisation); the others are cut with :func:`engine.physics.sky.
 extract_patches` (gnomonic projection, bilinear interpolation, ``size`` pixels over ``fov``
 degrees) and kept when their masked fraction — the fraction of flat pixels with an unobserved
 interpolation neighbour — is ≤ ``max_masked`` (default 0.1). Masked pixels are set to 0.
 ``size`` and ``fov`` default to ``like``'s (the network's trained patch size and field of view)
-when ``like`` is a κ kind, else to the defaults of :class:`engine.lensing.KappaParams`.
+when ``like`` is a κ kind, else to the defaults of :class:`engine.physics.lensing.KappaParams`.
 
 Output
 ------
@@ -61,7 +61,7 @@ OPTIONS = (
     "count",
     "interpolation",
 )
-#: Patches cut per call of :func:`engine.sky.extract_patches` (bounds memory).
+#: Patches cut per call of :func:`engine.physics.sky.extract_patches` (bounds memory).
 CHUNK = 64
 
 
@@ -78,7 +78,7 @@ def centre_grid(spacing: float) -> np.ndarray:
 
 
 def _like_patch(like: Mapping[str, Any] | None) -> tuple[int, float]:
-    from engine.lensing import KappaParams
+    from engine.physics.lensing import KappaParams
 
     size, fov = KappaParams.param["size"].default, KappaParams.param["fov"].default
     if like and like.get("kind") == "kappa":
@@ -143,7 +143,7 @@ def open(  # noqa: A001 - the reader interface of engine.data
     """
     import healpy as hp
 
-    from engine.sky import extract_patches, read_healpix
+    from engine.physics.sky import extract_patches, read_healpix
 
     path = Path(target)
     where = f"DES map {str(path)!r}"

@@ -33,8 +33,8 @@ Projection
 ----------
 Slabs are non-overlapping intervals [s Δ, (s+1) Δ), s = 0 … ⌊L/Δ⌋ − 1, along each chosen array
 axis (``axis=0|1|2`` or ``all``), projected as the **mean of 1 + δ over the slab, minus 1** with
-the cell-overlap weights of :func:`engine.fields.slab_weights` (the weighting of
-:func:`engine.lpt.project_slab`, extended to slabs starting at s Δ: the overlap of cell j with
+the cell-overlap weights of :func:`engine.physics.slabs.slab_weights` (the weighting of
+:func:`engine.physics.lpt.project_slab`, extended to slabs starting at s Δ: the overlap of cell j with
 [a, b) is b·w_j(b) − a·w_j(a), w_j(t) the weights of [0, t)). A map keeps the two other axes in
 array order (axis 0 → (1, 2), axis 1 → (0, 2), axis 2 → (0, 1)). When Δ divides L the slabs of an
 axis tile the box and the mean of their maps is the grid's mean δ (0).
@@ -87,10 +87,10 @@ DEFAULT_COLUMNS = ("omega_m", "omega_b", "h", "n_s", "sigma8")
 def slab_cell_weights(n: int, start: float, thickness: float, box: float) -> np.ndarray:
     """Weights of the n cells in the mean over [start, start + Δ) (sum 1), float64 (n,).
 
-    From :func:`engine.fields.slab_weights`: overlap(j, [0, t)) = t · w_j(t), so the overlap with
+    From :func:`engine.physics.slabs.slab_weights`: overlap(j, [0, t)) = t · w_j(t), so the overlap with
     [a, b) is b w_j(b) − a w_j(a), divided by Δ = b − a. Requires 0 ≤ a < b ≤ box (Mpc/h).
     """
-    from engine.fields import slab_weights
+    from engine.physics.slabs import slab_weights
 
     end = min(start + thickness, box)
 

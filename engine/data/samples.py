@@ -7,15 +7,15 @@ path                                       what
 =========================================  =====================================================
 ``camels/Maps_Mtot_Sample_LH_z=0.00.npy``  CMD-format (30, 64, 64) float32 surface densities Σ
                                            in (Msun/h)/(Mpc/h)²: 2 "simulations" × 15 lognormal
-                                           δ maps (:mod:`engine.fields`, 25 Mpc/h, 5 Mpc/h slabs)
+                                           δ maps (:mod:`engine.physics.slabs`, 25 Mpc/h, 5 Mpc/h slabs)
                                            turned into Σ = Ω_m ρ_crit Δ (1 + δ)
 ``camels/params_LH_Sample.txt``            the CMD params header and the first 2 rows of the
                                            real CAMELS IllustrisTNG LH table (:data:`CAMELS_ROWS`)
 ``quijote/LH/{0,1,2}/df_m_32_CIC_z=0.npy`` Quijote-format 32³ float32 δ grids over 1000 Mpc/h
-                                           from 2LPT (:mod:`engine.lpt`, CIC)
+                                           from 2LPT (:mod:`engine.physics.lpt`, CIC)
 ``quijote/LH/latin_hypercube_params.txt``  ``# Omega_m Omega_b h n_s sigma_8``, rows drawn in
                                            the Quijote LH ranges
-``des/kappa_nside64.fits``                 HEALPix (nside 64, RING) κ sky of :mod:`engine.sky`
+``des/kappa_nside64.fits``                 HEALPix (nside 64, RING) κ sky of :mod:`engine.physics.sky`
                                            (DES-like footprint, UNSEEN outside)
 ``des/mask_nside64.fits``                  its footprint mask (1 observed, 0 not)
 ``folder/``                                8 lognormal δ maps 32² over 100 Mpc/h (6 .npy, 1
@@ -55,8 +55,8 @@ SEED = 2024
 
 
 def _camels(out: Path) -> None:
-    from engine.fields import generate
     from engine.params import FieldParams
+    from engine.physics.slabs import generate
 
     maps = []
     for s, row in enumerate(CAMELS_ROWS):
@@ -74,7 +74,7 @@ def _camels(out: Path) -> None:
 def _quijote(out: Path, n_sims: int = 3) -> None:
     import torch
 
-    from engine.lpt import LPTParams, generate_volumes
+    from engine.physics.lpt import LPTParams, generate_volumes
 
     rng = np.random.default_rng(SEED)
     lo, hi = np.array(QUIJOTE_RANGES).T
@@ -98,7 +98,7 @@ def _quijote(out: Path, n_sims: int = 3) -> None:
 def _des(out: Path) -> None:
     import healpy as hp
 
-    from engine.sky import SkyParams, generate
+    from engine.physics.sky import SkyParams, generate
 
     settings = SkyParams(nside=64, footprint="des_like", smoothing=0.0, count=1, seed=SEED)
     sky = generate(settings, omega_m=0.3, sigma8=0.8)
@@ -121,8 +121,8 @@ def _des(out: Path) -> None:
 def _folder(out: Path, n_maps: int = 8) -> None:
     from astropy.io import fits
 
-    from engine.fields import generate
     from engine.params import FieldParams
+    from engine.physics.slabs import generate
 
     rng = np.random.default_rng(SEED + 1)
     om = np.round(rng.uniform(0.15, 0.45, n_maps), 4)
@@ -154,9 +154,9 @@ rows of the CAMELS IllustrisTNG LH table). Use them to try the readers of `engin
 
 | spec | what |
 |---|---|
-| `camels:assets/samples/camels/Maps_Mtot_Sample_LH_z=0.00.npy` | CMD format: (30, 64, 64) float32 surface density in (Msun/h)/(Mpc/h)^2 over 25 Mpc/h, 2 simulations x 15 maps (map i has row i // 15 of `params_LH_Sample.txt`, real CMD header `# Om sigma8 SN1 AGN1 SN2 AGN2`); lognormal delta maps (engine.fields, 5 Mpc/h slabs) times Omega_m rho_crit 5 Mpc/h. Add `?delta=true` for delta maps. |
-| `quijote:assets/samples/quijote/LH?thickness=250` | Quijote LH layout: `0/`, `1/`, `2/` each with a 32^3 float32 delta grid `df_m_32_CIC_z=0.npy` over 1000 Mpc/h (2LPT, engine.lpt, CIC) and `latin_hypercube_params.txt` (`# Omega_m Omega_b h n_s sigma_8`, drawn in the Quijote LH ranges). |
-| `des:assets/samples/des/kappa_nside64.fits?mask=assets/samples/des/mask_nside64.fits&fov=10&size=32` | HEALPix nside 64 RING kappa sky (engine.sky, DES-like footprint, UNSEEN outside, no smoothing) and its 0/1 footprint mask. |
+| `camels:assets/samples/camels/Maps_Mtot_Sample_LH_z=0.00.npy` | CMD format: (30, 64, 64) float32 surface density in (Msun/h)/(Mpc/h)^2 over 25 Mpc/h, 2 simulations x 15 maps (map i has row i // 15 of `params_LH_Sample.txt`, real CMD header `# Om sigma8 SN1 AGN1 SN2 AGN2`); lognormal delta maps (engine.physics.slabs, 5 Mpc/h slabs) times Omega_m rho_crit 5 Mpc/h. Add `?delta=true` for delta maps. |
+| `quijote:assets/samples/quijote/LH?thickness=250` | Quijote LH layout: `0/`, `1/`, `2/` each with a 32^3 float32 delta grid `df_m_32_CIC_z=0.npy` over 1000 Mpc/h (2LPT, engine.physics.lpt, CIC) and `latin_hypercube_params.txt` (`# Omega_m Omega_b h n_s sigma_8`, drawn in the Quijote LH ranges). |
+| `des:assets/samples/des/kappa_nside64.fits?mask=assets/samples/des/mask_nside64.fits&fov=10&size=32` | HEALPix nside 64 RING kappa sky (engine.physics.sky, DES-like footprint, UNSEEN outside, no smoothing) and its 0/1 footprint mask. |
 | `folder:assets/samples/folder?box_size=100` | 8 lognormal delta maps, 32^2 over 100 Mpc/h (6 .npy, 1 .npz, 1 .fits) with `labels.csv` (file, omega_m, sigma8). |
 """
 

@@ -1,12 +1,12 @@
 """Readers of :func:`engine.data.open_spec` for generated kinds and for our own files.
 
 * :func:`generate` — ``grf``, ``lognormal``, ``2lpt`` (2D slab maps) or ``kappa`` maps made now,
-  with the map settings of ``like`` (e.g. a checkpoint's, :func:`engine.training.
+  with the map settings of ``like`` (e.g. a checkpoint's, :func:`engine.train.training.
   checkpoint_map_settings`) or the kind's defaults, and per-sample (Ω_m, σ8) uniform in a prior
   box: spec ``grf?count=256&seed=7&omega_m=0.15:0.45&sigma8=0.7:0.9&noise=0.1``.
 * :func:`open_file` — a ``.zarr``/``.nc`` file of ``python -m engine fields``
-  (:func:`engine.fields.load`) or a ``.zarr`` dataset of ``python -m engine dataset``
-  (:func:`engine.datasets.open_dataset`, one split: ``?split=test``, the default).
+  (:func:`engine.physics.slabs.load`) or a ``.zarr`` dataset of ``python -m engine dataset``
+  (:func:`engine.data.store.open_dataset`, one split: ``?split=test``, the default).
 
 Both return the maps as :mod:`engine.data` describes: an ``xarray.DataArray`` ``(sample, y, x)``
 float32 with per-sample coords ``omega_m`` and ``sigma8`` (dimensionless; files without labels
@@ -50,8 +50,8 @@ def like_prior(like: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]
     """The training prior box held by ``like``, ``{name: (low, high)}`` (possibly empty).
 
     Recognised keys (first match wins per parameter): ``<name>_range`` ([low, high], dataset
-    attrs and :func:`engine.evaluate.checkpoint_like`), ``<name>_min`` / ``<name>_max`` (the
-    settings of :class:`engine.training.TrainParams`), ``prior_low`` / ``prior_high`` (two-element
+    attrs and :func:`engine.evaluation.evaluate.checkpoint_like`), ``<name>_min`` / ``<name>_max`` (the
+    settings of :class:`engine.train.training.TrainParams`), ``prior_low`` / ``prior_high`` (two-element
     lists in the order omega_m, sigma8, as checkpoints store them). Boxes with low >= high are
     ignored.
     """
@@ -100,7 +100,7 @@ def generate(
     ----------
     kind : {"grf", "lognormal", "2lpt", "kappa"}
     like : mapping, optional
-        ``{"kind": ..., setting: value}`` (e.g. :func:`engine.training.checkpoint_map_settings`)
+        ``{"kind": ..., setting: value}`` (e.g. :func:`engine.train.training.checkpoint_map_settings`)
         and optionally a prior box (:func:`like_prior`).
     count : str or int
         Number of maps, 1 … 1 000 000.
@@ -108,7 +108,7 @@ def generate(
         Seed of the maps and of the parameters (same seed ⇒ same output on CPU).
     omega_m, sigma8 : str, optional
         A number (fixed) or a range ``LO:HI`` (uniform per sample,
-        :func:`engine.datasets.draw_parameters`); default the prior box of ``like``, else
+        :func:`engine.data.store.draw_parameters`); default the prior box of ``like``, else
         :data:`DEFAULT_RANGES` (0.1:0.5 and 0.6:1.0). Dimensionless.
     device : str
         Torch device the maps are generated on (default ``cpu``: reproducible everywhere).
@@ -137,7 +137,7 @@ def generate(
 
 
 def _generate(kind, like, count, seed, omega_m, sigma8, device, setting_overrides):
-    from engine.datasets import draw_parameters, pop_ranges
+    from engine.data.store import draw_parameters, pop_ranges
     from engine.device import default_device
     from engine.kinds import get_kind
     from engine.params import set_values, user_settings
@@ -229,7 +229,8 @@ def open_file(
         Unknown option, a path that is not .zarr/.nc, missing or unreadable file, no variable
         with a ``sample`` dimension, a bad split or count (one line naming the file).
     """
-    from engine import datasets, fields
+    from engine.data import store
+    from engine.physics import slabs
 
     where = f"dataset file {str(path)!r}"
     if unknown:
@@ -254,14 +255,14 @@ def open_file(
         else:
             is_dataset = False
         if is_dataset:
-            da = datasets.open_dataset(p)
+            da = store.open_dataset(p)
             split = "test" if split is None else str(split)
-            if split not in datasets.SPLITS:
+            if split not in store.SPLITS:
                 raise ConfigError(
                     f"{where}: split={split!r} is not allowed: split must be one of "
-                    + ", ".join(datasets.SPLITS)
+                    + ", ".join(store.SPLITS)
                 )
-            index = np.flatnonzero(da["split"].values == datasets.SPLITS.index(split))
+            index = np.flatnonzero(da["split"].values == store.SPLITS.index(split))
             if index.size == 0:
                 raise ConfigError(f"{where} has no {split} samples")
             da = da.isel(sample=index[:n] if n else index).load()
@@ -271,7 +272,7 @@ def open_file(
                     f"{where} has no splits (option split is for datasets of python -m engine "
                     "dataset)"
                 )
-            da = fields.load(p)
+            da = slabs.load(p)
             if n:
                 da = da.isel(sample=slice(0, n))
     except ConfigError as exc:

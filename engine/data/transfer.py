@@ -37,9 +37,9 @@ restore the small scales the network was trained to read, so its answer would me
 
 :func:`domain_gap`
 ------------------
-P(k) (:func:`engine.stats.power_spectrum`, same default bins of width k_f of the trained box, in
-h/Mpc and (Mpc/h)² for slabs; ℓ and sr for κ, box = fov in radians as :mod:`engine.lensing`) and
-pixel PDFs (:func:`engine.stats.pixel_pdf`, shared bins over the 0.1–99.9 percentiles of both
+P(k) (:func:`engine.physics.stats.power_spectrum`, same default bins of width k_f of the trained box, in
+h/Mpc and (Mpc/h)² for slabs; ℓ and sr for κ, box = fov in radians as :mod:`engine.physics.lensing`) and
+pixel PDFs (:func:`engine.physics.stats.pixel_pdf`, shared bins over the 0.1–99.9 percentiles of both
 sets) of the training kind's generated maps (``engine.data.open_spec(kind, like=like)``) and of
 the matched target maps: means and standard deviations of P(k) per bin, for plotting. The
 target maps must be in the network's quantity (δ for slab kinds, e.g. ``camels:…?delta=true``;
@@ -292,7 +292,7 @@ def domain_gap(
     import torch
 
     from engine.data import open_spec
-    from engine.stats import default_edges, pixel_pdf, power_spectrum
+    from engine.physics.stats import default_edges, pixel_pdf, power_spectrum
 
     if "channel" in target_da.dims:
         target_da = target_da.isel(channel=channel)

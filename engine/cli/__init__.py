@@ -19,7 +19,7 @@ Verbs
     trained checkpoint's model saw; flags still override them.
 
 ``dataset``
-    Write an on-disk training dataset (see ``engine.datasets``): samples of any kind with
+    Write an on-disk training dataset (see ``engine.data.store``): samples of any kind with
     per-sample parameters uniform in a prior box and a fixed train/val/test split, to .zarr
     chunk by chunk, atomically::
 
@@ -43,11 +43,11 @@ Verbs
         torchrun --standalone --nproc_per_node 2 -m engine train --preset smoke --run-dir runs/ddp
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the processes train one run with distributed data
-    parallel; rank 0 alone checks and writes the run directory (see ``engine.training``).
+    parallel; rank 0 alone checks and writes the run directory (see ``engine.train.training``).
 
 ``predict``
     Infer (omega_m, sigma8) for every map of a file written by ``fields``, with the binned P(k)
-    likelihood (``engine.inference``) or a trained network checkpoint, and write one CSV row
+    likelihood (``engine.evaluation.likelihood``) or a trained network checkpoint, and write one CSV row
     per map (sample, true values when the maps carry them, posterior mean and std)::
 
         python -m engine predict --method pk-likelihood --maps maps.zarr --out preds.csv
@@ -58,7 +58,7 @@ Verbs
     Score a network checkpoint (a .pt file or a run directory) and the P(k) likelihood on the
     labelled maps of a dataset spec (``engine.data``: a kind generated like the checkpoint's
     training maps, a .zarr/.nc file, ``camels:PATH``, ...): writes ``report.json``,
-    ``predictions.csv`` and ``figures/`` to ``--out`` (``engine.evaluate``) and prints a table::
+    ``predictions.csv`` and ``figures/`` to ``--out`` (``engine.evaluation.evaluate``) and prints a table::
 
         python -m engine evaluate --checkpoint runs/demo --dataset grf --count 256 --out ev/
         python -m engine evaluate --dataset "lognormal?size=64&count=128" --out ev-pk/
@@ -75,7 +75,7 @@ Verbs
     column ``transfer``); pairs that cannot be evaluated get the reason in column ``error``.
 
 Flags are generated from the settings classes (``engine.params.FieldParams``,
-``engine.training.TrainParams``), so their names, defaults, bounds and help are those of the
+``engine.train.training.TrainParams``), so their names, defaults, bounds and help are those of the
 settings. Settings are resolved as: preset < ``--config`` file < flags < ``--set key=value``
 (``--resume`` starts from the run's saved settings instead of the preset).
 
@@ -163,7 +163,7 @@ def _peek_kind(argv: Sequence[str]) -> str:
     kind = _peek_option(argv, "--kind")
     checkpoint = _peek_option(argv, "--from-checkpoint")
     if kind is None and checkpoint:
-        from engine.training import checkpoint_map_settings
+        from engine.train.training import checkpoint_map_settings
 
         kind = checkpoint_map_settings(checkpoint)["kind"]
     return kind or "grf"
@@ -188,7 +188,7 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
     ConfigError
         Unknown ``fields_kind``.
     """
-    from engine.training import PRESETS, TrainParams
+    from engine.train.training import PRESETS, TrainParams
 
     parser = _ArgumentParser(
         prog="cosmo-engine",
@@ -219,7 +219,7 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
     _add_output_arguments(fields_p)
     fields_p.set_defaults(func=cmd_fields)
 
-    from engine.datasets import DEFAULT_CHUNK, DEFAULT_SPLIT
+    from engine.data.store import DEFAULT_CHUNK, DEFAULT_SPLIT
 
     dataset_p = sub.add_parser(
         "dataset",
@@ -251,7 +251,7 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
     _add_output_arguments(dataset_p)
     dataset_p.set_defaults(func=cmd_dataset)
 
-    from engine.sky import SkyParams
+    from engine.physics.sky import SkyParams
 
     sky_p = sub.add_parser(
         "sky",
@@ -334,16 +334,16 @@ def _map_settings(kind: Kind, args: argparse.Namespace):
     Layers: the kind's defaults < ``--from-checkpoint`` < ``--config`` < flags < ``--set``;
     ``omega_m`` and ``sigma8`` may be ranges ``LO:HI`` in any layer (a later plain value
     replaces an earlier range), returned as ``{name: (low, high)}``
-    (:func:`engine.datasets.pop_ranges`).
+    (:func:`engine.data.store.pop_ranges`).
     """
-    from engine.datasets import pop_ranges
+    from engine.data.store import pop_ranges
     from engine.params import user_settings
 
     settings = kind.new_settings()
     cls = type(settings)
     layers = list(_layers(args, cls))
     if getattr(args, "from_checkpoint", None):
-        from engine.training import checkpoint_map_settings
+        from engine.train.training import checkpoint_map_settings
 
         names = set(user_settings(cls)) - {"kind", "seed", "count", "omega_m", "sigma8"}
         values = checkpoint_map_settings(args.from_checkpoint)
@@ -369,10 +369,10 @@ def cmd_fields(args: argparse.Namespace) -> int:
     """``fields`` verb: generate ``count`` maps or volumes and save them; prints a summary line.
 
     ``omega_m`` / ``sigma8`` given as ranges ``LO:HI`` are drawn uniformly per sample from the
-    seed (:func:`engine.datasets.draw_parameters`).
+    seed (:func:`engine.data.store.draw_parameters`).
     """
-    from engine import fields
-    from engine.datasets import draw_parameters
+    from engine.data.store import draw_parameters
+    from engine.physics import slabs
 
     kind = get_kind(args.kind, FIELD_KINDS)
     settings, ranges = _map_settings(kind, args)
@@ -380,7 +380,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     theta = draw_parameters(settings, ranges, settings.count, settings.seed) if ranges else {}
     da = kind.generate(settings, device=device, **theta)
-    fields.save(da, out)
+    slabs.save(da, out)
     params = ", ".join(f"{d}={da.sizes[d]}" for d in da.dims)
     print(
         f"wrote {settings.count} {kind.name} samples ({params}; "
@@ -391,11 +391,11 @@ def cmd_fields(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    """``dataset`` verb: write an on-disk dataset (:func:`engine.datasets.write_dataset`);
+    """``dataset`` verb: write an on-disk dataset (:func:`engine.data.store.write_dataset`);
     prints a summary line with the split sizes."""
     import numpy as np
 
-    from engine.datasets import SPLITS, open_dataset, write_dataset
+    from engine.data.store import SPLITS, open_dataset, write_dataset
 
     kind = get_kind(args.kind, FIELD_KINDS)
     settings, ranges = _map_settings(kind, args)
@@ -427,7 +427,7 @@ def cmd_sky(args: argparse.Namespace) -> int:
     """``sky`` verb: HEALPix κ skies (or an --input map), or gnomonic patches of them."""
     import xarray as xr
 
-    from engine import fields, sky
+    from engine.physics import sky, slabs
 
     kind = get_kind("sky")
     settings = _settings(kind, args)
@@ -453,7 +453,7 @@ def cmd_sky(args: argparse.Namespace) -> int:
             ],
             dim="sample",
         )
-    fields.save(maps, out)
+    slabs.save(maps, out)
     what = f"{len(centers)} patches per sky" if centers else "skies"
     print(
         f"wrote {maps.sizes['sample']} samples ({what}) to {out} in {time.perf_counter() - t0:.2f} s"
@@ -464,7 +464,7 @@ def cmd_sky(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``train`` verb: resolve and check everything, then train in this process.
 
-    Returns the exit code of :func:`engine.training.run_training`.
+    Returns the exit code of :func:`engine.train.training.run_training`.
 
     Raises
     ------
@@ -474,7 +474,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         failed with the message.
     """
     from engine.runs import RunDir, check_run_dir, new_run_id
-    from engine.training import (
+    from engine.train.training import (
         Distributed,
         TrainParams,
         resolve_device,
@@ -501,7 +501,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _add_predict_parser(sub) -> None:
     """The ``predict`` verb's subparser (see :func:`cmd_predict`)."""
-    from engine.inference import DEFAULT_PRIOR
+    from engine.evaluation.likelihood import DEFAULT_PRIOR
 
     prior = ",".join(f"{v:g}" for pair in DEFAULT_PRIOR for v in pair)
     p = sub.add_parser(
@@ -515,7 +515,7 @@ def _add_predict_parser(sub) -> None:
         "--method",
         default="pk-likelihood",
         choices=["pk-likelihood", "network"],
-        help="pk-likelihood: Gaussian likelihood of the binned P(k) (engine.inference); "
+        help="pk-likelihood: Gaussian likelihood of the binned P(k) (engine.evaluation.likelihood); "
         "network: a trained checkpoint (--checkpoint).",
     )
     p.add_argument("--maps", required=True, metavar="PATH", help="Maps file, .zarr or .nc.")
@@ -553,7 +553,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
-    from engine import fields, inference
+    from engine.evaluation import likelihood
+    from engine.physics import slabs
 
     out = Path(args.out)
     if out.suffix != ".csv":
@@ -571,19 +572,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.method == "network" and not args.checkpoint:
         raise ConfigError("--method network needs --checkpoint PATH")
     t0 = time.perf_counter()
-    maps = fields.load(args.maps)
+    maps = slabs.load(args.maps)
     if args.method == "network":
-        result = inference.predict_network(maps, args.checkpoint, device=args.device)
+        result = likelihood.predict_network(maps, args.checkpoint, device=args.device)
     else:
-        result = inference.pk_likelihood_predict(
+        result = likelihood.pk_likelihood_predict(
             maps, prior=(tuple(values[:2]), tuple(values[2:])), grid=args.grid, k_max=args.k_max
         )
-    inference.write_predictions(out, result)
+    likelihood.write_predictions(out, result)
     summary = ""
     if "truth" in result:
         rmse = np.sqrt(np.mean((result["mean"] - result["truth"]) ** 2, axis=0))
         summary = "; rmse " + ", ".join(
-            f"{n}={r:.4g}" for n, r in zip(inference.PARAM_NAMES, rmse, strict=True)
+            f"{n}={r:.4g}" for n, r in zip(likelihood.PARAM_NAMES, rmse, strict=True)
         )
     print(
         f"wrote {len(result['mean'])} predictions ({args.method}{summary}) to {out} "
@@ -594,7 +595,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_evaluate_parsers(sub) -> None:
     """The ``evaluate`` and ``compare`` verbs' subparsers (see :func:`cmd_evaluate`,
-    :func:`cmd_compare` and ``engine.evaluate``)."""
+    :func:`cmd_compare` and ``engine.evaluation.evaluate``)."""
     datasets_help = "Datasets YAML of short names (default $ENGINE_DATASETS or ./datasets.yaml)."
     p = sub.add_parser(
         "evaluate",
@@ -602,7 +603,7 @@ def _add_evaluate_parsers(sub) -> None:
         description="Predict (omega_m, sigma8) for every map of a dataset spec (a kind such as "
         "grf, generated like the checkpoint's training maps; a .zarr/.nc file; prefix:path) with "
         "a trained network and the binned P(k) likelihood, and write OUT/report.json, "
-        "OUT/predictions.csv and OUT/figures/*.png (schema: engine.evaluate).",
+        "OUT/predictions.csv and OUT/figures/*.png (schema: engine.evaluation.evaluate).",
     )
     p.add_argument(
         "--checkpoint",
@@ -670,14 +671,14 @@ def _check_count(count: int | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``evaluate`` verb: :func:`engine.evaluate.evaluate`; prints a method × parameter table.
+    """``evaluate`` verb: :func:`engine.evaluation.evaluate.evaluate`; prints a method × parameter table.
 
     Raises
     ------
     ConfigError
         Bad dataset spec, checkpoint, count or output directory (one line, before writing).
     """
-    from engine.evaluate import evaluate, format_table
+    from engine.evaluation.evaluate import evaluate, format_table
 
     _check_count(args.count)
     report = evaluate(
@@ -702,7 +703,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``compare`` verb: :func:`engine.evaluate.compare` to a long-format CSV; prints it.
+    """``compare`` verb: :func:`engine.evaluation.evaluate.compare` to a long-format CSV; prints it.
 
     Raises
     ------
@@ -710,7 +711,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         Bad output path or count; failing (checkpoint, dataset) pairs are reported in the
         table's ``error`` column and on stderr instead.
     """
-    from engine.evaluate import compare
+    from engine.evaluation.evaluate import compare
 
     _check_count(args.count)
     t0 = time.perf_counter()

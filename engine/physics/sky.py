@@ -6,7 +6,7 @@ defined in equatorial coordinates; κ skies are statistically isotropic, so the 
 
 Full-sky κ (:func:`generate`)
 -----------------------------
-The spherical-harmonic coefficients of each sky are drawn from C_ℓ^κκ of :mod:`engine.lensing`
+The spherical-harmonic coefficients of each sky are drawn from C_ℓ^κκ of :mod:`engine.physics.lensing`
 (same cosmology, n(z), halofit/linear choice; C_0 = C_1 = 0) for 0 ≤ ℓ ≤ ``lmax`` (default
 3·nside − 1): a_ℓ0 ~ N(0, C_ℓ) real and a_ℓm = (x + iy) √(C_ℓ/2), x, y ~ N(0, 1), for m > 0, with a
 ``numpy.random.Generator`` seeded by ``seed`` (healpy's ``synalm`` draws from numpy's global
@@ -67,9 +67,9 @@ import torch
 import xarray as xr
 
 import engine
-from engine.fields import check_parameters, per_sample
-from engine.lensing import ARCMIN, SourceParams, noise_cl, settings_attrs, theory_cl
 from engine.params import ConfigError
+from engine.physics.lensing import ARCMIN, SourceParams, noise_cl, settings_attrs, theory_cl
+from engine.physics.slabs import check_parameters, per_sample
 
 #: The DES-like RA/Dec box (degrees) of ``footprint="des_like"``: RA from 300 through 0 to 100.
 DES_LIKE_RA = (300.0, 100.0)
@@ -272,7 +272,7 @@ def generate(settings: SkyParams, omega_m=None, sigma8=None) -> xr.DataArray:
     -------
     xarray.DataArray "kappa" (sample, pixel) float32 (HEALPix RING, UNSEEN off-footprint);
     coords omega_m, sigma8 (sample), mask (pixel) uint8 (1 observed); attrs: every setting,
-    ``nz_z``/``nz_dndz`` arrays (see :func:`engine.lensing.settings_attrs`), ``nside``,
+    ``nz_z``/``nz_dndz`` arrays (see :func:`engine.physics.lensing.settings_attrs`), ``nside``,
     ``lmax_used``, ordering="RING", pixel_size (arcmin, √Ω_pix), long_name.
 
     Raises

@@ -2,8 +2,8 @@
 
 * :class:`TrainParams` — every training setting, once (bounds, defaults, docs with units); map
   settings are inherited from :class:`engine.params.FieldParams` or copied from the settings
-  class of the kind that owns them (:class:`engine.lpt.LPTParams`,
-  :class:`engine.lensing.KappaParams`).
+  class of the kind that owns them (:class:`engine.physics.lpt.LPTParams`,
+  :class:`engine.physics.lensing.KappaParams`).
 * :data:`PRESETS` — named sets of settings (``smoke`` for tests and demos, ``default``).
 * :func:`lr_at` — pure learning-rate schedule: linear warm-up, then one cosine decay or cosine
   annealing with warm restarts (SGDR).
@@ -11,7 +11,7 @@
   smoothing and white noise).
 * :class:`ParameterRegression` — the task: owns the objective (Gaussian negative log-likelihood
   of the normalised parameters), the data (maps of any flat kind of :mod:`engine.kinds`
-  generated on the training device, or an on-disk dataset of :mod:`engine.datasets`) and the
+  generated on the training device, or an on-disk dataset of :mod:`engine.data.store`) and the
   validation metrics.
 * :class:`Trainer` — the loop: device, AMP, TF32/channels_last, EMA, freezing, discriminative
   learning rates, checkpoints, resume, early stopping, logging (metrics.jsonl, TensorBoard), DDP.
@@ -68,12 +68,10 @@ import torch
 from torch import nn
 
 import engine
-from engine import datasets
+from engine.data import store
 from engine.device import default_device
 from engine.kinds import get_kind
-from engine.lensing import KappaParams
-from engine.lpt import LPTParams
-from engine.models import MODELS, build_model, count_parameters, set_map_scale
+from engine.nn.models import MODELS, build_model, count_parameters, set_map_scale
 from engine.params import (
     OMEGA_M_BOUNDS,
     SIGMA8_BOUNDS,
@@ -83,6 +81,8 @@ from engine.params import (
     to_dict,
     user_settings,
 )
+from engine.physics.lensing import KappaParams
+from engine.physics.lpt import LPTParams
 from engine.runs import RunDir, atomic_write
 
 #: Seed streams of :func:`derive_seed`.
@@ -91,7 +91,7 @@ STREAM_INIT, STREAM_TRAIN, STREAM_VAL, STREAM_POINTS, STREAM_DATA = 0, 1, 2, 3, 
 STREAM_EVAL = 5
 #: Map kinds that can be generated on the fly (2D maps of :mod:`engine.kinds`).
 TRAIN_KINDS = ("grf", "lognormal", "2lpt", "kappa")
-#: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.lensing.
+#: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.physics.lensing.
 KAPPA_MAX_POINTS = 256
 
 
@@ -108,8 +108,8 @@ class TrainParams(FieldParams):
 
     The map settings (kind, size, box_size, thickness, redshift, smoothing, noise) and the shared
     cosmology (omega_b, h, n_s, transfer_function) are those of :class:`FieldParams`; the settings
-    of kinds 2lpt and kappa are copied from :class:`~engine.lpt.LPTParams` and
-    :class:`~engine.lensing.KappaParams`, and :meth:`map_settings` checks them with that kind's
+    of kinds 2lpt and kappa are copied from :class:`~engine.physics.lpt.LPTParams` and
+    :class:`~engine.physics.lensing.KappaParams`, and :meth:`map_settings` checks them with that kind's
     bounds. omega_m and sigma8 are drawn per map, uniformly in the prior box ``[omega_m_min,
     omega_m_max] × [sigma8_min, sigma8_max]`` (or among ``prior_points`` fixed points of it), so
     ``omega_m``, ``sigma8`` and ``count`` are not settings here.
@@ -203,7 +203,7 @@ class TrainParams(FieldParams):
         "val_maps here are then not used. Empty: maps generated on the fly.",
     )
     model = param.Selector(
-        default="cnn", objects=list(MODELS), doc="Network, by name in engine.models.MODELS."
+        default="cnn", objects=list(MODELS), doc="Network, by name in engine.nn.models.MODELS."
     )
     width = param.Integer(
         16, bounds=(1, 512), doc="Channels of the network's first stage (doubling per stage)."
@@ -324,7 +324,7 @@ class TrainParams(FieldParams):
         "the best checkpoint and the P(k) likelihood on a fresh test set of the run's own kind "
         "and map settings with parameters uniform in the prior box (with a dataset: the first "
         "eval_maps maps of its test split), written to report.json, predictions.csv and "
-        "figures/ in the run directory (engine.evaluate); 0: no evaluation. Kind kappa costs a "
+        "figures/ in the run directory (engine.evaluation.evaluate); 0: no evaluation. Kind kappa costs a "
         "pyccl C_l per map (~0.3 s each).",
     )
     val_maps = param.Integer(
@@ -775,13 +775,13 @@ class DiskData:
     Raises
     ------
     ConfigError
-        Not a dataset (see :func:`engine.datasets.open_dataset`), samples that are not 2D maps
+        Not a dataset (see :func:`engine.data.store.open_dataset`), samples that are not 2D maps
         ``(sample, y, x)``, a parameter that does not vary, or no ``map_scale`` attr.
     """
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        da = datasets.open_dataset(path)
+        da = store.open_dataset(path)
         if da.dims != ("sample", "y", "x"):
             raise ConfigError(
                 f"dataset {self.path!r} holds samples of dims {da.dims}; training needs 2D maps "
@@ -816,7 +816,7 @@ class DiskData:
             The split is empty.
         """
         if name not in self._splits:
-            maps, theta = datasets.load_split(self._da, name)
+            maps, theta = store.load_split(self._da, name)
             if len(maps) == 0:
                 raise ConfigError(f"dataset {self.path!r} has no {name} samples")
             self._splits[name] = torch.from_numpy(maps), torch.from_numpy(theta)
@@ -1092,7 +1092,7 @@ class ParameterRegression:
         Parameters
         ----------
         maps : torch.Tensor (B, N, N) or (B, 1, N, N) float32
-            Density contrast maps as from :func:`engine.fields.generate_maps` (not normalised).
+            Density contrast maps as from :func:`engine.physics.slabs.generate_maps` (not normalised).
 
         Returns
         -------
@@ -1190,7 +1190,7 @@ def model_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
     """The stages of a model for freezing and per-depth learning rates.
 
     Stages are the model's top-level children that hold parameters, in registration order
-    (input → output: the convention of every model of :mod:`engine.models`, whose last child is
+    (input → output: the convention of every model of :mod:`engine.nn.models`, whose last child is
     the head); parameters registered on the model itself join the last stage. Works for any
     ``nn.Module``.
 
@@ -1474,7 +1474,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(params.seed, STREAM_INIT))
             model = build_model(self.model_name, **self.model_kwargs)
-        # Models with an input transform on the raw map (engine.models.InputTransform, e.g.
+        # Models with an input transform on the raw map (engine.nn.models.InputTransform, e.g.
         # ln(1 + δ)) receive δ / scale like every model and need the scale to undo it; it is
         # saved in their state, so checkpoints predict with the same transform.
         set_map_scale(model, self.task.scale)
@@ -1838,7 +1838,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def evaluate_run(params: TrainParams, run: RunDir, device: torch.device) -> str | None:
-    """Evaluate a completed run's best checkpoint into its run directory (``engine.evaluate``).
+    """Evaluate a completed run's best checkpoint into its run directory (``engine.evaluation.evaluate``).
 
     On ``params.eval_maps`` maps: generated now with the run's map settings and prior box, from
     the seed ``derive_seed(params.seed, STREAM_EVAL)`` (on the CPU, so the test set does not
@@ -1851,7 +1851,7 @@ def evaluate_run(params: TrainParams, run: RunDir, device: torch.device) -> str 
         None on success, else ``"evaluation failed: <one line>"`` (any exception is caught, and
         so is a second SIGTERM/SIGINT during the evaluation: the run still completed).
     """
-    from engine.evaluate import evaluate
+    from engine.evaluation.evaluate import evaluate
 
     spec = params.dataset or params.kind
     seed = None if params.dataset else derive_seed(params.seed, STREAM_EVAL) % 2**62

@@ -258,7 +258,7 @@ def peak_counts(maps, thresholds) -> np.ndarray:
     """Number of local maxima above each threshold in each 2D map (periodic, 8 neighbours).
 
     A peak is a pixel strictly larger than all 8 of its neighbours, the map wrapped periodically
-    (the convention of the flat periodic maps of :mod:`engine.fields` and :mod:`engine.lensing`;
+    (the convention of the flat periodic maps of :mod:`engine.physics.slabs` and :mod:`engine.physics.lensing`;
     ties are not peaks). It counts towards threshold t when its value is > t.
 
     Parameters

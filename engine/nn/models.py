@@ -3,7 +3,7 @@
 Every model maps a batch of maps ``(B, C, H, W) float32`` (already divided by a fixed global
 scale) to ``(B, 2 * n_params) float32``: the first ``n_params`` columns are the posterior means,
 the last ``n_params`` the log standard deviations, both in normalised parameter units (each
-parameter scaled to [0, 1] by its prior box; see ``engine.training.ParameterRegression``).
+parameter scaled to [0, 1] by its prior box; see ``engine.train.training.ParameterRegression``).
 
 Models are built by name with :func:`build_model` from plain keyword arguments, so a checkpoint
 that stores ``(model_name, model_kwargs, model_state)`` rebuilds its model without code. Every
@@ -21,7 +21,7 @@ registered constructor takes the same four keyword arguments (``in_channels``, `
     Attention Module") on the residual branch of every BasicBlock (:func:`resnet_cbam`).
 ``hybrid``
     A conv branch and a branch on the binned log power spectrum of the input, computed inside
-    the model with the estimator of :mod:`engine.stats`, fused by squeeze-and-excitation (Hu et
+    the model with the estimator of :mod:`engine.physics.stats`, fused by squeeze-and-excitation (Hu et
     al. 2018, CVPR, "Squeeze-and-excitation networks") (:class:`HybridPk`).
 ``hybrid_std``
     ``hybrid`` whose spectrum branch standardises its input with statistics of the first
@@ -34,7 +34,7 @@ registered constructor takes the same four keyword arguments (``in_channels``, `
 Input transform: the models receive ``x = δ / s`` (s the training task's fixed map scale).
 ``HybridPk(input_transform="log1p")`` first maps it back to the log density
 ``ln(1 + max(s·x, −1 + ε))`` with ``s`` held in the buffer ``input.map_scale``, which
-``engine.training.Trainer`` sets from the task's map scale (:func:`set_map_scale`) and which is
+``engine.train.training.Trainer`` sets from the task's map scale (:func:`set_map_scale`) and which is
 saved with the weights, so a checkpoint applies the same transform at inference. For a
 lognormal field ln(1 + δ) is a Gaussian field, whose power spectrum holds all of its
 information (Neyrinck, Szapudi & Szalay 2009, ApJ 698, L90: the log transform restores the
@@ -67,11 +67,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import stats
 from engine.params import ConfigError
+from engine.physics import stats
 
 #: Range of the predicted log standard deviations (normalised units); the same as the clamp of
-#: ``engine.training.ParameterRegression``.
+#: ``engine.train.training.ParameterRegression``.
 LOG_STD_MIN, LOG_STD_MAX = -7.0, 3.0
 
 
@@ -529,9 +529,9 @@ def resnet_cbam(
 class LogPowerSpectrum(nn.Module):
     r"""Binned log power spectrum of each channel of square maps, differentiable, in pixel units.
 
-    ``(B, C, N, N) → (B, C, n_k_bins) float32``. The estimator is :mod:`engine.stats`'s (same FFT
+    ``(B, C, N, N) → (B, C, n_k_bins) float32``. The estimator is :mod:`engine.physics.stats`'s (same FFT
     convention, same half-plane mode weights, same isotropic binning by
-    :func:`engine.stats.bin_isotropic`), evaluated with ``box_size = N``, i.e. lengths in pixels
+    :func:`engine.physics.stats.bin_isotropic`), evaluated with ``box_size = N``, i.e. lengths in pixels
     and k in radians per pixel (k_f = 2π/N, Nyquist π):
 
         P_pix(k) = |δ_k|² / N²  =  P̂(k) · (N / L)²   for a map of side L (Mpc/h),
@@ -539,7 +539,7 @@ class LogPowerSpectrum(nn.Module):
     a constant factor for a fixed map size, so ``log P_pix = log P̂ + 2 log(N/L)``. In these units
     white noise of unit pixel variance has P = 1 at every k, so ``log P_pix`` is already O(1) for
     maps divided by a global scale. The ``n_k_bins`` bins are equally wide in |k| and span the
-    default range of :func:`engine.stats.default_edges`, [k_f/2, (N/2 + 1/2) k_f); each is at
+    default range of :func:`engine.physics.stats.default_edges`, [k_f/2, (N/2 + 1/2) k_f); each is at
     least k_f wide (so none is empty) when ``N >= 2 n_k_bins``.
 
     The output is ``(log P_pix - shift) / scale`` with per-(channel, bin) buffers ``shift``
@@ -603,7 +603,7 @@ class InputTransform(nn.Module):
     """Pointwise transform of the (globally rescaled) input maps, ``(B, C, H, W) → same``.
 
     The models receive ``x = δ / s`` with ``s`` the fixed map scale of the training task
-    (``engine.training.ParameterRegression.scale``, map units). ``"log1p"`` returns the log
+    (``engine.train.training.ParameterRegression.scale``, map units). ``"log1p"`` returns the log
     density ``ln(1 + max(s·x, −1 + eps))`` (dimensionless; ``eps`` guards empty cells of CIC
     density maps, where δ = −1, giving ln(eps) there); ``"none"`` returns ``x`` unchanged.
 

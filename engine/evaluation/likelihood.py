@@ -2,22 +2,22 @@ r"""Classical inference of (Ω_m, σ8) from maps: the binned P(k) likelihood and
 
 Data and model
 --------------
-For each map the data vector is its binned power spectrum P̂_b (:func:`engine.stats.power_spectrum`,
+For each map the data vector is its binned power spectrum P̂_b (:func:`engine.physics.stats.power_spectrum`,
 bins k_f wide centred on k_f, 2k_f, … up to the Nyquist k_N = πN/L, or up to ``k_max``), and
 the model is the expected binned spectrum of a map made with the same settings,
 
     μ_b(θ) = ``binned_theory(settings, Ω_m, σ8)``,      θ = (Ω_m, σ8),
 
 with smoothing, white noise and slab projection for the ``grf``, ``lognormal`` and ``2lpt`` slab
-maps (:func:`engine.fields.binned_theory`, k in h/Mpc, P in (Mpc/h)²) and C_ℓ with shape noise and
-smoothing for ``kappa`` maps (:func:`engine.lensing.binned_theory`, box = field of view in
+maps (:func:`engine.physics.slabs.binned_theory`, k in h/Mpc, P in (Mpc/h)²) and C_ℓ with shape noise and
+smoothing for ``kappa`` maps (:func:`engine.physics.lensing.binned_theory`, box = field of view in
 radians, k = ℓ, C_ℓ in sr). Bins whose expected power is below :data:`DYNAMIC_RANGE` of the
 mean power of the map are dropped (the float32 rounding floor of the maps lies ~1e-15 below it;
 only the far tail of strong smoothing reaches it).
 
 Likelihood and its covariance
 -----------------------------
-Gaussian in P̂ with the Gaussian-field covariance of :mod:`engine.stats`,
+Gaussian in P̂ with the Gaussian-field covariance of :mod:`engine.physics.stats`,
 
     −2 ln L(θ) = Σ_b (P̂_b − μ_b(θ))² / σ_b²,    σ_b² = 2 μ_b(θ̂)² / n_b,
 
@@ -60,12 +60,12 @@ Fisher matrix and Cramér–Rao bound
 ----------------------------------
 For a Gaussian random field on the periodic grid, the modes k and −k form one complex Gaussian
 variable with independent real and imaginary parts of variance P(k)/2 each (in the units of
-:mod:`engine.stats`), and the self-conjugate (Nyquist) modes one real variable of variance P(k).
+:mod:`engine.physics.stats`), and the self-conjugate (Nyquist) modes one real variable of variance P(k).
 A zero-mean Gaussian variable x of variance s²(θ) has Fisher information ½ ∂_i ln s² ∂_j ln s²
 (Tegmark, Taylor & Heavens 1997, ApJ 480, 22: F = ½ Tr[C⁻¹C,i C⁻¹C,j] for zero-mean Gaussian
 data, here with a diagonal C).
 A complex mode pair therefore holds 2 × ½ (∂ ln P)² and a self-conjugate mode ½ (∂ ln P)²: with
-the **full-plane** mode count of :mod:`engine.stats` (k and −k counted separately) every mode
+the **full-plane** mode count of :mod:`engine.physics.stats` (k and −k counted separately) every mode
 carries exactly ½,
 
     F_ij = ½ Σ_{full-plane modes k in the bins} ∂_i ln P_map(k) ∂_j ln P_map(k),            (F)
@@ -81,12 +81,12 @@ of a noiseless map changes no ∂ ln P and loses no information; noise does.
 
 Derivatives are central finite differences of the theory (relative steps ``FD_STEP``; one-sided
 at the parameter bounds) or, for the slab kinds, forward-mode autograd through the interpolated
-theory of :func:`engine.fields.theory_power` (``derivative="autograd"``); the tests check that
+theory of :func:`engine.physics.slabs.theory_power` (``derivative="autograd"``); the tests check that
 they agree.
 
 Caveats: ``2lpt`` slabs are compared with the *linear* projected spectrum through the CIC windows
-of the mesh (eq. 1' of :mod:`engine.fields`: exact along the line of sight, in-plane without
-aliases) but without the LPT damping and nonlinear growth of :mod:`engine.lpt`: use
+of the mesh (eq. 1' of :mod:`engine.physics.slabs`: exact along the line of sight, in-plane without
+aliases) but without the LPT damping and nonlinear growth of :mod:`engine.physics.lpt`: use
 ``k_max`` ≲ k_N/4 there. Masked κ maps, 3D volumes and
 HEALPix skies are not supported.
 """
@@ -105,7 +105,13 @@ import numpy as np
 import torch
 
 from engine.params import OMEGA_M_BOUNDS, SIGMA8_BOUNDS, ConfigError, to_dict
-from engine.stats import bin_isotropic, default_edges, power_spectrum, rfft_weights, wavenumbers
+from engine.physics.stats import (
+    bin_isotropic,
+    default_edges,
+    power_spectrum,
+    rfft_weights,
+    wavenumbers,
+)
 
 #: Inferred parameters, in the order of every (..., 2) array of this module.
 PARAM_NAMES = ("omega_m", "sigma8")
@@ -140,13 +146,13 @@ class MapModel:
     ----------
     settings : FieldParams, LPTParams or KappaParams
     family : {"slab", "kappa"}
-        Which theory: :mod:`engine.fields` (k in h/Mpc, P in (Mpc/h)²) or :mod:`engine.lensing`
+        Which theory: :mod:`engine.physics.slabs` (k in h/Mpc, P in (Mpc/h)²) or :mod:`engine.physics.lensing`
         (k = ℓ, C_ℓ in sr).
     size : int
         Pixels per side N.
     box : float
         Side of the periodic map: Mpc/h (slabs) or radians (κ), the ``box_size`` of
-        :mod:`engine.stats`.
+        :mod:`engine.physics.stats`.
     edges : torch.Tensor (K+1,) float64
         Bin edges (h/Mpc or ℓ).
     k : torch.Tensor (K,) float64
@@ -174,14 +180,14 @@ class MapModel:
     def mode_power(self, k: torch.Tensor, omega_m, sigma8) -> torch.Tensor:
         """Expected map spectrum at wavenumbers ``k`` (h/Mpc or ℓ), (B, ...) float64.
 
-        Smoothing and noise included (:func:`engine.fields.theory_power` or
-        :func:`engine.lensing.map_cl`); ``omega_m``, ``sigma8`` tensors (B,) float64.
+        Smoothing and noise included (:func:`engine.physics.slabs.theory_power` or
+        :func:`engine.physics.lensing.map_cl`); ``omega_m``, ``sigma8`` tensors (B,) float64.
         """
         if self.family == "slab":
-            from engine import fields
+            from engine.physics import slabs
 
-            return fields.theory_power(self.settings, k, omega_m, sigma8)
-        from engine import lensing
+            return slabs.theory_power(self.settings, k, omega_m, sigma8)
+        from engine.physics import lensing
 
         om = torch.as_tensor(omega_m).detach().cpu().numpy()
         s8 = torch.as_tensor(sigma8).detach().cpu().numpy()
@@ -190,15 +196,15 @@ class MapModel:
     def binned(self, omega_m: torch.Tensor, sigma8: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """Expected binned spectrum μ_b for B cosmologies: (B, K) float64, (Mpc/h)² or sr.
 
-        The theory of :func:`engine.fields.binned_theory` / :func:`engine.lensing.binned_theory`
+        The theory of :func:`engine.physics.slabs.binned_theory` / :func:`engine.physics.lensing.binned_theory`
         (mode-averaged like the estimator), evaluated in chunks of cosmologies to bound memory.
         """
         om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1)
         s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1)
         if self.family == "slab":
-            from engine.fields import binned_theory
+            from engine.physics.slabs import binned_theory
         else:
-            from engine.lensing import binned_theory
+            from engine.physics.lensing import binned_theory
         chunk = chunk or max(1, 4_000_000 // (self.size * (self.size // 2 + 1)))
         out = []
         for i in range(0, om.numel(), chunk):
@@ -247,8 +253,8 @@ def map_model(settings, k_max: float | None = None) -> MapModel:
         Unsupported kind (sky, 3D volumes, masked κ), settings outside the theory tables, or a
         ``k_max`` below the fundamental mode.
     """
-    from engine import fields, lensing
     from engine.params import FieldParams
+    from engine.physics import lensing, slabs
 
     kind = getattr(settings, "kind", None)
     if isinstance(settings, lensing.KappaParams):
@@ -265,7 +271,7 @@ def map_model(settings, k_max: float | None = None) -> MapModel:
             raise ConfigError(
                 "2lpt volumes (dim=3) are not supported by the P(k) likelihood: use slab maps (dim=2)"
             )
-        fields.check_resolution(settings)
+        slabs.check_resolution(settings)
         family, box, separable = "slab", float(settings.box_size), True
     else:
         raise ConfigError(
@@ -308,8 +314,8 @@ def map_model(settings, k_max: float | None = None) -> MapModel:
 def settings_from_attrs(attrs: dict):
     """Rebuild the settings maps were made with from their attrs (``kind`` picks the class).
 
-    Uses the kinds registry (:mod:`engine.kinds`): :func:`engine.fields.settings_from_attrs` for
-    grf/lognormal, :func:`engine.lensing.settings_from_attrs` for kappa, the LPTParams settings
+    Uses the kinds registry (:mod:`engine.kinds`): :func:`engine.physics.slabs.settings_from_attrs` for
+    grf/lognormal, :func:`engine.physics.lensing.settings_from_attrs` for kappa, the LPTParams settings
     for 2lpt.
 
     Raises
@@ -330,11 +336,11 @@ def settings_from_attrs(attrs: dict):
             + ", ".join(map(repr, SUPPORTED_KINDS))
         )
     if kind in ("grf", "lognormal"):
-        from engine.fields import settings_from_attrs as from_attrs
+        from engine.physics.slabs import settings_from_attrs as from_attrs
 
         return from_attrs(attrs)
     if kind == "kappa":
-        from engine.lensing import settings_from_attrs as from_attrs
+        from engine.physics.lensing import settings_from_attrs as from_attrs
 
         return from_attrs(attrs)
     cls = KINDS[kind].settings_class()
@@ -757,7 +763,7 @@ def _params(omega_m, sigma8) -> tuple[torch.Tensor, torch.Tensor, bool]:
     om = torch.atleast_1d(torch.as_tensor(omega_m, dtype=torch.float64)).reshape(-1)
     s8 = torch.atleast_1d(torch.as_tensor(sigma8, dtype=torch.float64)).reshape(-1)
     om, s8 = torch.broadcast_tensors(om, s8)
-    from engine.fields import check_parameters
+    from engine.physics.slabs import check_parameters
 
     check_parameters(om, s8)
     return om.contiguous(), s8.contiguous(), scalar
@@ -797,13 +803,13 @@ def log_power_derivatives(
     derivative : {"fd", "autograd"}
         Central finite differences of the theory with relative step ``step`` (default
         :data:`FD_STEP` of the theory family), or forward-mode autograd through
-        :func:`engine.fields.theory_power` (slab kinds only).
+        :func:`engine.physics.slabs.theory_power` (slab kinds only).
 
     Returns
     -------
     d : torch.Tensor (B, 2, M) float64 (or (2, M) for scalar parameters), per unit Ω_m / σ8.
     weights : torch.Tensor (M,) float64
-        Full-plane modes each stored mode stands for (1 or 2), see :mod:`engine.stats`.
+        Full-plane modes each stored mode stands for (1 or 2), see :mod:`engine.physics.stats`.
 
     Raises
     ------
@@ -956,10 +962,10 @@ def predict_network(
 ) -> dict[str, np.ndarray]:
     """Posterior mean and std of (Ω_m, σ8) from a trained network checkpoint.
 
-    Loads the model with :func:`engine.training.load_model`, divides the maps by the
+    Loads the model with :func:`engine.train.training.load_model`, divides the maps by the
     checkpoint's ``map_scale`` and maps the outputs (normalised means and log-stds) to physical
     units with the checkpoint's prior box, through
-    :meth:`engine.training.ParameterRegression.predict`.
+    :meth:`engine.train.training.ParameterRegression.predict`.
 
     Parameters
     ----------
@@ -983,7 +989,7 @@ def predict_network(
     ConfigError
         Missing or unreadable checkpoint, a checkpoint of another task, mismatched settings.
     """
-    from engine.training import ParameterRegression, load_model
+    from engine.train.training import ParameterRegression, load_model
 
     try:
         model, ckpt = load_model(checkpoint, device)
@@ -1053,13 +1059,13 @@ def write_predictions(
     ``<name>_map``. Values with 8 significant digits.
 
     ``result`` may also map method names to such dicts (several methods on the same maps, e.g.
-    ``{"network": ..., "pk_likelihood": ...}`` of ``engine.evaluate``): then the columns are
+    ``{"network": ..., "pk_likelihood": ...}`` of ``engine.evaluation.evaluate``): then the columns are
     ``sample``, ``<name>_true`` (from the first method that has ``truth``) and, per method in
     order, ``<method>_<name>_mean``, ``<method>_<name>_std`` (and ``<method>_<name>_map``).
 
     ``truth`` (B, len(names)), when given, replaces the results' ``truth``; ``extra`` maps column
     names to (B,) arrays written right after ``sample`` (e.g. the tile indices of
-    ``engine.evaluate``).
+    ``engine.evaluation.evaluate``).
 
     Raises
     ------

@@ -2,8 +2,8 @@ r"""Evaluation of (Ω_m, σ8) estimators on labelled maps: metrics, report, figu
 
 :func:`evaluate` resolves a dataset spec (:func:`engine.data.open_spec`; generated kinds follow
 the checkpoint's map settings and prior box), predicts every map with a trained network
-(:func:`engine.inference.predict_network`) and with the binned P(k) likelihood
-(:func:`engine.inference.pk_likelihood_predict`, kinds grf, lognormal, 2lpt slabs and kappa;
+(:func:`engine.evaluation.likelihood.predict_network`) and with the binned P(k) likelihood
+(:func:`engine.evaluation.likelihood.pk_likelihood_predict`, kinds grf, lognormal, 2lpt slabs and kappa;
 skipped with a note otherwise), scores both against the true values and against the
 Cramér–Rao bound, and writes ``report.json``, ``predictions.csv`` and ``figures/*.png``.
 :func:`compare` loops over checkpoints × datasets into one long table (the ``compare`` verb and
@@ -40,7 +40,7 @@ Metrics (per method and parameter; e = predicted mean − truth, σ = predicted 
 * ``efficiency`` = 1 / √⟨(e / σ_CRB(t))²⟩ over the maps whose truth lies at least
   :data:`EDGE_MARGIN` of the prior width inside the prior box in both parameters (near the edges
   a prior-bounded estimator can beat the bound), the definition of
-  :func:`engine.inference.efficiency` (σ_CRB / RMSE for a constant bound); null when no Fisher
+  :func:`engine.evaluation.likelihood.efficiency` (σ_CRB / RMSE for a constant bound); null when no Fisher
   bound exists for the maps (kinds without a theory, e.g. CAMELS) or fewer than 2 maps are left.
 * ``bins``: the prior range of each parameter cut into :data:`N_BINS` equal bins of the true
   value (maps outside the box go to the end bins): ``edges`` (N_BINS + 1), per bin ``count``,
@@ -50,10 +50,10 @@ Metrics (per method and parameter; e = predicted mean − truth, σ = predicted 
 
 Cramér–Rao bound σ_CRB
 ----------------------
-For slab kinds :func:`engine.inference.cramer_rao` (the Fisher matrix summed mode by mode,
+For slab kinds :func:`engine.evaluation.likelihood.cramer_rao` (the Fisher matrix summed mode by mode,
 ½ Σ_k ∂ ln P ∂ ln P, Tegmark, Taylor & Heavens 1997); for kappa the binned Fisher matrix of the
 likelihood's theory table, Σ_b (n_b/2) ∂ ln μ_b ∂ ln μ_b (equal to the mode sum within ~1 %, see
-:mod:`engine.inference`; the mode sum would cost a pyccl call per map). It is a bound only for
+:mod:`engine.evaluation.likelihood`; the mode sum would cost a pyccl call per map). It is a bound only for
 Gaussian fields (grf, Gaussian κ); for lognormal and 2LPT maps it is the information of the
 power spectrum alone (``fisher["bound"]`` is false), which a network may beat.
 
@@ -93,7 +93,7 @@ the likelihood does not support: see ``notes``). Non-finite numbers are written 
 nothing is written, ``figures`` is {} and ``predictions`` null.
 
 predictions.csv: ``sample``, ``omega_m_true``, ``sigma8_true``, then per method
-``<method>_<param>_mean`` and ``<method>_<param>_std`` (:func:`engine.inference.
+``<method>_<param>_mean`` and ``<method>_<param>_std`` (:func:`engine.evaluation.likelihood.
 write_predictions`).
 """
 
@@ -110,7 +110,7 @@ from typing import Any
 import numpy as np
 
 from engine.params import ConfigError
-from engine.training import resolve_checkpoint
+from engine.train.training import resolve_checkpoint
 
 #: Version of the report.json schema.
 REPORT_VERSION = 1
@@ -183,7 +183,7 @@ def checkpoint_like(path: str | Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        :func:`engine.training.checkpoint_map_settings` plus ``omega_m_range`` and
+        :func:`engine.train.training.checkpoint_map_settings` plus ``omega_m_range`` and
         ``sigma8_range`` ([low, high], the network's prior box, dimensionless).
 
     Raises
@@ -191,7 +191,7 @@ def checkpoint_like(path: str | Path) -> dict[str, Any]:
     ConfigError
         Missing or unreadable checkpoint, or one without map settings.
     """
-    from engine.training import checkpoint_map_settings, load_checkpoint
+    from engine.train.training import checkpoint_map_settings, load_checkpoint
 
     path = resolve_checkpoint(path)
     like = checkpoint_map_settings(path)
@@ -343,7 +343,7 @@ def calibration(mean, std, truth, levels: Sequence[float] = CALIBRATION_LEVELS) 
 
 
 def efficiency_from_sigma(mean, truth, sigma) -> float:
-    """1 / √⟨((mean − truth) / σ_CRB)²⟩ of one parameter (:func:`engine.inference.efficiency`'s
+    """1 / √⟨((mean − truth) / σ_CRB)²⟩ of one parameter (:func:`engine.evaluation.likelihood.efficiency`'s
     definition, σ_CRB per map at its truth); NaN for no maps.
 
     Parameters
@@ -408,18 +408,18 @@ def crb_sigma(
     Raises
     ------
     ConfigError
-        Maps the Fisher matrix does not support (see :func:`engine.inference.map_model`).
+        Maps the Fisher matrix does not support (see :func:`engine.evaluation.likelihood.map_model`).
     """
     import torch
 
-    from engine import inference
+    from engine.evaluation import likelihood
 
     om = np.atleast_1d(np.asarray(omega_m, np.float64))
     s8 = np.atleast_1d(np.asarray(sigma8, np.float64))
-    model = inference.map_model(settings, k_max)
+    model = likelihood.map_model(settings, k_max)
     if model.family != "kappa":
-        return np.asarray(inference.cramer_rao(settings, om, s8, k_max)).reshape(-1, 2), "modes"
-    table, _, _ = inference.theory_grid(model, inference._check_prior(prior), int(grid))
+        return np.asarray(likelihood.cramer_rao(settings, om, s8, k_max)).reshape(-1, 2), "modes"
+    table, _, _ = likelihood.theory_grid(model, likelihood._check_prior(prior), int(grid))
     o = torch.as_tensor(np.clip(om, *prior[0]))
     s = torch.as_tensor(np.clip(s8, *prior[1]))
     mu, dmu = table(o, s, grad=True)
@@ -459,12 +459,12 @@ def _prior_of(like, attrs) -> tuple[tuple[float, float], tuple[float, float]]:
 
 def _map_settings(da) -> tuple[dict[str, Any], Any]:
     """(``{"kind": ..., setting: value}``, settings object or None) of the maps' attrs."""
-    from engine import inference
+    from engine.evaluation import likelihood
     from engine.params import to_dict
 
     attrs = dict(da.attrs)
     try:
-        settings = inference.settings_from_attrs(attrs)
+        settings = likelihood.settings_from_attrs(attrs)
     except (ConfigError, TypeError, ValueError):
         settings = None
     if settings is not None:
@@ -501,7 +501,7 @@ def _load_maps(dataset, like, datasets_file, count, seed):
 def check_network_maps(da, trained: Mapping[str, Any], strict: bool = True) -> list[str]:
     """Check that maps suit a network trained on maps with settings ``trained``.
 
-    The settings of :data:`engine.inference.NETWORK_SETTINGS` other than ``kind`` that both the
+    The settings of :data:`engine.evaluation.likelihood.NETWORK_SETTINGS` other than ``kind`` that both the
     maps' attrs and ``trained`` have must agree (pixel count and scale, slab, redshift,
     smoothing, noise); the kind may differ (a network applied to other simulations: a note is
     returned), except between slab maps (grf, lognormal, 2lpt; Mpc/h) and kappa maps (arcmin).
@@ -528,7 +528,7 @@ def check_network_maps(da, trained: Mapping[str, Any], strict: bool = True) -> l
         Mismatched settings (``strict``) or map families (one line listing them).
     """
     from engine.data.synthetic import FAMILY
-    from engine.inference import NETWORK_SETTINGS
+    from engine.evaluation.likelihood import NETWORK_SETTINGS
 
     attrs = dict(da.attrs)
 
@@ -701,7 +701,7 @@ def evaluate(
     k_max : float, optional
         Highest bin centre of the likelihood and the Fisher bound (h/Mpc, or ℓ for κ); default
         the Nyquist wavenumber, except k_N/4 for 2lpt maps (linear theory; see
-        :mod:`engine.inference`).
+        :mod:`engine.evaluation.likelihood`).
 
     Returns
     -------
@@ -743,7 +743,7 @@ def _evaluate(
 ) -> tuple[dict[str, Any], dict[str, dict], np.ndarray, Any]:
     """:func:`evaluate`, also returning ``(results, truth (B, 2), maps)``: per method
     ``{"mean", "std"}`` (B, 2) arrays and the evaluated maps (after domain transfer)."""
-    from engine import inference
+    from engine.evaluation import likelihood
 
     t0 = time.perf_counter()
     notes: list[str] = []
@@ -781,7 +781,7 @@ def _evaluate(
         pk_likelihood = False
         notes.append(
             f"P(k) likelihood skipped: {da.attrs.get('kind')!r} maps are not made by this "
-            "project's generators, and its theory (engine.inference) is only that of kinds "
+            "project's generators, and its theory (engine.evaluation.likelihood) is only that of kinds "
             + ", ".join(SYNTHETIC_KINDS)
         )
     elif pk_likelihood and transfer is not None:
@@ -794,7 +794,7 @@ def _evaluate(
         settings = None
         notes.append("no Fisher bound: the maps were resampled for the network")
     if k_max is None and da.attrs.get("kind") == "2lpt" and settings is not None:
-        # linear theory is only good on large scales for 2LPT maps (engine.inference caveats)
+        # linear theory is only good on large scales for 2LPT maps (engine.evaluation.likelihood caveats)
         k_max = math.pi * int(settings.size) / float(settings.box_size) / 4
         notes.append(
             f"2lpt maps: the P(k) likelihood and sigma_CRB use k <= k_Nyquist/4 = {k_max:.4g} "
@@ -803,14 +803,14 @@ def _evaluate(
     results: dict[str, dict] = {}
     labels: dict[str, str] = {}
     if ckpt is not None:
-        from engine.training import load_checkpoint
+        from engine.train.training import load_checkpoint
 
         notes += check_network_maps(da, like, strict=not native)
-        results["network"] = inference.predict_network(da, ckpt, device=device, strict=False)
+        results["network"] = likelihood.predict_network(da, ckpt, device=device, strict=False)
         labels["network"] = str(load_checkpoint(ckpt).get("model_name", "network"))
     if pk_likelihood:
         try:
-            results["pk_likelihood"] = inference.pk_likelihood_predict(
+            results["pk_likelihood"] = likelihood.pk_likelihood_predict(
                 da, settings=settings, prior=prior, grid=grid, k_max=k_max
             )
             labels["pk_likelihood"] = LABELS["pk_likelihood"]
@@ -888,7 +888,7 @@ def _evaluate(
     }
     if out is not None:
         (out / "figures").mkdir(parents=True, exist_ok=True)
-        inference.write_predictions(out / PREDICTIONS_FILE, results)
+        likelihood.write_predictions(out / PREDICTIONS_FILE, results)
         report["predictions"] = PREDICTIONS_FILE
         report["figures"] = dict(FIGURES)
         draw_figures(_clean(report), truth, results, out)
@@ -1087,16 +1087,16 @@ def write_pair_predictions(path, results: Mapping[str, dict], truth, maps) -> No
     comes from: differs from ``sample`` after tiling), ``tile_y``/``tile_x`` (after tiling),
     ``omega_m_true``, ``sigma8_true`` and per method ``<method>_<param>_mean`` / ``_std``
     (dimensionless), the layout of ``predictions.csv`` that :mod:`explorer.report` reads
-    (:func:`engine.inference.write_predictions`, which also adds ``<method>_<param>_map`` for the
+    (:func:`engine.evaluation.likelihood.write_predictions`, which also adds ``<method>_<param>_map`` for the
     P(k) likelihood).
     """
-    from engine import inference
+    from engine.evaluation import likelihood
 
     coords = maps.coords
     source = coords["source_sample"].values if "source_sample" in coords else np.arange(len(truth))
     extra = {"source_sample": np.asarray(source)}
     extra.update({k: np.asarray(coords[k].values) for k in ("tile_y", "tile_x") if k in coords})
-    inference.write_predictions(path, dict(results), truth=truth, extra=extra)
+    likelihood.write_predictions(path, dict(results), truth=truth, extra=extra)
 
 
 def compare(

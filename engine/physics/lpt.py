@@ -4,8 +4,8 @@ Pipeline (one call of :func:`generate_volumes`, everything on the chosen device,
 
 1. Gaussian initial conditions δ_L(k) on the 3D real-FFT grid of N³ cells of side c = L/N
    (Mpc/h), already at the target redshift: P_L(k, z) = σ8² D(z)² P_lin(k, 0 | Ω_m, σ8=1) from
-   :class:`engine.cosmology.LinearPowerTable` (pyccl), evaluated at |k| of each mode. Conventions of
-   :mod:`engine.stats`: ⟨|δ_k|²⟩ = n P(k) / v with n = N³ and v = c³ the cell volume (white noise
+   :class:`engine.physics.cosmology.LinearPowerTable` (pyccl), evaluated at |k| of each mode. Conventions of
+   :mod:`engine.physics.stats`: ⟨|δ_k|²⟩ = n P(k) / v with n = N³ and v = c³ the cell volume (white noise
    drawn in real space with a seeded ``torch.Generator``, forward-FFT'd and scaled by √(P/v)). The
    k = 0 mode is zero. Array index i along an axis is the position (i + ½) c (cell centres).
 2. Displacement of the particle initially at the lattice point q (one particle per cell, at the
@@ -51,7 +51,7 @@ What the fields look like against theory (tests/test_lpt.py; Ω_m = 0.3, σ8 = 0
 
 Outputs: 3D volumes (B, N, N, N) with array axes (z, y, x), or 2D maps (B, N, N) projected from
 a slab of thickness Δ (:func:`project_slab`), optionally smoothed and with white noise as in
-:mod:`engine.fields`. Units: lengths Mpc/h, k h/Mpc, δ dimensionless.
+:mod:`engine.physics.slabs`. Units: lengths Mpc/h, k h/Mpc, δ dimensionless.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ import torch
 import xarray as xr
 
 import engine
-from engine.cosmology import K_MAX, K_MIN, table_for
 from engine.device import default_device
-from engine.fields import check_parameters, per_sample, slab_weights, to_dataarray
 from engine.params import ConfigError, FieldParams, to_dict
+from engine.physics.cosmology import K_MAX, K_MIN, table_for
+from engine.physics.slabs import check_parameters, per_sample, slab_weights, to_dataarray
 
 #: Axis names of a volume (B, z, y, x) and their array dimension.
 AXES = {"z": 1, "y": 2, "x": 3}
@@ -141,7 +141,7 @@ def second_order_growth_ratio(omega_m, redshift: float) -> torch.Tensor:
     """D2 / D1² ≈ −(3/7) Ω_m(z)^(−1/143) of flat ΛCDM (Bouchet et al. 1995, A&A 296, 575).
 
     Accurate to better than ~1 % against the exact ODE solution for 0.1 ≤ Ω_m(z) ≤ 1 (Bouchet
-    et al. 1995); sign convention of :mod:`engine.lpt` (Ψ2 = (D2/D1²) ∇φ2).
+    et al. 1995); sign convention of :mod:`engine.physics.lpt` (Ψ2 = (D2/D1²) ∇φ2).
 
     Returns
     -------
@@ -253,7 +253,7 @@ def cic_window(shape: tuple[int, ...], box_size: float | None = None, device=Non
     shape : tuple of int
         Real-space shape (N, N) or (N, N, N).
     box_size : float, optional
-        Side L in Mpc/h; accepted for symmetry with :func:`engine.stats.wavenumbers`: the window
+        Side L in Mpc/h; accepted for symmetry with :func:`engine.physics.stats.wavenumbers`: the window
         depends only on k_i L / N = 2π m_i / N, so L cancels.
     device : torch.device or str, optional
 
@@ -288,8 +288,8 @@ def linear_modes(
 ) -> torch.Tensor:
     """Gaussian linear density modes δ_L(k) at ``settings.redshift`` on the 3D real-FFT grid.
 
-    ⟨|δ_k|²⟩ = n P_L(|k|, z) / v (engine.stats conventions, n = N³, v = (L/N)³), δ_0 = 0, with
-    P_L from :func:`engine.cosmology.table_for` (pyccl, cubic in ln Ω_m, 0.1 % accurate).
+    ⟨|δ_k|²⟩ = n P_L(|k|, z) / v (engine.physics.stats conventions, n = N³, v = (L/N)³), δ_0 = 0, with
+    P_L from :func:`engine.physics.cosmology.table_for` (pyccl, cubic in ln Ω_m, 0.1 % accurate).
 
     Parameters
     ----------
@@ -660,7 +660,7 @@ def generate_batch(
     :func:`generate_volumes`, then for ``dim=2`` :func:`project_slab` with ``settings.thickness``
     and ``settings.axis``, then Gaussian smoothing exp(−k²σ_s²/2) (σ_s = ``settings.smoothing``
     Mpc/h, in 3D for volumes, in 2D on maps) and white noise of standard deviation
-    ``settings.noise`` per cell/pixel, as in :mod:`engine.fields`.
+    ``settings.noise`` per cell/pixel, as in :mod:`engine.physics.slabs`.
 
     Returns
     -------
@@ -703,7 +703,7 @@ def volumes_to_dataarray(volumes: np.ndarray, settings: LPTParams, omega_m, sigm
     """Wrap volumes (B, N, N, N) in a DataArray "delta" with dims (sample, z, y, x).
 
     Coords z, y, x are cell centres in Mpc/h; per-sample coords omega_m, sigma8; attrs are every
-    setting (as :func:`engine.fields.to_dataarray`) plus those of :func:`generate`.
+    setting (as :func:`engine.physics.slabs.to_dataarray`) plus those of :func:`generate`.
     """
     n, box = settings.size, settings.box_size
     centres = (np.arange(n) + 0.5) * box / n
@@ -756,7 +756,7 @@ def generate(
     Returns
     -------
     xarray.DataArray "delta", float32: dims (sample, z, y, x) for ``dim=3``, or (sample, y, x)
-    for ``dim=2`` (through :func:`engine.fields.to_dataarray`; for ``axis`` "y"/"x" the map's
+    for ``dim=2`` (through :func:`engine.physics.slabs.to_dataarray`; for ``axis`` "y"/"x" the map's
     (y, x) are the volume's (z, x)/(z, y)). Coords in Mpc/h at cell centres, per-sample coords
     omega_m and sigma8; attrs: every setting (redshift, lpt_order, box_size, size, thickness,
     axis, dim, smoothing, noise, seed, omega_b, h, n_s, transfer_function) plus grid,

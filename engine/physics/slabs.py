@@ -10,7 +10,7 @@ Kinds
         P_2D(k) = ∫ dk_z/2π P_3D(√(k² + k_z²)) sinc²(k_z Δ / 2),                       (1)
 
     in (Mpc/h)², where sinc x = sin x / x is the transform of the top-hat slab profile, and
-    P_3D(k, z) = σ8² D(z)² P_lin(k, 0 | Ω_m, σ8=1) from :mod:`engine.cosmology`.
+    P_3D(k, z) = σ8² D(z)² P_lin(k, 0 | Ω_m, σ8=1) from :mod:`engine.physics.cosmology`.
 ``lognormal``
     Lognormal field δ = exp(G − σ_G²/2) − 1 with the same target spectrum (Coles & Jones 1991,
     MNRAS 248, 1): the target correlation function ξ on the periodic grid is mapped to the
@@ -26,17 +26,17 @@ spectrum (:func:`theory_power`) is therefore
 
     P_map(k) = P_2D(k) exp(−k² σ_s²) + σ_n² (L/N)².                                     (2)
 
-Fourier conventions are those of :mod:`engine.stats`. Fields are generated directly from their
+Fourier conventions are those of :mod:`engine.physics.stats`. Fields are generated directly from their
 Fourier amplitudes on the discrete periodic grid (no aliasing or pixel window to correct).
 
 Numerical integration of (1): the projected spectrum of each ω_m node of the
-:class:`~engine.cosmology.LinearPowerTable` is integrated once per thickness (cached) on a k_z grid
+:class:`~engine.physics.cosmology.LinearPowerTable` is integrated once per thickness (cached) on a k_z grid
 that resolves both the sinc² oscillations (16 points per period 2π/Δ) and the baryon wiggles
 (steps ≤ 0.005 h/Mpc at small k_z, 2 % at large k_z); beyond u = k_zΔ/2 = 20π sinc² is replaced by
 its mean 1/(2u²). 3D power beyond k = 100 h/Mpc is neglected. Batches are then interpolated exactly
 like the 3D table (cubic in ln Ω_m, linear in ln k).
 
-Mesh slabs (``2lpt``, :mod:`engine.lpt`): a map averaged over the cells j of a mesh (cell c = L/N,
+Mesh slabs (``2lpt``, :mod:`engine.physics.lpt`): a map averaged over the cells j of a mesh (cell c = L/N,
 centres z_j, overlap weights w_j of :func:`slab_weights`) of a cloud-in-cell density is the
 continuous field integrated against K(z) = Σ_j w_j Λ(z − z_j)/c (Λ the CIC triangle), so eq. (1)
 holds with sinc²(k_zΔ/2) replaced by the exact line-of-sight window
@@ -63,10 +63,10 @@ import torch
 import xarray as xr
 
 import engine
-from engine.cosmology import BUILD_LOCK, K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
 from engine.device import default_device
 from engine.params import ConfigError, FieldParams, to_dict
-from engine.stats import bin_isotropic, rfft_weights, wavenumbers
+from engine.physics.cosmology import BUILD_LOCK, K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
+from engine.physics.stats import bin_isotropic, rfft_weights, wavenumbers
 
 #: Number of log-spaced k nodes of the projected-spectrum tables.
 N_K2D = 512
@@ -233,10 +233,10 @@ def theory_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
 def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None, deconvolved: bool = False):
     """Theory of eq. (2) averaged over the Fourier modes of each bin, exactly as the estimator.
 
-    Returns a :class:`~engine.stats.PowerSpectrum` whose ``power`` is the expectation of
-    ``engine.stats.power_spectrum(map, settings.box_size, edges).power`` for maps generated with
+    Returns a :class:`~engine.physics.stats.PowerSpectrum` whose ``power`` is the expectation of
+    ``engine.physics.stats.power_spectrum(map, settings.box_size, edges).power`` for maps generated with
     ``settings`` (before the lognormal clipping caveat). For mesh slabs (kind ``2lpt``) the signal
-    is multiplied mode by mode by the in-plane CIC window W²(k) (:func:`engine.lpt.cic_window`,
+    is multiplied mode by mode by the in-plane CIC window W²(k) (:func:`engine.physics.lpt.cic_window`,
     no aliases) unless ``deconvolved`` (the expectation for maps divided by W in Fourier space,
     without the noise term's amplification).
     """
@@ -244,7 +244,7 @@ def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None, deconvolve
     kmag = wavenumbers(shape, settings.box_size)
     p = theory_power(settings, kmag, omega_m, sigma8)
     if mesh_cells(settings) is not None and not deconvolved:
-        from engine.lpt import cic_window
+        from engine.physics.lpt import cic_window
 
         noise = settings.noise**2 * (settings.box_size / settings.size) ** 2
         p = (p - noise) * cic_window(shape).to(p.device) + noise
@@ -305,7 +305,7 @@ def hermitian_white_noise(batch: int, n: int, generator, device=None) -> torch.T
 def gaussian_from_power(
     power: torch.Tensor, n: int, pix_area: float, generator, transfer: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Gaussian random fields with a given spectrum on the periodic grid (engine.stats conventions).
+    """Gaussian random fields with a given spectrum on the periodic grid (engine.physics.stats conventions).
 
     Parameters
     ----------
@@ -323,7 +323,7 @@ def gaussian_from_power(
     Returns
     -------
     torch.Tensor (B, n, n) float32 whose Fourier modes have variance n² P T² / pix_area, i.e.
-    ⟨P̂⟩ = P T² for :func:`engine.stats.power_spectrum`: white noise filtered by √(P / a) T.
+    ⟨P̂⟩ = P T² for :func:`engine.physics.stats.power_spectrum`: white noise filtered by √(P / a) T.
     """
     amp = torch.sqrt(power / pix_area).to(torch.float32)
     if transfer is not None:
@@ -439,7 +439,7 @@ def wavenumber_grid(n: int, box: float, device) -> torch.Tensor:
 def map_scale(settings: FieldParams) -> float:
     """Expected standard deviation per pixel of maps at the fiducial cosmology (Ω_m=0.3, σ8=0.8).
 
-    σ² = Σ_k P_map(k) / L² over all modes (engine.stats conventions), eq. (2); a fixed input
+    σ² = Σ_k P_map(k) / L² over all modes (engine.physics.stats conventions), eq. (2); a fixed input
     normalisation for networks (dimensionless).
     """
     n = settings.size

@@ -3,13 +3,13 @@ r"""Flat-sky weak-lensing convergence κ maps from the Limber C_ℓ^κκ of pycc
 Angular Fourier convention (written once, used by every κ map and theory curve)
 ------------------------------------------------------------------------------
 A flat map of side θ_box (radians) on N² pixels is treated as a periodic square "box" of side
-θ_box, exactly as :mod:`engine.stats` treats a box of side L: the angular wavenumber of the mode
+θ_box, exactly as :mod:`engine.physics.stats` treats a box of side L: the angular wavenumber of the mode
 m = (m_x, m_y) is
 
     ℓ = |k|,   k = 2π m / θ_box   (θ_box in radians; fundamental ℓ_f = 2π/θ_box),
 
 and the flat-sky angular power spectrum C_ℓ (sr) is the 2D spectrum P_2D of the stats module with
-``box_size = θ_box`` in radians: ``engine.stats.power_spectrum(kappa, box_size=fov_radians)``
+``box_size = θ_box`` in radians: ``engine.physics.stats.power_spectrum(kappa, box_size=fov_radians)``
 returns binned C_ℓ in sr at bin centres ℓ. The pixel area is A_pix = (θ_box/N)² sr. Maps are
 generated directly from their Fourier amplitudes on this periodic grid (no aliasing, no pixel
 window; no power from modes longer than the map: periodic flat sky).
@@ -25,7 +25,7 @@ alignments), converted from shear to convergence by the exact spin factor
 (pyccl's shear tracer carries √((ℓ+2)!/(ℓ−2)!)/(ℓ+½)², a convergence tracer ℓ(ℓ+1)/(ℓ+½)²; the
 factor is 1.0004 at ℓ = 72 and 1.5 at ℓ = 2). The matter spectrum is nonlinear (halofit, Takahashi
 et al. 2012, pyccl's default) unless ``matter_power="linear"``: DES-like maps need the nonlinear
-power on arcminute scales. The cosmology is :func:`engine.cosmology.ccl_cosmology`'s (Ω_c = Ω_m −
+power on arcminute scales. The cosmology is :func:`engine.physics.cosmology.ccl_cosmology`'s (Ω_c = Ω_m −
 Ω_b, no massive neutrinos, same transfer function), built here with the chosen
 ``matter_power_spectrum`` because ``ccl_cosmology`` fixes it to "linear".
 
@@ -55,7 +55,7 @@ Map model
 & Schneider 2011, A&A 536, A85; Xavier et al. 2016, MNRAS 459, 3693), which has mean 0 and
 κ ≥ −κ0. Its correlation function is ξ_κ = κ0² (e^{ξ_G} − 1), so G is generated with the spectrum
 of ξ_G = ln(1 + ξ_κ/κ0²) on the periodic grid (negative modes of that spectrum are set to 0, as in
-:mod:`engine.fields`). The shift κ0 is ``lognormal_shift`` when > 0, otherwise ("auto", the
+:mod:`engine.physics.slabs`). The shift κ0 is ``lognormal_shift`` when > 0, otherwise ("auto", the
 default) the n(z)-weighted fit of Hilbert et al. (2011) for a single source redshift (the form
 used by FLASK, Xavier et al. 2016),
 
@@ -81,7 +81,7 @@ Output (:func:`generate`): ``xarray.DataArray`` "kappa" (sample, y, x) float32; 
 arcmin (pixel centres), per-sample omega_m, sigma8, the mask as coord (y, x) uint8; attrs hold
 every setting plus the n(z) used as 1-D float64 arrays ``nz_z`` and ``nz_dndz`` (netCDF stores 1-D
 numeric attributes natively, zarr as JSON lists), so the DataArray round-trips through
-:func:`engine.fields.save` / :func:`engine.fields.load` as .nc or .zarr.
+:func:`engine.physics.slabs.save` / :func:`engine.physics.slabs.load` as .nc or .zarr.
 """
 
 from __future__ import annotations
@@ -99,16 +99,16 @@ import xarray as xr
 from scipy.integrate import trapezoid
 
 import engine
-from engine.cosmology import ccl_cosmology
-from engine.fields import (
+from engine.params import ConfigError, CosmologyParams, to_dict
+from engine.physics.cosmology import ccl_cosmology
+from engine.physics.slabs import (
     check_parameters,
     gaussian_from_power,
     lognormal_from_power,
     per_sample,
     wavenumber_grid,
 )
-from engine.params import ConfigError, CosmologyParams, to_dict
-from engine.stats import bin_isotropic, rfft_weights, wavenumbers
+from engine.physics.stats import bin_isotropic, rfft_weights, wavenumbers
 
 #: One arcminute in radians.
 ARCMIN = math.pi / (180.0 * 60.0)
@@ -291,7 +291,7 @@ def lognormal_shift(settings: KappaParams) -> float:
 def lensing_cosmology(
     omega_m: float, sigma8: float, settings: CosmologyParams, matter_power: str = "halofit"
 ) -> ccl.Cosmology:
-    """pyccl cosmology of :func:`engine.cosmology.ccl_cosmology` with a chosen matter spectrum.
+    """pyccl cosmology of :func:`engine.physics.cosmology.ccl_cosmology` with a chosen matter spectrum.
 
     Parameters
     ----------
@@ -304,7 +304,7 @@ def lensing_cosmology(
     Raises
     ------
     ConfigError
-        As :func:`engine.cosmology.ccl_cosmology` (omega_m <= omega_b, CAMB missing).
+        As :func:`engine.physics.cosmology.ccl_cosmology` (omega_m <= omega_b, CAMB missing).
     """
     # validates the parameters exactly as the rest of the engine does
     ccl_cosmology(
@@ -447,15 +447,15 @@ def map_cl(settings: SourceParams, ell, omega_m, sigma8) -> torch.Tensor:
 
 
 def fov_radians(settings: KappaParams) -> float:
-    """Side θ_box of the map in radians (the ``box_size`` for :mod:`engine.stats`)."""
+    """Side θ_box of the map in radians (the ``box_size`` for :mod:`engine.physics.stats`)."""
     return math.radians(settings.fov)
 
 
 def binned_theory(settings: KappaParams, omega_m, sigma8, edges=None):
     """:func:`map_cl` averaged over the Fourier modes of each bin exactly as the estimator.
 
-    Returns a :class:`~engine.stats.PowerSpectrum` (k = ℓ, power in sr) whose ``power`` is the
-    expectation of ``engine.stats.power_spectrum(kappa, fov_radians(settings), edges).power`` for
+    Returns a :class:`~engine.physics.stats.PowerSpectrum` (k = ℓ, power in sr) whose ``power`` is the
+    expectation of ``engine.physics.stats.power_spectrum(kappa, fov_radians(settings), edges).power`` for
     unmasked Gaussian maps made with ``settings``.
     """
     shape = (settings.size, settings.size)
@@ -581,7 +581,7 @@ def generate_maps(
 def map_scale(settings: KappaParams) -> float:
     """Expected standard deviation per pixel of unmasked maps at Ω_m = 0.3, σ8 = 0.8.
 
-    σ² = Σ_ℓ C_ℓ^map / θ² over all modes (engine.stats conventions); a fixed input normalisation
+    σ² = Σ_ℓ C_ℓ^map / θ² over all modes (engine.physics.stats conventions); a fixed input normalisation
     for networks (dimensionless).
     """
     n, box = settings.size, fov_radians(settings)
