@@ -16,7 +16,8 @@ from engine import cli
 from engine.params import load_config_file, to_dict
 from engine.physics import slabs
 from engine.runs import REPO_ROOT, RunDir, launch_train
-from engine.train.training import PRESETS, TrainParams, load_checkpoint, load_model, resolve_params
+from engine.train.checkpoint import load_checkpoint, load_network
+from engine.train.settings import PRESETS, TrainParams, resolve_params
 
 #: Tiny settings on top of the smoke preset: 16² maps, a few steps, one CPU thread.
 TINY = {
@@ -32,14 +33,16 @@ TINY = {
     "eval_maps": 0,
 }
 CKPT_KEYS = {
-    "model_name",
-    "model_kwargs",
-    "model_state",
-    "optimizer_state",
+    "format",
+    "task",
+    "task_state",
+    "networks",
+    "optimizers",
     "step",
     "epoch",
-    "best_val",
+    "best",
     "config",
+    "map_settings",
     "engine_version",
 }
 
@@ -106,8 +109,8 @@ def test_launched_smoke_run_writes_the_run_directory(tmp_path):
         ckpt = torch.load(run.checkpoint_dir / name, weights_only=True)
         assert CKPT_KEYS <= set(ckpt)
         assert ckpt["config"] == config["settings"]
-    assert ckpt["model_name"] == "cnn"
-    model, last = load_model(run.checkpoint_dir / "last.pt")
+    assert ckpt["task"] == "regression" and ckpt["networks"]["model"]["name"] == "cnn"
+    model, last = load_network(run.checkpoint_dir / "last.pt")
     assert last["step"] == 8
     maps = torch.randn(3, 1, 16, 16)
     assert model(maps).shape == (3, 4)
@@ -141,9 +144,9 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, capsys):
     a = load_checkpoint(whole.checkpoint_dir / "last.pt")
     b = load_checkpoint(parts.checkpoint_dir / "last.pt")
     assert a["step"] == b["step"] == 60
-    _assert_same_tensors(a["model_state"], b["model_state"], "model_state")
-    _assert_same_tensors(a["optimizer_state"], b["optimizer_state"], "optimizer_state")
-    assert a["best_val"] == b["best_val"]
+    _assert_same_tensors(a["networks"], b["networks"], "networks")
+    _assert_same_tensors(a["optimizers"], b["optimizers"], "optimizers")
+    assert a["best"] == b["best"]
 
 
 @pytest.mark.parametrize("fault", ["raise", "nan"])

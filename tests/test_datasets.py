@@ -9,10 +9,13 @@ import xarray as xr
 
 from engine import cli
 from engine.data import store
+from engine.data.sources import LabelledMaps
 from engine.kinds import Kind
 from engine.params import ConfigError, FieldParams
 from engine.runs import RunDir
-from engine.train.training import DiskData, ParameterRegression, Trainer, resolve_params
+from engine.tasks.regression import Regression as ParameterRegression
+from engine.train.loop import Trainer
+from engine.train.settings import resolve_params
 
 #: A tiny grf dataset: 12 maps of 16², chunks of 5, split 6/3/3.
 DATASET_ARGS = [
@@ -194,7 +197,7 @@ def test_training_on_a_dataset(dataset_path, tmp_path):
     expected = task.normalise(torch.from_numpy(theta))
     for half in (ys[:6], ys[6:]):
         assert sorted(half[:, 0].tolist()) == pytest.approx(sorted(expected[:, 0].tolist()))
-    val = task.validation_set(params)  # the val split, in file order
+    val = task.validation_data()  # the val split, in file order
     val_maps, _ = store.load_split(store.open_dataset(dataset_path), "val")
     torch.testing.assert_close(val[0][0][:, 0] * task.scale, torch.from_numpy(val_maps))
 
@@ -210,10 +213,11 @@ def test_datasets_that_cannot_train(tmp_path):
     fixed = tmp_path / "fixed.zarr"
     store.write_dataset("grf", FieldParams(size=16, count=3), {"omega_m": (0.2, 0.4)}, fixed)
     with pytest.raises(ConfigError, match="does not vary sigma8"):
-        DiskData(fixed)
+        LabelledMaps(str(fixed))
     with pytest.raises(ConfigError, match="dataset='nowhere.zarr' does not exist"):
         resolve_params("smoke", overrides={"dataset": "nowhere.zarr"})
     plain = tmp_path / "plain.zarr"
     assert cli.main(["fields", "--size", "16", "--count", "2", "--out", str(plain)]) == 0
-    with pytest.raises(ConfigError, match="has no 'split' coord"):
-        DiskData(plain)
+    # a file of the fields verb has no splits: split map by map; fixed parameters cannot train
+    with pytest.raises(ConfigError, match="does not vary omega_m"):
+        LabelledMaps(str(plain))

@@ -19,7 +19,8 @@ import torch
 from engine import cli
 from engine.params import ConfigError
 from engine.runs import REPO_ROOT, RunDir
-from engine.train.training import Distributed, load_checkpoint
+from engine.train.checkpoint import load_checkpoint
+from engine.train.distributed import Distributed
 
 #: Tiny settings: 16² maps, 8 maps per step in 2 shards (one per rank), 2 epochs of 4 steps.
 SETTINGS = {
@@ -76,8 +77,9 @@ def test_two_processes_train_like_one(tmp_path):
     a = load_checkpoint(ddp.checkpoint_dir / "last.pt")
     b = load_checkpoint(one.checkpoint_dir / "last.pt")
     assert a["step"] == b["step"] == 8
-    for key in ("model_state", "raw_model_state"):
-        diff = max(float((a[key][k] - b[key][k]).abs().max()) for k in b[key])
+    na, nb = a["networks"]["model"], b["networks"]["model"]
+    for key in ("state", "raw_state"):
+        diff = max(float((na[key][k] - nb[key][k]).abs().max()) for k in nb[key])
         assert diff < TOLERANCE, (key, diff)
 
 

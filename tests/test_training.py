@@ -7,19 +7,14 @@ import math
 import pytest
 import torch
 
-from engine.nn.models import MODELS, build_model, count_parameters
+from engine.data.sources import derive_seed
+from engine.nn.registry import MODELS, build_model, count_parameters
 from engine.params import ConfigError, FieldParams, user_settings
 from engine.physics import slabs
-from engine.train.training import (
-    PRESETS,
-    ParameterRegression,
-    TrainParams,
-    derive_seed,
-    epoch_of,
-    load_checkpoint,
-    lr_at,
-    resolve_params,
-)
+from engine.tasks.regression import Regression as ParameterRegression
+from engine.train.checkpoint import load_checkpoint
+from engine.train.schedule import epoch_of, lr_at
+from engine.train.settings import PRESETS, TrainParams, resolve_params
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -123,7 +118,7 @@ TINY = {
 
 def _trainer(tmp_path, name="run", **overrides):
     from engine.runs import RunDir
-    from engine.train.training import Trainer
+    from engine.train.loop import Trainer
 
     params = resolve_params("smoke", overrides={**TINY, **overrides})
     return Trainer(params, RunDir(tmp_path / name).create(), torch.device("cpu"), progress=False)
@@ -156,7 +151,7 @@ def _symmetries(m: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_augment_maps_symmetries_noise_and_smoothing():
-    from engine.train.training import augment_maps
+    from engine.data.augment import augment_maps
 
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert augment_maps(x, torch.Generator()) is x
@@ -199,8 +194,8 @@ def test_fixed_prior_points():
     task = ParameterRegression(params, torch.device("cpu"))
     _, y = task.sample(32, torch.Generator().manual_seed(0))
     assert len(torch.unique(y, dim=0)) <= 3
-    assert {tuple(r) for r in y.tolist()} <= {tuple(r) for r in task.points.tolist()}
-    val_y = torch.cat([b[1] for b in task.validation_set(params)])
+    assert {tuple(r) for r in y.tolist()} <= {tuple(r) for r in task.source.points.tolist()}
+    val_y = torch.cat([b[1] for b in task.validation_data()])
     assert len(torch.unique(val_y, dim=0)) <= 3
 
 
@@ -234,7 +229,7 @@ def test_other_kinds_on_the_fly():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stages_groups_and_freezing_work_for_every_model(name):
-    from engine.train.training import frozen_parameters, model_stages, param_groups
+    from engine.train.finetune import frozen_parameters, model_stages, param_groups
 
     model = build_model(name, in_channels=1, n_params=2, width=4, circular_padding=True)
     stages = model_stages(model)
@@ -308,19 +303,18 @@ def test_ema_augmentation_sgdr_resume_is_bit_identical(tmp_path):
     resumed = _trainer(tmp_path, "parts", **extra)
     resumed.restore()
     assert resumed.step == 3 and resumed.fit() == "completed"
-    a, b = whole.state(), resumed.state()
-    for key in ("model_state", "raw_model_state"):
+    a, b = whole.state()["networks"]["model"], resumed.state()["networks"]["model"]
+    for key in ("state", "raw_state"):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
-    assert a["best_val"] == b["best_val"]
-    ckpt = load_checkpoint(RunDir(tmp_path / "whole").checkpoint_dir / "last.pt")
+    assert whole.state()["best"] == resumed.state()["best"]
+    net = load_checkpoint(RunDir(tmp_path / "whole").checkpoint_dir / "last.pt")["networks"]
     diff = [
-        not torch.equal(ckpt["model_state"][k], ckpt["raw_model_state"][k])
-        for k in a["model_state"]
+        not torch.equal(net["model"]["state"][k], net["model"]["raw_state"][k]) for k in a["state"]
     ]
-    assert any(diff)  # model_state holds the EMA weights
+    assert any(diff)  # the network's state holds the EMA weights
     # validation used the EMA weights
-    val = whole.task.evaluate(whole.ema.module, whole.task.validation_set(whole.params))
+    val = whole.task.validate({"model": whole.emas["model"].module}, whole.task.validation_data())
     rows = [r for r in RunDir(tmp_path / "whole").metrics() if r["split"] == "val"]
     assert [r["value"] for r in rows if r["name"] == "loss"][-1] == pytest.approx(val["loss"])
 
@@ -330,7 +324,7 @@ def test_tensorboard_missing_or_present(tmp_path, monkeypatch):
     import sys
     import types
 
-    from engine.train import training
+    from engine.train import settings as training
 
     monkeypatch.setattr(training, "tensorboard_available", lambda: False)
     with pytest.raises(ConfigError, match="pip install tensorboard"):

@@ -1,0 +1,148 @@
+"""``train`` verb: train a network in a run directory (see ``engine.runs``).
+
+::
+
+    python -m engine train --preset smoke --run-dir runs/demo --set lr=3e-3
+    python -m engine train --run-dir runs/demo --resume --set epochs=40
+    python -m engine train --preset smoke --dataset "camels:/d/Maps_Mgas_IllustrisTNG_LH_z=0.00.npy?fields=Mgas,HI"
+    torchrun --standalone --nproc_per_node 2 -m engine train --preset smoke --run-dir runs/ddp
+
+The flags are generated from the parts of the composed settings
+(:class:`engine.train.settings.TrainParams`: loop, model, task, data), one help group each.
+When a run completes, its best checkpoint is evaluated into the run directory
+(:func:`evaluate_run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.cli import ALIASES, _add_config_arguments, _layers
+from engine.params import ConfigError, add_arguments
+
+#: Help-group titles of the parts of the training settings, by part class name.
+PART_TITLES = {
+    "LoopParams": "loop settings (optimiser, schedule, EMA, fine-tuning, devices, logging)",
+    "ModelParams": "model settings (network name and size)",
+    "DataParams": "data settings (kind and map settings on the fly, or --dataset SPEC)",
+}
+
+
+def add_parser(sub) -> None:
+    """Add the ``train`` verb's subparser to ``sub`` (the verbs' ``add_subparsers`` object)."""
+    from engine.train.settings import PRESETS, TrainParams
+
+    train_p = sub.add_parser(
+        "train",
+        help="Train a network on maps generated on the fly or on any dataset spec.",
+        description="Train a network (task: regression of (omega_m, sigma8) or of a dataset's "
+        "labels) on maps generated on the fly on the training device or read from a dataset "
+        "spec, in a run directory. Settings: preset < --config < flags < --set.",
+    )
+    train_p.add_argument(
+        "--preset",
+        default="default",
+        help=f"Named settings: {', '.join(PRESETS)} (default: default; ignored with --resume).",
+    )
+    train_p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="Run directory (default: runs/<new run id>); must not hold a run unless --resume.",
+    )
+    train_p.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue the run in --run-dir from checkpoints/last.pt, with its saved settings.",
+    )
+    _add_config_arguments(train_p)
+    for part in TrainParams.parts:
+        title = PART_TITLES.get(part.__name__, f"task settings ({part.__name__})")
+        add_arguments(train_p.add_argument_group(title), part, aliases=ALIASES)
+    train_p.set_defaults(func=cmd_train)
+
+
+def evaluate_run(params, run, device) -> str | None:
+    """Evaluate a completed run's best checkpoint into its run directory
+    (:func:`engine.evaluation.evaluate.evaluate`).
+
+    On ``params.eval_maps`` maps: generated now with the run's map settings and prior box, from
+    the seed ``derive_seed(params.seed, STREAM_EVAL)`` (on the CPU, so the test set does not
+    depend on the training device), or the first ones of the test split of ``params.dataset``.
+    Writes ``report.json``, ``predictions.csv`` and ``figures/`` next to the checkpoints.
+
+    Returns
+    -------
+    str or None
+        None on success or with ``eval_maps = 0``, else ``"evaluation failed: <one line>"``
+        (any exception is caught, and so is a second SIGTERM/SIGINT during the evaluation: the
+        run still completed).
+    """
+    from engine.data.sources import STREAM_EVAL, derive_seed
+    from engine.evaluation.evaluate import evaluate
+    from engine.train.process import StopSignals, one_line
+
+    if params.eval_maps <= 0:
+        return None
+    spec = params.dataset or params.kind
+    if params.dataset:
+        spec = f"{spec}{'&' if '?' in spec else '?'}split=test"
+    seed = None if params.dataset else derive_seed(params.seed, STREAM_EVAL) % 2**62
+    try:
+        with StopSignals():
+            evaluate(
+                spec,
+                run.path,
+                out_dir=run.path,
+                device=str(device),
+                count=params.eval_maps,
+                seed=seed,
+            )
+    except (Exception, KeyboardInterrupt) as exc:
+        msg = f"evaluation failed: {one_line(exc)}"
+        print(msg, file=sys.stderr)
+        return msg
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train`` verb: resolve and check everything, then train in this process.
+
+    Returns the exit code of :func:`engine.train.process.run_training`.
+
+    Raises
+    ------
+    ConfigError
+        Any bad setting or run-directory problem (see :func:`engine.runs.check_run_dir`), before
+        anything is written, except that a run queued by ``engine.runs.launch_train`` is marked
+        failed with the message.
+    """
+    from engine.runs import RunDir, check_run_dir, new_run_id
+    from engine.train.distributed import Distributed
+    from engine.train.process import run_training
+    from engine.train.settings import TrainParams, resolve_device, resolve_params
+
+    if args.run_dir is None and args.resume:
+        raise ConfigError("--resume needs --run-dir DIR of the run to continue")
+    # Under torchrun every rank runs this; rank 0 names and checks the run directory.
+    with Distributed.from_env() as dist:
+        run = RunDir(dist.broadcast(str(args.run_dir or Path("runs") / new_run_id(args.preset))))
+        try:
+            base = dist.on_main(check_run_dir, run, args.resume)
+            params = resolve_params(args.preset, *_layers(args, TrainParams), base=base)
+            device = dist.device(resolve_device(params))
+        except ConfigError as exc:
+            if dist.is_main and (run.status() or {}).get("state") == "queued":  # launch_train
+                run.write_status(state="failed", error=str(exc))
+            raise
+        preset = (run.config() or {}).get("preset") if args.resume else args.preset
+        return run_training(
+            params,
+            run,
+            device,
+            resume=args.resume,
+            preset=preset,
+            dist=dist,
+            after=lambda: evaluate_run(params, run, device),
+        )
