@@ -378,6 +378,30 @@ def _apply_generated_spec(params: TrainBase) -> None:
     set_values(params, values)
 
 
+#: Section names a config file may group settings under (``loop: {lr: 3e-4}``).
+SECTIONS = ("loop", "model", "task", "data")
+
+
+def flatten_sections(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """A config layer with optional sections (``loop:``, ``model:``, ``task:``, ``data:``, each
+    a mapping of settings) as one flat ``{setting: value}``; a plain ``model: cnn`` stays the
+    model name.
+
+    Raises
+    ------
+    ConfigError
+        A setting given twice (in a section and outside, or in two sections).
+    """
+    flat: dict[str, Any] = {}
+    for key, value in layer.items():
+        items = value.items() if key in SECTIONS and isinstance(value, Mapping) else [(key, value)]
+        for name, v in items:
+            if name in flat:
+                raise ConfigError(f"setting {name!r} is given twice in the config")
+            flat[name] = v
+    return flat
+
+
 def resolve_params(
     preset: str = "default",
     config: Mapping[str, Any] | None = None,
@@ -415,7 +439,7 @@ def resolve_params(
         base = PRESETS[preset]
     for layer in (base, config, flags, overrides):
         if layer:
-            set_values(params, layer)
+            set_values(params, flatten_sections(layer))
     _apply_generated_spec(params)
     return params.check()
 
