@@ -1,17 +1,20 @@
-"""Networks of engine.nn.models: shapes, gradients, sizes, periodic symmetry, the hybrid's P(k)."""
+"""Networks of engine.nn: shapes, gradients, sizes, periodic symmetry, multi-channel input, the
+hybrid's P(k), the shipped checkpoints, the compatibility module engine.nn.models."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from engine.nn.models import (
-    LOG_STD_MAX,
-    LOG_STD_MIN,
+from engine.nn.blocks import LOG_STD_MAX, LOG_STD_MIN
+from engine.nn.hybrid import InputTransform, LogPowerSpectrum, set_map_scale
+from engine.nn.registry import (
     MODELS,
-    LogPowerSpectrum,
     build_model,
     count_parameters,
     model_options,
@@ -19,6 +22,9 @@ from engine.nn.models import (
 )
 from engine.params import ConfigError
 from engine.physics import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "assets" / "models").glob("*/checkpoints/best.pt"))
 
 COMMON = ("in_channels", "n_params", "width", "circular_padding")
 
@@ -197,8 +203,6 @@ def test_registry_errors_are_one_line_config_errors():
 
 
 def test_log1p_input_transform_sees_the_raw_density_contrast():
-    from engine.nn.models import InputTransform, set_map_scale
-
     scale = 2.5  # map units: the model receives delta / scale
     delta = torch.tensor([[[[-1.0, -0.5, 0.0, 3.0]]]])
     model = build_model("hybrid_log", width=8, n_k_bins=2)
@@ -217,8 +221,6 @@ def test_log1p_input_transform_sees_the_raw_density_contrast():
 
 
 def test_lognormal_maps_become_gaussian_under_the_log_transform():
-    from engine.nn.models import set_map_scale
-
     gauss = 1.2 * _maps(4, 1, 32) / _maps(4, 1, 32).std()
     delta = torch.exp(gauss - gauss.var() / 2) - 1  # a lognormal field, δ > −1
     scale = 1.7  # the task's map scale: the model receives δ / scale
@@ -261,7 +263,8 @@ def test_pooled_conv_branch_is_cheaper_and_keeps_the_shapes():
 
 def test_trainer_gives_the_input_transform_the_task_map_scale(tmp_path):
     from engine.runs import RunDir
-    from engine.train.training import Trainer, resolve_params
+    from engine.train.loop import Trainer
+    from engine.train.settings import resolve_params
 
     params = resolve_params("smoke", overrides={"kind": "lognormal", "model": "hybrid_log"})
     run = RunDir(tmp_path / "run")
@@ -270,3 +273,70 @@ def test_trainer_gives_the_input_transform_the_task_map_scale(tmp_path):
     scale = trainer.task.scale
     assert scale > 0 and float(trainer.model.input.map_scale) == pytest.approx(scale)
     assert float(trainer.state()["model_state"]["input.map_scale"]) == pytest.approx(scale)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("n_params", [2, 6])
+def test_every_model_takes_multi_channel_maps_and_any_number_of_parameters(
+    name, in_channels, n_params
+):
+    model = build_model(name, in_channels=in_channels, n_params=n_params, width=8)
+    x = _maps(2, in_channels, 32)
+    out = model.train()(x)  # training mode: the hybrids calibrate on this batch
+    assert out.shape == (2, 2 * n_params) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2 * n_params)
+    # each channel reaches the output
+    for c in range(in_channels):
+        bumped = x.clone()
+        bumped[:, c] *= 2.0
+        with torch.no_grad():
+            assert (model(bumped) - model(x)).abs().max() > 1e-6, c
+    with pytest.raises((RuntimeError, ValueError)):  # the wrong number of channels is an error
+        model(_maps(2, in_channels + 1, 32))
+
+
+def test_hybrid_spectrum_branch_is_per_channel():
+    model = build_model("hybrid_log", in_channels=3, width=8, n_k_bins=8)
+    assert model.spectrum.shift.shape == (3, 8)
+    assert model.spectrum_mlp[0].in_features == 3 * 8
+    set_map_scale(model, 2.0)
+    x = _maps(4, 3, 32)
+    model.train()(x)  # calibrates: standardised per channel and bin
+    z = model.spectrum(model.input(x))
+    torch.testing.assert_close(z.mean(0), torch.zeros(3, 8), atol=1e-5, rtol=0)
+    # ln(1 + δ) acts on every channel alike; each channel's spectrum is its own
+    single = LogPowerSpectrum(1, 8).log_power(model.input(x[:, 2:3]))
+    torch.testing.assert_close(model.spectrum.log_power(model.input(x))[:, 2:3], single)
+
+
+def test_shipped_checkpoints_load_strictly():
+    assert len(SHIPPED) == 3, SHIPPED
+    for path in SHIPPED:
+        ck = torch.load(path, weights_only=True)
+        model = build_model(ck["model_name"], **ck["model_kwargs"])
+        model.load_state_dict(ck["model_state"], strict=True)
+        n = 64
+        with torch.no_grad():
+            out = model.eval()(_maps(2, ck["model_kwargs"]["in_channels"], n))
+        assert out.shape == (2, 2 * ck["model_kwargs"]["n_params"]), path
+        assert torch.isfinite(out).all(), path
+
+
+def test_compatibility_module_reexports_the_same_objects():
+    import engine.nn.hybrid
+    import engine.nn.models
+    import engine.nn.registry
+
+    for name in ("MODELS", "build_model", "count_parameters", "summary", "format_count"):
+        assert getattr(engine.nn.models, name) is getattr(engine.nn.registry, name), name
+    for name in ("set_map_scale", "HybridPk", "InputTransform", "LogPowerSpectrum"):
+        assert getattr(engine.nn.models, name) is getattr(engine.nn.hybrid, name), name
+    assert set(engine.nn.models.__all__) <= set(dir(engine.nn.models))
+
+
+def test_the_package_itself_imports_nothing():
+    code = "import sys, engine.nn; assert 'torch' not in sys.modules, 'torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
