@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from engine.kinds import get_kind
-from engine.params import ConfigError, to_dict, user_settings
+from engine.params import PARAM_NAMES, ConfigError, to_dict, user_settings
 
 #: Seed streams of :func:`derive_seed`.
 STREAM_INIT, STREAM_TRAIN, STREAM_VAL, STREAM_POINTS, STREAM_DATA, STREAM_EVAL = range(6)
@@ -78,7 +78,7 @@ class GeneratedMaps:
         The kind cannot be generated on the fly.
     """
 
-    names = ("omega_m", "sigma8")
+    names = PARAM_NAMES
     channels = 1
     dataset = None
 
@@ -89,8 +89,7 @@ class GeneratedMaps:
         self.device = torch.device(device)
         k = get_kind(kind)
         self.scale = float(k.map_scale(settings))
-        extent = settings.fov * 60.0 if kind == "kappa" else settings.box_size
-        self.pixel = extent / settings.size
+        self.pixel = k.pixel_size(settings)
         self.points = None
         if prior_points:
             gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_POINTS))
@@ -304,7 +303,7 @@ class LabelledMaps:
         with contextlib.suppress(ConfigError):
             names = user_settings(get_kind(self.kind).settings_class())
         for name in names:
-            if name in self.attrs and name not in ("seed", "count", "omega_m", "sigma8"):
+            if name in self.attrs and name not in ("seed", "count", *PARAM_NAMES):
                 value = self.attrs[name]
                 value = value.item() if hasattr(value, "item") else value
                 out[name] = None if (name == "mask" and value == "") else value

@@ -39,7 +39,7 @@ from engine.data.sources import (
 )
 from engine.nn.hybrid import set_map_scale
 from engine.nn.registry import build_model
-from engine.params import ConfigError
+from engine.params import PARAM_NAMES, ConfigError
 from engine.tasks.base import Stepper, Task
 from engine.tasks.settings import DataParams, ModelParams
 
@@ -57,7 +57,7 @@ class RegressionParams(param.Parameterized):
     def check(self) -> None:
         """Raises ConfigError for targets other than omega_m,sigma8 without a dataset."""
         names = target_names(self.targets)
-        if not getattr(self, "dataset", "") and names != ("omega_m", "sigma8"):
+        if not getattr(self, "dataset", "") and names != PARAM_NAMES:
             raise ConfigError(
                 f"targets={self.targets!r}: maps generated on the fly are labelled with "
                 "omega_m,sigma8 only; train on a dataset (dataset=SPEC) for other targets"

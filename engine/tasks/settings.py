@@ -22,6 +22,7 @@ from engine.kinds import get_kind
 from engine.nn.registry import MODELS
 from engine.params import (
     OMEGA_M_BOUNDS,
+    PARAM_NAMES,
     SIGMA8_BOUNDS,
     ConfigError,
     FieldParams,
@@ -257,7 +258,7 @@ class DataParams(FieldParams):
             (:meth:`map_settings`); too many prior points for kappa; a dataset spec that does not
             parse or a file that does not exist.
         """
-        for name in ("omega_m", "sigma8"):
+        for name in PARAM_NAMES:
             lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
             if not lo < hi:
                 raise ConfigError(

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from engine.nn.registry import build_model
-from engine.params import ConfigError
+from engine.params import PARAM_NAMES, ConfigError
 from engine.runs import atomic_write
 
 #: The checkpoint format written by this engine.
@@ -93,7 +93,7 @@ def upgrade(ckpt: Mapping[str, Any]) -> dict[str, Any]:
         net["raw_state"] = ckpt.pop("raw_model_state")
     ckpt.pop("raw_model_state", None)
     state = {
-        "names": list(ckpt.pop("param_names", ["omega_m", "sigma8"])),
+        "names": list(ckpt.pop("param_names", PARAM_NAMES)),
         "prior_low": list(ckpt.pop("prior_low")),
         "prior_high": list(ckpt.pop("prior_high")),
         "map_scale": float(ckpt.pop("map_scale")),

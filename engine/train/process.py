@@ -67,6 +67,33 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
+def _write_start(run: RunDir, params, device, world_size, threads, resume, preset) -> None:
+    """``config.json`` (settings, versions, device, processes) and the ``running`` status."""
+    run.create()
+    run.write_config(
+        {
+            "command": "train",
+            "task": getattr(params, "task_name", "regression"),
+            "preset": preset,
+            "resumed": bool(resume),
+            "settings": to_dict(params),
+            "engine_version": engine.__version__,
+            "torch_version": torch.__version__,
+            "device": str(device),
+            "world_size": world_size,
+            "num_threads": threads,
+            "created": time.time(),
+        }
+    )
+    run.write_status(
+        state="running",
+        pid=os.getpid(),
+        started=time.time(),
+        total_steps=params.total_steps,
+        error=None,
+    )
+
+
 def run_training(
     params,
     run: RunDir,
@@ -96,29 +123,7 @@ def run_training(
     main = dist.is_main
     threads = configure_threads(params.num_threads)
     if main:
-        run.create()
-        run.write_config(
-            {
-                "command": "train",
-                "task": getattr(params, "task_name", "regression"),
-                "preset": preset,
-                "resumed": bool(resume),
-                "settings": to_dict(params),
-                "engine_version": engine.__version__,
-                "torch_version": torch.__version__,
-                "device": str(device),
-                "world_size": dist.world_size,
-                "num_threads": threads,
-                "created": time.time(),
-            }
-        )
-        run.write_status(
-            state="running",
-            pid=os.getpid(),
-            started=time.time(),
-            total_steps=params.total_steps,
-            error=None,
-        )
+        _write_start(run, params, device, dist.world_size, threads, resume, preset)
     trainer = None
     with StopSignals() as stop:
         try:
@@ -128,15 +133,9 @@ def run_training(
             elif params.init_from:
                 trainer.load_weights(params.init_from)
             if main:
+                n = sum(count_parameters(m, trainable_only=False) for m in trainer.models.values())
                 run.write_config(
-                    {
-                        **run.config(),
-                        "n_parameters": sum(
-                            count_parameters(m, trainable_only=False)
-                            for m in trainer.models.values()
-                        ),
-                        "data": trainer.task.describe(),
-                    }
+                    {**run.config(), "n_parameters": n, "data": trainer.task.describe()}
                 )
             state = trainer.fit(stop)
         except KeyboardInterrupt:

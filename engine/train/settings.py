@@ -21,7 +21,7 @@ import param
 import torch
 
 from engine.device import default_device
-from engine.params import ConfigError, set_values
+from engine.params import PARAM_NAMES, ConfigError, set_values
 from engine.tasks import get_task
 from engine.tasks.settings import (
     KAPPA_MAX_POINTS,
@@ -365,7 +365,7 @@ def _apply_generated_spec(params: TrainBase) -> None:
     _prefix, kind, options = parse_spec(resolve_name(params.dataset))
     values: dict[str, Any] = {"kind": kind, "dataset": ""}
     for key, value in options.items():
-        if key in ("omega_m", "sigma8") and ":" in value:
+        if key in PARAM_NAMES and ":" in value:
             lo, hi = value.split(":", 1)
             values[f"{key}_min"], values[f"{key}_max"] = lo, hi
         elif key in ("count", "seed"):
