@@ -112,6 +112,11 @@ def as_bool(value, name: str, where: str) -> bool:
     raise ConfigError(f"{where}: {name}={value!r} must be true or false")
 
 
+def as_count(value, where: str) -> int | None:
+    """The ``count`` option: None when not given, else an integer >= 1 (ConfigError otherwise)."""
+    return None if value is None else as_int(value, "count", where)
+
+
 def as_split(value, where: str) -> str:
     """Check a ``split`` option (one of :data:`SPLITS`)."""
     s = "all" if value is None else str(value).strip()
@@ -144,6 +149,58 @@ def split_groups(n_groups: int, split: str) -> np.ndarray:
         "test": perm[n_train + n_val :],
     }
     return np.sort(parts[split]).astype(np.int64)
+
+
+def split_simulations(n_sims: int, split: str, where: str) -> np.ndarray:
+    """Indices of the simulations kept by ``split`` (:func:`split_groups`), never empty.
+
+    Parameters
+    ----------
+    n_sims : int
+        Number of simulations S >= 1.
+    split : {"train", "val", "test", "all"}
+    where : str
+        How the dataset is named in messages.
+
+    Returns
+    -------
+    numpy.ndarray (S_split,) int64, ascending, S_split >= 1.
+
+    Raises
+    ------
+    ConfigError
+        No simulation falls in ``split`` (tiny S), naming ``where``, the split and S.
+    """
+    sims = split_groups(n_sims, split)
+    if sims.size == 0:
+        raise ConfigError(f"{where} has no simulations in split {split!r} ({n_sims} in all)")
+    return sims
+
+
+def xy_coords(centres: np.ndarray, units: str) -> dict[str, tuple]:
+    """``x`` and ``y`` coords of square maps: the pixel centres (n,) in ``units``, both axes."""
+    return {"x": ("x", centres, {"units": units}), "y": ("y", centres, {"units": units})}
+
+
+def label_coords(
+    coords: dict[str, tuple], columns: list[str], table: np.ndarray, rows: np.ndarray
+) -> None:
+    """Add one per-sample coord per table column (row ``rows[i]`` for sample i), in place.
+
+    Parameters
+    ----------
+    coords : dict
+        Coords being built; a column whose name is already a coord is skipped.
+    columns : list of str (C,)
+        Column names of ``table`` (e.g. from :func:`read_table`).
+    table : numpy.ndarray (R, C) float64
+        Parameter table, one row per simulation.
+    rows : numpy.ndarray (S,) int
+        Table row of each sample.
+    """
+    for j, col in enumerate(columns):
+        if col not in coords:
+            coords[col] = ("sample", table[rows, j])
 
 
 def read_table(path, where: str) -> tuple[list[str], np.ndarray]:

@@ -61,7 +61,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -70,13 +70,15 @@ import engine
 from engine.data._common import (
     LazyMaps,
     as_bool,
-    as_int,
+    as_count,
     as_split,
     check_finite,
+    label_coords,
     open_npy,
     read_table,
     reject_unknown,
-    split_groups,
+    split_simulations,
+    xy_coords,
 )
 from engine.params import ConfigError
 
@@ -117,6 +119,7 @@ class _CamelsReader:
         self.channel, self.log_consts, self.delta = channel, log_consts, delta
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """Maps of the samples ``samples`` (int64), read in file order, transformed, checked."""
         rows = self.index[samples]
         order = np.argsort(rows, kind="stable")
         inverse = np.argsort(order, kind="stable")
@@ -127,6 +130,7 @@ class _CamelsReader:
         return np.stack(out, axis=1) if self.channel else out[0]
 
     def _transform(self, block: np.ndarray, c: int, rows: np.ndarray) -> np.ndarray:
+        """Check a block of channel ``c`` for NaN/inf, then apply ``log`` or ``delta``."""
         where = f"CAMELS file {str(self.paths[c])!r}"
         bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
         if bad.any():
@@ -150,6 +154,7 @@ class _CamelsReader:
 
 
 def _open_npy(path: Path, where: str) -> np.ndarray:
+    """Memory-map one CMD maps file and check it is (N, H, H) float with H >= 8."""
     arr = open_npy(path, where)
     if arr.ndim != 3:
         raise ConfigError(f"{where} must hold float maps of shape (N, H, W), got {arr.shape}")
@@ -171,6 +176,7 @@ def params_candidates(path: Path) -> list[Path]:
 
 
 def _log_constants(arr: np.ndarray, where: str) -> tuple[float, float]:
+    """(mean, std) of log10 m over :data:`LOG_SAMPLE_MAPS` maps evenly spaced through ``arr``."""
     idx = np.unique(np.linspace(0, arr.shape[0] - 1, min(LOG_SAMPLE_MAPS, arr.shape[0])).round())
     sample = np.asarray(arr[idx.astype(np.int64)], dtype=np.float64)
     check_finite(sample, where, 0, "a map of the log=true normalisation sample")
@@ -179,6 +185,140 @@ def _log_constants(arr: np.ndarray, where: str) -> tuple[float, float]:
     lg = np.log10(sample)
     sd = float(lg.std())
     return float(lg.mean()), (sd if sd > 0 else 1.0)
+
+
+class _Options(NamedTuple):
+    """Checked scalar options of :func:`open`."""
+
+    split: str
+    n_keep: int | None
+    log: bool
+    delta: bool
+
+
+def _options(where: str, unknown: Mapping[str, str], split, count, log, delta) -> _Options:
+    """Check the unknown names, ``split``, ``count``, ``log`` and ``delta`` options, in order."""
+    reject_unknown(where, unknown, OPTIONS)
+    opts = _Options(
+        split=as_split(split, where),
+        n_keep=as_count(count, where),
+        log=as_bool(log, "log", where),
+        delta=as_bool(delta, "delta", where),
+    )
+    if opts.log and opts.delta:
+        raise ConfigError(f"{where}: log=true and delta=true cannot be combined")
+    return opts
+
+
+def _field_names(m: re.Match, fields: str | None, where: str) -> list[str]:
+    """Fields to read: the distinct names of ``fields``, else the target's own field."""
+    if fields is None or not str(fields).strip():
+        return [m["field"]]
+    names = [f.strip() for f in str(fields).split(",") if f.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"{where}: fields={fields!r} must be distinct comma-separated names")
+    return names
+
+
+def _open_fields(
+    path: Path, m: re.Match, names: list[str], where: str
+) -> tuple[list[Path], list[np.ndarray]]:
+    """Memory-map each field's file (the target's name, field substituted); one shape for all."""
+    paths = [path.with_name(f"Maps_{f}_{m['suite']}_{m['set']}_z={m['z']}.npy") for f in names]
+    arrays = []
+    for f, p in zip(names, paths, strict=True):
+        w = f"CAMELS file {str(p)!r}" + ("" if p == path else f" (field {f})")
+        arrays.append(_open_npy(p, w))
+    if len({a.shape for a in arrays}) != 1:
+        shapes = ", ".join(f"{p.name} {a.shape}" for p, a in zip(paths, arrays, strict=True))
+        raise ConfigError(f"{where}: fields have different shapes: {shapes}")
+    return paths, arrays
+
+
+def _params_path(path: Path, params: str | None, where: str) -> Path:
+    """The parameter table: ``params`` when given, else the first existing candidate."""
+    if params:
+        return Path(params)
+    cands = params_candidates(path)
+    found = [c for c in cands if c.is_file()]
+    if not found:
+        tried = ", ".join(repr(str(c)) for c in cands)
+        raise ConfigError(f"{where}: parameter file missing (tried {tried}); give params=PATH")
+    return found[0]
+
+
+def _map_index(n_maps: int, n_sims: int, ppath: Path, opts: _Options, where: str) -> np.ndarray:
+    """File indices (R,) int64 of the maps kept: the split's simulations, first ``n_keep``."""
+    if n_maps % MAPS_PER_SIMULATION or n_maps // MAPS_PER_SIMULATION != n_sims:
+        raise ConfigError(
+            f"{where} has {n_maps} maps but parameter file {str(ppath)!r} has {n_sims} rows: "
+            f"expected {MAPS_PER_SIMULATION} maps per row ({MAPS_PER_SIMULATION * n_sims} maps)"
+        )
+    sims = split_simulations(n_sims, opts.split, where)
+    index = (sims[:, None] * MAPS_PER_SIMULATION + np.arange(MAPS_PER_SIMULATION)).reshape(-1)
+    return index if opts.n_keep is None else index[: opts.n_keep]
+
+
+def _coords(
+    index: np.ndarray, size: int, names: list[str], columns: list[str], table: np.ndarray
+) -> dict[str, Any]:
+    """Coords: x/y (Mpc/h), simulation, map_index, one per parameter column, channel."""
+    sim_of = index // MAPS_PER_SIMULATION
+    coords: dict[str, Any] = xy_coords((np.arange(size) + 0.5) * BOX_SIZE / size, "Mpc/h")
+    coords["simulation"] = ("sample", sim_of.astype(np.int64))
+    coords["map_index"] = ("sample", index.astype(np.int64))
+    label_coords(coords, columns, table, sim_of)
+    if len(names) > 1:
+        coords["channel"] = ("channel", np.asarray(names))
+    return coords
+
+
+def _units(names: list[str], opts: _Options) -> str:
+    """The ``units`` attr: dimensionless for log/delta maps, else the fields' CMD units."""
+    if opts.log or opts.delta:
+        return "dimensionless"
+    us = {FIELD_UNITS.get(f, "as in the CMD files") for f in names}
+    if len(us) == 1:
+        return us.pop()
+    return "per channel: " + ", ".join(
+        f"{f} {FIELD_UNITS.get(f, 'as in the CMD files')}" for f in names
+    )
+
+
+def _attrs(
+    m: re.Match,
+    names: list[str],
+    paths: list[Path],
+    ppath: Path,
+    size: int,
+    opts: _Options,
+    log_consts: list[tuple[float, float]] | None,
+) -> dict[str, Any]:
+    """The output's attrs (module docstring), with ``log_mean``/``log_std`` for log=true."""
+    attrs = dict(
+        kind="camels",
+        units=_units(names, opts),
+        box_size=BOX_SIZE,
+        size=int(size),
+        thickness=THICKNESS,
+        redshift=float(m["z"]),
+        suite=m["suite"],
+        set=m["set"],
+        fields=",".join(names),
+        split=opts.split,
+        maps_per_simulation=MAPS_PER_SIMULATION,
+        files=[str(p) for p in paths],
+        params_file=str(ppath),
+        log=int(opts.log),
+        delta=int(opts.delta),
+        coordinate_units="Mpc/h",
+        long_name=f"CAMELS Multifield Dataset 2D maps ({', '.join(names)})",
+        engine_version=engine.__version__,
+    )
+    if log_consts is not None:
+        attrs["log_mean"] = [c[0] for c in log_consts]
+        attrs["log_std"] = [c[1] for c in log_consts]
+    return attrs
 
 
 def open(  # noqa: A001 - the reader interface of engine.data
@@ -228,112 +368,30 @@ def open(  # noqa: A001 - the reader interface of engine.data
     """
     path = Path(target)
     where = f"CAMELS file {str(path)!r}"
-    reject_unknown(where, unknown, OPTIONS)
-    split = as_split(split, where)
-    n_keep = None if count is None else as_int(count, "count", where)
-    use_log = as_bool(log, "log", where)
-    use_delta = as_bool(delta, "delta", where)
-    if use_log and use_delta:
-        raise ConfigError(f"{where}: log=true and delta=true cannot be combined")
+    opts = _options(where, unknown, split, count, log, delta)
     m = NAME_RE.match(path.name)
     if m is None:
         raise ConfigError(
             f"{where}: name must be Maps_{{field}}_{{suite}}_{{set}}_z={{z}}.npy as in CMD"
         )
-    if fields is None or not str(fields).strip():
-        names = [m["field"]]
-    else:
-        names = [f.strip() for f in str(fields).split(",") if f.strip()]
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f"{where}: fields={fields!r} must be distinct comma-separated names")
-    paths = [path.with_name(f"Maps_{f}_{m['suite']}_{m['set']}_z={m['z']}.npy") for f in names]
-    arrays = []
-    for f, p in zip(names, paths, strict=True):
-        w = f"CAMELS file {str(p)!r}" + ("" if p == path else f" (field {f})")
-        arrays.append(_open_npy(p, w))
-    if len({a.shape for a in arrays}) != 1:
-        shapes = ", ".join(f"{p.name} {a.shape}" for p, a in zip(paths, arrays, strict=True))
-        raise ConfigError(f"{where}: fields have different shapes: {shapes}")
+    names = _field_names(m, fields, where)
+    paths, arrays = _open_fields(path, m, names, where)
     n_maps, size = arrays[0].shape[0], arrays[0].shape[1]
-
-    if params:
-        ppath = Path(params)
-    else:
-        cands = params_candidates(path)
-        found = [c for c in cands if c.is_file()]
-        if not found:
-            tried = ", ".join(repr(str(c)) for c in cands)
-            raise ConfigError(f"{where}: parameter file missing (tried {tried}); give params=PATH")
-        ppath = found[0]
+    ppath = _params_path(path, params, where)
     columns, table = read_table(ppath, where)
-    n_sims = table.shape[0]
-    if n_maps % MAPS_PER_SIMULATION or n_maps // MAPS_PER_SIMULATION != n_sims:
-        raise ConfigError(
-            f"{where} has {n_maps} maps but parameter file {str(ppath)!r} has {n_sims} rows: "
-            f"expected {MAPS_PER_SIMULATION} maps per row ({MAPS_PER_SIMULATION * n_sims} maps)"
-        )
-
-    sims = split_groups(n_sims, split)
-    index = (sims[:, None] * MAPS_PER_SIMULATION + np.arange(MAPS_PER_SIMULATION)).reshape(-1)
-    if n_keep is not None:
-        index = index[:n_keep]
-    if index.size == 0:
-        raise ConfigError(f"{where} has no simulations in split {split!r} ({n_sims} in all)")
-
+    index = _map_index(n_maps, table.shape[0], ppath, opts, where)
     log_consts = (
         [_log_constants(a, f"CAMELS file {str(p)!r}") for a, p in zip(arrays, paths, strict=True)]
-        if use_log
+        if opts.log
         else None
     )
     channel = len(names) > 1
-    reader = _CamelsReader(arrays, paths, index, channel, log_consts, use_delta)
+    reader = _CamelsReader(arrays, paths, index, channel, log_consts, opts.delta)
     dims = ("sample", "channel", "y", "x") if channel else ("sample", "y", "x")
     shape = (index.size, len(names), size, size) if channel else (index.size, size, size)
-    var = LazyMaps.variable(dims, shape, reader)
-    centres = (np.arange(size) + 0.5) * BOX_SIZE / size
-    sim_of = index // MAPS_PER_SIMULATION
-    coords: dict[str, Any] = {
-        "x": ("x", centres, {"units": "Mpc/h"}),
-        "y": ("y", centres, {"units": "Mpc/h"}),
-        "simulation": ("sample", sim_of.astype(np.int64)),
-        "map_index": ("sample", index.astype(np.int64)),
-    }
-    for j, col in enumerate(columns):
-        if col not in coords:
-            coords[col] = ("sample", table[sim_of, j])
-    if channel:
-        coords["channel"] = ("channel", np.asarray(names))
-    if use_log or use_delta:
-        units = "dimensionless"
-    else:
-        us = {FIELD_UNITS.get(f, "as in the CMD files") for f in names}
-        units = (
-            us.pop()
-            if len(us) == 1
-            else "per channel: "
-            + ", ".join(f"{f} {FIELD_UNITS.get(f, 'as in the CMD files')}" for f in names)
-        )
-    attrs = dict(
-        kind="camels",
-        units=units,
-        box_size=BOX_SIZE,
-        size=int(size),
-        thickness=THICKNESS,
-        redshift=float(m["z"]),
-        suite=m["suite"],
-        set=m["set"],
-        fields=",".join(names),
-        split=split,
-        maps_per_simulation=MAPS_PER_SIMULATION,
-        files=[str(p) for p in paths],
-        params_file=str(ppath),
-        log=int(use_log),
-        delta=int(use_delta),
-        coordinate_units="Mpc/h",
-        long_name=f"CAMELS Multifield Dataset 2D maps ({', '.join(names)})",
-        engine_version=engine.__version__,
+    return xr.DataArray(
+        LazyMaps.variable(dims, shape, reader),
+        coords=_coords(index, size, names, columns, table),
+        name=names[0] if not channel else "maps",
+        attrs=_attrs(m, names, paths, ppath, size, opts, log_consts),
     )
-    if log_consts is not None:
-        attrs["log_mean"] = [c[0] for c in log_consts]
-        attrs["log_std"] = [c[1] for c in log_consts]
-    return xr.DataArray(var, coords=coords, name=names[0] if not channel else "maps", attrs=attrs)

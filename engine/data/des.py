@@ -38,13 +38,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
 import engine
-from engine.data._common import as_float, as_int, reject_unknown
+from engine.data._common import as_count, as_float, as_int, reject_unknown
 from engine.params import ConfigError
 
 #: Options of :func:`open`.
@@ -78,12 +78,111 @@ def centre_grid(spacing: float) -> np.ndarray:
 
 
 def _like_patch(like: Mapping[str, Any] | None) -> tuple[int, float]:
+    """Default (size, fov in degrees): ``like``'s for a κ kind, else KappaParams' defaults."""
     from engine.physics.lensing import KappaParams
 
     size, fov = KappaParams.param["size"].default, KappaParams.param["fov"].default
     if like and like.get("kind") == "kappa":
         size, fov = like.get("size", size), like.get("fov", fov)
     return int(size), float(fov)
+
+
+class _Options(NamedTuple):
+    """Checked options of :func:`open`."""
+
+    size: int
+    fov: float
+    max_masked: float
+    spacing: float
+    field: int
+    n_keep: int | None
+    interpolation: str
+    labels: dict[str, float]
+
+
+def _options(
+    where: str, like, size, fov, max_masked, spacing, field, count, interpolation, omega_m, sigma8
+) -> _Options:
+    """Check the patch options (defaults from ``like``) and the ``omega_m``/``sigma8`` labels."""
+    size0, fov0 = _like_patch(like)
+    n_pix = size0 if size is None else as_int(size, "size", where, 8, 4096)
+    fov_deg = fov0 if fov is None else as_float(fov, "fov", where, 0.0, 30.0)
+    frac = as_float(max_masked, "max_masked", where, -1e-12, 1.0)
+    step = fov_deg if spacing is None else as_float(spacing, "spacing", where, 0.0, 180.0)
+    col = as_int(field, "field", where, 0)
+    n_keep = as_count(count, where)
+    if interpolation not in ("bilinear", "nearest"):
+        raise ConfigError(f"{where}: interpolation={interpolation!r}: one of bilinear, nearest")
+    labels = {}
+    for name, value in (("omega_m", omega_m), ("sigma8", sigma8)):
+        if value is not None:
+            labels[name] = as_float(value, name, where, 0.0)
+    return _Options(n_pix, fov_deg, frac, step, col, n_keep, interpolation, labels)
+
+
+def _read_map(path: Path, col: int, mask: str | None, nside: str | None, where: str):
+    """The HEALPix map (Npix,), its nside and its unobserved pixels (Npix,) bool, checked."""
+    import healpy as hp
+
+    from engine.physics.sky import read_healpix
+
+    try:
+        m = read_healpix(path, field=col, mask=mask)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if str(path) in msg else f"{where}: {msg}") from None
+    map_nside = hp.npix2nside(m.size)
+    if nside is not None:
+        want = as_int(nside, "nside", where, 1)
+        if want != map_nside:
+            raise ConfigError(f"{where} has nside {map_nside}, expected nside={want}")
+    unseen = ~np.isfinite(m) | np.isclose(m, hp.UNSEEN, rtol=1e-5, atol=0.0)
+    if unseen.all():
+        raise ConfigError(f"{where} has no observed pixels")
+    return m, map_nside, unseen
+
+
+def _candidate_centres(
+    centres: np.ndarray, map_nside: int, unseen: np.ndarray, opts: _Options
+) -> list[tuple[float, float]]:
+    """The centres (lon, lat) whose disc is not too masked for a patch (module docstring)."""
+    import healpy as hp
+
+    radius = math.radians(opts.fov) / math.sqrt(2.0)
+    ratio = math.pi / 2.0  # disc of radius fov/sqrt(2) over the square of side fov
+    keep = []
+    for lon, lat in centres:
+        disc = hp.query_disc(map_nside, hp.ang2vec(lon, lat, lonlat=True), radius)
+        if disc.size == 0:  # disc smaller than a pixel: test the centre pixel
+            disc = np.array([hp.ang2pix(map_nside, lon, lat, lonlat=True)])
+        masked_disc = float(unseen[disc].mean())
+        if masked_disc >= 1.0 or masked_disc * ratio - (ratio - 1.0) > opts.max_masked + 0.05:
+            continue
+        keep.append((lon, lat))
+    return keep
+
+
+def _cut_patches(m: np.ndarray, keep: list, opts: _Options) -> list[xr.DataArray]:
+    """Patches at ``keep`` with masked fraction ≤ max_masked, CHUNK at a time, to ``n_keep``."""
+    from engine.physics.sky import extract_patches
+
+    patches = []
+    for start in range(0, len(keep), CHUNK):
+        p = extract_patches(
+            m,
+            keep[start : start + CHUNK],
+            fov=opts.fov,
+            size=opts.size,
+            interpolation=opts.interpolation,
+        )
+        mf = 1.0 - p["mask"].mean(dim=("y", "x")).values.astype(np.float64)
+        good = np.flatnonzero(mf <= opts.max_masked + 1e-12)
+        if good.size:
+            p = p.isel(sample=good).assign_coords(masked_fraction=("sample", mf[good]))
+            patches.append(p)
+        if opts.n_keep is not None and sum(q.sizes["sample"] for q in patches) >= opts.n_keep:
+            break
+    return patches
 
 
 def open(  # noqa: A001 - the reader interface of engine.data
@@ -141,90 +240,40 @@ def open(  # noqa: A001 - the reader interface of engine.data
         expected ``nside`` that differs from the map's; a footprint with no patch
         whose masked fraction is ≤ ``max_masked``.
     """
-    import healpy as hp
-
-    from engine.physics.sky import extract_patches, read_healpix
-
     path = Path(target)
     where = f"DES map {str(path)!r}"
     reject_unknown(where, unknown, OPTIONS)
-    size0, fov0 = _like_patch(like)
-    n_pix = size0 if size is None else as_int(size, "size", where, 8, 4096)
-    fov_deg = fov0 if fov is None else as_float(fov, "fov", where, 0.0, 30.0)
-    frac = as_float(max_masked, "max_masked", where, -1e-12, 1.0)
-    step = fov_deg if spacing is None else as_float(spacing, "spacing", where, 0.0, 180.0)
-    col = as_int(field, "field", where, 0)
-    n_keep = None if count is None else as_int(count, "count", where)
-    if interpolation not in ("bilinear", "nearest"):
-        raise ConfigError(f"{where}: interpolation={interpolation!r}: one of bilinear, nearest")
-    labels = {}
-    for name, value in (("omega_m", omega_m), ("sigma8", sigma8)):
-        if value is not None:
-            labels[name] = as_float(value, name, where, 0.0)
-
-    try:
-        m = read_healpix(path, field=col, mask=mask)
-    except ConfigError as exc:
-        msg = str(exc)
-        raise ConfigError(msg if str(path) in msg else f"{where}: {msg}") from None
-    map_nside = hp.npix2nside(m.size)
-    if nside is not None:
-        want = as_int(nside, "nside", where, 1)
-        if want != map_nside:
-            raise ConfigError(f"{where} has nside {map_nside}, expected nside={want}")
-    unseen = ~np.isfinite(m) | np.isclose(m, hp.UNSEEN, rtol=1e-5, atol=0.0)
-    if unseen.all():
-        raise ConfigError(f"{where} has no observed pixels")
-
-    centres = centre_grid(step)
-    radius = math.radians(fov_deg) / math.sqrt(2.0)
-    ratio = math.pi / 2.0  # disc of radius fov/sqrt(2) over the square of side fov
-    keep = []
-    for lon, lat in centres:
-        disc = hp.query_disc(map_nside, hp.ang2vec(lon, lat, lonlat=True), radius)
-        if disc.size == 0:  # disc smaller than a pixel: test the centre pixel
-            disc = np.array([hp.ang2pix(map_nside, lon, lat, lonlat=True)])
-        masked_disc = float(unseen[disc].mean())
-        if masked_disc >= 1.0 or masked_disc * ratio - (ratio - 1.0) > frac + 0.05:
-            continue
-        keep.append((lon, lat))
-    patches = []
-    for start in range(0, len(keep), CHUNK):
-        p = extract_patches(
-            m, keep[start : start + CHUNK], fov=fov_deg, size=n_pix, interpolation=interpolation
-        )
-        mf = 1.0 - p["mask"].mean(dim=("y", "x")).values.astype(np.float64)
-        good = np.flatnonzero(mf <= frac + 1e-12)
-        if good.size:
-            p = p.isel(sample=good).assign_coords(masked_fraction=("sample", mf[good]))
-            patches.append(p)
-        if n_keep is not None and sum(q.sizes["sample"] for q in patches) >= n_keep:
-            break
+    opts = _options(
+        where, like, size, fov, max_masked, spacing, field, count, interpolation, omega_m, sigma8
+    )
+    m, map_nside, unseen = _read_map(path, opts.field, mask, nside, where)
+    centres = centre_grid(opts.spacing)
+    patches = _cut_patches(m, _candidate_centres(centres, map_nside, unseen, opts), opts)
     if not patches:
         raise ConfigError(
-            f"{where}: no {fov_deg:g} deg patch has a masked fraction <= {frac:g} "
+            f"{where}: no {opts.fov:g} deg patch has a masked fraction <= {opts.max_masked:g} "
             f"({len(centres)} centres tried)"
         )
     da = xr.concat(patches, dim="sample")
-    if n_keep is not None:
-        da = da.isel(sample=slice(0, n_keep))
+    if opts.n_keep is not None:
+        da = da.isel(sample=slice(0, opts.n_keep))
     da = da.drop_vars([c for c in ("omega_m", "sigma8") if c in da.coords])
-    for name, value in labels.items():
+    for name, value in opts.labels.items():
         da = da.assign_coords({name: ("sample", np.full(da.sizes["sample"], value))})
     da.attrs = dict(
         kind="des",
         units="dimensionless",
-        fov=float(fov_deg),
-        size=int(n_pix),
-        pixel_size=fov_deg * 60.0 / n_pix,
+        fov=float(opts.fov),
+        size=int(opts.size),
+        pixel_size=opts.fov * 60.0 / opts.size,
         nside=int(map_nside),
-        max_masked=float(frac),
-        spacing=float(step),
-        field=int(col),
+        max_masked=float(opts.max_masked),
+        spacing=float(opts.spacing),
+        field=int(opts.field),
         file=str(path),
         mask_file="" if mask is None else str(mask),
         projection="gnomonic",
-        interpolation=interpolation,
+        interpolation=opts.interpolation,
         coordinate_units="arcmin",
         long_name="weak-lensing convergence kappa (gnomonic patches of a HEALPix mass map)",
         engine_version=engine.__version__,

@@ -40,21 +40,22 @@ import builtins
 import csv
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
 import engine
 from engine.data._common import (
+    as_count,
     as_float,
-    as_int,
     as_split,
     check_finite,
     first_line,
     label_name,
     reject_unknown,
     split_groups,
+    xy_coords,
 )
 from engine.params import ConfigError
 
@@ -163,6 +164,94 @@ def read_labels(path: Path, folder: Path) -> tuple[list[Path], dict[str, np.ndar
     return files, labels
 
 
+class _Options(NamedTuple):
+    """Checked scalar options of :func:`open`."""
+
+    box: float | None
+    fov: float | None
+    split: str
+    n_keep: int | None
+
+
+def _options(folder: Path, where: str, box_size, fov, split, count) -> _Options:
+    """Check the folder exists and the ``box_size``/``fov``, ``split`` and ``count`` options."""
+    if not folder.is_dir():
+        raise ConfigError(f"{where} is not a folder")
+    if box_size is not None and fov is not None:
+        raise ConfigError(f"{where}: give box_size (Mpc/h) or fov (degrees), not both")
+    return _Options(
+        box=None if box_size is None else as_float(box_size, "box_size", where, 0.0),
+        fov=None if fov is None else as_float(fov, "fov", where, 0.0, 180.0),
+        split=as_split(split, where),
+        n_keep=as_count(count, where),
+    )
+
+
+def _list_maps(
+    folder: Path, labels: str | None, where: str
+) -> tuple[Path, list[Path], dict[str, np.ndarray]]:
+    """Labels file path, map files and label columns (none without a labels file)."""
+    lpath = Path(labels) if labels else folder / LABELS_NAME
+    if labels or lpath.is_file():
+        files, label_cols = read_labels(lpath, folder)
+        return lpath, files, label_cols
+    files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(SUFFIXES))
+    if not files:
+        raise ConfigError(f"{where} has no {LABELS_NAME} and no .npy/.npz/.fits maps")
+    return lpath, files, {}
+
+
+def _select(n_files: int, label_cols: dict[str, np.ndarray], opts: _Options, where: str):
+    """Indices (R,) int64 of the files kept: whole groups of the split, then the first n_keep."""
+    groups = label_cols.get("simulation", np.arange(n_files))
+    uniq = np.unique(groups)
+    chosen = set(uniq[split_groups(uniq.size, opts.split)].tolist())
+    index = np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
+    if opts.n_keep is not None:
+        index = index[: opts.n_keep]
+    if index.size == 0:
+        raise ConfigError(f"{where} has no maps in split {opts.split!r}")
+    return index
+
+
+def _load_maps(files: list[Path], index: np.ndarray, key: str | None) -> np.ndarray:
+    """Read the selected maps, all of one square shape, stacked: (R, [C,] H, H) float32."""
+    maps = []
+    for i in index:
+        arr = read_map(files[i], key)
+        if maps and arr.shape != maps[0].shape:
+            raise ConfigError(
+                f"map file {str(files[i])!r} has shape {arr.shape}, the first {maps[0].shape}"
+            )
+        if arr.shape[-1] != arr.shape[-2]:
+            raise ConfigError(f"map file {str(files[i])!r} is not square: {arr.shape}")
+        maps.append(arr)
+    return np.stack(maps)
+
+
+def _pixel_scale(n: int, opts: _Options) -> tuple[np.ndarray, str, dict[str, Any]]:
+    """Pixel centres (n,), their units and the scale attrs, from ``box_size`` or ``fov``."""
+    if opts.box is not None:
+        centres, cunits = (np.arange(n) + 0.5) * opts.box / n, "Mpc/h"
+        return centres, cunits, dict(box_size=opts.box, coordinate_units=cunits)
+    if opts.fov is not None:
+        centres, cunits = (np.arange(n) + 0.5) * opts.fov * 60.0 / n, "arcmin"
+        pixel = opts.fov * 60.0 / n
+        return centres, cunits, dict(fov=opts.fov, pixel_size=pixel, coordinate_units=cunits)
+    centres, cunits = np.arange(n) + 0.5, "pixel"
+    return centres, cunits, dict(coordinate_units=cunits)
+
+
+def _file_names(files: list[Path], index: np.ndarray, folder: Path) -> np.ndarray:
+    """The ``file`` coord: each kept file relative to the folder (else its full path)."""
+    return np.array(
+        [
+            str(files[i].relative_to(folder)) if files[i].is_relative_to(folder) else str(files[i])
+            for i in index
+        ]
+    )
+
+
 def open(  # noqa: A001 - the reader interface of engine.data
     target: str,
     like: Mapping[str, Any] | None = None,
@@ -211,77 +300,25 @@ def open(  # noqa: A001 - the reader interface of engine.data
     folder = Path(target)
     where = f"folder {str(folder)!r}"
     reject_unknown(where, unknown, OPTIONS)
-    if not folder.is_dir():
-        raise ConfigError(f"{where} is not a folder")
-    if box_size is not None and fov is not None:
-        raise ConfigError(f"{where}: give box_size (Mpc/h) or fov (degrees), not both")
-    box = None if box_size is None else as_float(box_size, "box_size", where, 0.0)
-    fov_deg = None if fov is None else as_float(fov, "fov", where, 0.0, 180.0)
-    split = as_split(split, where)
-    n_keep = None if count is None else as_int(count, "count", where)
-
-    lpath = Path(labels) if labels else folder / LABELS_NAME
-    if labels or lpath.is_file():
-        files, label_cols = read_labels(lpath, folder)
-    else:
-        files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(SUFFIXES))
-        label_cols = {}
-        if not files:
-            raise ConfigError(f"{where} has no {LABELS_NAME} and no .npy/.npz/.fits maps")
-    groups = label_cols.get("simulation", np.arange(len(files)))
-    uniq = np.unique(groups)
-    chosen = set(uniq[split_groups(uniq.size, split)].tolist())
-    index = np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
-    if n_keep is not None:
-        index = index[:n_keep]
-    if index.size == 0:
-        raise ConfigError(f"{where} has no maps in split {split!r}")
-    maps = []
-    for i in index:
-        arr = read_map(files[i], key)
-        if maps and arr.shape != maps[0].shape:
-            raise ConfigError(
-                f"map file {str(files[i])!r} has shape {arr.shape}, the first {maps[0].shape}"
-            )
-        if arr.shape[-1] != arr.shape[-2]:
-            raise ConfigError(f"map file {str(files[i])!r} is not square: {arr.shape}")
-        maps.append(arr)
-    data = np.stack(maps)
+    opts = _options(folder, where, box_size, fov, split, count)
+    lpath, files, label_cols = _list_maps(folder, labels, where)
+    index = _select(len(files), label_cols, opts, where)
+    data = _load_maps(files, index, key)
     n = data.shape[-1]
     dims = ("sample", "y", "x") if data.ndim == 3 else ("sample", "channel", "y", "x")
+    centres, cunits, scale_attrs = _pixel_scale(n, opts)
     attrs: dict[str, Any] = dict(
         kind="folder",
         units=str(units),
         size=int(n),
         labels_file=str(lpath) if label_cols or labels else "",
-        split=split,
+        split=opts.split,
         long_name=f"maps of folder {folder.name}",
         engine_version=engine.__version__,
+        **scale_attrs,
     )
-    if box is not None:
-        centres, cunits = (np.arange(n) + 0.5) * box / n, "Mpc/h"
-        attrs.update(box_size=box, coordinate_units=cunits)
-    elif fov_deg is not None:
-        centres, cunits = (np.arange(n) + 0.5) * fov_deg * 60.0 / n, "arcmin"
-        attrs.update(fov=fov_deg, pixel_size=fov_deg * 60.0 / n, coordinate_units=cunits)
-    else:
-        centres, cunits = np.arange(n) + 0.5, "pixel"
-        attrs.update(coordinate_units=cunits)
-    coords: dict[str, Any] = {
-        "x": ("x", centres, {"units": cunits}),
-        "y": ("y", centres, {"units": cunits}),
-        "file": (
-            "sample",
-            np.array(
-                [
-                    str(files[i].relative_to(folder))
-                    if files[i].is_relative_to(folder)
-                    else str(files[i])
-                    for i in index
-                ]
-            ),
-        ),
-    }
+    coords: dict[str, Any] = xy_coords(centres, cunits)
+    coords["file"] = ("sample", _file_names(files, index, folder))
     for name, vals in label_cols.items():
         coords[name] = ("sample", vals[index])
     return xr.DataArray(data, dims=dims, coords=coords, name="maps", attrs=attrs)

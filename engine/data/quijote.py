@@ -56,7 +56,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -64,13 +64,15 @@ import xarray as xr
 import engine
 from engine.data._common import (
     LazyMaps,
+    as_count,
     as_float,
-    as_int,
     as_split,
+    label_coords,
     open_npy,
     read_table,
     reject_unknown,
-    split_groups,
+    split_simulations,
+    xy_coords,
 )
 from engine.params import ConfigError
 
@@ -90,7 +92,7 @@ def slab_cell_weights(n: int, start: float, thickness: float, box: float) -> np.
     From :func:`engine.physics.slabs.slab_weights`: overlap(j, [0, t)) = t · w_j(t), so the overlap with
     [a, b) is b w_j(b) − a w_j(a), divided by Δ = b − a. Requires 0 ≤ a < b ≤ box (Mpc/h).
     """
-    from engine.physics.slabs import slab_weights
+    from engine.physics.mesh import slab_weights
 
     end = min(start + thickness, box)
 
@@ -112,6 +114,7 @@ def project(delta: np.ndarray, axis: int, start: float, thickness: float, box: f
 
 
 def _simulations(root: Path, where: str) -> list[tuple[int, Path]]:
+    """(number, folder) of the integer-named simulation subfolders of ``root``, sorted."""
     if not root.is_dir():
         raise ConfigError(f"{where} is not a folder")
     sims = sorted(
@@ -123,6 +126,7 @@ def _simulations(root: Path, where: str) -> list[tuple[int, Path]]:
 
 
 def _grid_name(folder: Path, grid: str | None, where: str) -> str:
+    """The grid file name: ``grid`` when given, else the folder's only .npy file."""
     if grid:
         return str(grid)
     npys = sorted(p.name for p in folder.glob("*.npy"))
@@ -136,6 +140,7 @@ def _grid_name(folder: Path, grid: str | None, where: str) -> str:
 
 
 def _open_grid(path: Path) -> np.ndarray:
+    """Memory-map one grid file and check it is an (n, n, n) float grid with n >= 8."""
     where = f"Quijote grid {str(path)!r}"
     arr = open_npy(path, where)
     if arr.ndim != 3 or len(set(arr.shape)) != 1 or arr.shape[0] < 8:
@@ -168,6 +173,111 @@ def to_delta(grid: np.ndarray, values: str, where: str) -> np.ndarray:
             f"{where} has values < -1 ({lo:.3g}): not a density contrast (give values=density?)"
         )
     return g
+
+
+class _Options(NamedTuple):
+    """Checked scalar options of :func:`open`."""
+
+    box_size: float
+    thickness: float
+    axes: tuple[int, ...]
+    split: str
+    n_keep: int | None
+
+
+def _options(where: str, like, thickness, axis, box, values: str, split, count) -> _Options:
+    """Check ``box``, ``thickness`` (default ``like``'s, else box/10), ``axis``, ``values``, …."""
+    box_size = as_float(box, "box", where, low=0.0)
+    if thickness is None and like and like.get("kind") in ("grf", "lognormal", "2lpt"):
+        thickness = like.get("thickness")
+    dz = box_size / 10 if thickness is None else as_float(thickness, "thickness", where, 0.0)
+    if dz > box_size:
+        raise ConfigError(f"{where}: thickness={dz:g} is larger than the box ({box_size:g} Mpc/h)")
+    axes = {"0": (0,), "1": (1,), "2": (2,), "all": (0, 1, 2)}.get(str(axis).strip())
+    if axes is None:
+        raise ConfigError(f"{where}: axis={axis!r} is not allowed: one of 0, 1, 2, all")
+    if values not in ("auto", "delta", "density"):
+        raise ConfigError(f"{where}: values={values!r} is not allowed: one of auto, delta, density")
+    return _Options(box_size, dz, axes, as_split(split, where), as_count(count, where))
+
+
+def _read_params(
+    root: Path, params: str | None, sims: list[tuple[int, Path]], where: str
+) -> tuple[Path, list[str], np.ndarray]:
+    """Path, column names and rows of the parameter table; one row per simulation folder."""
+    if params:
+        ppath = Path(params)
+    else:
+        cands = [root / PARAMS_NAME, root.parent / PARAMS_NAME]
+        ppath = next((c for c in cands if c.is_file()), cands[0])
+    columns, table = read_table(ppath, where)
+    if columns[0] == "col0" and table.shape[1] == len(DEFAULT_COLUMNS):
+        columns = list(DEFAULT_COLUMNS)
+    if sims[-1][0] >= table.shape[0]:
+        raise ConfigError(
+            f"{where} has simulation folder {sims[-1][0]}/ but parameter file {str(ppath)!r} "
+            f"has only {table.shape[0]} rows"
+        )
+    return ppath, columns, table
+
+
+def _slab_rows(n_sims: int, opts: _Options, where: str) -> list[tuple[int, int, int]]:
+    """(simulation position, axis, slab) of each map kept: split, then the first ``n_keep``."""
+    keep = split_simulations(n_sims, opts.split, where)
+    n_slabs = int(math.floor(opts.box_size / opts.thickness + 1e-9))
+    rows = [(int(s), a, j) for s in keep for a in opts.axes for j in range(n_slabs)]
+    return rows if opts.n_keep is None else rows[: opts.n_keep]
+
+
+class _QuijoteReader:
+    """Computes selected slab maps (R, n, n) float32, one simulation's δ grid cached at a time."""
+
+    def __init__(self, sims, name, first, rows, values, opts):
+        self.sims, self.name, self.first, self.rows = sims, name, first, rows
+        self.values, self.opts = values, opts
+        self.cache: dict[str, Any] = {}
+
+    def volume(self, pos: int) -> np.ndarray:
+        """δ grid of the simulation at position ``pos`` (read and checked on first use)."""
+        if self.cache.get("pos") != pos:
+            self.cache.clear()
+            path = self.sims[pos][1] / self.name
+            g = self.first if pos == 0 else _open_grid(path)
+            if g.shape != self.first.shape:
+                raise ConfigError(
+                    f"Quijote grid {str(path)!r} has shape {g.shape}, the first {self.first.shape}"
+                )
+            delta = to_delta(g, self.values, f"Quijote grid {str(path)!r}")
+            self.cache.update(pos=pos, delta=delta)
+        return self.cache["delta"]
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """Maps of the samples ``samples`` (int64), computed simulation by simulation."""
+        n, dz = self.first.shape[0], self.opts.thickness
+        out = np.empty((samples.size, n, n), dtype=np.float32)
+        for i in np.argsort([self.rows[s][0] for s in samples], kind="stable"):
+            pos, a, j = self.rows[samples[i]]
+            out[i] = project(self.volume(pos), a, j * dz, dz, self.opts.box_size)
+        return out
+
+
+def _coords(
+    rows: list[tuple[int, int, int]],
+    table_rows: np.ndarray,
+    n: int,
+    opts: _Options,
+    columns: list[str],
+    table: np.ndarray,
+) -> dict[str, Any]:
+    """Coords: x/y (Mpc/h), simulation, axis, slab, slab_start (Mpc/h), one per table column."""
+    dz = opts.thickness
+    coords: dict[str, Any] = xy_coords((np.arange(n) + 0.5) * opts.box_size / n, "Mpc/h")
+    coords["simulation"] = ("sample", table_rows)
+    coords["axis"] = ("sample", np.array([a for _, a, _ in rows], dtype=np.int64))
+    coords["slab"] = ("sample", np.array([j for _, _, j in rows], dtype=np.int64))
+    coords["slab_start"] = ("sample", np.array([j * dz for _, _, j in rows]), {"units": "Mpc/h"})
+    label_coords(coords, columns, table, table_rows)
+    return coords
 
 
 def open(  # noqa: A001 - the reader interface of engine.data
@@ -223,97 +333,33 @@ def open(  # noqa: A001 - the reader interface of engine.data
     root = Path(target)
     where = f"Quijote folder {str(root)!r}"
     reject_unknown(where, unknown, OPTIONS)
-    box_size = as_float(box, "box", where, low=0.0)
-    if thickness is None and like and like.get("kind") in ("grf", "lognormal", "2lpt"):
-        thickness = like.get("thickness")
-    dz = box_size / 10 if thickness is None else as_float(thickness, "thickness", where, 0.0)
-    if dz > box_size:
-        raise ConfigError(f"{where}: thickness={dz:g} is larger than the box ({box_size:g} Mpc/h)")
-    axes = {"0": (0,), "1": (1,), "2": (2,), "all": (0, 1, 2)}.get(str(axis).strip())
-    if axes is None:
-        raise ConfigError(f"{where}: axis={axis!r} is not allowed: one of 0, 1, 2, all")
-    if values not in ("auto", "delta", "density"):
-        raise ConfigError(f"{where}: values={values!r} is not allowed: one of auto, delta, density")
-    split = as_split(split, where)
-    n_keep = None if count is None else as_int(count, "count", where)
-
+    opts = _options(where, like, thickness, axis, box, values, split, count)
     sims = _simulations(root, where)
     name = _grid_name(sims[0][1], grid, where)
     first = _open_grid(sims[0][1] / name)
     n = first.shape[0]
-    if params:
-        ppath = Path(params)
-    else:
-        cands = [root / PARAMS_NAME, root.parent / PARAMS_NAME]
-        ppath = next((c for c in cands if c.is_file()), cands[0])
-    columns, table = read_table(ppath, where)
-    if columns[0] == "col0" and table.shape[1] == len(DEFAULT_COLUMNS):
-        columns = list(DEFAULT_COLUMNS)
-    if sims[-1][0] >= table.shape[0]:
-        raise ConfigError(
-            f"{where} has simulation folder {sims[-1][0]}/ but parameter file {str(ppath)!r} "
-            f"has only {table.shape[0]} rows"
-        )
-    keep = split_groups(len(sims), split)
-    if keep.size == 0:
-        raise ConfigError(f"{where} has no simulations in split {split!r} ({len(sims)} in all)")
-    n_slabs = int(math.floor(box_size / dz + 1e-9))
-    rows = [
-        (int(s), a, j) for s in keep for a in axes for j in range(n_slabs)
-    ]  # (simulation position, axis, slab)
-    if n_keep is not None:
-        rows = rows[:n_keep]
+    ppath, columns, table = _read_params(root, params, sims, where)
+    rows = _slab_rows(len(sims), opts, where)
     table_rows = np.array([sims[s][0] for s, _, _ in rows], dtype=np.int64)
-    cache: dict[str, Any] = {}
-
-    def volume(pos: int) -> np.ndarray:
-        if cache.get("pos") != pos:
-            cache.clear()
-            path = sims[pos][1] / name
-            g = first if pos == 0 else _open_grid(path)
-            if g.shape != first.shape:
-                raise ConfigError(
-                    f"Quijote grid {str(path)!r} has shape {g.shape}, the first {first.shape}"
-                )
-            cache.update(pos=pos, delta=to_delta(g, values, f"Quijote grid {str(path)!r}"))
-        return cache["delta"]
-
-    def read(samples: np.ndarray) -> np.ndarray:
-        out = np.empty((samples.size, n, n), dtype=np.float32)
-        for i in np.argsort([rows[s][0] for s in samples], kind="stable"):
-            pos, a, j = rows[samples[i]]
-            out[i] = project(volume(pos), a, j * dz, dz, box_size)
-        return out
-
-    var = LazyMaps.variable(("sample", "y", "x"), (len(rows), n, n), read)
-    centres = (np.arange(n) + 0.5) * box_size / n
-    coords: dict[str, Any] = {
-        "x": ("x", centres, {"units": "Mpc/h"}),
-        "y": ("y", centres, {"units": "Mpc/h"}),
-        "simulation": ("sample", table_rows),
-        "axis": ("sample", np.array([a for _, a, _ in rows], dtype=np.int64)),
-        "slab": ("sample", np.array([j for _, _, j in rows], dtype=np.int64)),
-        "slab_start": ("sample", np.array([j * dz for _, _, j in rows]), {"units": "Mpc/h"}),
-    }
-    for c, col in enumerate(columns):
-        if col not in coords:
-            coords[col] = ("sample", table[table_rows, c])
+    reader = _QuijoteReader(sims, name, first, rows, values, opts)
+    var = LazyMaps.variable(("sample", "y", "x"), (len(rows), n, n), reader)
     z = re.search(r"z=([0-9.]+?)(?:\.npy)?$", name)
     attrs = dict(
         kind="quijote",
         units="dimensionless",
-        box_size=box_size,
+        box_size=opts.box_size,
         size=int(n),
-        thickness=float(dz),
+        thickness=float(opts.thickness),
         axis=str(axis),
         grid=name,
         values=values,
         params_file=str(ppath),
-        split=split,
+        split=opts.split,
         coordinate_units="Mpc/h",
         long_name="density contrast delta of slabs projected from Quijote grids",
         engine_version=engine.__version__,
     )
     if z:
         attrs["redshift"] = float(z.group(1))
+    coords = _coords(rows, table_rows, n, opts, columns, table)
     return xr.DataArray(var, coords=coords, name="delta", attrs=attrs)
