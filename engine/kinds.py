@@ -1,23 +1,29 @@
-"""Registry of map kinds: for each ``kind`` name, its settings class and its generator.
+"""Registry of map kinds: for each ``kind`` name, its settings, generator, theory, units and family.
 
 One place that the CLI (``python -m engine fields --kind …``), files (the ``kind`` attr of every
-written DataArray) and the explorer use to go from a kind name to code. Modules are imported
-lazily so that ``python -m engine --help`` stays fast.
+written DataArray), training and the explorer use to go from a kind name to code, so that no
+caller branches on kind names. Modules are imported lazily so that ``python -m engine --help``
+stays fast.
 
-=========  =============================  ==================================================
-kind       settings                       output
-=========  =============================  ==================================================
-grf        engine.params.FieldParams      Gaussian slab maps δ (sample, y, x), Mpc/h
-lognormal  engine.params.FieldParams      lognormal slab maps δ (sample, y, x), Mpc/h
-2lpt       engine.physics.lpt.LPTParams           1LPT/2LPT slabs (sample, y, x) or volumes
-                                          (sample, z, y, x), Mpc/h
-kappa      engine.physics.lensing.KappaParams     flat-sky convergence κ (sample, y, x), arcmin
-sky        engine.physics.sky.SkyParams           HEALPix convergence κ (sample, pixel), RING order
-=========  =============================  ==================================================
+=========  =======================================  ==========================================
+kind       settings                                 output
+=========  =======================================  ==========================================
+grf        engine.params.FieldParams                Gaussian slab maps δ (sample, y, x), Mpc/h
+lognormal  engine.params.FieldParams                lognormal slab maps δ (sample, y, x), Mpc/h
+2lpt       engine.physics.lpt.LPTParams             1LPT/2LPT slabs (sample, y, x) or volumes
+                                                    (sample, z, y, x), Mpc/h
+kappa      engine.physics.lensing.KappaParams       flat-sky convergence κ (sample, y, x), arcmin
+sky        engine.physics.sky.SkyParams             HEALPix convergence κ (sample, pixel), RING
+=========  =======================================  ==========================================
+
+Families: ``density`` (grf, lognormal, 2lpt: lengths in Mpc/h, k in h/Mpc, 2D P(k) in (Mpc/h)²)
+and ``convergence`` (kappa, sky: angles in arcmin, k = ℓ, C_ℓ in sr).
 
 Kinds of flat maps also name their torch hot path (:meth:`Kind.generate_batch`: ``(B, N, N)``
-maps on the device from a ``torch.Generator``), their settings check and their fixed input
-normalisation (:meth:`Kind.map_scale`), used by training on the fly (``engine.train.training``).
+maps on the device from a ``torch.Generator``), their settings check, their fixed input
+normalisation (:meth:`Kind.map_scale`) and their binned theory (:meth:`Kind.binned_theory`).
+:meth:`Kind.generate` is the one generation loop of every flat kind
+(:func:`engine.physics.generation.generate_samples`).
 """
 
 from __future__ import annotations
@@ -30,21 +36,85 @@ import param
 from engine.params import ConfigError, user_settings
 
 
+def _resolve(module: str, ref: str):
+    """``ref`` as an object: a dotted path ``pkg.mod.name``, or a name in ``module``."""
+    if "." in ref:
+        module, _, ref = ref.rpartition(".")
+    return getattr(importlib.import_module(module), ref)
+
+
 @dataclass(frozen=True)
 class Kind:
-    """A map kind: ``module.<params>`` holds its settings, ``module.generate`` makes DataArrays."""
+    """A map kind: its settings class, generator, theory, units and family.
+
+    Functions are named by strings (a name in ``module``, or a dotted path) and imported lazily.
+    Methods that a kind does not support raise :class:`ConfigError` naming the kind.
+
+    Attributes
+    ----------
+    name : str
+        Kind name (the ``kind`` attr of its DataArrays).
+    module : str
+        Module holding the settings class and the functions named below by plain names.
+    params : str
+        Name of the settings class (a ``param.Parameterized``) in ``module``.
+    doc : str
+        One-line description.
+    batch : str
+        ``(settings, omega_m, sigma8, generator, device) -> tensor`` (the torch hot path; "" when
+        the kind has none).
+    check : str
+        ``(settings) -> None``, raising ConfigError for unusable settings ("": no check).
+    scale : str
+        ``(settings) -> float``: expected pixel std at the fiducial cosmology ("": none).
+    family : str
+        "density" (δ of matter) or "convergence" (weak-lensing κ).
+    length_unit : str
+        Unit of map coordinates and of :meth:`extent`: "Mpc/h", "arcmin", or "" (HEALPix).
+    map_units : str
+        What the pixel values are, in words: "density contrast" or "convergence".
+    k_unit, power_unit : str
+        Units of the binned spectrum of a map: "h/Mpc" and "(Mpc/h)^2", or "" (ℓ) and "sr".
+    extent_fn : str
+        ``(settings) -> float``: side of a flat map in ``length_unit`` ("": not a flat map).
+    box_fn : str
+        ``(settings) -> float``: side of a flat map in the length whose inverse is k
+        (Mpc/h, or radians so that k = ℓ): the ``box_size`` of :mod:`engine.physics.stats`.
+    theory : str
+        ``(settings, omega_m, sigma8, edges=None) -> PowerSpectrum`` ("": no flat theory).
+    wrap : str
+        ``(maps, settings, omega_m, sigma8) -> xarray.DataArray``.
+    from_attrs : str
+        ``(attrs) -> settings``.
+    batch_size_fn : str
+        ``(settings) -> int``: default samples per torch call ("": 64).
+    """
 
     name: str
     module: str
     params: str
     doc: str
-    #: Function of ``module``: ``(settings, omega_m, sigma8, generator, device) -> tensor``
-    #: (the torch hot path; "" when the kind has none).
     batch: str = ""
-    #: Function of ``module``: ``(settings) -> None``, raising ConfigError for unusable settings.
     check: str = ""
-    #: Dotted path of ``(settings) -> float``: expected pixel std at the fiducial cosmology.
     scale: str = ""
+    family: str = ""
+    length_unit: str = ""
+    map_units: str = ""
+    k_unit: str = ""
+    power_unit: str = ""
+    extent_fn: str = ""
+    box_fn: str = ""
+    theory: str = ""
+    wrap: str = "to_dataarray"
+    from_attrs: str = "settings_from_attrs"
+    batch_size_fn: str = ""
+
+    def _fn(self, ref: str, what: str):
+        if not ref:
+            raise ConfigError(f"kind={self.name!r} has no {what}")
+        return _resolve(self.module, ref)
+
+    # -- settings ----------------------------------------------------------------------------
 
     def settings_class(self) -> type[param.Parameterized]:
         """The param class of this kind's settings."""
@@ -57,16 +127,100 @@ class Kind:
             return cls(kind=self.name)
         return cls()
 
-    def generate(self, settings, device=None, **kwargs):
-        """``settings.count`` samples from ``settings.seed`` as an xarray.DataArray.
+    def settings_from_attrs(self, attrs: dict) -> param.Parameterized:
+        """Rebuild the settings a DataArray of this kind was made with, from its attrs.
 
-        ``kwargs`` go to the module's ``generate`` (e.g. per-sample ``omega_m``, ``sigma8``
-        arrays of length ``count``).
+        Parameters
+        ----------
+        attrs : dict
+            ``DataArray.attrs`` as written by :meth:`to_dataarray` (extra keys are ignored).
+
+        Raises
+        ------
+        ConfigError
+            Attr values outside the settings' bounds.
         """
-        mod = importlib.import_module(self.module)
-        if self.name == "sky":  # healpy synthesis runs on the CPU
-            return mod.generate(settings, **kwargs)
-        return mod.generate(settings, device=device, **kwargs)
+        return self._fn(self.from_attrs, "settings reader")(attrs)
+
+    def check_settings(self, settings) -> None:
+        """Raise :class:`ConfigError` for settings this kind cannot generate (e.g. pixels finer
+        than the theory tables); no-op for kinds without a check."""
+        if self.check:
+            self._fn(self.check, "check")(settings)
+
+    # -- geometry and units ------------------------------------------------------------------
+
+    def extent(self, settings) -> float:
+        """Side of a flat map in :attr:`length_unit` (box_size Mpc/h, or fov·60 arcmin).
+
+        Raises
+        ------
+        ConfigError
+            The kind makes no flat maps (``sky``).
+        """
+        return float(self._fn(self.extent_fn, "flat extent (not a flat map)")(settings))
+
+    def pixel_size(self, settings) -> float:
+        """Side of one pixel (or mesh cell) in :attr:`length_unit`: ``extent / size``.
+
+        Raises
+        ------
+        ConfigError
+            As :meth:`extent`.
+        """
+        return self.extent(settings) / int(settings.size)
+
+    def spectrum_box(self, settings) -> float:
+        """The ``box_size`` argument of :func:`engine.physics.stats.power_spectrum` for maps of
+        this kind: side in Mpc/h (k in h/Mpc), or in radians (k = ℓ) for κ maps.
+
+        Raises
+        ------
+        ConfigError
+            As :meth:`extent`.
+        """
+        return float(self._fn(self.box_fn, "flat extent (not a flat map)")(settings))
+
+    # -- theory ------------------------------------------------------------------------------
+
+    def binned_theory(self, settings, omega_m, sigma8, edges=None):
+        """Expected binned spectrum of maps made with ``settings``, binned like the estimator.
+
+        Dispatches to :func:`engine.physics.slabs.binned_theory` (density: k in h/Mpc, P in
+        (Mpc/h)², the CIC window included for 2lpt) or :func:`engine.physics.lensing.binned_theory`
+        (κ: k = ℓ, C_ℓ in sr, shape noise and smoothing included).
+
+        Parameters
+        ----------
+        settings : the kind's settings
+        omega_m, sigma8 : float or array_like (B,)
+        edges : array_like (K+1,), optional
+            Bin edges in :attr:`k_unit`; default bins of width k_f up to the Nyquist k.
+
+        Returns
+        -------
+        engine.physics.stats.PowerSpectrum; ``power`` (K,) or (B, K) float64 in :attr:`power_unit`.
+
+        Raises
+        ------
+        ConfigError
+            No flat theory for this kind (``sky``), or parameters out of range.
+        """
+        fn = self._fn(self.theory, "binned flat-map theory")
+        return fn(settings, omega_m, sigma8, edges)
+
+    def map_scale(self, settings) -> float:
+        """Expected standard deviation per pixel at the fiducial cosmology
+        (:data:`engine.params.FIDUCIAL`, map units), the fixed input normalisation of networks.
+
+        Raises
+        ------
+        ConfigError
+            The kind defines no scale.
+        """
+        return float(self._fn(self.scale, "map scale")(settings))
+
+    # -- generation --------------------------------------------------------------------------
 
     def generate_batch(self, settings, omega_m, sigma8, generator, device=None):
         """A batch of samples as a torch tensor, one per (omega_m, sigma8) pair.
@@ -87,31 +241,82 @@ class Kind:
         ConfigError
             The kind has no torch hot path, or bad settings/parameters.
         """
-        if not self.batch:
-            raise ConfigError(f"kind={self.name!r} has no batched torch generator")
-        fn = getattr(importlib.import_module(self.module), self.batch)
+        fn = self._fn(self.batch, "batched torch generator")
         return fn(settings, omega_m, sigma8, generator, device)
 
-    def check_settings(self, settings) -> None:
-        """Raise :class:`ConfigError` for settings this kind cannot generate (e.g. pixels finer
-        than the theory tables); no-op for kinds without a check."""
-        if self.check:
-            getattr(importlib.import_module(self.module), self.check)(settings)
+    def default_batch_size(self, settings) -> int:
+        """Samples per torch call of :meth:`generate` (64 unless the kind bounds its memory)."""
+        return (
+            int(_resolve(self.module, self.batch_size_fn)(settings)) if self.batch_size_fn else 64
+        )
 
-    def map_scale(self, settings) -> float:
-        """Expected standard deviation per pixel at Ω_m = 0.3, σ8 = 0.8 (map units), the fixed
-        input normalisation of networks.
+    def to_dataarray(self, maps, settings, omega_m, sigma8):
+        """Wrap samples (numpy, batch first) in this kind's boundary DataArray.
+
+        Parameters
+        ----------
+        maps : numpy.ndarray (B, N, N) (or (B, N, N, N) 2lpt volumes, (B, npix) HEALPix skies)
+        settings : the kind's settings
+        omega_m, sigma8 : array_like (B,)
+
+        Returns
+        -------
+        xarray.DataArray with dims (sample, y, x) / (sample, z, y, x) / (sample, pixel), coords
+        in :attr:`length_unit`, per-sample omega_m, sigma8 and every setting in attrs.
+        """
+        return self._fn(self.wrap, "DataArray wrapper")(maps, settings, omega_m, sigma8)
+
+    def generate(self, settings, device=None, **kwargs):
+        """``settings.count`` samples from ``settings.seed`` as an xarray.DataArray.
+
+        Flat kinds go through the one generation loop
+        :func:`engine.physics.generation.generate_samples` (batches of :meth:`generate_batch`,
+        then :meth:`to_dataarray`; bit-identical to the module's ``generate``); ``sky`` is
+        synthesized by healpy on the CPU (:func:`engine.physics.sky.generate`).
+
+        Parameters
+        ----------
+        settings : the kind's settings
+        device : str or torch.device, optional
+            Default: CUDA when available, else CPU (ignored for ``sky``).
+        **kwargs
+            ``omega_m``, ``sigma8`` (scalar or (count,) arrays), ``batch_size``, ``progress``.
 
         Raises
         ------
         ConfigError
-            The kind defines no scale.
+            Bad settings or parameters.
         """
-        if not self.scale:
-            raise ConfigError(f"kind={self.name!r} defines no map scale")
-        module, _, name = self.scale.rpartition(".")
-        return float(getattr(importlib.import_module(module), name)(settings))
+        if not self.batch:  # healpy synthesis runs on the CPU
+            return importlib.import_module(self.module).generate(settings, **kwargs)
+        from engine.physics.generation import generate_samples
 
+        kwargs.setdefault("batch_size", self.default_batch_size(settings))
+        return generate_samples(
+            settings,
+            self.generate_batch,
+            self.to_dataarray,
+            check=self.check_settings,
+            device=device,
+            desc=self.name,
+            **kwargs,
+        )
+
+
+_DENSITY = dict(
+    family="density",
+    length_unit="Mpc/h",
+    map_units="density contrast",
+    k_unit="h/Mpc",
+    power_unit="(Mpc/h)^2",
+    extent_fn="engine.physics.slabs.map_extent",
+    box_fn="engine.physics.slabs.map_extent",
+    theory="engine.physics.slabs.binned_theory",
+    # The 2LPT scale is the linear-theory std of the same slab (engine.physics.slabs): a fixed
+    # normalisation close to the LPT maps' own std, which is all a network input needs.
+    scale="engine.physics.slabs.map_scale",
+)
+_CONVERGENCE = dict(family="convergence", map_units="convergence", power_unit="sr")
 
 KINDS: dict[str, Kind] = {
     k.name: k
@@ -123,7 +328,7 @@ KINDS: dict[str, Kind] = {
             "Gaussian random field of a projected slab",
             batch="generate_maps",
             check="check_resolution",
-            scale="engine.physics.slabs.map_scale",
+            **_DENSITY,
         ),
         Kind(
             "lognormal",
@@ -132,10 +337,8 @@ KINDS: dict[str, Kind] = {
             "lognormal field of a projected slab",
             batch="generate_maps",
             check="check_resolution",
-            scale="engine.physics.slabs.map_scale",
+            **_DENSITY,
         ),
-        # The 2LPT scale is the linear-theory std of the same slab (engine.physics.slabs): a fixed
-        # normalisation close to the LPT maps' own std, which is all a network input needs.
         Kind(
             "2lpt",
             "engine.physics.lpt",
@@ -143,7 +346,8 @@ KINDS: dict[str, Kind] = {
             "1LPT/2LPT particles on a mesh: volumes or slabs",
             batch="generate_batch",
             check="check_settings",
-            scale="engine.physics.slabs.map_scale",
+            batch_size_fn="default_batch_size",
+            **_DENSITY,
         ),
         Kind(
             "kappa",
@@ -152,15 +356,26 @@ KINDS: dict[str, Kind] = {
             "flat-sky weak-lensing convergence",
             batch="generate_maps",
             check="check_resolution",
-            scale="engine.physics.lensing.map_scale",
+            scale="map_scale",
+            length_unit="arcmin",
+            extent_fn="map_extent",
+            box_fn="fov_radians",
+            theory="binned_theory",
+            **_CONVERGENCE,
         ),
-        Kind("sky", "engine.physics.sky", "SkyParams", "full-sky HEALPix weak-lensing convergence"),
+        Kind(
+            "sky",
+            "engine.physics.sky",
+            "SkyParams",
+            "full-sky HEALPix weak-lensing convergence",
+            **_CONVERGENCE,
+        ),
     )
 }
 
 
 #: Kinds of flat maps and volumes (the ``fields`` verb); ``sky`` has a verb of its own.
-FIELD_KINDS = tuple(k for k in KINDS if k != "sky")
+FIELD_KINDS = tuple(k for k, v in KINDS.items() if v.batch)
 
 
 def get_kind(name: str, allowed=tuple(KINDS)) -> Kind:

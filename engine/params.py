@@ -1,7 +1,7 @@
 """One definition of every setting.
 
 Each user-facing setting is a ``param`` parameter on a ``param.Parameterized`` class here (or in
-the module that owns it, e.g. ``engine.train.training.TrainParams``): its default, bounds, allowed values
+the module that owns it, e.g. ``engine.train.settings.TrainParams``): its default, bounds, allowed values
 and doc (with the unit) are written once. The CLI flags, YAML/JSON config files, ``--set key=value``
 overrides and the explorer's widgets are all derived from these classes by the helpers below.
 
@@ -241,6 +241,11 @@ def from_namespace(cls: type[param.Parameterized], ns: argparse.Namespace) -> di
 # Physics settings
 # ---------------------------------------------------------------------------------------------
 
+#: Names of the cosmological parameters inferred from maps (varied per map), in this order.
+PARAM_NAMES = ("omega_m", "sigma8")
+#: Fiducial cosmology (dimensionless): the defaults of :class:`CosmologyParams` and the point of
+#: fixed normalisations such as :meth:`engine.kinds.Kind.map_scale`.
+FIDUCIAL = {"omega_m": 0.3, "sigma8": 0.8}
 #: Prior box of the cosmological parameters used for training and parameter sliders.
 OMEGA_M_BOUNDS = (0.1, 0.9)
 SIGMA8_BOUNDS = (0.4, 1.2)
@@ -253,13 +258,13 @@ class CosmologyParams(param.Parameterized):
     """
 
     omega_m = param.Number(
-        0.3,
+        FIDUCIAL["omega_m"],
         bounds=OMEGA_M_BOUNDS,
         step=0.01,
         doc="Total matter density today, Omega_m = Omega_c + Omega_b (dimensionless).",
     )
     sigma8 = param.Number(
-        0.8,
+        FIDUCIAL["sigma8"],
         bounds=SIGMA8_BOUNDS,
         step=0.01,
         doc="RMS of the linear density contrast in top-hat spheres of 8 Mpc/h at z=0 (dimensionless).",

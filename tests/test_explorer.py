@@ -21,13 +21,15 @@ import pytest
 from engine.kinds import FIELD_KINDS
 from engine.params import ConfigError, FieldParams
 from engine.physics import slabs
-from engine.physics.lensing import ARCMIN, KappaParams
+from engine.physics.lensing import KappaParams
+from engine.physics.limber import ARCMIN
 from engine.physics.lpt import LPTParams
 from engine.physics.stats import peak_counts
 from engine.runs import RunDir, is_alive
-from engine.train.training import PRESETS
+from engine.train.settings import PRESETS
 from explorer import fieldlab, training
-from explorer.fieldlab import FieldLab, compute, parameter_table
+from explorer.fieldlab import FieldLab, compute
+from explorer.fieldlab_views import parameter_table
 from explorer.training import TrainingController
 
 

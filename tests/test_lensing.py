@@ -10,7 +10,7 @@ from scipy import stats as sps
 from scipy.integrate import trapezoid
 
 from engine.params import ConfigError, set_values
-from engine.physics import lensing, slabs, stats
+from engine.physics import lensing, limber, slabs, stats
 
 ARCMIN_PER_RAD = 180 * 60 / math.pi
 
@@ -29,7 +29,7 @@ def pyccl_kappa_cl(ell, omega_m=0.3, sigma8=0.8, matter_power="halofit", dndz=No
         transfer_function="eisenstein_hu",
         matter_power_spectrum=matter_power,
     )
-    dndz = lensing.des_y3_nz() if dndz is None else dndz
+    dndz = limber.des_y3_nz() if dndz is None else dndz
     chi, kernel = ccl.tracers.get_lensing_kernel(cosmo, dndz=dndz)
     tracer = ccl.Tracer()
     tracer.add_tracer(cosmo, kernel=(chi, kernel), der_bessel=-1, der_angles=1)
@@ -61,12 +61,12 @@ def chi2_pvalue(maps, settings, expect, lmax_frac=1.0):
 def test_interpolated_cl_matches_direct_pyccl():
     s = lensing.KappaParams()
     ell = np.array([2.0, 3.0, 17.3, 72.0, 150.0, 1234.5, 9000.0, 6.1e4])
-    ours = lensing.theory_cl(s, torch.from_numpy(ell), 0.3, 0.8).numpy()
+    ours = limber.theory_cl(s, torch.from_numpy(ell), 0.3, 0.8).numpy()
     ref = pyccl_kappa_cl(ell)
     np.testing.assert_allclose(ours, ref, rtol=1e-3)
-    np.testing.assert_allclose(lensing.direct_cl(s, ell, 0.3, 0.8), ref, rtol=1e-4)
+    np.testing.assert_allclose(limber.direct_cl(s, ell, 0.3, 0.8), ref, rtol=1e-4)
     # batch of parameters, one C_l per pair; monopole is zero
-    batch = lensing.theory_cl(s, torch.tensor([0.0, 100.0]), [0.3, 0.3], [0.8, 0.6])
+    batch = limber.theory_cl(s, torch.tensor([0.0, 100.0]), [0.3, 0.3], [0.8, 0.6])
     assert batch.shape == (2, 2) and float(batch[:, 0].abs().max()) == 0.0
     assert float(batch[1, 1] / batch[0, 1]) < 0.6
 
@@ -97,7 +97,7 @@ def test_noise_plateau_and_smoothing_of_noisy_map():
         a = lensing.generate_maps(noisy, om, s8, torch.Generator().manual_seed(5))
         b = lensing.generate_maps(clean, om, s8, torch.Generator().manual_seed(5))
         noise = a.double() - b.double()
-        assert lensing.noise_cl(noisy) == pytest.approx(n_level, rel=1e-12)
+        assert limber.noise_cl(noisy) == pytest.approx(n_level, rel=1e-12)
         ell = stats.wavenumbers((128, 128), math.radians(8.0))
         kernel2 = torch.exp(-(ell**2) * (smoothing / ARCMIN_PER_RAD) ** 2)
         expect = stats.bin_isotropic(n_level * kernel2, (128, 128), math.radians(8.0)).power
@@ -113,9 +113,9 @@ def test_halving_sigma8_quarters_low_ell_power():
     lin = lensing.KappaParams(matter_power="linear")
     nl = lensing.KappaParams(matter_power="halofit")
     ell = torch.tensor([20.0, 30.0, 100.0, 1000.0])
-    r_lin = lensing.theory_cl(lin, ell, 0.3, 0.4) / lensing.theory_cl(lin, ell, 0.3, 0.8)
+    r_lin = limber.theory_cl(lin, ell, 0.3, 0.4) / limber.theory_cl(lin, ell, 0.3, 0.8)
     np.testing.assert_allclose(r_lin.numpy(), 0.25, rtol=1e-9)  # linear: exactly sigma8^2
-    r_nl = lensing.theory_cl(nl, ell, 0.3, 0.4) / lensing.theory_cl(nl, ell, 0.3, 0.8)
+    r_nl = limber.theory_cl(nl, ell, 0.3, 0.4) / limber.theory_cl(nl, ell, 0.3, 0.8)
     # halofit: Limber C_l at l <~ 30 comes from k <~ 0.05 h/Mpc, linear to ~3 %
     np.testing.assert_allclose(r_nl[:2].numpy(), 0.25, rtol=0.03)
     assert float(r_nl[3]) < 0.15  # nonlinear boost grows with sigma8 at l ~ 1000
@@ -135,7 +135,7 @@ def test_halving_sigma8_quarters_low_ell_power():
 def test_lognormal_maps_spectrum_floor_and_skewness():
     s = lensing.KappaParams(distribution="lognormal", size=64, fov=3.0, sigma_e=0.0, smoothing=0.0)
     kappa0 = lensing.lognormal_shift(s)
-    z, nz = lensing.des_y3_nz()
+    z, nz = limber.des_y3_nz()
     assert kappa0 == pytest.approx(trapezoid(nz * lensing.hilbert_shift(z), z))
     assert 0.01 < kappa0 < 0.025
     maps = lensing.generate_maps(s, [0.3] * 48, [0.8] * 48, torch.Generator().manual_seed(9))
@@ -162,7 +162,7 @@ def test_lognormal_maps_spectrum_floor_and_skewness():
 
 
 def test_des_y3_nz_and_user_table(tmp_path):
-    z, nz = lensing.des_y3_nz()
+    z, nz = limber.des_y3_nz()
     assert trapezoid(nz, z) == pytest.approx(1.0, rel=1e-6)
     assert trapezoid(z * nz, z) == pytest.approx(0.63, abs=2e-3)
     path = tmp_path / "nz.txt"
@@ -170,20 +170,20 @@ def test_des_y3_nz_and_user_table(tmp_path):
     user = lensing.KappaParams(nz=str(path))
     ell = torch.tensor([100.0, 1000.0])
     np.testing.assert_allclose(
-        lensing.theory_cl(user, ell, 0.3, 0.8).numpy(),
-        lensing.theory_cl(lensing.KappaParams(), ell, 0.3, 0.8).numpy(),
+        limber.theory_cl(user, ell, 0.3, 0.8).numpy(),
+        limber.theory_cl(lensing.KappaParams(), ell, 0.3, 0.8).numpy(),
         rtol=1e-9,
     )
     deep = tmp_path / "deep.txt"  # sources at z ~ 1.5 lens more
     zz = np.linspace(0, 3, 61)
     np.savetxt(deep, np.c_[zz, np.exp(-0.5 * ((zz - 1.5) / 0.2) ** 2)])
-    c_deep = lensing.theory_cl(lensing.KappaParams(nz=str(deep)), ell, 0.3, 0.8)
-    assert bool((c_deep > 2 * lensing.theory_cl(user, ell, 0.3, 0.8)).all())
+    c_deep = limber.theory_cl(lensing.KappaParams(nz=str(deep)), ell, 0.3, 0.8)
+    assert bool((c_deep > 2 * limber.theory_cl(user, ell, 0.3, 0.8)).all())
     bad = tmp_path / "bad.txt"
     bad.write_text("0.1 0.2 0.3\n0.2 0.3 0.4\n")
     for value in (str(bad), str(tmp_path / "missing.txt"), "des_y9"):
         with pytest.raises(ConfigError, match="nz=") as err:
-            lensing.theory_cl(lensing.KappaParams(nz=value), ell, 0.3, 0.8)
+            limber.theory_cl(lensing.KappaParams(nz=value), ell, 0.3, 0.8)
         assert "\n" not in str(err.value)
 
 
@@ -212,7 +212,7 @@ def test_dataarray_schema_roundtrip_and_seeds(tmp_path):
         "kind",
     ):
         assert key in da.attrs
-    np.testing.assert_allclose(da.attrs["nz_dndz"], lensing.des_y3_nz()[1])
+    np.testing.assert_allclose(da.attrs["nz_dndz"], limber.des_y3_nz()[1])
     for suffix in (".nc", ".zarr"):
         back = slabs.load(slabs.save(da, tmp_path / f"kappa{suffix}"))
         np.testing.assert_array_equal(back.values, da.values)

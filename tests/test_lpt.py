@@ -11,7 +11,7 @@ import xarray as xr
 from scipy import stats as sps
 
 from engine.params import ConfigError, set_values
-from engine.physics import lpt, slabs, stats
+from engine.physics import lpt, mesh, slabs, stats
 from engine.physics.cosmology import ccl_cosmology, linear_power_pyccl
 
 OM, S8 = 0.3, 0.8
@@ -31,7 +31,7 @@ def deconvolved_power(vols, box_size, edges):
     n = vols.shape[-1]
     shape = (n, n, n)
     fk = torch.fft.rfftn(vols, dim=(1, 2, 3))
-    p = (fk.real**2 + fk.imag**2) * box_size**3 / n**6 / lpt.cic_window(shape, box_size)
+    p = (fk.real**2 + fk.imag**2) * box_size**3 / n**6 / mesh.cic_window(shape, box_size)
     return stats.bin_isotropic(p, shape, box_size, edges)
 
 
@@ -67,11 +67,11 @@ def test_cic_matches_reference_and_conserves_mass():
     gen = torch.Generator().manual_seed(0)
     box, n = 100.0, 8
     pos = (torch.rand((2, 300, 3), generator=gen, dtype=torch.float64) * 3 - 1) * box  # wraps
-    mesh = lpt.cic_deposit(pos, n, box)
-    assert mesh.shape == (2, n, n, n) and mesh.dtype == torch.float32
-    np.testing.assert_allclose(mesh.numpy(), reference_cic(pos.numpy(), n, box), atol=2e-6)
+    counts = mesh.cic_deposit(pos, n, box)
+    assert counts.shape == (2, n, n, n) and counts.dtype == torch.float32
+    np.testing.assert_allclose(counts.numpy(), reference_cic(pos.numpy(), n, box), atol=2e-6)
     big = torch.rand((1, 200_000, 3), generator=gen) * box
-    assert float(lpt.cic_deposit(big, 32, box).double().sum()) == pytest.approx(2e5, rel=1e-6)
+    assert float(mesh.cic_deposit(big, 32, box).double().sum()) == pytest.approx(2e5, rel=1e-6)
 
 
 def test_cic_shot_noise_has_the_aliased_window():
@@ -79,9 +79,9 @@ def test_cic_shot_noise_has_the_aliased_window():
     (Jing 2005, ApJ 620, 559, eq. 20), which differs from M W²(k) (cic_window) by aliasing."""
     gen = torch.Generator().manual_seed(1)
     n, box, m = 16, 1.0, 20_000
-    rho = lpt.cic_deposit(torch.rand((24, m, 3), generator=gen, dtype=torch.float64), n, box)
+    rho = mesh.cic_deposit(torch.rand((24, m, 3), generator=gen, dtype=torch.float64), n, box)
     p = torch.fft.rfftn(rho.double(), dim=(1, 2, 3)).abs().square().mean(0) / m
-    s = [torch.sin(math.pi * lpt._freq_int(n, last=a == 2).double() / n) ** 2 for a in range(3)]
+    s = [torch.sin(math.pi * mesh.freq_int(n, last=a == 2).double() / n) ** 2 for a in range(3)]
     alias_sum = (
         (1 - 2 / 3 * s[0]).reshape(-1, 1, 1)
         * (1 - 2 / 3 * s[1]).reshape(1, -1, 1)
@@ -93,7 +93,7 @@ def test_cic_shot_noise_has_the_aliased_window():
     assert float(ratio.mean()) == pytest.approx(1.0, abs=0.01)
     assert float((p / alias_sum)[high].mean()) == pytest.approx(1.0, abs=0.02)
     # dividing by W² alone overcorrects where aliases matter
-    assert float((p / lpt.cic_window((n, n, n), box))[high].mean()) > 1.5
+    assert float((p / mesh.cic_window((n, n, n), box))[high].mean()) > 1.5
 
 
 def test_lattice_without_or_with_whole_cell_shifts_is_uniform():
@@ -101,7 +101,7 @@ def test_lattice_without_or_with_whole_cell_shifts_is_uniform():
     for shift in (0.0, 4.0, -8.0, 2.0):  # 0, ±whole cells, and half a cell everywhere
         psi = torch.zeros((1, 3, n, n, n))
         psi[:, 1] = shift
-        delta = lpt.lattice_deposit(psi, box)
+        delta = mesh.lattice_deposit(psi, box)
         assert float(delta.abs().max()) < 1e-6
 
 
@@ -122,7 +122,7 @@ def test_particle_positions_deposit_to_the_same_volume():
     x = lpt.particle_positions(psi, settings.box_size)
     assert x.shape == (1, 16**3, 3)
     assert float(x.min()) >= 0.0 and float(x.max()) < 100.0
-    counts = lpt.cic_deposit(x, 16, settings.box_size)
+    counts = mesh.cic_deposit(x, 16, settings.box_size)
     vol = lpt.generate_volumes(settings, om, s8, torch.Generator().manual_seed(3))
     np.testing.assert_allclose((counts - 1).numpy(), vol.numpy(), atol=1e-4)
 
@@ -256,9 +256,9 @@ def test_zeldovich_propagator_is_gaussian_damped():
     delta_k = lpt.linear_modes(settings, om, torch.full((4,), S8), gen)
     psi = lpt.displacement(delta_k, settings.box_size, 1)
     sigma2 = float(psi.double().square().mean())
-    vols = lpt.lattice_deposit(psi, settings.box_size).double()
+    vols = mesh.lattice_deposit(psi, settings.box_size).double()
     shape = (64,) * 3
-    fk = torch.fft.rfftn(vols, dim=(1, 2, 3)) / lpt.cic_window(shape).sqrt()
+    fk = torch.fft.rfftn(vols, dim=(1, 2, 3)) / mesh.cic_window(shape).sqrt()
     dl = delta_k.to(torch.complex128)
     edges = stats.default_edges(shape, settings.box_size)
     edges = edges[edges <= 0.1 + 1e-12]
@@ -296,7 +296,7 @@ def test_skewness_follows_tree_level_lpt():
     for order in (1, 2):
         settings, vols = volumes(n_vol, seed=6, lpt_order=order)
         kmag = stats.wavenumbers(shape, settings.box_size)
-        filt = top_hat(kmag * radius) / lpt.cic_window(shape).sqrt()
+        filt = top_hat(kmag * radius) / mesh.cic_window(shape).sqrt()
         smooth = torch.fft.irfftn(
             torch.fft.rfftn(vols, dim=(1, 2, 3)) * filt, s=shape, dim=(1, 2, 3)
         )
@@ -365,10 +365,10 @@ def test_project_slab_is_the_slab_average():
     gen = torch.Generator().manual_seed(2)
     vol = torch.randn((2, 8, 8, 8), generator=gen, dtype=torch.float64)
     # cells of 1 Mpc/h; 2.5 cells thick: cells 0, 1 fully and half of cell 2
-    m = lpt.project_slab(vol, 2.5, 8.0, "z")
+    m = mesh.project_slab(vol, 2.5, 8.0, "z")
     np.testing.assert_allclose(m, (vol[:, 0] + vol[:, 1] + 0.5 * vol[:, 2]) / 2.5)
-    np.testing.assert_allclose(lpt.project_slab(vol, 8.0, 8.0, "x"), vol.mean(3))
-    np.testing.assert_allclose(lpt.project_slab(vol, 1.0, 8.0, "y"), vol[:, :, 0])
+    np.testing.assert_allclose(mesh.project_slab(vol, 8.0, 8.0, "x"), vol.mean(3))
+    np.testing.assert_allclose(mesh.project_slab(vol, 1.0, 8.0, "y"), vol[:, :, 0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +397,8 @@ def test_bad_inputs_are_one_line_config_errors():
         lpt.generate(lpt.LPTParams(size=1024, box_size=10.0), device="cpu")
     one_line(e)
     with pytest.raises(ConfigError, match="axis") as e:
-        lpt.project_slab(torch.zeros(1, 4, 4, 4), 1.0, 4.0, axis=3)
+        mesh.project_slab(torch.zeros(1, 4, 4, 4), 1.0, 4.0, axis=3)
     one_line(e)
     with pytest.raises(ConfigError, match=r"\(B, M, 3\)") as e:
-        lpt.cic_deposit(torch.zeros(5, 3), 8, 10.0)
+        mesh.cic_deposit(torch.zeros(5, 3), 8, 10.0)
     one_line(e)

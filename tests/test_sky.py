@@ -11,7 +11,7 @@ from realdata import WMAP
 from scipy import stats as sps
 
 from engine.params import ConfigError, set_values
-from engine.physics import lensing, sky, stats
+from engine.physics import limber, sky, stats
 
 WMAP_MAP = WMAP / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"
 WMAP_MASK = WMAP / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
@@ -95,7 +95,7 @@ def test_full_sky_spectrum_matches_input_cl():
     expect = sky.sky_cl(s, 0.3, 0.8)
     assert expect[0] == expect[1] == 0.0
     np.testing.assert_allclose(
-        expect[2:], lensing.direct_cl(s, np.arange(2, 257.0), 0.3, 0.8), rtol=1e-3
+        expect[2:], limber.direct_cl(s, np.arange(2, 257.0), 0.3, 0.8), rtol=1e-3
     )
     assert chi2_pvalue(cls, expect) > 1e-3
     assert chi2_pvalue(cls, 1.05 * expect) < 1e-6
@@ -172,7 +172,7 @@ def test_patches_from_synthesized_sky_follow_cl():
     box = math.radians(fov)
     ps = stats.power_spectrum(torch.from_numpy(p.values.astype(np.float64)), box)
     ell = stats.wavenumbers((size, size), box)
-    th = stats.bin_isotropic(lensing.theory_cl(s, ell, 0.3, 0.8), (size, size), box)
+    th = stats.bin_isotropic(limber.theory_cl(s, ell, 0.3, 0.8), (size, size), box)
     ratio = (ps.power.mean(0) / th.power).numpy()
     k, n = ps.k.numpy(), ps.n_modes.numpy()
     use = (k > 1.5 * 2 * math.pi / box) & (k < 0.2 * math.pi / math.sqrt(hp.nside2pixarea(256)))

@@ -6,7 +6,7 @@ defined in equatorial coordinates; κ skies are statistically isotropic, so the 
 
 Full-sky κ (:func:`generate`)
 -----------------------------
-The spherical-harmonic coefficients of each sky are drawn from C_ℓ^κκ of :mod:`engine.physics.lensing`
+The spherical-harmonic coefficients of each sky are drawn from C_ℓ^κκ of :mod:`engine.physics.limber`
 (same cosmology, n(z), halofit/linear choice; C_0 = C_1 = 0) for 0 ≤ ℓ ≤ ``lmax`` (default
 3·nside − 1): a_ℓ0 ~ N(0, C_ℓ) real and a_ℓm = (x + iy) √(C_ℓ/2), x, y ~ N(0, 1), for m > 0, with a
 ``numpy.random.Generator`` seeded by ``seed`` (healpy's ``synalm`` draws from numpy's global
@@ -68,8 +68,9 @@ import xarray as xr
 
 import engine
 from engine.params import ConfigError
-from engine.physics.lensing import ARCMIN, SourceParams, noise_cl, settings_attrs, theory_cl
-from engine.physics.slabs import check_parameters, per_sample
+from engine.physics.cosmology import check_parameters
+from engine.physics.generation import per_sample
+from engine.physics.limber import ARCMIN, SourceParams, noise_cl, settings_attrs, theory_cl
 
 #: The DES-like RA/Dec box (degrees) of ``footprint="des_like"``: RA from 300 through 0 to 100.
 DES_LIKE_RA = (300.0, 100.0)
@@ -272,7 +273,7 @@ def generate(settings: SkyParams, omega_m=None, sigma8=None) -> xr.DataArray:
     -------
     xarray.DataArray "kappa" (sample, pixel) float32 (HEALPix RING, UNSEEN off-footprint);
     coords omega_m, sigma8 (sample), mask (pixel) uint8 (1 observed); attrs: every setting,
-    ``nz_z``/``nz_dndz`` arrays (see :func:`engine.physics.lensing.settings_attrs`), ``nside``,
+    ``nz_z``/``nz_dndz`` arrays (see :func:`engine.physics.limber.settings_attrs`), ``nside``,
     ``lmax_used``, ordering="RING", pixel_size (arcmin, √Ω_pix), long_name.
 
     Raises
@@ -284,6 +285,25 @@ def generate(settings: SkyParams, omega_m=None, sigma8=None) -> xr.DataArray:
     om = per_sample(omega_m, settings.omega_m, count, "omega_m")
     s8 = per_sample(sigma8, settings.sigma8, count, "sigma8")
     maps = generate_maps(settings, om, s8, np.random.default_rng(int(settings.seed)))
+    return to_dataarray(maps, settings, om, s8)
+
+
+def to_dataarray(maps: np.ndarray, settings: SkyParams, omega_m, sigma8) -> xr.DataArray:
+    """Wrap HEALPix κ skies (B, npix) in the boundary DataArray described in :func:`generate`.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray (B, npix), RING order, UNSEEN off-footprint
+    settings : SkyParams
+    omega_m, sigma8 : array_like (B,)
+
+    Raises
+    ------
+    ConfigError
+        Bad nside or mask file (the footprint is recomputed).
+    """
+    om = np.asarray(omega_m, dtype=np.float64)
+    s8 = np.asarray(sigma8, dtype=np.float64)
     attrs = settings_attrs(settings)
     attrs.update(
         long_name="weak-lensing convergence kappa (full-sky HEALPix)",
@@ -292,7 +312,7 @@ def generate(settings: SkyParams, omega_m=None, sigma8=None) -> xr.DataArray:
         pixel_size=math.sqrt(hp.nside2pixarea(settings.nside)) / ARCMIN,
     )
     return xr.DataArray(
-        maps.astype(np.float32),
+        np.asarray(maps).astype(np.float32),
         dims=("sample", "pixel"),
         coords={
             "omega_m": ("sample", om),
@@ -302,6 +322,20 @@ def generate(settings: SkyParams, omega_m=None, sigma8=None) -> xr.DataArray:
         name="kappa",
         attrs=attrs,
     )
+
+
+def settings_from_attrs(attrs: dict) -> SkyParams:
+    """Rebuild the SkyParams a sky DataArray was generated with, from its attrs ("" → None).
+
+    Attrs that are not settings (``nz_z``, ``units``, ``lmax_used``, …) are ignored; numpy
+    scalars (netCDF) become Python numbers.
+    """
+    names = set(SkyParams.param) - {"name"}
+    values = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
+    values = {k: v for k, v in values.items() if k in names}
+    if values.get("mask") == "":
+        values["mask"] = None
+    return SkyParams(**values)
 
 
 def extract_patches(

@@ -12,13 +12,9 @@ Kinds
     in (Mpc/h)², where sinc x = sin x / x is the transform of the top-hat slab profile, and
     P_3D(k, z) = σ8² D(z)² P_lin(k, 0 | Ω_m, σ8=1) from :mod:`engine.physics.cosmology`.
 ``lognormal``
-    Lognormal field δ = exp(G − σ_G²/2) − 1 with the same target spectrum (Coles & Jones 1991,
-    MNRAS 248, 1): the target correlation function ξ on the periodic grid is mapped to the
-    Gaussian one by ξ_G = ln(1 + ξ) (their eq. 8 inverted), whose spectrum P_G generates G.
-    Where P_G is negative (the lognormal transform of the target is not positive definite, which
-    happens for large variance on small scales) it is set to zero; the map's spectrum then falls
-    slightly short of the target on those scales. The k = 0 mode of G is zero, so δ > −1 and
-    ⟨δ⟩ = 0 in expectation (each map's mean scatters around zero).
+    Lognormal field δ = exp(G − σ_G²/2) − 1 > −1 with the same target spectrum (Coles & Jones
+    1991, MNRAS 248, 1; :func:`engine.physics.randomfields.lognormal_from_power`, which documents
+    the mapping ξ_G = ln(1 + ξ) and its clipping of negative Gaussian power on small scales).
 
 Both kinds then get optional Gaussian smoothing, multiplying Fourier modes by exp(−k²σ_s²/2)
 (σ_s in Mpc/h), and additive white noise of standard deviation σ_n per pixel. The expected map
@@ -26,20 +22,23 @@ spectrum (:func:`theory_power`) is therefore
 
     P_map(k) = P_2D(k) exp(−k² σ_s²) + σ_n² (L/N)².                                     (2)
 
-Fourier conventions are those of :mod:`engine.physics.stats`. Fields are generated directly from their
-Fourier amplitudes on the discrete periodic grid (no aliasing or pixel window to correct).
+Fourier conventions are those of :mod:`engine.physics.stats`. Fields are generated directly from
+their Fourier amplitudes on the discrete periodic grid (:mod:`engine.physics.randomfields`: no
+aliasing or pixel window to correct); :func:`generate` is the shared loop of
+:mod:`engine.physics.generation` around the hot path :func:`generate_maps`.
 
 Numerical integration of (1): the projected spectrum of each ω_m node of the
-:class:`~engine.physics.cosmology.LinearPowerTable` is integrated once per thickness (cached) on a k_z grid
-that resolves both the sinc² oscillations (16 points per period 2π/Δ) and the baryon wiggles
-(steps ≤ 0.005 h/Mpc at small k_z, 2 % at large k_z); beyond u = k_zΔ/2 = 20π sinc² is replaced by
-its mean 1/(2u²). 3D power beyond k = 100 h/Mpc is neglected. Batches are then interpolated exactly
-like the 3D table (cubic in ln Ω_m, linear in ln k).
+:class:`~engine.physics.cosmology.LinearPowerTable` is integrated once per thickness (cached) on a
+k_z grid that resolves both the sinc² oscillations (16 points per period 2π/Δ) and the baryon
+wiggles (steps ≤ 0.005 h/Mpc at small k_z, 2 % at large k_z); beyond u = k_zΔ/2 = 20π sinc² is
+replaced by its mean 1/(2u²). 3D power beyond k = 100 h/Mpc is neglected. Batches are then
+interpolated exactly like the 3D table (cubic in ln Ω_m, linear in ln k).
 
-Mesh slabs (``2lpt``, :mod:`engine.physics.lpt`): a map averaged over the cells j of a mesh (cell c = L/N,
-centres z_j, overlap weights w_j of :func:`slab_weights`) of a cloud-in-cell density is the
-continuous field integrated against K(z) = Σ_j w_j Λ(z − z_j)/c (Λ the CIC triangle), so eq. (1)
-holds with sinc²(k_zΔ/2) replaced by the exact line-of-sight window
+Mesh slabs (``2lpt``, :mod:`engine.physics.lpt`): a map averaged over the cells j of a mesh (cell
+c = L/N, centres z_j, overlap weights w_j of :func:`engine.physics.mesh.slab_weights`) of a
+cloud-in-cell density is the continuous field integrated against K(z) = Σ_j w_j Λ(z − z_j)/c
+(Λ the CIC triangle), so eq. (1) holds with sinc²(k_zΔ/2) replaced by the exact line-of-sight
+window
 
     |K(k_z)|² = |Σ_j w_j e^{−i k_z z_j}|² sinc⁴(k_z c/2),                              (1')
 
@@ -63,10 +62,20 @@ import torch
 import xarray as xr
 
 import engine
-from engine.device import default_device
-from engine.params import ConfigError, FieldParams, to_dict
-from engine.physics.cosmology import BUILD_LOCK, K_MAX, K_MIN, N_OM, _catmull_rom_weights, table_for
-from engine.physics.stats import bin_isotropic, rfft_weights, wavenumbers
+from engine.params import FIDUCIAL, ConfigError, FieldParams, to_dict
+from engine.physics.cosmology import (
+    BUILD_LOCK,
+    K_MAX,
+    K_MIN,
+    N_OM,
+    _catmull_rom_weights,
+    check_parameters,
+    table_for,
+)
+from engine.physics.generation import generate_samples
+from engine.physics.mesh import cic_window, slab_weights, wavenumber_grid, wavenumbers
+from engine.physics.randomfields import gaussian_from_power, lognormal_from_power
+from engine.physics.stats import bin_isotropic, rfft_weights
 
 #: Number of log-spaced k nodes of the projected-spectrum tables.
 N_K2D = 512
@@ -103,33 +112,6 @@ def _kz_grid(thickness: float) -> tuple[np.ndarray, np.ndarray]:
         kz = np.concatenate([kz, tail[1:]])
         w = np.concatenate([w[:-1], [w[-1] + wt[0] * f[0]], (wt * f)[1:]])
     return kz, w / math.pi  # ∫_{-∞}^{∞} dk_z / 2π = (1/π) ∫_0^∞ dk_z
-
-
-def slab_weights(n: int, thickness: float, box_size: float) -> torch.Tensor:
-    """Weight of each cell along the line of sight in the average through a slab [0, Δ).
-
-    Cell j spans [j c, (j+1) c), c = L/N; its weight is the length of its overlap with [0, Δ)
-    divided by Δ, so the weights sum to 1 and the projected value is the exact mean over the
-    slab of the piecewise-constant (cell-averaged) field. Partially covered cells count with
-    their covered fraction.
-
-    Returns
-    -------
-    torch.Tensor (N,) float64, dimensionless.
-
-    Raises
-    ------
-    ConfigError
-        ``thickness`` not in (0, L].
-    """
-    if not 0 < thickness <= box_size * (1 + 1e-12):
-        raise ConfigError(
-            f"thickness={thickness} is out of range: allowed 0 < thickness <= box_size={box_size}"
-        )
-    c = box_size / n
-    lo = torch.arange(n, dtype=torch.float64) * c
-    overlap = (torch.clamp(lo + c, max=thickness) - lo).clamp(min=0.0)
-    return overlap / overlap.sum()
 
 
 def _mesh_kz_grid(thickness: float, n: int, box_size: float) -> tuple[np.ndarray, np.ndarray]:
@@ -227,39 +209,58 @@ def theory_power(settings: FieldParams, k, omega_m, sigma8) -> torch.Tensor:
     p = projected_power(settings, k, omega_m, sigma8)
     k64 = k.to(torch.float64)
     p = p * torch.exp(-(k64**2) * settings.smoothing**2)
-    return p + settings.noise**2 * (settings.box_size / settings.size) ** 2
+    return p + noise_power(settings)
+
+
+def noise_power(settings: FieldParams) -> float:
+    """White-noise level of the map spectrum, σ_n² (L/N)² in (Mpc/h)² (the last term of eq. 2)."""
+    return settings.noise**2 * (settings.box_size / settings.size) ** 2
 
 
 def binned_theory(settings: FieldParams, omega_m, sigma8, edges=None, deconvolved: bool = False):
     """Theory of eq. (2) averaged over the Fourier modes of each bin, exactly as the estimator.
 
-    Returns a :class:`~engine.physics.stats.PowerSpectrum` whose ``power`` is the expectation of
-    ``engine.physics.stats.power_spectrum(map, settings.box_size, edges).power`` for maps generated with
-    ``settings`` (before the lognormal clipping caveat). For mesh slabs (kind ``2lpt``) the signal
-    is multiplied mode by mode by the in-plane CIC window W²(k) (:func:`engine.physics.lpt.cic_window`,
-    no aliases) unless ``deconvolved`` (the expectation for maps divided by W in Fourier space,
-    without the noise term's amplification).
+    For mesh slabs (kind ``2lpt``) the signal is multiplied mode by mode by the in-plane CIC
+    window W²(k) (:func:`engine.physics.mesh.cic_window`, no aliases); with ``deconvolved`` it is
+    instead the expectation for maps divided by W in Fourier space
+    (:func:`engine.physics.mesh.deconvolve_cic`): the signal without the window and the white
+    noise amplified to σ_n²(L/N)²/W². ``deconvolved`` does nothing for other kinds.
+
+    Parameters
+    ----------
+    settings : FieldParams or LPTParams
+        As :func:`theory_power`; size N and box_size L (Mpc/h) set the modes.
+    omega_m, sigma8 : float or torch.Tensor (B,)
+    edges : array_like (K+1,), optional
+        Bin edges in h/Mpc; default :func:`engine.physics.stats.default_edges`.
+    deconvolved : bool
+
+    Returns
+    -------
+    engine.physics.stats.PowerSpectrum
+        ``power`` (K,) or (B, K) float64 in (Mpc/h)²: the expectation of
+        ``engine.physics.stats.power_spectrum(map, settings.box_size, edges).power`` for maps
+        generated with ``settings`` (before the lognormal clipping caveat of
+        :mod:`engine.physics.randomfields`).
+
+    Raises
+    ------
+    ConfigError
+        Parameters out of range.
     """
     shape = (settings.size, settings.size)
     kmag = wavenumbers(shape, settings.box_size)
     p = theory_power(settings, kmag, omega_m, sigma8)
-    if mesh_cells(settings) is not None and not deconvolved:
-        from engine.physics.lpt import cic_window
-
-        noise = settings.noise**2 * (settings.box_size / settings.size) ** 2
-        p = (p - noise) * cic_window(shape).to(p.device) + noise
+    if mesh_cells(settings) is not None:
+        noise = noise_power(settings)
+        window = cic_window(shape).to(p.device)
+        p = p - noise + noise / window if deconvolved else (p - noise) * window + noise
     return bin_isotropic(p, shape, settings.box_size, edges)
 
 
-def check_parameters(om: torch.Tensor, s8: torch.Tensor) -> None:
-    """Raise a one-line :class:`ConfigError` if any omega_m / sigma8 (tensors (B,)) is out of bounds."""
-    for name, v in (("omega_m", om), ("sigma8", s8)):
-        lo, hi = FieldParams.param[name].bounds
-        bad = (v < lo) | (v > hi) | ~torch.isfinite(v)
-        if bool(bad.any()):
-            raise ConfigError(
-                f"{name}={float(v[bad][0]):g} is out of range: allowed {lo} <= {name} <= {hi}"
-            )
+def map_extent(settings: FieldParams) -> float:
+    """Side L of the square map (or box) in Mpc/h: ``settings.box_size``."""
+    return float(settings.box_size)
 
 
 def check_resolution(settings: FieldParams) -> None:
@@ -280,86 +281,6 @@ def check_resolution(settings: FieldParams) -> None:
 # ---------------------------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------------------------
-
-
-def hermitian_white_noise(batch: int, n: int, generator, device=None) -> torch.Tensor:
-    """Real FFT of unit white noise drawn directly in Fourier space, (batch, n, n//2+1) complex64.
-
-    Statistically identical to ``torch.fft.rfft2`` of n² independent N(0, 1) pixels, without the
-    FFT: every mode has E|X|² = n², modes on the k_x = 0 and Nyquist columns are made Hermitian
-    (X(−k_y) = X(k_y)*) and the self-conjugate ones real, so any inverse real FFT (CPU or cuFFT)
-    is well defined.
-    """
-    x = torch.randn(
-        (batch, n, n // 2 + 1), generator=generator, device=device, dtype=torch.complex64
-    )
-    x = x * n
-    neg = (-torch.arange(n, device=x.device)) % n
-    cols = [0, n // 2] if n % 2 == 0 else [0]
-    for c in cols:
-        col = x[:, :, c]
-        x[:, :, c] = (col + col[:, neg].conj()) / math.sqrt(2.0)
-    return x
-
-
-def gaussian_from_power(
-    power: torch.Tensor, n: int, pix_area: float, generator, transfer: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Gaussian random fields with a given spectrum on the periodic grid (engine.physics.stats conventions).
-
-    Parameters
-    ----------
-    power : torch.Tensor (B, n, n//2+1), real
-        Target spectrum on the real-FFT modes, in units of ``pix_area`` (e.g. (Mpc/h)² or sr).
-    n : int
-        Pixels per side.
-    pix_area : float
-        Pixel area (L/n)², same length unit as ``power``.
-    generator : torch.Generator
-        On ``power``'s device.
-    transfer : torch.Tensor (n, n//2+1), optional
-        Extra filter applied to the modes (e.g. a smoothing kernel), saving a separate FFT pass.
-
-    Returns
-    -------
-    torch.Tensor (B, n, n) float32 whose Fourier modes have variance n² P T² / pix_area, i.e.
-    ⟨P̂⟩ = P T² for :func:`engine.physics.stats.power_spectrum`: white noise filtered by √(P / a) T.
-    """
-    amp = torch.sqrt(power / pix_area).to(torch.float32)
-    if transfer is not None:
-        amp = amp * transfer.to(torch.float32)
-    white = hermitian_white_noise(power.shape[0], n, generator, power.device)
-    return torch.fft.irfft2(white * amp, s=(n, n))
-
-
-def lognormal_from_power(
-    power: torch.Tensor, n: int, pix_area: float, generator, shift: float = 1.0
-) -> torch.Tensor:
-    """Shifted lognormal fields δ = s (exp(G − σ_G²/2) − 1) > −s with target spectrum ``power``.
-
-    The Gaussian field G has the spectrum P_G = a·rfft2(ln(1 + ξ/s²)) with ξ = irfft2(P)/a the
-    target correlation on the periodic grid (Coles & Jones 1991; shifted form of Hilbert, Hartlap &
-    Schneider 2011, A&A 536, A85, eq. 2); negative P_G is set to zero and P_G(k=0) = 0 (module
-    docstring). ``shift=1`` is the usual lognormal density field. Shapes and units as
-    :func:`gaussian_from_power`.
-
-    Raises
-    ------
-    ConfigError
-        ξ ≤ −s² somewhere: no lognormal field with this shift has the target spectrum.
-    """
-    xi = torch.fft.irfft2(power, s=(n, n)) / (pix_area * shift**2)
-    if bool((xi <= -1).any()):
-        raise ConfigError(
-            f"the target correlation xi <= -shift^2 = {-(shift**2):.3g} somewhere, which no "
-            "lognormal field can have; use a Gaussian field, a smaller amplitude or a larger shift"
-        )
-    pg = torch.fft.rfft2(torch.log1p(xi)).real * pix_area
-    pg = pg.clamp(min=0.0)
-    pg[..., 0, 0] = 0.0
-    g = gaussian_from_power(pg, n, pix_area, generator)
-    var_g = (torch.fft.irfft2(pg, s=(n, n))[..., 0, 0] / pix_area).to(torch.float32)
-    return shift * torch.expm1(g - 0.5 * var_g[:, None, None])
 
 
 def generate_maps(
@@ -427,44 +348,18 @@ def generate_maps(
     return delta
 
 
-@functools.lru_cache(maxsize=16)
-def wavenumber_grid(n: int, box: float, device) -> torch.Tensor:
-    """Cached |k| (n, n//2+1) float64 of the real-FFT modes of an n² map of side ``box``.
-
-    Units are 2π / (unit of ``box``): h/Mpc for box in Mpc/h, ℓ for box in radians.
-    """
-    return wavenumbers((n, n), box, device=device)
-
-
 def map_scale(settings: FieldParams) -> float:
-    """Expected standard deviation per pixel of maps at the fiducial cosmology (Ω_m=0.3, σ8=0.8).
+    """Expected standard deviation per pixel of maps at the fiducial cosmology
+    (:data:`engine.params.FIDUCIAL`: Ω_m = 0.3, σ8 = 0.8), dimensionless.
 
-    σ² = Σ_k P_map(k) / L² over all modes (engine.physics.stats conventions), eq. (2); a fixed input
-    normalisation for networks (dimensionless).
+    σ² = Σ_k P_map(k) / L² over all modes (:mod:`engine.physics.stats` conventions), eq. (2); a
+    fixed input normalisation for networks.
     """
     n = settings.size
     kmag = wavenumber_grid(n, settings.box_size, torch.device("cpu"))
-    p = theory_power(settings, kmag, 0.3, 0.8).clone()
+    p = theory_power(settings, kmag, FIDUCIAL["omega_m"], FIDUCIAL["sigma8"]).clone()
     p[0, 0] = 0.0
     return float(torch.sqrt((p * rfft_weights((n, n))).sum() / settings.box_size**2))
-
-
-def per_sample(value, default: float, count: int, name: str) -> np.ndarray:
-    """``value`` (scalar, (count,) array or None → ``default``) as a float64 array (count,).
-
-    Raises
-    ------
-    ConfigError
-        An array of another length.
-    """
-    v = np.asarray(default if value is None else value, dtype=np.float64)
-    if v.ndim == 0:
-        return np.full(count, float(v))
-    if v.shape != (count,):
-        raise ConfigError(
-            f"{name} must be a scalar or hold count={count} values, got shape {v.shape}"
-        )
-    return v
 
 
 def generate(
@@ -502,28 +397,17 @@ def generate(
     ConfigError
         Bad parameter values (see :func:`generate_maps`).
     """
-    import sys
-
-    from tqdm.auto import tqdm
-
-    device = default_device(None if device is None else str(device))
-    count = settings.count
-    om = per_sample(omega_m, settings.omega_m, count, "omega_m")
-    s8 = per_sample(sigma8, settings.sigma8, count, "sigma8")
-    check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
-    check_resolution(settings)
-    gen = torch.Generator(device=device).manual_seed(int(settings.seed))
-    if progress is None:
-        progress = sys.stderr.isatty() and count > batch_size
-    chunks = []
-    for start in tqdm(range(0, count, batch_size), disable=not progress, desc="maps", unit="batch"):
-        sl = slice(start, min(start + batch_size, count))
-        chunks.append(
-            generate_maps(settings, torch.from_numpy(om[sl]), torch.from_numpy(s8[sl]), gen, device)
-            .cpu()
-            .numpy()
-        )
-    return to_dataarray(np.concatenate(chunks), settings, om, s8)
+    return generate_samples(
+        settings,
+        generate_maps,
+        to_dataarray,
+        omega_m=omega_m,
+        sigma8=sigma8,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        check=check_resolution,
+    )
 
 
 def to_dataarray(maps: np.ndarray, settings: FieldParams, omega_m, sigma8) -> xr.DataArray:

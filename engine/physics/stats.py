@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.physics.mesh import wavenumbers
+
 
 @dataclass(frozen=True)
 class PowerSpectrum:
@@ -59,20 +61,19 @@ class PowerSpectrum:
     edges: torch.Tensor
 
 
-def wavenumbers(shape: tuple[int, ...], box_size: float, device=None) -> torch.Tensor:
-    """|k| in h/Mpc of the modes of a real FFT of a field of ``shape`` (N, N) or (N, N, N).
+def gaussian_sigma(spectrum: PowerSpectrum) -> torch.Tensor:
+    """Gaussian (cosmic-variance) 1σ scatter of a binned spectrum, P √(2 / n_modes).
+
+    Feldman, Kaiser & Peacock (1994, ApJ 426, 23, eq. 2.4.6) without shot noise; ``spectrum`` is
+    usually an expectation (e.g. :func:`engine.physics.slabs.binned_theory`).
 
     Returns
     -------
-    torch.Tensor of shape (N, ..., N//2 + 1), float64, on ``device``.
+    torch.Tensor, shape of ``spectrum.power`` (..., K), float64, in the units of the power.
     """
-    axes = []
-    for i, n in enumerate(shape):
-        d = box_size / n
-        f = torch.fft.rfftfreq(n, d=d) if i == len(shape) - 1 else torch.fft.fftfreq(n, d=d)
-        axes.append(2 * math.pi * f.to(torch.float64))
-    grids = torch.meshgrid(*axes, indexing="ij")
-    return torch.sqrt(sum(g**2 for g in grids)).to(device)
+    # numpy's correctly rounded sqrt (torch's vectorised one may differ in the last bit)
+    factor = torch.from_numpy(np.sqrt(2.0 / spectrum.n_modes.detach().cpu().numpy()))
+    return spectrum.power * factor.to(spectrum.power.device)
 
 
 def default_edges(shape: tuple[int, ...], box_size: float) -> torch.Tensor:
