@@ -272,7 +272,8 @@ def test_trainer_gives_the_input_transform_the_task_map_scale(tmp_path):
     trainer = Trainer(params, run, torch.device("cpu"), progress=False)
     scale = trainer.task.scale
     assert scale > 0 and float(trainer.model.input.map_scale) == pytest.approx(scale)
-    assert float(trainer.state()["model_state"]["input.map_scale"]) == pytest.approx(scale)
+    state = trainer.state()["networks"]["model"]["state"]
+    assert float(state["input.map_scale"]) == pytest.approx(scale)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -323,6 +324,14 @@ def test_shipped_checkpoints_load_strictly():
             out = model.eval()(_maps(2, ck["model_kwargs"]["in_channels"], n))
         assert out.shape == (2, 2 * ck["model_kwargs"]["n_params"]), path
         assert torch.isfinite(out).all(), path
+        # the engine reads these format-1 files as format 2 (engine.train.checkpoint.upgrade)
+        from engine.train.checkpoint import load_network
+
+        net, ckpt = load_network(path)
+        assert ckpt["format"] == 2 and ckpt["task"] == "regression"
+        assert ckpt["task_state"]["names"] == ["omega_m", "sigma8"]
+        with torch.no_grad():
+            torch.testing.assert_close(net(_maps(2, 1, n)), model(_maps(2, 1, n)))
 
 
 def test_compatibility_module_reexports_the_same_objects():
