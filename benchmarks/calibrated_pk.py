@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from engine.data.store import load_split, open_dataset
-from engine.evaluation.likelihood import map_model, settings_from_attrs
+from engine.evaluation.theory import map_model, settings_from_attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT / "data" / "2lpt64.zarr"

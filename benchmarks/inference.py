@@ -8,14 +8,14 @@ issue #4 §6, see docs/results.md), on this machine's CPU:
    (Ω_m, σ8) uniform in its prior box from the seed :data:`SEED` (never seen in training: the
    training seeds draw from other streams, the 2LPT dataset from its own seed), and times the
    generation (maps/s);
-2. predicts them with the network (:func:`engine.evaluation.likelihood.predict_network`, posterior mean) and
+2. predicts them with the network (:func:`engine.evaluation.predict.predict_network`, posterior mean) and
    with the binned P(k) likelihood (:func:`engine.evaluation.likelihood.pk_likelihood_predict`, posterior
    mean, the peer; for 2LPT slabs with k <= k_Nyquist/4 as ``engine.evaluation.evaluate`` does, since their
    linear theory fails on smaller scales, and once more with every k), timing both (maps/s);
 3. scores both: RMSE per parameter over all test maps and over the maps away from the prior edges
-   (:func:`engine.evaluation.evaluate.away_from_edges`, 10 % of the prior width), the efficiency
-   σ_CRB / RMSE there (:func:`engine.evaluation.evaluate.efficiency_from_sigma` with
-   :func:`engine.evaluation.evaluate.crb_sigma`; a bound only for Gaussian maps — for lognormal and 2LPT
+   (:func:`engine.evaluation.metrics.away_from_edges`, 10 % of the prior width), the efficiency
+   σ_CRB / RMSE there (:func:`engine.evaluation.metrics.efficiency_from_sigma` with
+   :func:`engine.evaluation.fisher.crb_sigma`; a bound only for Gaussian maps — for lognormal and 2LPT
    maps σ_CRB is the information of the power spectrum alone, which a network may beat), and
    the RMSE ratio P(k) likelihood / network;
 4. times optimiser steps with the settings the model was trained with (the run's
@@ -42,10 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.evaluation import evaluate, likelihood
+from engine.evaluation import fisher, likelihood, metrics, predict, schema
 from engine.kinds import get_kind
 from engine.params import ConfigError, set_values, user_settings
-from engine.train.training import PRESETS, Trainer, load_checkpoint, resolve_params
+from engine.train.checkpoint import load_checkpoint
+from engine.train.loop import Trainer
+from engine.train.settings import PRESETS, resolve_params
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "assets" / "models"
@@ -137,25 +139,26 @@ def bench_model(run_dir: Path) -> list[dict]:
     ckpt_path = run_dir / "checkpoints" / "best.pt"
     ckpt = load_checkpoint(ckpt_path)
     kind, settings = kind_settings(ckpt["map_settings"])
-    prior = tuple(zip(ckpt["prior_low"], ckpt["prior_high"], strict=True))
+    state = ckpt["task_state"]  # label box of the regression task (engine.tasks.regression)
+    prior = tuple(zip(state["prior_low"], state["prior_high"], strict=True))
     count = COUNTS.get(kind.name, 300)
     maps, truth, gen_rate = test_maps(kind, settings, prior, count)
 
     t = time.perf_counter()
-    net = likelihood.predict_network(maps, ckpt_path)["mean"]
+    net = predict.predict_network(maps, ckpt_path)["mean"]
     net_rate = count / (time.perf_counter() - t)
     k_max = pk_k_max(kind.name, settings)
     t = time.perf_counter()
     pk = likelihood.pk_likelihood_predict(maps, settings, prior=prior, k_max=k_max)["mean"]
     pk_rate = count / (time.perf_counter() - t)
 
-    keep = evaluate.away_from_edges(truth, prior)
-    sigma, _ = evaluate.crb_sigma(settings, truth[keep, 0], truth[keep, 1], prior, k_max)
+    keep = metrics.away_from_edges(truth, prior)
+    sigma, _ = fisher.crb_sigma(settings, truth[keep, 0], truth[keep, 1], prior, k_max)
     bound = kind.name == "grf"
     rows: list[dict] = []
     r_net, r_pk = rmse(net, truth), rmse(pk, truth)
     r_net_in, r_pk_in = rmse(net[keep], truth[keep]), rmse(pk[keep], truth[keep])
-    for j, p in enumerate(evaluate.PARAMS):
+    for j, p in enumerate(schema.PARAMS):
         rows.append(
             dict(
                 name=f"{name}_rmse_{p}",
@@ -179,8 +182,8 @@ def bench_model(run_dir: Path) -> list[dict]:
                 n_maps=int(keep.sum()),
             )
         )
-        e_net = evaluate.efficiency_from_sigma(net[keep, j], truth[keep, j], sigma[:, j])
-        e_pk = evaluate.efficiency_from_sigma(pk[keep, j], truth[keep, j], sigma[:, j])
+        e_net = metrics.efficiency_from_sigma(net[keep, j], truth[keep, j], sigma[:, j])
+        e_pk = metrics.efficiency_from_sigma(pk[keep, j], truth[keep, j], sigma[:, j])
         rows.append(
             dict(
                 name=f"{name}_efficiency_{p}" if bound else f"{name}_pk_fisher_ratio_{p}",

@@ -470,7 +470,7 @@ def launch_train(
     run_dir : str or Path
         The run directory (created if missing).
     preset : str
-        Name of a preset in ``engine.train.training.PRESETS``.
+        Name of a preset in ``engine.train.settings.PRESETS``.
     overrides : mapping, optional
         ``{setting: value}`` passed as ``--set setting=value`` (highest precedence).
     resume : bool

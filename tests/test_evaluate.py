@@ -1,4 +1,4 @@
-"""Evaluation (engine.evaluation.evaluate), synthetic/file readers (engine.data.synthetic), the evaluate and
+"""Evaluation (engine.evaluation: metrics, evaluate, compare), synthetic/file readers (engine.data.synthetic), the evaluate and
 compare verbs, and the end-of-training evaluation."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +16,10 @@ import xarray as xr
 from engine import cli
 from engine.data import open_spec
 from engine.data.store import write_dataset
-from engine.evaluation import evaluate
+from engine.evaluation import evaluate, metrics, predict, schema
 from engine.kinds import get_kind
 from engine.params import ConfigError
 from engine.runs import RunDir
-from engine.train.training import resolve_params, run_training
 
 #: A tiny training run: 16² grf maps, a few steps, one thread; evaluation on 16 maps.
 TINY = {
@@ -71,37 +71,37 @@ def test_regression_metrics_hand_computed():
     truth = np.array([1.0, 1.0, 4.0, 4.0])
     mean = np.array([1.0, 2.0, 3.0, 4.0])  # errors 0, 1, -1, 0
     std = np.array([0.5, 2.0, 0.6, 1.0])  # |e| <= std: T T F T; |e| <= 1.96 std: all
-    m = evaluate.regression_metrics(mean, std, truth)
+    m = metrics.regression_metrics(mean, std, truth)
     assert m["rmse"] == pytest.approx(math.sqrt(0.5))
     assert m["mae"] == pytest.approx(0.5)
     assert m["bias"] == pytest.approx(0.0)
     assert m["r2"] == pytest.approx(1 - 2 / 9)  # SST = 4 * 1.5²
     assert m["coverage_68"] == pytest.approx(0.75)
     assert m["coverage_95"] == pytest.approx(1.0)
-    assert math.isnan(evaluate.regression_metrics(mean, std, np.ones(4))["r2"])
+    assert math.isnan(metrics.regression_metrics(mean, std, np.ones(4))["r2"])
     with pytest.raises(ConfigError):
-        evaluate.regression_metrics(mean, std, truth[:3])
+        metrics.regression_metrics(mean, std, truth[:3])
 
 
 def test_binned_errors_and_efficiency_hand_computed():
     truth = np.array([0.5, 0.5, 1.5, 2.5, -1.0])  # the last two fall outside: end bins
     mean = np.array([0.7, 0.1, 1.5, 2.0, -1.0])
     std = np.array([1.0, 3.0, 2.0, 4.0, 0.0])
-    b = evaluate.binned_errors(mean, std, truth, [0.0, 1.0, 2.0])
+    b = metrics.binned_errors(mean, std, truth, [0.0, 1.0, 2.0])
     assert b["count"] == [3, 2]
     assert b["rmse"][0] == pytest.approx(math.sqrt((0.04 + 0.16 + 0) / 3))
     assert b["bias"][0] == pytest.approx((0.2 - 0.4 + 0) / 3)
     assert b["std"][0] == pytest.approx((1 + 3 + 0) / 3)
     assert b["rmse"][1] == pytest.approx(math.sqrt(0.25 / 2))
     assert b["bias"][1] == pytest.approx(-0.25)
-    empty = evaluate.binned_errors(mean[:1], std[:1], truth[:1], [0.0, 1.0, 2.0])
+    empty = metrics.binned_errors(mean[:1], std[:1], truth[:1], [0.0, 1.0, 2.0])
     assert empty["count"] == [1, 0] and math.isnan(empty["rmse"][1])
     # constant bound: efficiency = sigma / RMSE
     e = np.array([0.1, -0.3, 0.2])
-    eff = evaluate.efficiency_from_sigma(e, np.zeros(3), np.full(3, 0.05))
+    eff = metrics.efficiency_from_sigma(e, np.zeros(3), np.full(3, 0.05))
     assert eff == pytest.approx(0.05 / math.sqrt(np.mean(e**2)))
     t = np.array([[0.1, 0.6], [0.3, 0.8], [0.47, 0.8], [0.3, 0.97]])
-    assert evaluate.away_from_edges(t, ((0.1, 0.5), (0.6, 1.0))).tolist() == [0, 1, 0, 0]
+    assert metrics.away_from_edges(t, ((0.1, 0.5), (0.6, 1.0))).tolist() == [0, 1, 0, 0]
 
 
 def test_coverage_of_calibrated_gaussian_predictions():
@@ -111,14 +111,14 @@ def test_coverage_of_calibrated_gaussian_predictions():
     mean = rng.uniform(0.1, 0.5, n)
     std = rng.uniform(0.01, 0.05, n)
     truth = mean + std * rng.standard_normal(n)
-    m = evaluate.regression_metrics(mean, std, truth)
+    m = metrics.regression_metrics(mean, std, truth)
     for key, p in (("coverage_68", math.erf(1 / math.sqrt(2))), ("coverage_95", 0.9500042)):
         assert abs(m[key] - p) < 4 * math.sqrt(p * (1 - p) / n), (key, m[key])
     levels = [0.1, 0.5, 0.9]
-    for p, c in zip(levels, evaluate.calibration(mean, std, truth, levels), strict=True):
+    for p, c in zip(levels, metrics.calibration(mean, std, truth, levels), strict=True):
         assert abs(c - p) < 4 * math.sqrt(p * (1 - p) / n)
     # over-confident predictions (std halved) under-cover: P(|z| <= 0.5) = 0.383
-    assert evaluate.coverage(mean, std / 2, truth, 1.0) == pytest.approx(0.383, abs=0.02)
+    assert metrics.coverage(mean, std / 2, truth, 1.0) == pytest.approx(0.383, abs=0.02)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,11 +225,14 @@ def test_unknown_file_option_and_unreadable_file(tmp_path):
 def trained_run(tmp_path_factory):
     """A completed tiny run (its end-of-training evaluation included)."""
     run = RunDir(tmp_path_factory.mktemp("runs") / "tiny")
-    code = run_training(
-        resolve_params("smoke", overrides=TINY), run, torch.device("cpu"), progress=False
-    )
-    assert code == 0
+    assert _train(run, TINY) == 0
     return run
+
+
+def _train(run: RunDir, overrides: dict) -> int:
+    """``python -m engine train --preset smoke`` into ``run`` (which evaluates at the end)."""
+    sets = [arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]
+    return cli.main(["train", "--preset", "smoke", "--run-dir", str(run.path), *sets])
 
 
 def _check_report(report: dict, n_maps: int, methods: set[str]) -> None:
@@ -241,13 +244,13 @@ def _check_report(report: dict, n_maps: int, methods: set[str]) -> None:
         for name in ("omega_m", "sigma8"):
             assert METRIC_KEYS <= set(entry["metrics"][name])
             bins = entry["bins"][name]
-            assert len(bins["edges"]) == evaluate.N_BINS + 1 and sum(bins["count"]) == n_maps
+            assert len(bins["edges"]) == metrics.N_BINS + 1 and sum(bins["count"]) == n_maps
             lo, hi = report["prior"][name]
             assert bins["edges"][0] == pytest.approx(lo) and bins["edges"][-1] == pytest.approx(hi)
             for key in ("rmse", "bias", "std"):
-                assert len(bins[key]) == evaluate.N_BINS
+                assert len(bins[key]) == metrics.N_BINS
     fisher = report["fisher"]
-    assert fisher["crb_sigma"]["omega_m"] > 0 and len(fisher["bins"]["sigma8"]) == evaluate.N_BINS
+    assert fisher["crb_sigma"]["omega_m"] > 0 and len(fisher["bins"]["sigma8"]) == metrics.N_BINS
 
 
 def _check_outputs(out, report) -> None:
@@ -315,7 +318,7 @@ def test_compare_one_checkpoint_two_datasets(trained_run, tmp_path, capsys):
     assert cli.main([*argv, "--count", "8", "--out", str(out)]) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:12] == list(evaluate.COMPARE_COLUMNS[:12])
+    assert list(rows[0])[:12] == list(schema.COMPARE_COLUMNS[:12])
     keys = {(r["model"], r["dataset"], r["method"], r["param"]) for r in rows}
     for ds in ("grf", "lognormal"):
         for p in ("omega_m", "sigma8"):
@@ -333,8 +336,7 @@ def test_failed_evaluation_is_noted_and_the_run_still_completes(tmp_path, monkey
 
     monkeypatch.setattr(evaluate, "evaluate", broken)
     run = RunDir(tmp_path / "run")
-    settings = resolve_params("smoke", overrides={**TINY, "steps_per_epoch": 1})
-    assert run_training(settings, run, torch.device("cpu"), progress=False) == 0
+    assert _train(run, {**TINY, "steps_per_epoch": 1}) == 0
     status = run.status()
     assert status["state"] == "completed"
     assert status["error"] == "evaluation failed: RuntimeError: disk on fire"
@@ -399,7 +401,7 @@ def test_camels_maps_are_resampled_and_tiled_for_the_network(small_box_checkpoin
 
 def test_maps_physically_smaller_than_the_trained_box_are_refused(trained_run, tmp_path):
     spec = _camels_fixture(tmp_path) + "?delta=true"
-    side = evaluate.checkpoint_like(trained_run.path)["box_size"]
+    side = predict.checkpoint_like(trained_run.path)["box_size"]
     msg = _one_line_error(evaluate.evaluate, spec, trained_run.path, count=15)
     assert "cover 25 Mpc/h" in msg and f"{side:g} Mpc/h" in msg
 
@@ -409,7 +411,7 @@ def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
 ):
     """One row per (model, dataset, method, param) for a generated kind, one of our files and
     the native formats of assets/samples; P(k) rows where the theory exists, errors otherwise."""
-    samples = evaluate.Path(__file__).resolve().parent.parent / "assets" / "samples"
+    samples = Path(__file__).resolve().parent.parent / "assets" / "samples"
     ours = tmp_path / "grf32.nc"  # our file of a finer grid than the network's (32² vs 16²)
     small = "grf?size=32&count=6&box_size=12.5&thickness=5&seed=4"
     open_spec(small).to_netcdf(ours)
@@ -427,7 +429,7 @@ def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
     assert cli.main([*argv, "--predictions-dir", str(tmp_path / "pred")]) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(evaluate.COMPARE_COLUMNS)
+    assert list(rows[0]) == list(schema.COMPARE_COLUMNS)
     by = {(r["model"], r["dataset"], r["method"], r["param"]): r for r in rows}
     # 2 networks + the P(k) likelihood, 2 params; on generated maps one likelihood per network
     assert len(by) == len(rows) == (len(specs) * 3 + 1) * 2

@@ -1,4 +1,5 @@
-"""P(k) likelihood, Fisher matrix and Cramér–Rao bound (engine.evaluation.likelihood), and the predict verb.
+"""P(k) likelihood (engine.evaluation.likelihood), Fisher matrix and Cramér–Rao bound
+(engine.evaluation.fisher), network predictions (engine.evaluation.predict) and the predict verb.
 
 The statistical tests use one fixed-seed set of Gaussian maps (grf, 64², L = 1024 Mpc/h,
 Δ = 100 Mpc/h) with (Ω_m, σ8) uniform in [0.25, 0.35] × [0.75, 0.85], ≥ 5 σ_CRB inside the prior
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from engine import cli
-from engine.evaluation import likelihood
+from engine.evaluation import fisher, likelihood, predict, theory
 from engine.params import ConfigError, FieldParams
 from engine.physics import slabs
 
@@ -35,7 +36,7 @@ def gaussian_run():
     maps = slabs.generate_maps(settings, om, s8, gen)
     pred = likelihood.pk_likelihood_predict(maps, settings)
     truth = torch.stack([om, s8], dim=-1).numpy()
-    crb = likelihood.cramer_rao(settings, om, s8)
+    crb = fisher.cramer_rao(settings, om, s8)
     return settings, truth, pred, crb
 
 
@@ -47,8 +48,8 @@ def test_pk_likelihood_is_nearly_unbiased_and_efficient(gaussian_run):
     # posterior-mean bias of a skewed posterior is O(σ²/θ): a small fraction of σ
     assert np.all(np.abs(err.mean(0)) < 0.3 * crb.mean(0)), (err.mean(0), crb.mean(0))
     assert np.all(np.abs((pred["map"] - truth).mean(0)) < 0.15 * crb.mean(0))
-    eff = likelihood.efficiency(pred["mean"], truth, settings)
-    eff_map = likelihood.efficiency(pred["map"], truth, settings)
+    eff = fisher.efficiency(pred["mean"], truth, settings)
+    eff_map = fisher.efficiency(pred["map"], truth, settings)
     print(f"efficiency (posterior mean) {eff.round(3)}, (MAP) {eff_map.round(3)}")
     # a Gaussian field's information is all in P(k): efficiency 1 within the RMSE error (3.5 %)
     assert np.all((eff > 0.85) & (eff < 1.15)), eff
@@ -68,7 +69,7 @@ def test_posterior_std_matches_scatter_and_covers(gaussian_run):
 
 def test_posterior_correlation_is_the_fisher_one(gaussian_run):
     settings, truth, pred, _ = gaussian_run
-    cov = np.linalg.inv(likelihood.fisher_matrix(settings, truth[:50, 0], truth[:50, 1]))
+    cov = np.linalg.inv(fisher.fisher_matrix(settings, truth[:50, 0], truth[:50, 1]))
     rho = cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1])
     # per map it is the correlation at θ̂, not at the truth: compare on average
     assert abs(pred["corr"][:50].mean() - rho.mean()) < 0.05
@@ -102,8 +103,8 @@ def test_local_grid_matches_a_fine_global_grid():
 
 def test_theory_table_interpolates_the_binned_theory():
     settings = FieldParams(**dict(SETTINGS, smoothing=8.0, noise=0.05))
-    model = likelihood.map_model(settings)
-    table, theta, mu_grid = likelihood.theory_grid(model, likelihood.DEFAULT_PRIOR, 32)
+    model = theory.map_model(settings)
+    table, theta, mu_grid = theory.theory_grid(model, theory.DEFAULT_PRIOR, 32)
     rng = np.random.default_rng(0)
     om = torch.from_numpy(rng.uniform(0.1, 0.5, 50))
     s8 = torch.from_numpy(rng.uniform(0.6, 1.0, 50))
@@ -125,53 +126,51 @@ def test_theory_table_interpolates_the_binned_theory():
 def test_fisher_scales_with_area_and_drops_with_noise_and_smoothing():
     small = FieldParams(**dict(SETTINGS, size=32, box_size=512.0))
     big = FieldParams(**dict(SETTINGS, size=64, box_size=1024.0))  # 4x the area, same pixels
-    f_small = likelihood.fisher_matrix(small, 0.3, 0.8)
-    f_big = likelihood.fisher_matrix(big, 0.3, 0.8)
+    f_small = fisher.fisher_matrix(small, 0.3, 0.8)
+    f_big = fisher.fisher_matrix(big, 0.3, 0.8)
     # noiseless: ∂ ln P / ∂σ8 = 2/σ8 on every mode, so F_σ8σ8 = ½ (2/σ8)² × full-plane modes
     for s, f in ((small, f_small), (big, f_big)):
-        n_modes = float(likelihood.map_model(s).n_modes.sum())
+        n_modes = float(theory.map_model(s).n_modes.sum())
         assert f[1, 1] == pytest.approx(0.5 * (2 / 0.8) ** 2 * n_modes, rel=1e-6)
     # F ∝ area (mode count ∝ L²) up to the discreteness of the rings and the extra k_f/2 shell
     # of low-k modes of the larger box (Ω_m information from the turnover): σ_CRB halves
     np.testing.assert_allclose(f_big, 4 * f_small, rtol=0.1)
     np.testing.assert_allclose(
-        likelihood.cramer_rao(big, 0.3, 0.8), likelihood.cramer_rao(small, 0.3, 0.8) / 2, rtol=0.1
+        fisher.cramer_rao(big, 0.3, 0.8), fisher.cramer_rao(small, 0.3, 0.8) / 2, rtol=0.1
     )
-    noisy = likelihood.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.02)), 0.3, 0.8)
-    noisier = likelihood.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.5)), 0.3, 0.8)
+    noisy = fisher.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.02)), 0.3, 0.8)
+    noisier = fisher.fisher_matrix(FieldParams(**dict(SETTINGS, noise=0.5)), 0.3, 0.8)
     both = FieldParams(**dict(SETTINGS, noise=0.02, smoothing=20.0))
-    smooth_noisy = likelihood.fisher_matrix(both, 0.3, 0.8)
+    smooth_noisy = fisher.fisher_matrix(both, 0.3, 0.8)
     for more, less in ((f_big, noisy), (noisy, noisier), (noisy, smooth_noisy)):
         assert np.all(np.linalg.eigvalsh(more - less) > 0)  # strictly less information
     assert np.all(np.linalg.eigvalsh(noisier) > 0)
     # a known smoothing of a noiseless map loses nothing: ∂ ln P is unchanged mode by mode
-    smooth = likelihood.fisher_matrix(FieldParams(**dict(SETTINGS, smoothing=20.0)), 0.3, 0.8)
+    smooth = fisher.fisher_matrix(FieldParams(**dict(SETTINGS, smoothing=20.0)), 0.3, 0.8)
     np.testing.assert_allclose(smooth, f_big, rtol=1e-9)
     # binned information (the likelihood's) is the per-mode sum to 0.5 % for slabs
-    np.testing.assert_allclose(
-        likelihood.fisher_matrix(big, 0.3, 0.8, binned=True), f_big, rtol=5e-3
-    )
+    np.testing.assert_allclose(fisher.fisher_matrix(big, 0.3, 0.8, binned=True), f_big, rtol=5e-3)
     # batched fiducials = one by one; k_max keeps fewer modes
-    fb = likelihood.fisher_matrix(big, [0.3, 0.25], [0.8, 0.85])
+    fb = fisher.fisher_matrix(big, [0.3, 0.25], [0.8, 0.85])
     np.testing.assert_allclose(fb[0], f_big, rtol=1e-12)
     kf = 2 * math.pi / big.box_size
-    f_low = likelihood.fisher_matrix(big, 0.3, 0.8, k_max=8 * kf)
+    f_low = fisher.fisher_matrix(big, 0.3, 0.8, k_max=8 * kf)
     assert np.all(np.linalg.eigvalsh(f_big - f_low) > 0)
-    sigma = likelihood.cramer_rao(big, 0.3, 0.8)
+    sigma = fisher.cramer_rao(big, 0.3, 0.8)
     np.testing.assert_allclose(sigma, np.sqrt(np.diag(np.linalg.inv(f_big))))
 
 
 def test_finite_difference_and_autograd_derivatives_agree():
     settings = FieldParams(**dict(SETTINGS, smoothing=6.0, noise=0.03))
-    d_fd, w = likelihood.log_power_derivatives(settings, [0.3, 0.21], [0.8, 0.9])
-    d_ad, w2 = likelihood.log_power_derivatives(
+    d_fd, w = fisher.log_power_derivatives(settings, [0.3, 0.21], [0.8, 0.9])
+    d_ad, w2 = fisher.log_power_derivatives(
         settings, [0.3, 0.21], [0.8, 0.9], derivative="autograd"
     )
     assert d_fd.shape == (2, 2, w.numel()) and torch.equal(w, w2)
     assert set(w.unique().tolist()) <= {1.0, 2.0}
     np.testing.assert_allclose(d_fd.numpy(), d_ad.numpy(), rtol=1e-5, atol=1e-6)
-    f_fd = likelihood.fisher_matrix(settings, 0.3, 0.8)
-    f_ad = likelihood.fisher_matrix(settings, 0.3, 0.8, derivative="autograd")
+    f_fd = fisher.fisher_matrix(settings, 0.3, 0.8)
+    f_ad = fisher.fisher_matrix(settings, 0.3, 0.8, derivative="autograd")
     np.testing.assert_allclose(f_fd, f_ad, rtol=1e-6)
     # σ8 enters as σ8² times the signal: ∂ ln P / ∂σ8 = (2/σ8) P_signal / P_map ≤ 2/σ8
     assert float(d_ad[0, 1].max()) <= 2 / 0.8 + 1e-9
@@ -191,10 +190,10 @@ def test_bad_input_raises_one_line_config_errors():
     s = FieldParams(**dict(SETTINGS, size=16, box_size=256.0))
     maps = torch.zeros(2, 16, 16)
     cases = [
-        (lambda: likelihood.map_model(SkyParams()), "not supported"),
-        (lambda: likelihood.map_model(LPTParams(dim=3)), "volumes"),
-        (lambda: likelihood.map_model(KappaParams(mask="m.npy")), "masked"),
-        (lambda: likelihood.map_model(s, k_max=1e-4), "below the fundamental"),
+        (lambda: theory.map_model(SkyParams()), "not supported"),
+        (lambda: theory.map_model(LPTParams(dim=3)), "volumes"),
+        (lambda: theory.map_model(KappaParams(mask="m.npy")), "masked"),
+        (lambda: theory.map_model(s, k_max=1e-4), "below the fundamental"),
         (lambda: likelihood.pk_likelihood_predict(torch.zeros(2, 8, 8), s), "do not match"),
         (lambda: likelihood.pk_likelihood_predict(maps * math.nan, s), "NaN"),
         (lambda: likelihood.pk_likelihood_predict(maps, s, prior=((0.05, 0.5), (0.6, 1))), "prior"),
@@ -202,11 +201,11 @@ def test_bad_input_raises_one_line_config_errors():
         (lambda: likelihood.pk_likelihood_predict(maps, s, grid=4), "grid"),
         (lambda: likelihood.pk_likelihood_predict(maps, s, likelihood="x"), "likelihood"),
         (lambda: likelihood.pk_likelihood_predict(maps), "settings"),
-        (lambda: likelihood.fisher_matrix(s, 0.3, 0.8, derivative="x"), "derivative"),
-        (lambda: likelihood.fisher_matrix(s, 0.05, 0.8), "omega_m"),
-        (lambda: likelihood.efficiency(np.zeros((3, 2)), np.zeros((2, 2)), s), "pred_mean"),
-        (lambda: likelihood.settings_from_attrs({"size": 8}), "kind"),
-        (lambda: likelihood.settings_from_attrs({"kind": "sky"}), "not supported"),
+        (lambda: fisher.fisher_matrix(s, 0.3, 0.8, derivative="x"), "derivative"),
+        (lambda: fisher.fisher_matrix(s, 0.05, 0.8), "omega_m"),
+        (lambda: fisher.efficiency(np.zeros((3, 2)), np.zeros((2, 2)), s), "pred_mean"),
+        (lambda: theory.settings_from_attrs({"size": 8}), "kind"),
+        (lambda: theory.settings_from_attrs({"kind": "sky"}), "not supported"),
     ]
     for fn, text in cases:
         with pytest.raises(ConfigError) as exc:
@@ -220,7 +219,7 @@ def test_dataarray_input_and_other_kinds():
 
     lpt_settings = LPTParams(size=32, box_size=512.0, thickness=64.0, count=3, seed=1)
     da = lpt.generate(lpt_settings, device="cpu")
-    rebuilt = likelihood.settings_from_attrs(dict(da.attrs))
+    rebuilt = theory.settings_from_attrs(dict(da.attrs))
     assert isinstance(rebuilt, LPTParams) and rebuilt.thickness == 64.0 and rebuilt.dim == 2
     kf = 2 * math.pi / 512.0
     out = likelihood.pk_likelihood_predict(da, k_max=4 * kf, grid=24)  # linear theory: low k only
@@ -241,10 +240,10 @@ def test_kappa_maps_with_linear_matter_power():
     out = likelihood.pk_likelihood_predict(da, table_nodes=(6, 4), grid=32)
     assert np.all(np.isfinite(out["mean"])) and np.all(out["std"] > 0)
     assert np.all(np.abs(out["mean"] - out["truth"]) < 4 * out["std"])
-    f = likelihood.fisher_matrix(ks, 0.3, 0.8)
+    f = fisher.fisher_matrix(ks, 0.3, 0.8)
     assert f.shape == (2, 2) and np.all(np.linalg.eigvalsh(f) > 0)
     with pytest.raises(ConfigError, match="autograd"):
-        likelihood.fisher_matrix(ks, 0.3, 0.8, derivative="autograd")
+        fisher.fisher_matrix(ks, 0.3, 0.8, derivative="autograd")
 
 
 def _read_csv(path):
@@ -302,7 +301,7 @@ def test_predict_verb_rejects_unsupported_kinds(tmp_path, capsys):
 def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys):
     from engine.nn.models import build_model
     from engine.params import to_dict
-    from engine.train.training import save_checkpoint
+    from engine.train.checkpoint import save_checkpoint
 
     settings = FieldParams(**dict(SETTINGS, size=32, box_size=512.0, count=4, seed=5))
     kwargs = {"in_channels": 1, "n_params": 2, "width": 4, "circular_padding": True}
@@ -325,7 +324,7 @@ def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys
         ckpt,
     )
     da = slabs.generate(settings)
-    out = likelihood.predict_network(da, ckpt)
+    out = predict.predict_network(da, ckpt)
     with torch.no_grad():
         raw = model(torch.from_numpy(da.values).unsqueeze(1) / scale).double()
     low, width = torch.tensor([0.1, 0.6]), torch.tensor([0.4, 0.4])
@@ -344,4 +343,78 @@ def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys
 
     other = slabs.generate(FieldParams(**dict(SETTINGS, size=32, box_size=256.0, count=1)))
     with pytest.raises(ConfigError, match="box_size"):
-        likelihood.predict_network(other, ckpt)
+        predict.predict_network(other, ckpt)
+
+
+def _regression_checkpoint(tmp_path):
+    """(checkpoint path, maps file) of a tiny untrained cnn for 32² grf maps, in the format of
+    engine 0.1 (task ``parameter_regression``)."""
+    from engine.nn.models import build_model
+    from engine.params import to_dict
+    from engine.train.checkpoint import save_checkpoint
+
+    settings = FieldParams(**dict(SETTINGS, size=32, box_size=512.0, count=3, seed=7))
+    kwargs = {"in_channels": 1, "n_params": 2, "width": 4, "circular_padding": True}
+    torch.manual_seed(0)
+    ckpt = tmp_path / "regression.pt"
+    save_checkpoint(
+        {
+            "model_name": "cnn",
+            "model_kwargs": kwargs,
+            "model_state": build_model("cnn", **kwargs).state_dict(),
+            "task": "parameter_regression",
+            "param_names": ["omega_m", "sigma8"],
+            "prior_low": [0.1, 0.6],
+            "prior_high": [0.5, 1.0],
+            "map_scale": slabs.map_scale(settings),
+            "map_settings": {"kind": "grf", **to_dict(settings)},
+        },
+        ckpt,
+    )
+    maps = tmp_path / "maps.nc"
+    slabs.save(slabs.generate(settings), maps)
+    return ckpt, maps
+
+
+def test_predict_verb_with_a_checkpoint_uses_the_network(tmp_path, capsys):
+    ckpt, maps = _regression_checkpoint(tmp_path)
+    out = tmp_path / "net.csv"
+    argv = ["predict", "--checkpoint", str(ckpt), "--maps", str(maps), "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "wrote 3 predictions (network; rmse" in capsys.readouterr().out
+    rows = _read_csv(out)
+    assert len(rows) == 3 and "omega_m_map" not in rows[0]  # the likelihood writes a MAP column
+    expected = predict.predict_network(slabs.load(maps), ckpt)["mean"]
+    assert float(rows[2]["omega_m_mean"]) == pytest.approx(expected[2, 0], rel=1e-6)
+
+    # the P(k) likelihood takes no checkpoint: refused in one line, nothing written
+    out2 = tmp_path / "pk.csv"
+    assert cli.main([*argv[:-1], str(out2), "--method", "pk-likelihood"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "uses no checkpoint" in err and not out2.exists()
+
+
+def test_checkpoints_of_other_tasks_are_refused_in_one_line(tmp_path, capsys):
+    from engine.evaluation import compare, evaluate
+    from engine.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+
+    regression, maps = _regression_checkpoint(tmp_path)
+    assert evaluate.evaluator_for(regression) is evaluate.EVALUATORS["regression"]
+    gan = load_checkpoint(regression)  # the current format, of another task
+    gan.update(format=FORMAT, task="gan", task_state={})
+    gan["networks"] = {"generator": gan["networks"]["model"]}
+    ckpt = tmp_path / "gan.pt"
+    save_checkpoint(gan, ckpt)
+    for verb in ("predict", "evaluate"):
+        argv = {
+            "predict": ["predict", "--checkpoint", str(ckpt), "--maps", str(maps)],
+            "evaluate": ["evaluate", "--checkpoint", str(ckpt), "--dataset", str(maps)],
+        }[verb]
+        assert cli.main([*argv, "--out", str(tmp_path / f"{verb}.csv")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"is of task 'gan'; {verb} knows: regression" in err, err
+    with pytest.raises(ConfigError, match="is of task 'gan'; predict knows: regression"):
+        predict.predict_network(slabs.load(maps), ckpt)
+    table = compare.compare([ckpt], [str(maps)], pk_likelihood=False)
+    assert table["error"].str.contains("is of task 'gan'; compare knows: regression").all()

@@ -161,7 +161,7 @@ def open_spec(
     spec : str
         A spec string or a short name from the datasets YAML.
     like : mapping, optional
-        Map settings to match (e.g. ``engine.train.training.checkpoint_map_settings(path)``): synthetic
+        Map settings to match (e.g. ``engine.train.checkpoint.checkpoint_map_settings(path)``): synthetic
         kinds are generated with them; readers of other data may use them to choose the patch
         size and pixel scale.
     datasets_file : str or Path, optional

@@ -1,7 +1,7 @@
 """Readers of :func:`engine.data.open_spec` for generated kinds and for our own files.
 
 * :func:`generate` — ``grf``, ``lognormal``, ``2lpt`` (2D slab maps) or ``kappa`` maps made now,
-  with the map settings of ``like`` (e.g. a checkpoint's, :func:`engine.train.training.
+  with the map settings of ``like`` (e.g. a checkpoint's, :func:`engine.train.checkpoint.
   checkpoint_map_settings`) or the kind's defaults, and per-sample (Ω_m, σ8) uniform in a prior
   box: spec ``grf?count=256&seed=7&omega_m=0.15:0.45&sigma8=0.7:0.9&noise=0.1``.
 * :func:`open_file` — a ``.zarr``/``.nc`` file of ``python -m engine fields``
@@ -51,7 +51,7 @@ def like_prior(like: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]
 
     Recognised keys (first match wins per parameter): ``<name>_range`` ([low, high], dataset
     attrs and :func:`engine.evaluation.evaluate.checkpoint_like`), ``<name>_min`` / ``<name>_max`` (the
-    settings of :class:`engine.train.training.TrainParams`), ``prior_low`` / ``prior_high`` (two-element
+    settings of :class:`engine.train.settings.TrainParams`), ``prior_low`` / ``prior_high`` (two-element
     lists in the order omega_m, sigma8, as checkpoints store them). Boxes with low >= high are
     ignored.
     """
@@ -100,7 +100,7 @@ def generate(
     ----------
     kind : {"grf", "lognormal", "2lpt", "kappa"}
     like : mapping, optional
-        ``{"kind": ..., setting: value}`` (e.g. :func:`engine.train.training.checkpoint_map_settings`)
+        ``{"kind": ..., setting: value}`` (e.g. :func:`engine.train.checkpoint.checkpoint_map_settings`)
         and optionally a prior box (:func:`like_prior`).
     count : str or int
         Number of maps, 1 … 1 000 000.

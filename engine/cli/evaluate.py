@@ -1,0 +1,283 @@
+"""``predict``, ``evaluate`` and ``compare`` verbs: infer parameters from maps and score models.
+
+See the ``engine.cli`` module docstring for examples and ``engine.evaluation`` for the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from engine.params import ConfigError
+
+
+def add_parsers(sub) -> None:
+    """Add the ``predict``, ``evaluate`` and ``compare`` subparsers to ``sub``."""
+    _add_predict_parser(sub)
+    _add_evaluate_parsers(sub)
+
+
+def _add_predict_parser(sub) -> None:
+    """The ``predict`` verb's subparser (see :func:`cmd_predict`)."""
+    from engine.evaluation.theory import DEFAULT_PRIOR
+
+    prior = ",".join(f"{v:g}" for pair in DEFAULT_PRIOR for v in pair)
+    p = sub.add_parser(
+        "predict",
+        help="Infer (omega_m, sigma8) for every map of a file; one CSV row per map.",
+        description="Infer (omega_m, sigma8) for every map of a .zarr/.nc file written by "
+        "'fields', with the binned P(k) likelihood or a trained network, and write one CSV "
+        "row per map: sample, true values (when the maps carry them), posterior mean and std.",
+    )
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=["pk-likelihood", "network"],
+        help="pk-likelihood: Gaussian likelihood of the binned P(k) (engine.evaluation.likelihood); "
+        "network: a trained checkpoint (--checkpoint). Default: network with --checkpoint, "
+        "else pk-likelihood.",
+    )
+    p.add_argument("--maps", required=True, metavar="PATH", help="Maps file, .zarr or .nc.")
+    p.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="Network checkpoint .pt or run directory (implies --method network).",
+    )
+    p.add_argument(
+        "--prior",
+        default=prior,
+        metavar="OM_MIN,OM_MAX,S8_MIN,S8_MAX",
+        help="Flat prior box of the likelihood (default %(default)s).",
+    )
+    p.add_argument(
+        "--grid", type=int, default=64, help="Posterior grid points per parameter (default 64)."
+    )
+    p.add_argument(
+        "--k-max",
+        type=float,
+        default=None,
+        help="Highest bin centre used, h/Mpc (ell for kappa maps); default Nyquist.",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="Torch device of the network: cpu (default), cuda[:i]."
+    )
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``predict`` verb: posterior mean/std per map to a CSV file; prints a summary line.
+
+    The method defaults to ``network`` when ``--checkpoint`` is given (the checkpoint's task
+    must be one that evaluation knows, :func:`engine.evaluation.evaluate.evaluator_for`), else
+    to ``pk-likelihood``.
+
+    Raises
+    ------
+    ConfigError
+        Missing maps file, unsupported kind, bad prior, missing checkpoint or one of an unknown
+        task, ``--checkpoint`` with ``--method pk-likelihood``, output not .csv or in a missing
+        directory; all before anything is written.
+    """
+    import numpy as np
+
+    from engine.evaluation.likelihood import pk_likelihood_predict
+    from engine.evaluation.predict import write_predictions
+    from engine.evaluation.schema import PARAMS
+    from engine.physics import slabs
+
+    method = _predict_method(args)
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise ConfigError(f"--out {str(out)!r} must end in .csv")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    prior = _parse_prior(args.prior)
+    t0 = time.perf_counter()
+    if method == "network":
+        from engine.evaluation.evaluate import evaluator_for
+
+        predict = evaluator_for(args.checkpoint, "predict").predict
+        result = predict(slabs.load(args.maps), args.checkpoint, device=args.device)
+    else:
+        result = pk_likelihood_predict(
+            slabs.load(args.maps), prior=prior, grid=args.grid, k_max=args.k_max
+        )
+    write_predictions(out, result)
+    summary = ""
+    if "truth" in result:
+        rmse = np.sqrt(np.mean((result["mean"] - result["truth"]) ** 2, axis=0))
+        summary = "; rmse " + ", ".join(f"{n}={r:.4g}" for n, r in zip(PARAMS, rmse, strict=True))
+    print(
+        f"wrote {len(result['mean'])} predictions ({method}{summary}) to {out} "
+        f"in {time.perf_counter() - t0:.2f} s"
+    )
+    return 0
+
+
+def _predict_method(args: argparse.Namespace) -> str:
+    """The ``predict`` method: ``--method``, else network with ``--checkpoint``, else
+    pk-likelihood; refuses a checkpoint the method would ignore."""
+    method = args.method or ("network" if args.checkpoint else "pk-likelihood")
+    if method == "network" and not args.checkpoint:
+        raise ConfigError("--method network needs --checkpoint PATH")
+    if method == "pk-likelihood" and args.checkpoint:
+        raise ConfigError(
+            "--method pk-likelihood uses no checkpoint: drop --checkpoint, or use --method network"
+        )
+    return method
+
+
+def _parse_prior(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``OM_MIN,OM_MAX,S8_MIN,S8_MAX`` → ((Ω_m min, max), (σ8 min, max))."""
+    try:
+        values = [float(v) for v in text.split(",")]
+        if len(values) != 4:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--prior {text!r} must look like OM_MIN,OM_MAX,S8_MIN,S8_MAX") from None
+    return (values[0], values[1]), (values[2], values[3])
+
+
+def _add_evaluate_parsers(sub) -> None:
+    """The ``evaluate`` and ``compare`` verbs' subparsers (see :func:`cmd_evaluate`,
+    :func:`cmd_compare` and ``engine.evaluation.evaluate``)."""
+    datasets_help = "Datasets YAML of short names (default $ENGINE_DATASETS or ./datasets.yaml)."
+    p = sub.add_parser(
+        "evaluate",
+        help="Score a network and the P(k) likelihood on labelled maps; report.json + figures.",
+        description="Predict (omega_m, sigma8) for every map of a dataset spec (a kind such as "
+        "grf, generated like the checkpoint's training maps; a .zarr/.nc file; prefix:path) with "
+        "a trained network and the binned P(k) likelihood, and write OUT/report.json, "
+        "OUT/predictions.csv and OUT/figures/*.png (schema: engine.evaluation.schema).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="Checkpoint .pt or run directory (its best.pt); "
+        "without it only the P(k) likelihood is evaluated.",
+    )
+    p.add_argument("--dataset", required=True, metavar="SPEC", help="Dataset spec or short name.")
+    p.add_argument("--out", required=True, metavar="DIR", help="Output directory (created).")
+    p.add_argument("--count", type=int, default=None, help="Number of maps (spec option count).")
+    p.add_argument("--seed", type=int, default=None, help="Seed of generated maps (spec option).")
+    p.add_argument("--device", default="cpu", help="Torch device of the network: cpu, cuda[:i].")
+    p.add_argument(
+        "--no-pk-likelihood",
+        dest="pk_likelihood",
+        action="store_false",
+        help="Do not run the P(k) likelihood.",
+    )
+    p.add_argument(
+        "--k-max",
+        type=float,
+        default=None,
+        help="Highest bin centre of the P(k) likelihood and the Fisher bound, h/Mpc (ell for "
+        "kappa); default Nyquist (k_N/4 for 2lpt).",
+    )
+    p.add_argument("--datasets", metavar="FILE", help=datasets_help)
+    p.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser(
+        "compare",
+        help="Metrics of several checkpoints on several datasets as one long CSV table.",
+        description="Evaluate every checkpoint on every dataset spec (and the P(k) likelihood "
+        "once per dataset, model 'pk-likelihood') and write one CSV row per (model, dataset, "
+        "method, param) with rmse, mae, r2, bias, coverage_68, coverage_95, efficiency, n_maps.",
+    )
+    c.add_argument(
+        "--checkpoints", nargs="*", default=[], metavar="PATH", help=".pt files or run dirs."
+    )
+    c.add_argument(
+        "--datasets", nargs="+", required=True, metavar="SPEC", help="Dataset specs or names."
+    )
+    c.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
+    c.add_argument("--count", type=int, default=None, help="Number of maps per dataset.")
+    c.add_argument("--seed", type=int, default=None, help="Seed of generated maps.")
+    c.add_argument("--device", default="cpu", help="Torch device of the networks.")
+    c.add_argument(
+        "--no-pk-likelihood",
+        dest="pk_likelihood",
+        action="store_false",
+        help="Leave out the P(k)-likelihood rows.",
+    )
+    c.add_argument("--datasets-file", metavar="FILE", help=datasets_help)
+    c.add_argument(
+        "--predictions-dir",
+        metavar="DIR",
+        help="Also write each (model, dataset) pair's predictions as DIR/<model>__<dataset>.csv "
+        "(created; the table's 'predictions' column names the file).",
+    )
+    c.set_defaults(func=cmd_compare)
+
+
+def _check_count(count: int | None) -> None:
+    if count is not None and count < 1:
+        raise ConfigError(f"--count {count} must be >= 1")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate`` verb: :func:`engine.evaluation.evaluate.evaluate`; prints a method × parameter table.
+
+    Raises
+    ------
+    ConfigError
+        Bad dataset spec, checkpoint, count or output directory (one line, before writing).
+    """
+    from engine.evaluation.compare import format_table
+    from engine.evaluation.evaluate import evaluate
+
+    _check_count(args.count)
+    report = evaluate(
+        args.dataset,
+        args.checkpoint,
+        out_dir=args.out,
+        pk_likelihood=args.pk_likelihood,
+        device=args.device,
+        count=args.count,
+        seed=args.seed,
+        datasets_file=args.datasets,
+        k_max=args.k_max,
+    )
+    print(format_table(report))
+    for note in report.get("notes") or []:
+        print(f"note: {note}")
+    print(
+        f"evaluated {report['n_maps']} maps of {report['dataset']} in {report['seconds']:.2f} s; "
+        f"wrote {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``compare`` verb: :func:`engine.evaluation.compare.compare` to a long-format CSV; prints it.
+
+    Raises
+    ------
+    ConfigError
+        Bad output path or count; failing (checkpoint, dataset) pairs are reported in the
+        table's ``error`` column and on stderr instead.
+    """
+    from engine.evaluation.compare import compare
+
+    _check_count(args.count)
+    t0 = time.perf_counter()
+    table = compare(
+        args.checkpoints,
+        args.datasets,
+        count=args.count,
+        seed=args.seed,
+        device=args.device,
+        datasets_file=args.datasets_file,
+        pk_likelihood=args.pk_likelihood,
+        out=args.out,
+        predictions_dir=args.predictions_dir,
+    )
+    shown = table.drop(columns=["error", "predictions"]).dropna(subset=["rmse"])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for row in table.dropna(subset=["error"]).drop_duplicates(["model", "dataset"]).itertuples():
+        print(f"warning: {row.model} on {row.dataset}: {row.error}", file=sys.stderr)
+    print(f"wrote {len(table)} rows to {args.out} in {time.perf_counter() - t0:.2f} s")
+    return 0
