@@ -50,7 +50,7 @@ def like_prior(like: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]
     """The training prior box held by ``like``, ``{name: (low, high)}`` (possibly empty).
 
     Recognised keys (first match wins per parameter): ``<name>_range`` ([low, high], dataset
-    attrs and :func:`engine.evaluation.evaluate.checkpoint_like`), ``<name>_min`` / ``<name>_max`` (the
+    attrs and :func:`engine.evaluation.predict.checkpoint_like`), ``<name>_min`` / ``<name>_max`` (the
     settings of :class:`engine.train.settings.TrainParams`), ``prior_low`` / ``prior_high`` (two-element
     lists in the order omega_m, sigma8, as checkpoints store them). Boxes with low >= high are
     ignored.

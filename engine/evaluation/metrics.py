@@ -174,7 +174,7 @@ def calibration(mean, std, truth, levels: Sequence[float] = CALIBRATION_LEVELS) 
 
 
 def efficiency_from_sigma(mean, truth, sigma) -> float:
-    """1 / √⟨((mean − truth) / σ_CRB)²⟩ of one parameter (:func:`engine.evaluation.likelihood.efficiency`'s
+    """1 / √⟨((mean − truth) / σ_CRB)²⟩ of one parameter (:func:`engine.evaluation.fisher.efficiency`'s
     definition, σ_CRB per map at its truth); NaN for no maps.
 
     Parameters

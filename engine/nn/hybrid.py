@@ -173,7 +173,7 @@ class InputTransform(nn.Module):
     """Pointwise transform of the (globally rescaled) input maps, ``(B, C, H, W) → same shape``.
 
     The models receive ``x = δ / s`` with ``s`` the fixed map scale of the training task
-    (``engine.tasks.regression.Regression.scale``, map units). ``"log1p"`` returns the log
+    (``engine.tasks.regression.Regression``, map units). ``"log1p"`` returns the log
     density ``ln(1 + max(s·x, −1 + eps))`` in float32 (dimensionless; ``eps`` guards empty cells
     of CIC density maps, where δ = −1, giving ln(eps) there); ``"none"`` returns ``x`` unchanged.
     Every channel is transformed alike, with the one scale ``s``.

@@ -34,7 +34,7 @@ from engine.physics.lpt import LPTParams
 
 #: Map kinds that can be generated on the fly (2D maps of :mod:`engine.kinds`).
 TRAIN_KINDS = ("grf", "lognormal", "2lpt", "kappa")
-#: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.lensing.
+#: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.physics.limber.
 KAPPA_MAX_POINTS = 256
 
 
