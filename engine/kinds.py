@@ -88,6 +88,22 @@ class Kind:
         ``(attrs) -> settings``.
     batch_size_fn : str
         ``(settings) -> int``: default samples per torch call ("": 64).
+    mode_theory : str
+        ``(settings, k, omega_m, sigma8) -> tensor``: expected spectrum per Fourier mode, in
+        :attr:`power_unit`, smoothing and noise included (the P(k) likelihood's model).
+    spectrum_check : str
+        ``(settings) -> None``: ConfigError when maps made with ``settings`` do not have that
+        spectrum (3D volumes, masked κ) or leave the theory tables.
+    gaussian_fn : str
+        ``(settings) -> bool``: the maps are a Gaussian field ("": never), so the Fisher
+        information of their spectrum bounds every estimator.
+    sigma8_exact : bool
+        The mode spectrum is exactly σ8² S(Ω_m) + N (linear matter power: density kinds; κ only
+        with ``matter_power="linear"``, see :meth:`sigma8_squared_exact`).
+    max_cosmologies : str
+        Name of the number of distinct cosmologies the theory caches for generation on the fly
+        ("": no limit): the most fixed prior points training may draw maps from (κ: one pyccl
+        C_ℓ each, :data:`engine.physics.limber.CL_CACHE_SIZE`).
     """
 
     name: str
@@ -108,6 +124,11 @@ class Kind:
     wrap: str = "to_dataarray"
     from_attrs: str = "settings_from_attrs"
     batch_size_fn: str = ""
+    mode_theory: str = ""
+    spectrum_check: str = ""
+    gaussian_fn: str = ""
+    sigma8_exact: bool = False
+    max_cosmologies: str = ""
 
     def _fn(self, ref: str, what: str):
         if not ref:
@@ -208,6 +229,36 @@ class Kind:
         """
         fn = self._fn(self.theory, "binned flat-map theory")
         return fn(settings, omega_m, sigma8, edges)
+
+    def mode_power(self, settings, k, omega_m, sigma8):
+        """Expected spectrum at wavenumbers ``k`` (:attr:`k_unit`) for parameters (B,):
+        tensor (B, ...) float64 in :attr:`power_unit` (smoothing and noise included).
+
+        Raises
+        ------
+        ConfigError
+            No flat theory for this kind, or parameters out of range.
+        """
+        return self._fn(self.mode_theory, "flat-map theory")(settings, k, omega_m, sigma8)
+
+    def check_spectrum(self, settings) -> None:
+        """Raise :class:`ConfigError` unless maps made with ``settings`` have the spectrum of
+        :meth:`mode_power` (no 3D volumes, no masked κ; pixels inside the theory tables)."""
+        self._fn(self.spectrum_check, "flat-map theory")(settings)
+
+    def is_gaussian(self, settings) -> bool:
+        """True when maps made with ``settings`` are a Gaussian random field."""
+        return bool(self.gaussian_fn) and bool(self._fn(self.gaussian_fn, "")(settings))
+
+    def sigma8_squared_exact(self, settings) -> bool:
+        """True when the spectrum is exactly σ8² S(Ω_m) + N(Ω_m) (linear matter power)."""
+        if self.sigma8_exact:
+            return True
+        return getattr(settings, "matter_power", "") == "linear"
+
+    def cosmology_limit(self) -> int:
+        """:attr:`max_cosmologies` resolved: the most cosmologies of maps on the fly (0: any)."""
+        return int(self._fn(self.max_cosmologies, "")) if self.max_cosmologies else 0
 
     def map_scale(self, settings) -> float:
         """Expected standard deviation per pixel at the fiducial cosmology
@@ -312,6 +363,10 @@ _DENSITY = dict(
     extent_fn="engine.physics.slabs.map_extent",
     box_fn="engine.physics.slabs.map_extent",
     theory="engine.physics.slabs.binned_theory",
+    mode_theory="engine.physics.slabs.theory_power",
+    spectrum_check="engine.physics.slabs.check_spectrum",
+    gaussian_fn="engine.physics.slabs.is_gaussian",
+    sigma8_exact=True,
     # The 2LPT scale is the linear-theory std of the same slab (engine.physics.slabs): a fixed
     # normalisation close to the LPT maps' own std, which is all a network input needs.
     scale="engine.physics.slabs.map_scale",
@@ -361,6 +416,10 @@ KINDS: dict[str, Kind] = {
             extent_fn="map_extent",
             box_fn="fov_radians",
             theory="binned_theory",
+            mode_theory="mode_power",
+            spectrum_check="check_spectrum",
+            gaussian_fn="is_gaussian",
+            max_cosmologies="engine.physics.limber.CL_CACHE_SIZE",
             **_CONVERGENCE,
         ),
         Kind(

@@ -83,10 +83,10 @@ def trained_grid(like: Mapping[str, Any] | None) -> tuple[str, float, int]:
         )
     from engine.kinds import get_kind
 
-    kind = str(like["kind"])
-    defaults = get_kind(kind).new_settings()
+    kind = get_kind(str(like["kind"]))
+    defaults = kind.new_settings()
     size = int(like.get("size", defaults.size))
-    if kind == "kappa":
+    if kind.length_unit == "arcmin":  # flat-sky maps: their side is the fov attr, in degrees
         return "deg", float(like.get("fov", defaults.fov)), size
     return "Mpc/h", float(like.get("box_size", defaults.box_size)), size
 

@@ -66,6 +66,7 @@ from engine.evaluation.schema import (
     REPORT_FILE,
     REPORT_VERSION,
 )
+from engine.kinds import get_kind
 from engine.params import ConfigError
 
 #: Public names; COMPARE_COLUMNS (engine.evaluation.schema), checkpoint_like
@@ -454,9 +455,7 @@ def _fisher(m: _Maps, grid: int) -> tuple[dict[str, Any] | None, np.ndarray | No
                 "and an efficiency above 1 is expected"
             )
     kind = str(m.da.attrs.get("kind"))
-    gaussian = kind == "grf" or (
-        kind == "kappa" and getattr(m.settings, "distribution", "") == "gaussian"
-    )
+    gaussian = get_kind(kind).is_gaussian(m.settings)
     if not gaussian:
         m.notes.append(
             f"kind {kind!r} is not a Gaussian field: sigma_CRB is the information of its "

@@ -47,7 +47,7 @@ from engine.evaluation.theory import check_prior, map_model, theory_grid
 from engine.params import OMEGA_M_BOUNDS, SIGMA8_BOUNDS, ConfigError
 
 #: Relative finite-difference steps of the theory derivatives, per theory family.
-FD_STEP = {"slab": 1e-4, "kappa": 1e-2}
+FD_STEP = {"density": 1e-4, "convergence": 1e-2}
 
 
 def _params(omega_m, sigma8) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -115,7 +115,7 @@ def log_power_derivatives(
         step = FD_STEP[model.family] if step is None else float(step)
         d = _fd_log_derivatives(lambda o, s: model.mode_power(kmag, o, s), om, s8, step)
     elif derivative == "autograd":
-        if model.family != "slab":
+        if model.family != "density":
             raise ConfigError(
                 "derivative='autograd' needs a torch theory: only the slab kinds (grf, lognormal, "
                 "2lpt) have one; use derivative='fd' for kappa"
@@ -254,7 +254,7 @@ def crb_sigma(
     om = np.atleast_1d(np.asarray(omega_m, np.float64))
     s8 = np.atleast_1d(np.asarray(sigma8, np.float64))
     model = map_model(settings, k_max)
-    if model.family != "kappa":
+    if model.family != "convergence":
         return np.asarray(cramer_rao(settings, om, s8, k_max)).reshape(-1, 2), "modes"
     table, _, _ = theory_grid(model, check_prior(prior), int(grid))
     o = torch.as_tensor(np.clip(om, *prior[0]))

@@ -38,10 +38,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from engine.evaluation.schema import PARAMS
+from engine.kinds import get_kind
 from engine.params import OMEGA_M_BOUNDS, SIGMA8_BOUNDS, ConfigError, to_dict
 from engine.physics.stats import (
     bin_isotropic,
@@ -77,9 +77,9 @@ class MapModel:
     Attributes
     ----------
     settings : FieldParams, LPTParams or KappaParams
-    family : {"slab", "kappa"}
-        Which theory: :mod:`engine.physics.slabs` (k in h/Mpc, P in (Mpc/h)²) or :mod:`engine.physics.lensing`
-        (k = ℓ, C_ℓ in sr).
+    kind : str
+        The maps' kind (:mod:`engine.kinds`), whose theory this is: density kinds (k in h/Mpc,
+        P in (Mpc/h)²) or κ (k = ℓ, C_ℓ in sr); :attr:`family` is the kind's family.
     size : int
         Pixels per side N.
     box : float
@@ -96,13 +96,18 @@ class MapModel:
     """
 
     settings: object
-    family: str
+    kind: str
     size: int
     box: float
     edges: torch.Tensor
     k: torch.Tensor
     n_modes: torch.Tensor
     separable: bool
+
+    @property
+    def family(self) -> str:
+        """The kind's family: "density" or "convergence" (:class:`engine.kinds.Kind`)."""
+        return get_kind(self.kind).family
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -112,38 +117,26 @@ class MapModel:
     def mode_power(self, k: torch.Tensor, omega_m, sigma8) -> torch.Tensor:
         """Expected map spectrum at wavenumbers ``k`` (h/Mpc or ℓ), (B, ...) float64.
 
-        Smoothing and noise included (:func:`engine.physics.slabs.theory_power` or
-        :func:`engine.physics.lensing.map_cl`); ``omega_m``, ``sigma8`` tensors (B,) float64.
+        Smoothing and noise included (the kind's :meth:`engine.kinds.Kind.mode_power`:
+        :func:`engine.physics.slabs.theory_power` or :func:`engine.physics.lensing.map_cl`);
+        ``omega_m``, ``sigma8`` tensors (B,) float64.
         """
-        if self.family == "slab":
-            from engine.physics import slabs
-
-            return slabs.theory_power(self.settings, k, omega_m, sigma8)
-        from engine.physics import lensing
-
-        om = torch.as_tensor(omega_m).detach().cpu().numpy()
-        s8 = torch.as_tensor(sigma8).detach().cpu().numpy()
-        return lensing.map_cl(self.settings, k, om, s8)
+        return get_kind(self.kind).mode_power(self.settings, k, omega_m, sigma8)
 
     def binned(self, omega_m: torch.Tensor, sigma8: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """Expected binned spectrum μ_b for B cosmologies: (B, K) float64, (Mpc/h)² or sr.
 
-        The theory of :func:`engine.physics.slabs.binned_theory` / :func:`engine.physics.lensing.binned_theory`
-        (mode-averaged like the estimator), evaluated in chunks of cosmologies to bound memory.
+        The kind's :meth:`engine.kinds.Kind.binned_theory` (mode-averaged like the estimator),
+        evaluated in chunks of cosmologies to bound memory.
         """
         om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1)
         s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1)
-        if self.family == "slab":
-            from engine.physics.slabs import binned_theory
-        else:
-            from engine.physics.lensing import binned_theory
+        kind = get_kind(self.kind)
         chunk = chunk or max(1, 4_000_000 // (self.size * (self.size // 2 + 1)))
         out = []
         for i in range(0, om.numel(), chunk):
             o, s = om[i : i + chunk], s8[i : i + chunk]
-            if self.family == "kappa":
-                o, s = o.numpy(), s.numpy()
-            out.append(binned_theory(self.settings, o, s, self.edges).power)
+            out.append(kind.binned_theory(self.settings, o, s, self.edges).power)
         return torch.cat(out).reshape(om.numel(), -1)
 
     def measure(self, maps: torch.Tensor) -> torch.Tensor:
@@ -163,7 +156,7 @@ class MapModel:
         items = tuple(
             sorted((k, repr(v)) for k, v in to_dict(self.settings).items() if k not in skip)
         )
-        return (type(self.settings).__name__, self.family, items, tuple(self.edges.tolist()))
+        return (type(self.settings).__name__, self.kind, items, tuple(self.edges.tolist()))
 
 
 def map_model(settings, k_max: float | None = None) -> MapModel:
@@ -185,37 +178,22 @@ def map_model(settings, k_max: float | None = None) -> MapModel:
         Unsupported kind (sky, 3D volumes, masked κ), settings outside the theory tables, or a
         ``k_max`` below the fundamental mode.
     """
-    from engine.params import FieldParams
-    from engine.physics import lensing, slabs
-
-    kind = getattr(settings, "kind", None)
-    if isinstance(settings, lensing.KappaParams):
-        if settings.mask:
-            raise ConfigError(
-                "masked kappa maps are not supported by the P(k) likelihood: the spectrum of a "
-                "masked map is not map_cl (use unmasked maps)"
-            )
-        lensing.check_resolution(settings)
-        family, box = "kappa", lensing.fov_radians(settings)
-        separable = settings.matter_power == "linear"
-    elif isinstance(settings, FieldParams) and kind in ("grf", "lognormal", "2lpt"):
-        if kind == "2lpt" and getattr(settings, "dim", 2) != 2:
-            raise ConfigError(
-                "2lpt volumes (dim=3) are not supported by the P(k) likelihood: use slab maps (dim=2)"
-            )
-        slabs.check_resolution(settings)
-        family, box, separable = "slab", float(settings.box_size), True
-    else:
+    name = getattr(settings, "kind", None)
+    if name not in SUPPORTED_KINDS:
         raise ConfigError(
-            f"kind={kind!r} is not supported by the P(k) likelihood: kind must be one of "
+            f"kind={name!r} is not supported by the P(k) likelihood: kind must be one of "
             + ", ".join(map(repr, SUPPORTED_KINDS))
         )
+    kind = get_kind(name)
+    kind.check_spectrum(settings)
+    box = kind.spectrum_box(settings)
+    separable = kind.sigma8_squared_exact(settings)
     n = int(settings.size)
     edges = default_edges((n, n), box)
     kf = 2 * math.pi / box
     if k_max is not None:
         if not (math.isfinite(k_max) and k_max >= kf):
-            unit = "ell" if family == "kappa" else "h/Mpc"
+            unit = get_kind(name).k_unit or "ell"
             raise ConfigError(
                 f"k_max={k_max:g} {unit} is below the fundamental mode k_f={kf:.4g}: no bin is left"
             )
@@ -223,7 +201,7 @@ def map_model(settings, k_max: float | None = None) -> MapModel:
         edges = edges[: min(n_keep, edges.numel() - 1) + 1]
     ones = torch.ones(n, n // 2 + 1, dtype=torch.float64)
     ps = bin_isotropic(ones, (n, n), box, edges)
-    model = MapModel(settings, family, n, box, edges, ps.k, ps.n_modes, separable)
+    model = MapModel(settings, name, n, box, edges, ps.k, ps.n_modes, separable)
     # drop the bins below the float32 floor: μ_b < DYNAMIC_RANGE × (mean power over all modes)
     fid = torch.tensor([0.3], dtype=torch.float64), torch.tensor([0.8], dtype=torch.float64)
     kmag = wavenumbers((n, n), box)
@@ -239,7 +217,7 @@ def map_model(settings, k_max: float | None = None) -> MapModel:
             )
         edges = edges[: n_keep + 1]
         ps = bin_isotropic(ones, (n, n), box, edges)
-        model = MapModel(settings, family, n, box, edges, ps.k, ps.n_modes, separable)
+        model = MapModel(settings, name, n, box, edges, ps.k, ps.n_modes, separable)
     return model
 
 
@@ -255,8 +233,6 @@ def settings_from_attrs(attrs: dict):
     ConfigError
         No ``kind`` attr, or a kind the P(k) likelihood does not support.
     """
-    from engine.kinds import KINDS
-
     kind = attrs.get("kind")
     if kind is None:
         raise ConfigError(
@@ -267,21 +243,7 @@ def settings_from_attrs(attrs: dict):
             f"kind={kind!r} is not supported by the P(k) likelihood: kind must be one of "
             + ", ".join(map(repr, SUPPORTED_KINDS))
         )
-    if kind in ("grf", "lognormal"):
-        from engine.physics.slabs import settings_from_attrs as from_attrs
-
-        return from_attrs(attrs)
-    if kind == "kappa":
-        from engine.physics.lensing import settings_from_attrs as from_attrs
-
-        return from_attrs(attrs)
-    cls = KINDS[kind].settings_class()
-    names = set(cls.param) - {"name"}
-    values = {}
-    for k, v in attrs.items():
-        if k in names:
-            values[k] = v.item() if isinstance(v, np.generic) else v
-    return cls(**values)
+    return get_kind(kind).settings_from_attrs(attrs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -173,6 +173,36 @@ def binned_theory(settings: KappaParams, omega_m, sigma8, edges=None):
     return bin_isotropic(map_cl(settings, ell, omega_m, sigma8), shape, box, edges)
 
 
+def mode_power(settings: KappaParams, ell, omega_m, sigma8) -> torch.Tensor:
+    """Expected spectrum of an unmasked κ map at multipoles ``ell`` (:func:`map_cl`), in sr;
+    ``omega_m``, ``sigma8`` floats or arrays/tensors (B,) (converted to numpy for pyccl)."""
+    om = np.asarray(torch.as_tensor(omega_m).detach().cpu(), dtype=np.float64)
+    s8 = np.asarray(torch.as_tensor(sigma8).detach().cpu(), dtype=np.float64)
+    return map_cl(settings, ell, om, s8)
+
+
+def check_spectrum(settings: KappaParams) -> None:
+    """Raise :class:`ConfigError` unless maps made with ``settings`` have the spectrum
+    :func:`map_cl`: unmasked maps inside the theory's ℓ range.
+
+    Raises
+    ------
+    ConfigError
+        A mask (the spectrum of a masked map is not map_cl), or pixels too small.
+    """
+    if settings.mask:
+        raise ConfigError(
+            "masked kappa maps are not supported by the P(k) likelihood: the spectrum of a "
+            "masked map is not map_cl (use unmasked maps)"
+        )
+    check_resolution(settings)
+
+
+def is_gaussian(settings: KappaParams) -> bool:
+    """True for Gaussian κ maps (``distribution="gaussian"``)."""
+    return settings.distribution == "gaussian"
+
+
 def check_resolution(settings: KappaParams) -> None:
     """Raise :class:`ConfigError` if the map's highest |ℓ| (corner mode) exceeds ELL_MAX = 1e5."""
     ell_max = math.sqrt(2) * math.pi * settings.size / fov_radians(settings)

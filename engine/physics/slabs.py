@@ -283,6 +283,27 @@ def check_resolution(settings: FieldParams) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_spectrum(settings) -> None:
+    """Raise :class:`ConfigError` unless maps made with ``settings`` have the flat-map theory
+    spectrum of :func:`theory_power`: 2D slab maps (2lpt ``dim=2``) inside the theory tables.
+
+    Raises
+    ------
+    ConfigError
+        2lpt volumes (``dim=3``), or pixels outside the tables (:func:`check_resolution`).
+    """
+    if getattr(settings, "dim", 2) != 2:
+        raise ConfigError(
+            "2lpt volumes (dim=3) are not supported by the P(k) likelihood: use slab maps (dim=2)"
+        )
+    check_resolution(settings)
+
+
+def is_gaussian(settings) -> bool:
+    """True for Gaussian maps (kind grf), whose P(k) holds all their information."""
+    return getattr(settings, "kind", "") == "grf"
+
+
 def generate_maps(
     settings: FieldParams,
     omega_m: torch.Tensor,

@@ -30,12 +30,13 @@ from engine.params import (
     user_settings,
 )
 from engine.physics.lensing import KappaParams
+from engine.physics.limber import CL_CACHE_SIZE
 from engine.physics.lpt import LPTParams
 
 #: Map kinds that can be generated on the fly (2D maps of :mod:`engine.kinds`).
 TRAIN_KINDS = ("grf", "lognormal", "2lpt", "kappa")
 #: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.physics.limber.
-KAPPA_MAX_POINTS = 256
+KAPPA_MAX_POINTS = CL_CACHE_SIZE
 
 
 def borrow(cls: type[param.Parameterized], name: str, note: str = "") -> param.Parameter:
@@ -268,12 +269,13 @@ class DataParams(FieldParams):
             _check_dataset_spec(self.dataset)
             return
         DataParams.map_settings(self)
-        if self.kind == "kappa" and self.prior_points > KAPPA_MAX_POINTS:
+        limit = get_kind(self.kind).cosmology_limit()
+        if limit and self.prior_points > limit:
             raise ConfigError(
-                f"prior_points={self.prior_points} is too many for kind='kappa' on the fly "
-                f"(at most {KAPPA_MAX_POINTS}: one pyccl C_l per point); for more "
-                "cosmologies write a dataset (python -m engine dataset --kind kappa "
-                "--omega-m LO:HI --sigma8 LO:HI ...) and train with dataset=PATH"
+                f"prior_points={self.prior_points} is too many for kind={self.kind!r} on the fly "
+                f"(at most {limit}: its theory is cached per cosmology); for more cosmologies "
+                f"write a dataset (python -m engine dataset --kind {self.kind} --omega-m LO:HI "
+                "--sigma8 LO:HI ...) and train with dataset=PATH"
             )
 
     def map_settings(self) -> param.Parameterized:
@@ -302,9 +304,10 @@ class DataParams(FieldParams):
         return settings
 
     def resolved_prior_points(self) -> int:
-        """``prior_points`` with 0 resolved (:data:`KAPPA_MAX_POINTS` for kind kappa)."""
-        if self.prior_points == 0 and self.kind == "kappa" and not self.dataset:
-            return KAPPA_MAX_POINTS
+        """``prior_points`` with 0 resolved: the kind's cosmology limit on the fly
+        (:meth:`engine.kinds.Kind.cosmology_limit`; :data:`KAPPA_MAX_POINTS` for kind kappa)."""
+        if self.prior_points == 0 and not self.dataset:
+            return get_kind(self.kind).cosmology_limit()
         return self.prior_points
 
 
