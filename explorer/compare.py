@@ -1,20 +1,28 @@
 """Compare page: trained models and the P(k) likelihood on every dataset, and why models fail.
 
-The page reads a table of ``python -m engine compare`` (:func:`engine.evaluation.evaluate.compare`: one
-row per model, dataset, method and parameter, with RMSE, bias, R², coverages, efficiency,
+The page reads a table of ``python -m engine compare`` (:func:`engine.evaluation.evaluate.compare`:
+one row per model, dataset, method and parameter, with RMSE, bias, R², coverages, efficiency,
 ``transfer``, ``error``, ``predictions`` and ``checkpoint`` columns) and the per-pair
 predictions it wrote with ``--predictions-dir``. A fresh clone shows the precomputed
 comparison of the shipped models on the sample datasets (``assets/compare/table.csv``, made by
 ``make compare-samples``) at once; tables of earlier recomputations (``runs/compare-*/``) can
 be picked from a list.
 
-Selecting a row shows, for that (model, dataset) pair:
+Above the long table, a models × datasets matrix (:func:`explorer.compare_views.matrix_layers`)
+colours each pair by the RMSE of a chosen parameter or by its efficiency σ_CRB/RMSE, with the
+P(k) likelihood as a last row; clicking a cell selects that pair. The page opens on the best
+in-domain pair (:func:`explorer.compare_views.default_row`: a network on maps of the kind it
+was trained on, highest mean efficiency), not on whatever row comes first.
+
+Selecting a row (in the matrix or the table) shows, for that (model, dataset) pair:
 
 * truth against prediction per parameter (:func:`explorer.report.scatter_plot`);
 * predictions per distinct cosmology as box plots (maps grouped by their true (Ω_m, σ8): CAMELS
-  CV/1P-style sets hold many maps per cosmology), :data:`MAX_GROUPS` groups at most;
-* a few maps of the dataset (read with :func:`engine.data.open_spec`, :data:`N_EXAMPLES` maps)
-  with their true and predicted values (mean over the tiles of a map after domain transfer);
+  CV/1P-style sets hold many maps per cosmology), at most
+  :data:`explorer.compare_views.MAX_GROUPS` groups;
+* a few maps of the dataset (read with :func:`engine.data.open_spec`,
+  :data:`explorer.compare_views.N_EXAMPLES` maps) with their true and predicted values (mean
+  over the tiles of a map after domain transfer);
 * the domain gap (:func:`engine.data.transfer.domain_gap`): P(k) and pixel PDF of the network's
   training kind against the dataset's maps on the network's pixel grid, in the same units.
 
@@ -37,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import holoviews as hv
@@ -47,8 +56,28 @@ import param
 
 from engine.params import ConfigError
 from engine.runs import REPO_ROOT
+from explorer.compare_views import (
+    EXPLANATION,
+    MATRIX_METRICS,
+    PARAMS,
+    box_plot,
+    checkpoint_kind,
+    cosmology_groups,
+    dataset_label,
+    default_row,
+    display_table,
+    example_frame,
+    examples_view,
+    gap_plots,
+    gap_view,
+    matrix_frame,
+    matrix_layers,
+    pair_predictions,
+    pair_report,
+    pair_view,
+)
 from explorer.polling import SessionPolling
-from explorer.report import METRIC_COLUMNS, param_label, read_predictions, scatter_plot
+from explorer.report import METRIC_COLUMNS, param_label, scatter_plot
 from explorer.training import default_runs_root
 from explorer.widgets import label, look
 
@@ -60,33 +89,13 @@ SHIPPED_TABLE = REPO_ROOT / "assets" / "compare" / "table.csv"
 TABLE_ENV = "EXPLORER_COMPARE_TABLE"
 #: Prefix of the folders of recomputed comparisons in the runs folder.
 RUN_PREFIX = "compare-"
-#: Columns a comparison table must have (engine.evaluation.evaluate.COMPARE_COLUMNS, older tables may lack
-#: the others).
+#: Columns a comparison table must have (engine.evaluation.schema.COMPARE_COLUMNS; older
+#: tables may lack the others).
 REQUIRED = ("model", "dataset", "method", "param", "rmse")
-#: Parameters in display order.
-PARAMS = ("omega_m", "sigma8")
-#: At most this many cosmologies in the box plots (those with the most maps).
-MAX_GROUPS = 12
-#: Example maps shown per dataset.
-N_EXAMPLES = 4
 #: Generated and target maps of the domain-gap view.
 GAP_MAPS = 16
 #: Default number of maps per dataset of Recompute.
 DEFAULT_COUNT = 64
-
-EXPLANATION = """\
-**What you are looking at.** Each row scores one estimator of Ωₘ and σ₈ on one dataset: a
-trained network (*model*) or the classical **P(k) likelihood**. A network only knows the maps
-it was trained on: the kind of field (Gaussian, lognormal, 2LPT, κ), the box and pixel size,
-the slab thickness, smoothing and noise. Maps of other simulations (CAMELS with baryons,
-Quijote N-body, DES κ) are first put on the network's pixel grid (*transfer*: area-averaged
-or Fourier-interpolated, then cut into tiles of its size) — pairs that cannot be matched
-(other units, a smaller box) show the reason in *error*. Even on the right grid the maps can
-differ in their power spectrum and one-point PDF: the **domain gap** plot compares them. Where
-the gap is large the network extrapolates and its predictions are biased, usually towards the
-middle of its prior or beyond it, however good it is on its own kind. The P(k) likelihood
-runs only where the project has the maps' theory (its own kinds).
-"""
 
 
 def default_table() -> Path:
@@ -112,15 +121,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns of :data:`engine.evaluation.evaluate.COMPARE_COLUMNS` (missing optional ones empty); text
-        columns hold ``""`` for empty cells, metrics NaN.
+        Columns of :data:`engine.evaluation.schema.COMPARE_COLUMNS` (missing optional ones
+        empty); text columns hold ``""`` for empty cells, metrics NaN.
 
     Raises
     ------
     ConfigError
         Missing or unreadable file, or a file without the columns of :data:`REQUIRED`.
     """
-    from engine.evaluation.evaluate import COMPARE_COLUMNS
+    from engine.evaluation.schema import COMPARE_COLUMNS
 
     try:
         frame = pd.read_csv(path)
@@ -136,177 +145,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if col not in frame.columns:
             frame[col] = np.nan
     for col in ("model", "dataset", "method", "param", "transfer", "error", "predictions"):
-        frame[col] = frame[col].fillna("").astype(str)
-    frame["checkpoint"] = frame["checkpoint"].fillna("").astype(str)
+        frame[col] = frame[col].astype(object).fillna("").astype(str)
+    frame["checkpoint"] = frame["checkpoint"].astype(object).fillna("").astype(str)
     return frame.reset_index(drop=True)
-
-
-def dataset_label(spec: str) -> str:
-    """Short name of a dataset spec for tables: prefix, last path part and options, e.g.
-    ``camels:Maps_Mtot_Sample_LH_z=0.00.npy?delta=true``."""
-    target, sep, query = str(spec).partition("?")
-    prefix, colon, rest = target.partition(":")
-    path = rest if colon and len(prefix) > 1 else target
-    name = path.rstrip("/").rsplit("/", 1)[-1] or path
-    head = f"{prefix}:" if colon and len(prefix) > 1 else ""
-    if head == "quijote:" or head == "folder:":  # folder names say little: keep one more part
-        parts = path.rstrip("/").rsplit("/", 2)
-        name = "/".join(parts[-2:]) if len(parts) > 1 else name
-    return head + name + (sep + query if query else "")
-
-
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as shown: model, dataset (:func:`dataset_label`), parameter, the metric titles
-    of :data:`explorer.report.METRIC_COLUMNS`, maps, transfer and error; same row order."""
-    out = pd.DataFrame(
-        {
-            "model": table["model"],
-            "dataset": [dataset_label(s) for s in table["dataset"]],
-            "parameter": [param_label(p) for p in table["param"]],
-        }
-    )
-    for key, title in METRIC_COLUMNS:
-        out[title] = pd.to_numeric(table[key], errors="coerce")
-    out["maps"] = pd.to_numeric(table["n_maps"], errors="coerce").fillna(0).astype(int)
-    out["transfer"] = table["transfer"]
-    out["error"] = table["error"]
-    return out
-
-
-def pair_report(row: pd.Series) -> dict:
-    """A minimal report dict of one table row for :func:`explorer.report.scatter_plot`: the
-    row's method labelled with its model name."""
-    label = "P(k) likelihood" if row["method"] == "pk_likelihood" else str(row["model"])
-    return {"methods": {str(row["method"]): {"label": label}}, "params": list(PARAMS)}
-
-
-def pair_predictions(table_path: str | Path, row: pd.Series) -> pd.DataFrame | None:
-    """The predictions CSV of a row (column ``predictions``, relative to the table's folder),
-    or None when it has none or it cannot be read."""
-    rel = str(row.get("predictions") or "")
-    if not rel:
-        return None
-    path = Path(rel) if Path(rel).is_absolute() else Path(table_path).parent / rel
-    return read_predictions(path)
-
-
-def cosmology_groups(
-    frame: pd.DataFrame, method: str, name: str, max_groups: int = MAX_GROUPS
-) -> pd.DataFrame:
-    """Predictions of parameter ``name`` grouped by the maps' true cosmology, for box plots.
-
-    Maps with equal true (Ω_m, σ8) form one group; the ``max_groups`` groups with the most maps
-    are kept (ties: the first in the file), in order of the true value of ``name``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``cosmology`` (label "Ωₘ=0.300 σ₈=0.800"), ``truth`` (true ``name``),
-        ``predicted`` (``<method>_<name>_mean``) and ``n`` (maps in the group); empty when the
-        columns are missing.
-    """
-    cols = ["cosmology", "truth", "predicted", "n"]
-    mean = f"{method}_{name}_mean"
-    needed = ("omega_m_true", "sigma8_true", f"{name}_true", mean)
-    if frame is None or any(c not in frame.columns for c in needed):
-        return pd.DataFrame(columns=cols)
-    key = (
-        frame["omega_m_true"].round(6).astype(str) + "|" + frame["sigma8_true"].round(6).astype(str)
-    )
-    sizes = key.value_counts(sort=True)
-    keep = list(sizes.index[:max_groups])
-    sel = frame[key.isin(keep)]
-    sel_key = key[key.isin(keep)]
-    out = pd.DataFrame(
-        {
-            "cosmology": [
-                f"Ωₘ={o:.3f} σ₈={s:.3f}"
-                for o, s in zip(sel["omega_m_true"], sel["sigma8_true"], strict=True)
-            ],
-            "truth": sel[f"{name}_true"].astype(float).to_numpy(),
-            "predicted": sel[mean].astype(float).to_numpy(),
-            "n": sel_key.map(sizes).to_numpy(),
-        }
-    )
-    return out.sort_values(["truth", "cosmology"], kind="stable").reset_index(drop=True)
-
-
-def box_plot(groups: pd.DataFrame, name: str, method_label: str) -> hv.Overlay:
-    """Box plots of the predictions per cosmology of parameter ``name``, true values as red
-    dashes."""
-    label = param_label(name)
-    x = hv.Dimension("cosmology", label="true cosmology")
-    y = hv.Dimension("predicted", label=f"predicted {label}")
-    boxes = hv.BoxWhisker(groups, x, y, label=method_label).opts(
-        box_fill_color="#9ecae1", xrotation=35, tools=["hover"]
-    )
-    truth = groups.drop_duplicates("cosmology")[["cosmology", "truth"]]
-    marks = hv.Scatter(truth, x, ("truth", f"true {label}"), label="truth").opts(
-        color="#d62728", marker="dash", size=18, line_width=3
-    )
-    return hv.Overlay([boxes, marks]).opts(
-        title=f"{label}: predictions per cosmology",
-        frame_width=330,
-        frame_height=240,
-        show_grid=True,
-        legend_position="top_left",
-    )
-
-
-def gap_plots(gap: dict) -> list[hv.Overlay]:
-    """P(k) (log-log, mean ± 1σ over maps) and pixel PDF of the training kind and the target
-    data from :func:`engine.data.transfer.domain_gap`."""
-    kx = hv.Dimension("k", label="ℓ" if gap["k_units"] == "ell" else f"k ({gap['k_units']})")
-    py = hv.Dimension("P", label=f"P ({gap['pk_units']})")
-    series = (
-        ("train", f"training maps ({gap['kind']})", "#1f77b4"),
-        ("target", f"dataset ({gap['target_kind']})", "#d62728"),
-    )
-    pk_layers, pdf_layers = [], []
-    k = np.asarray(gap["k"], float)
-    for key, text, color in series:
-        mean = np.asarray(gap[f"pk_{key}_mean"], float)
-        std = np.asarray(gap[f"pk_{key}_std"], float)
-        ok = (k > 0) & (mean > 0)
-        lo = np.maximum(mean - std, mean * 1e-3)
-        pk_layers.append(
-            hv.Spread((k[ok], mean[ok], mean[ok] - lo[ok], std[ok]), kx, [py, "lo", "hi"]).opts(
-                color=color, alpha=0.2
-            )
-        )
-        pk_layers.append(
-            hv.Curve((k[ok], mean[ok]), kx, py, label=text).opts(color=color, line_width=2)
-        )
-        pdf_layers.append(
-            hv.Curve(
-                (gap["pdf_x"], gap[f"pdf_{key}"]),
-                hv.Dimension("value", label=f"pixel value ({gap['units_train'] or 'map units'})"),
-                hv.Dimension("density", label="probability density"),
-                label=text,
-            ).opts(color=color, line_width=2)
-        )
-    opts = dict(frame_width=330, frame_height=240, show_grid=True, legend_position="bottom_left")
-    return [
-        hv.Overlay(pk_layers).opts(
-            title="Domain gap: power spectrum", logx=True, logy=True, tools=["hover"], **opts
-        ),
-        hv.Overlay(pdf_layers).opts(title="Domain gap: pixel PDF", **opts),
-    ]
-
-
-def example_frame(frame: pd.DataFrame | None, method: str, n: int = N_EXAMPLES) -> pd.DataFrame:
-    """Truth and mean prediction (over tiles) of the first ``n`` source maps of a predictions
-    frame: columns ``source_sample``, ``<param>_true``, ``<param>_pred`` (NaN when missing)."""
-    cols = ["source_sample"] + [f"{p}_{s}" for p in PARAMS for s in ("true", "pred")]
-    if frame is None or not len(frame):
-        return pd.DataFrame(columns=cols)
-    src = frame["source_sample"] if "source_sample" in frame.columns else frame["sample"]
-    data = pd.DataFrame({"source_sample": src.astype(int)})
-    for p in PARAMS:
-        data[f"{p}_true"] = frame.get(f"{p}_true", np.nan)
-        data[f"{p}_pred"] = frame.get(f"{method}_{p}_mean", np.nan)
-    out = data.groupby("source_sample", sort=True).mean().reset_index()
-    return out.head(n)[cols]
 
 
 class ComparePage(SessionPolling, pn.viewable.Viewer):
@@ -335,6 +176,15 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
         True, doc="The page is shown: example maps and domain gap are read only while it is."
     )
     loading = param.Boolean(False, doc="Example maps and domain gap are being read.")
+    kinds = param.Dict(default={}, doc="{model: training kind} of the table's networks.")
+    matrix_metric = param.Selector(
+        default="rmse", objects=MATRIX_METRICS, doc="Colour of the matrix: RMSE or efficiency."
+    )
+    matrix_param = param.Selector(
+        default=PARAMS[0],
+        objects={param_label(p): p for p in PARAMS},
+        doc="Parameter whose RMSE or efficiency colours the matrix.",
+    )
 
     def __init__(self, runs_root: str | Path | None = None, shipped=None, doc=None, **params):
         """``doc``: the session's Bokeh document; with one, the example maps and the domain
@@ -346,6 +196,8 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
         self._out: Path | None = None
         self._callback = None
         self._derived_for: tuple | None = None
+        self._table_widget: pn.widgets.Tabulator | None = None
+        self._view = None
         self.refresh_tables()
 
     # -- state -------------------------------------------------------------------------------
@@ -373,9 +225,39 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
                 table = read_table(self.table_path)
             except ConfigError as exc:
                 self.message = str(exc)
-        self.table = table
-        ok = [] if table is None else list(np.flatnonzero(table["error"].to_numpy() == ""))
-        self.select_row(int(ok[0]) if ok else (0 if table is not None and len(table) else None))
+        kinds = {} if table is None else self._model_kinds(table)
+        self.param.update(kinds=kinds, table=table)
+        self.select_row(default_row(table, kinds))
+
+    def _model_kinds(self, table: pd.DataFrame) -> dict[str, str]:
+        """Training kind of each network model of ``table``: from its run directory's
+        config.json (:func:`explorer.compare_views.checkpoint_kind`), else from the checkpoint
+        of its first evaluated row; models with neither are left out."""
+        kinds: dict[str, str] = {}
+        nets = table[(table["method"] == "network") & (table["checkpoint"] != "")]
+        for model, rows in nets.groupby("model", sort=False):
+            kind = checkpoint_kind(rows["checkpoint"].iloc[0])
+            evaluated = rows[rows["error"] == ""]
+            if kind is None and len(evaluated):
+                kind = (self._like(evaluated.iloc[0]) or {}).get("kind")
+            if kind:
+                kinds[str(model)] = str(kind)
+        return kinds
+
+    def matrix(self) -> pd.DataFrame:
+        """Cells of the models × datasets matrix as shown now
+        (:func:`explorer.compare_views.matrix_frame`)."""
+        return matrix_frame(self.table, self.matrix_metric, self.matrix_param, self.kinds)
+
+    def select_cell(self, model: str, dataset: str) -> bool:
+        """Select the table row of matrix cell (``model`` row label, ``dataset`` column label)
+        for the matrix's parameter; False when there is no such cell."""
+        cells = self.matrix()
+        hit = cells[(cells["model"] == model) & (cells["dataset"] == dataset)]
+        if not len(hit):
+            return False
+        self.select_row(int(hit["row"].iloc[0]))
+        return True
 
     @property
     def selected(self) -> pd.Series | None:
@@ -567,12 +449,14 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
     # -- views -------------------------------------------------------------------------------
 
     def _tabulator(self) -> pn.widgets.Tabulator:
+        """The long table, made once; it follows :attr:`table` and :attr:`row`."""
+        if self._table_widget is not None:
+            return self._table_widget
         from bokeh.models.widgets.tables import NumberFormatter
 
-        frame = display_table(self.table if self.table is not None else read_empty())
         fmt = NumberFormatter(format="0.000", nan_format="—")
         widget = pn.widgets.Tabulator(
-            frame,
+            self._display_frame(),
             selectable=1,
             disabled=True,
             show_index=False,
@@ -587,7 +471,23 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
                 self.select_row(int(event.new[0]))
 
         widget.param.watch(on_select, "selection")
+        self._table_widget = widget
         return widget
+
+    def _display_frame(self) -> pd.DataFrame:
+        return display_table(self.table if self.table is not None else read_empty())
+
+    @param.depends("table", watch=True)
+    def _show_table(self) -> None:
+        if self._table_widget is not None:
+            self._table_widget.value = self._display_frame()
+            self._show_selection()
+
+    @param.depends("row", watch=True)
+    def _show_selection(self) -> None:
+        selection = [] if self.row is None else [self.row]
+        if self._table_widget is not None and self._table_widget.selection != selection:
+            self._table_widget.selection = selection
 
     @param.depends("table")
     def _table_view(self):
@@ -595,76 +495,69 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
             return pn.pane.Markdown(self.message or "No comparison table.")
         return self._tabulator()
 
+    def _matrix_layer(self, index: int, **_params) -> hv.Element:
+        """Layer ``index`` of :func:`explorer.compare_views.matrix_layers` of the current state."""
+        cells = self.matrix()
+        return matrix_layers(cells, self.matrix_metric, self.matrix_param, self.row)[index]
+
+    def _on_matrix_tap(self, x=None, y=None) -> None:
+        """A click on the matrix: (x, y) are the cell's dataset and model labels."""
+        if isinstance(x, str) and isinstance(y, str):
+            self.select_cell(y, x)
+
+    def matrix_view(self) -> hv.DynamicMap:
+        """The models × datasets heatmap, its selected cell and values (one DynamicMap each:
+        a Tap stream reaches only a DynamicMap of one element); a click selects the cell's pair.
+        Table and selection update it in place; the colour scale is fixed per plot, so the
+        page makes a new one when the metric or the parameter changes (:meth:`_matrix_pane`)."""
+        state = hv.streams.Params(self, ["table", "kinds", "row"])
+        heat, outline, labels = (
+            hv.DynamicMap(partial(self._matrix_layer, i), streams=[state]) for i in range(3)
+        )
+        hv.streams.Tap(source=heat).add_subscriber(self._on_matrix_tap)
+        return heat * outline * labels
+
+    @param.depends("matrix_metric", "matrix_param")
+    def _matrix_pane(self) -> pn.pane.HoloViews:
+        return pn.pane.HoloViews(self.matrix_view(), linked_axes=False)
+
     @param.depends("predictions", "row")
     def _pair_view(self):
-        r = self.selected
-        if r is None:
-            return pn.Column()
-        head = f"**{r['model']}** on `{r['dataset']}`"
-        if r["transfer"]:
-            head += f" · transfer: {r['transfer']}"
-        items = [pn.pane.Markdown(head, sizing_mode="stretch_width")]
-        if r["error"]:
-            items.append(pn.pane.Alert(f"Not evaluated: {r['error']}", alert_type="warning"))
-        if self.predictions is None:
-            return pn.Column(*items, sizing_mode="stretch_width")
-        rep = pair_report(r)
-        scatters = [scatter_plot(rep, self.predictions, p) for p in PARAMS]
-        method_label = rep["methods"][r["method"]]["label"]
-        boxes = [
-            box_plot(cosmology_groups(self.predictions, r["method"], p), p, method_label)
-            for p in PARAMS
-        ]
-        items += [
-            pn.Row(*(pn.pane.HoloViews(p, linked_axes=False) for p in scatters)),
-            pn.Row(*(pn.pane.HoloViews(p, linked_axes=False) for p in boxes)),
-        ]
-        return pn.Column(*items, sizing_mode="stretch_width")
+        return pair_view(self.selected, self.predictions)
 
     @param.depends("examples")
     def _examples_view(self):
-        if not self.examples:
-            return pn.Column()
-        plots = [
-            hv.Image(img, bounds=bounds, kdims=["x", "y"]).opts(
-                cmap="viridis", frame_width=180, frame_height=180, title=title, fontsize={"title": 8},
-                xaxis=None, yaxis=None, tools=["hover"],
-            )
-            for img, bounds, title in self.examples
-        ]  # fmt: skip
-        return pn.Column(
-            pn.pane.Markdown("**Example maps** (true → predicted)"),
-            pn.Row(*(pn.pane.HoloViews(p, linked_axes=False) for p in plots)),
-        )
+        return examples_view(self.examples)
 
     @param.depends("gap", "gap_message", "loading")
     def _gap_view(self):
-        if self.loading:
-            return pn.pane.Markdown("*Reading example maps and the domain gap …*")
-        if self.gap is None:
-            return pn.pane.Markdown(self.gap_message or "", sizing_mode="stretch_width")
-        g = self.gap
-        text = (
-            f"**Domain gap**: {g['n_train']} generated `{g['kind']}` maps (the network's training "
-            f"kind) against {g['n_target']} maps of the dataset on the network's grid "
-            f"({g['size']}² pixels over {g['side']:g} {'Mpc/h' if g['k_units'] != 'ell' else 'deg'})."
-        )
-        plots = gap_plots(g)
-        return pn.Column(
-            pn.pane.Markdown(text, sizing_mode="stretch_width"),
-            pn.Row(*(pn.pane.HoloViews(p, linked_axes=False) for p in plots)),
-        )
+        return gap_view(self.gap, self.gap_message, self.loading)
 
     def __panel__(self):
+        """The page, built once: rendering it again adds no widgets, watchers or callbacks."""
+        if self._view is None:
+            self._view = self._build_view()
+        return self._view
+
+    def _build_view(self) -> pn.Column:
         tables = pn.widgets.Select.from_param(self.param.table_path, **label("Comparison table"))
         count = pn.widgets.IntInput.from_param(self.param.count, **label("maps per dataset"))
         button = pn.widgets.Button(
             **label("↻ Recompute"), **look("primary"), disabled=self.param.running
         )
         button.on_click(lambda _event: self.recompute())
+        choice = dict(**look("primary", "outline"))
+        metric = pn.widgets.RadioButtonGroup.from_param(
+            self.param.matrix_metric, **label("Colour"), **choice
+        )
+        name = pn.widgets.RadioButtonGroup.from_param(
+            self.param.matrix_param, **label("Parameter"), **choice
+        )
         return pn.Column(
             pn.Row(tables, count, pn.Column(pn.Spacer(height=18), button)),
             pn.pane.Markdown(self.param.message, sizing_mode="stretch_width"),
+            pn.Row(metric, name),
+            self._matrix_pane,
             self._table_view,
             pn.pane.Markdown(EXPLANATION, sizing_mode="stretch_width"),
             self._pair_view,
@@ -676,7 +569,7 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
 
 def read_empty() -> pd.DataFrame:
     """An empty table with the columns of :func:`read_table`."""
-    from engine.evaluation.evaluate import COMPARE_COLUMNS
+    from engine.evaluation.schema import COMPARE_COLUMNS
 
     return pd.DataFrame({c: pd.Series(dtype=object) for c in COMPARE_COLUMNS})
 
@@ -686,10 +579,15 @@ __all__ = [
     "box_plot",
     "cosmology_groups",
     "dataset_label",
+    "default_row",
     "display_table",
     "example_frame",
     "gap_plots",
     "list_tables",
+    "matrix_frame",
+    "matrix_layers",
     "pair_predictions",
+    "pair_report",
     "read_table",
+    "scatter_plot",
 ]

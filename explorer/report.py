@@ -24,6 +24,11 @@ prediction per parameter with both methods and the diagonal, and the RMSE per bi
 value with the Cramér–Rao σ. :meth:`EvaluationPanel.update` is cheap when nothing changed (two
 ``stat`` calls), so the training page calls it on every poll.
 
+A report of another task (``"task"`` other than ``"regression"``, e.g. ``{"task": "gan",
+"metrics": {"fid": 12.3, ...}}``) has no dedicated view: it is shown as a table of its scalar
+metrics (:func:`scalar_metrics`), so a new task's evaluation appears with no explorer change.
+A report without ``"task"`` is a regression report (the engine's reports before tasks).
+
 Units: Ω_m and σ8 are dimensionless; RMSE, bias and σ_CRB are in the parameter's units;
 coverages are fractions of maps whose truth lies inside the 68 % / 95 % interval.
 """
@@ -70,6 +75,15 @@ METRIC_COLUMNS = (
     ("coverage_95", "coverage 95 %"),
     ("efficiency", "efficiency σ_CRB/RMSE"),
 )
+
+#: Task of a report without a ``task`` key (the regression evaluation's reports).
+REGRESSION = "regression"
+#: Keys of a report that describe the evaluation rather than score it: left out of the generic
+#: table of a report without a ``metrics`` object.
+META_KEYS = frozenset(
+    {"version", "task", "dataset", "checkpoint", "kind", "created", "seconds", "figures",
+     "predictions", "notes", "map_settings", "prior", "params"}
+)  # fmt: skip
 
 #: What the evaluation shows, for the page.
 EXPLANATION = """\
@@ -128,6 +142,65 @@ def _number(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def report_task(report: dict | None) -> str:
+    """Task of a report: its ``task`` key, else :data:`REGRESSION` (reports written before tasks
+    had one are regression reports)."""
+    task = (report or {}).get("task")
+    return str(task) if task else REGRESSION
+
+
+def is_regression(report: dict | None) -> bool:
+    """True if ``report`` is drawn by the regression view (table, scatter and bin plots)."""
+    return report_task(report) == REGRESSION
+
+
+def _scalar(value) -> float | None:
+    """``value`` as a float if it is a number (None: NaN); None for anything else."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return None
+    return float(value)
+
+
+def scalar_metrics(report: dict | None) -> pd.DataFrame:
+    """Generic table of a report of any task: one row per scalar metric.
+
+    The scalars of ``report["metrics"]`` (when it is an object), else of the whole report less
+    :data:`META_KEYS`; nested objects are flattened to dotted names (``{"val": {"fid": 3}}`` →
+    ``val.fid``), lists and strings are left out, ``null`` is NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric`` (str) and ``value`` (float), in the report's order.
+    """
+    report = report or {}
+    metrics = report.get("metrics")
+    if not isinstance(metrics, dict):
+        metrics = {k: v for k, v in report.items() if k not in META_KEYS}
+    rows: list[tuple[str, float]] = []
+
+    def walk(prefix: str, obj) -> None:
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                walk(name, value)
+            elif (number := _scalar(value)) is not None:
+                rows.append((name, number))
+
+    walk("", metrics)
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def format_scalars(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`scalar_metrics` with values as strings of 4 significant digits (``—``: missing)."""
+    out = table.copy()
+    values = out["value"].astype(float)
+    out["value"] = [("—" if not np.isfinite(v) else f"{v:.4g}") for v in values]
+    return out
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame | None:
@@ -317,7 +390,7 @@ def evaluation_state(run: RunDir | None, status: dict | None, report: dict | Non
     """``"ready"`` (a report), ``"pending"`` (the run may still write one) or ``"none"``.
 
     The engine writes ``report.json`` after the last training step while the run is still
-    ``running`` (``engine.train.training.run_training``), so a run is pending while it is queued or
+    ``running`` (``engine.train.process.run_training``), so a run is pending while it is queued or
     running, and an ended run without a report has none.
     """
     if report is not None:
@@ -327,33 +400,46 @@ def evaluation_state(run: RunDir | None, status: dict | None, report: dict | Non
     return "none"
 
 
+def _ready_markdown(report: dict) -> str:
+    """The line of an evaluation that is there: maps, kind, dataset, time and notes."""
+    task = report_task(report)
+    n_maps = report.get("n_maps")
+    if task == REGRESSION:
+        parts = [f"**Evaluation** on {n_maps if n_maps is not None else '?'} test maps"]
+    else:
+        head = f"**Evaluation** of task `{task}`"
+        parts = [head + (f" on {n_maps} test maps" if n_maps is not None else "")]
+    if report.get("kind"):
+        parts.append(f"kind `{report['kind']}`")
+    if report.get("dataset"):
+        parts.append(f"dataset `{report['dataset']}`")
+    if report.get("seconds") is not None:
+        parts.append(f"{_number(report['seconds']):.1f} s")
+    notes = [str(n) for n in report.get("notes") or []]
+    return " · ".join(parts) + "".join(f"\n\n*Note:* {n}" for n in notes)
+
+
 def state_markdown(
     state: str, status: dict | None, report: dict | None, settings: dict | None = None
 ) -> str:
     """One Markdown line about the evaluation: what it was computed on, or why there is none.
 
     ``status`` is the run's status.json, ``settings`` its config.json settings (for
-    ``eval_maps``).
+    ``eval_maps``, and ``task``: the pending line of a regression run names its baselines).
     """
     if state == "ready":
-        rep = report or {}
-        parts = [f"**Evaluation** on {rep.get('n_maps', '?')} test maps"]
-        if rep.get("kind"):
-            parts.append(f"kind `{rep['kind']}`")
-        if rep.get("dataset"):
-            parts.append(f"dataset `{rep['dataset']}`")
-        if rep.get("seconds") is not None:
-            parts.append(f"{_number(rep['seconds']):.1f} s")
-        notes = [str(n) for n in rep.get("notes") or []]
-        return " · ".join(parts) + "".join(f"\n\n*Note:* {n}" for n in notes)
+        return _ready_markdown(report or {})
     status, settings = status or {}, settings or {}
     if state == "pending":
+        regression = str(settings.get("task") or REGRESSION) == REGRESSION
         step, total = status.get("step"), status.get("total_steps")
         if step is not None and total and step >= total:
-            return "**Evaluating** the best checkpoint against the P(k) likelihood …"
+            against = " against the P(k) likelihood" if regression else ""
+            return f"**Evaluating** the best checkpoint{against} …"
+        against = " against the P(k) likelihood and the Cramér–Rao bound" if regression else ""
         return (
-            "**Evaluation pending**: the engine evaluates the best checkpoint against the P(k) "
-            "likelihood and the Cramér–Rao bound when training ends."
+            f"**Evaluation pending**: the engine evaluates the best checkpoint{against} when "
+            "training ends."
         )
     error = str(status.get("error") or "")
     if status.get("state") in ("failed", "stopped"):
@@ -424,13 +510,20 @@ class EvaluationPanel(pn.viewable.Viewer):
         return True
 
     def table(self) -> pd.DataFrame:
-        """The comparison table of the current report (:func:`metrics_table`)."""
-        return metrics_table(self.report)
+        """The table of the current report: :func:`metrics_table` for a regression report,
+        else :func:`scalar_metrics`."""
+        return (
+            metrics_table(self.report)
+            if is_regression(self.report)
+            else scalar_metrics(self.report)
+        )
 
     @param.depends("report", "predictions", "state")
     def _content(self):
         if self.state != "ready":
             return pn.Column()
+        if not is_regression(self.report):
+            return self._generic_content()
         params = report_params(self.report)
         scatters = [scatter_plot(self.report, self.predictions, p) for p in params]
         bins = [bins_plot(self.report, p) for p in params]
@@ -442,6 +535,18 @@ class EvaluationPanel(pn.viewable.Viewer):
             plots.append(self._layout(scatters))
         plots.append(self._layout(bins))
         return pn.Column(*plots, sizing_mode="stretch_width")
+
+    def _generic_content(self) -> pn.Column:
+        """A report of a task without a dedicated view: the table of its scalar metrics."""
+        table = scalar_metrics(self.report)
+        task = report_task(self.report)
+        if table.empty:
+            return pn.pane.Markdown(f"The `{task}` report holds no scalar metrics.")
+        return pn.Column(
+            pn.pane.Markdown(f"Scalar metrics of the `{task}` evaluation:", margin=(0, 5)),
+            pn.pane.DataFrame(format_scalars(table), index=False, max_height=400),
+            sizing_mode="stretch_width",
+        )
 
     @staticmethod
     def _layout(plots: list[hv.Overlay]) -> pn.Row:

@@ -357,6 +357,10 @@ class SkyPage(pn.viewable.Viewer):
         self.sky_settings.param.watch(self._refresh, ["nside", "footprint", "seed"])
         self.patch_settings.param.watch(self._recut, ["fov", "size"])
         self.param.watch(self._refresh, ["source", "wmap_mask"])
+        # The page is built once (__panel__); its button follows the patch through one watcher.
+        self._view = None
+        self._open_button: pn.widgets.Button | None = None
+        self.param.watch(self._show_open_button, "patch")
         self._refresh()
 
     # -- state -------------------------------------------------------------------------------
@@ -394,6 +398,11 @@ class SkyPage(pn.viewable.Viewer):
             self.message = "Click inside the sky to cut a patch."
             return None
         return self.cut(float(lon), float(lat))
+
+    def _show_open_button(self, event) -> None:
+        """Enable "Open patch in field lab" once there is a patch (watcher of ``patch``)."""
+        if self._open_button is not None:
+            self._open_button.disabled = event.new is None
 
     def open_in_field_lab(self, *_events) -> None:
         """Hand the patch to the field lab (the ``on_open(patch, source)`` callback)."""
@@ -558,13 +567,20 @@ class SkyPage(pn.viewable.Viewer):
         return pn.Column(*(labelled(w[n]) for n in names), sizing_mode="stretch_width")
 
     def __panel__(self):
+        """The page, built once: rendering it again (another root, a notebook cell) adds no
+        widgets, watchers or callbacks."""
+        if self._view is None:
+            self._view = self._build_view()
+        return self._view
+
+    def _build_view(self) -> pn.Row:
         self._widget_cache = self.widgets()
         button = pn.widgets.Button(
             **label("Open patch in field lab"), **look("primary"), sizing_mode="stretch_width"
         )
         button.on_click(self.open_in_field_lab)
         button.disabled = self.patch is None
-        self.param.watch(lambda e: setattr(button, "disabled", e.new is None), "patch")
+        self._open_button = button
         controls = pn.Column(
             "### Sky",
             pn.bind(self._controls, self.param.source),

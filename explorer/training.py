@@ -7,8 +7,8 @@ open run's ``metrics.jsonl`` (:class:`engine.runs.MetricsTail`, by byte offset) 
 points into ``hv.streams.Buffer`` objects drawn as ``hv.DynamicMap`` curves; runs started from
 the CLI (or on a cluster, on a shared file system) show up in the same list.
 
-The launch form is generated from :class:`engine.train.training.TrainParams` (bounds, defaults and docs
-are the engine's): a map setting shows only for the kinds whose settings class
+The launch form is generated from :class:`engine.train.settings.TrainParams` (bounds, defaults
+and docs are the engine's): a map setting shows only for the kinds whose settings class
 (:mod:`engine.kinds`) has it, and the chosen model's parameter count
 (:func:`engine.nn.models.summary`) sits next to the model selector. When the open run has an
 evaluation (``report.json``, written by the engine when training ends) it appears below the
@@ -18,8 +18,13 @@ Shipped example runs (``assets/models/<name>/``, or ``$EXPLORER_EXAMPLES_DIR``) 
 the runs as ``example: <name>``: read-only (no Stop or Resume; nothing is written there), so the
 page demonstrates trained models without training. When no run exists, the first example opens.
 
-Units: ``step`` counts optimiser updates; the loss is the Gaussian negative log-likelihood in
-normalised parameter units; RMSEs of Ω_m and σ8 are in their physical (dimensionless) units.
+Curves come from the metric names a run writes, not from a fixed list (:mod:`explorer.curves`:
+every (split, name) pair of ``metrics.jsonl`` is a series, grouped into plots by the name's
+first ``_``-separated token), so a run of a new task streams its curves with no change here.
+
+Units: ``step`` counts optimiser updates; each curve is in the units of its metric (for the
+regression task: the loss is the Gaussian negative log-likelihood in normalised parameter units,
+RMSEs of Ω_m and σ8 are in their physical, dimensionless, units).
 """
 
 from __future__ import annotations
@@ -27,18 +32,13 @@ from __future__ import annotations
 import functools
 import os
 import time
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import holoviews as hv
-import numpy as np
-import pandas as pd
 import panel as pn
 import param
 
 from engine.kinds import get_kind
-from engine.nn.models import summary
 from engine.params import ConfigError, to_dict, user_settings
 from engine.runs import (
     REPO_ROOT,
@@ -49,10 +49,26 @@ from engine.runs import (
     new_run_id,
     stop_run,
 )
-from engine.train.training import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
+from explorer.curves import (
+    BUFFER_LENGTH,
+    CurvePlot,
+    curve_dmap,
+    curve_plots,
+    empty_frame,
+    metric_pairs,
+    metrics_frames,
+)
 from explorer.polling import SessionPolling
 from explorer.report import EvaluationPanel
 from explorer.widgets import label, look
+
+# isort: split
+# -- Training-side names: the ONE place where the explorer imports them ------------------------
+# The training settings class is being restructured (settings composed of loop/model/task/data
+# parts; flat names such as lr, width and kind stay valid). Every explorer module and test takes
+# these names from here (explorer.training.TrainParams, ...), so a move or rename is one edit.
+from engine.nn.models import summary
+from engine.train.settings import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
 
@@ -77,39 +93,6 @@ CONTROL_GROUPS = {
 TRAIN_CONTROLS = tuple(
     n for names in CONTROL_GROUPS.values() for n in names if n in TrainParams.param
 )
-#: Streamed curves: (split, metric name) of metrics.jsonl → (legend label, colour).
-SERIES = {
-    ("train", "loss"): ("train", "#1f77b4"),
-    ("val", "loss"): ("validation", "#d62728"),
-    ("train", "lr"): ("learning rate", "#2ca02c"),
-    ("val", "rmse_omega_m"): ("Ωₘ", "#9467bd"),
-    ("val", "rmse_sigma8"): ("σ₈", "#ff7f0e"),
-}
-
-
-@dataclass(frozen=True)
-class CurvePlot:
-    """One plot of the page: its series (keys of :data:`SERIES`), title and y-axis label."""
-
-    series: tuple[tuple[str, str], ...]
-    title: str
-    ylabel: str
-    yformatter: str | None = None
-
-
-#: The plots, each fed by one ``hv.streams.Buffer`` of (step, value, series) rows, so that a
-#: new point redraws the whole plot and its axes span every series.
-PLOTS = {
-    "loss": CurvePlot((("train", "loss"), ("val", "loss")), "Loss", "loss (Gaussian NLL)"),
-    "rmse": CurvePlot(
-        (("val", "rmse_omega_m"), ("val", "rmse_sigma8")),
-        "Validation RMSE of the parameters",
-        "RMSE (parameter units)",
-    ),
-    "lr": CurvePlot((("train", "lr"),), "Learning rate", "learning rate", yformatter="%.1e"),
-}
-#: Number of points each curve keeps (older ones scroll out).
-BUFFER_LENGTH = 200_000
 #: Colours of the run states in the status line.
 STATE_COLORS = {
     "queued": "#6c757d",
@@ -118,8 +101,6 @@ STATE_COLORS = {
     "failed": "#dc3545",
     "stopped": "#fd7e14",
 }
-
-DIM_STEP = hv.Dimension("step", label="optimiser step")
 
 #: Engine processes started by this server, polled so they are reaped when they end.
 _CHILDREN: list = []
@@ -168,43 +149,6 @@ def model_summary(settings: TrainParams) -> str:
 
 def _reap_children() -> None:
     _CHILDREN[:] = [p for p in _CHILDREN if p.poll() is None]
-
-
-def _empty_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "step": np.array([], dtype=np.int64),
-            "value": np.array([], dtype=float),
-            "series": np.array([], dtype=object),
-        }
-    )
-
-
-def metrics_frames(rows: list[dict]) -> dict[str, pd.DataFrame]:
-    """Group metric rows (dicts of metrics.jsonl) into one frame per plot of :data:`PLOTS`.
-
-    Each frame has columns ``step``, ``value`` and ``series`` (the legend label of
-    :data:`SERIES`). Rows of other metrics are ignored; ``null`` (non-finite) values become NaN.
-    """
-    plot_of = {key: name for name, plot in PLOTS.items() for key in plot.series}
-    grouped: dict[str, list[tuple]] = {}
-    for row in rows:
-        key = (row.get("split"), row.get("name"))
-        if key in plot_of and row.get("step") is not None:
-            value = row.get("value")
-            grouped.setdefault(plot_of[key], []).append(
-                (int(row["step"]), np.nan if value is None else float(value), SERIES[key][0])
-            )
-    return {
-        name: pd.DataFrame(
-            {
-                "step": np.array([r[0] for r in rs], dtype=np.int64),
-                "value": np.array([r[1] for r in rs], dtype=float),
-                "series": np.array([r[2] for r in rs], dtype=object),
-            }
-        )
-        for name, rs in grouped.items()
-    }
 
 
 def run_label(run: RunDir, example: bool = False) -> str:
@@ -286,7 +230,7 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
     """Training page: a preset plus edited settings → engine run; runs list; live curves;
     the open run's evaluation.
 
-    ``settings`` (a :class:`engine.train.training.TrainParams`) is reset to the preset's values when
+    ``settings`` (a :class:`engine.train.settings.TrainParams`) is reset to the preset's values when
     ``preset`` changes; :meth:`overrides` is what the user changed. :meth:`train` launches a new
     run in ``runs_root``, :meth:`stop` and :meth:`resume` act on the open run (``run_id``), and
     :meth:`poll` (every ``period`` ms per browser session, see :meth:`start`) streams its new
@@ -304,9 +248,12 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         default="", doc="Folder holding read-only example runs ('': none)."
     )
     preset = param.Selector(
-        default="smoke", objects=list(PRESETS), doc="Preset in engine.train.training.PRESETS."
+        default="smoke", objects=list(PRESETS), doc="Preset in engine.train.settings.PRESETS."
     )
-    settings = param.ClassSelector(class_=TrainParams, doc="Settings of the next run.")
+    settings = param.ClassSelector(
+        class_=param.Parameterized,  # the engine's TrainParams (its class may be made per task)
+        doc="Settings of the next run (resolve_params of the preset).",
+    )
     run_id = param.Selector(default=None, objects=[], allow_None=True, doc="Id of the open run.")
     status = param.Dict(default=None, allow_None=True, doc="status.json of the open run.")
     message = param.String("", doc="Feedback of the last action.")
@@ -320,6 +267,9 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
     evaluation = param.ClassSelector(
         class_=EvaluationPanel, doc="Evaluation (report.json) of the open run."
     )
+    curves = param.List(
+        default=[], item_type=CurvePlot, doc="Plots of the open run's metrics (curve_plots)."
+    )
 
     def __init__(self, runs_root: str | Path | None = None, **params):
         root = str(runs_root if runs_root is not None else default_runs_root())
@@ -328,13 +278,18 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
             self.settings = resolve_params(self.preset)
         if self.evaluation is None:
             self.evaluation = EvaluationPanel()
-        self.buffers = {
-            name: hv.streams.Buffer(_empty_frame(), length=BUFFER_LENGTH, index=False)
-            for name in PLOTS
-        }
+        #: One stream per plot key (:func:`plot_key`), made when its first metric arrives.
+        self.buffers: dict[str, hv.streams.Buffer] = {}
+        self._pairs: dict[tuple[str, str], None] = {}  # (split, name) pairs of the open run
         self._tail: MetricsTail | None = None
         self._callback = None
         self._polls = 0
+        self._view = None
+        # Made and watched once (not per render): see __panel__.
+        self._progress_bar = pn.indicators.Progress(
+            **self._progress(None), sizing_mode="stretch_width", height=12
+        )
+        self.param.watch(self._show_progress, "status")
         self.refresh_runs()
 
     # -- state -------------------------------------------------------------------------------
@@ -390,6 +345,7 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         """Open the run: clear the curves and replay its metrics.jsonl from the start."""
         for buffer in self.buffers.values():
             buffer.clear()
+        self._pairs = {}
         self.maps_per_s = None
         self._tail = None if self.run is None else MetricsTail(self.run.metrics_path)
         self.poll()
@@ -451,8 +407,12 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         """
         _reap_children()
         rows = self._tail.read_new() if self._tail is not None else []
-        for name, frame in metrics_frames(rows).items():
-            self.buffers[name].send(frame)
+        for key, frame in metrics_frames(rows).items():
+            self._buffer(key).send(frame)
+        self._pairs.update(dict.fromkeys(metric_pairs(rows)))
+        plots = curve_plots(self._pairs)  # after the sends: a new plot starts with its data
+        if plots != self.curves:
+            self.curves = plots
         speeds = [r.get("value") for r in rows if r.get("name") == "maps_per_s"]
         if speeds and speeds[-1] is not None:
             self.maps_per_s = float(speeds[-1])
@@ -469,35 +429,28 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
 
     # -- views -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _overlay(plot: CurvePlot, data: pd.DataFrame) -> hv.Overlay:
-        """All series of ``plot`` from the buffer's rows (always the same layers, maybe empty)."""
-        layers = []
-        for key in plot.series:
-            label, color = SERIES[key]
-            rows = data[data["series"] == label][["step", "value"]]
-            curve = hv.Curve(rows, DIM_STEP, ("value", plot.ylabel), label=label)
-            layers.append(curve.opts(color=color))
-            if key[0] == "val":  # one point per epoch: show the points
-                layers.append(hv.Scatter(curve).opts(color=color))
-        return hv.Overlay(layers)
+    def _buffer(self, key: str) -> hv.streams.Buffer:
+        """The stream of plot ``key``, made empty on first use."""
+        if key not in self.buffers:
+            self.buffers[key] = hv.streams.Buffer(empty_frame(), length=BUFFER_LENGTH, index=False)
+        return self.buffers[key]
 
-    def curve_view(self, name: str) -> hv.DynamicMap:
-        """Plot ``name`` of :data:`PLOTS` (loss, rmse, lr) against step, streamed from its buffer."""
-        plot = PLOTS[name]
-        return hv.DynamicMap(partial(self._overlay, plot), streams=[self.buffers[name]]).opts(
-            hv.opts.Curve(line_width=2, tools=["hover"], framewise=True),
-            hv.opts.Scatter(size=6, tools=["hover"], framewise=True),
-            hv.opts.Overlay(
-                title=plot.title,
-                yformatter=plot.yformatter,
-                frame_width=400,
-                frame_height=230,
-                legend_position="top_right",
-                framewise=True,
-                show_grid=True,
-            ),
-        )
+    def curve_view(self, plot: CurvePlot | str) -> hv.DynamicMap:
+        """Plot ``plot`` (a :class:`explorer.curves.CurvePlot`, or the key of one of
+        :attr:`curves`) against step, streamed from its buffer
+        (:func:`explorer.curves.curve_dmap`)."""
+        if isinstance(plot, str):
+            plot = next(p for p in self.curves if p.key == plot)
+        return curve_dmap(plot, self._buffer(plot.key))
+
+    @param.depends("curves")
+    def _curves_view(self):
+        """The plots of :attr:`curves`; rebuilt only when a plot or a series appears."""
+        if not self.curves:
+            return pn.pane.Markdown("*No metrics yet.*", margin=(0, 5))
+        # Not linked: each plot's framewise x range spans its own series. Two plots a row.
+        panes = [pn.pane.HoloViews(self.curve_view(p), linked_axes=False) for p in self.curves]
+        return pn.Column(*(pn.Row(*panes[i : i + 2]) for i in range(0, len(panes), 2)))
 
     def widgets(self) -> dict[str, pn.widgets.Widget]:
         """Preset selector plus one widget per setting in :data:`TRAIN_CONTROLS` (from TrainParams).
@@ -558,6 +511,15 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
             can_resume=not active and (run.checkpoint_dir / "last.pt").is_file(),
         )
 
+    def _show_progress(self, event) -> None:
+        """Follow the open run's progress (watcher of ``status``, registered once)."""
+        # One at a time: Progress checks value against the bounds its max set last.
+        settings = self._progress(event.new)
+        bar = self._progress_bar
+        bar.value = 0
+        bar.max = settings.pop("max")
+        bar.param.update(**settings)
+
     @staticmethod
     def _progress(status: dict | None) -> dict:
         """Progress-bar settings (value, max, visible) for a status.json dict."""
@@ -571,6 +533,13 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         return pn.pane.Markdown(config_markdown(self.run), margin=(0, 5))
 
     def __panel__(self):
+        """The page, built once: rendering it again (another root, a notebook cell) adds no
+        widgets, watchers or callbacks."""
+        if self._view is None:
+            self._view = self._build_view()
+        return self._view
+
+    def _build_view(self) -> pn.Row:
         w = self.widgets()
         train = pn.widgets.Button(
             **label("▶ Train"), **look("primary"), sizing_mode="stretch_width"
@@ -592,18 +561,6 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         )
         refresh = pn.widgets.Button(**label("⟳ Refresh list"), **look("light"))
         refresh.on_click(lambda _e: self.refresh_runs())
-        progress = pn.indicators.Progress(
-            **self._progress(self.status), sizing_mode="stretch_width", height=12
-        )
-
-        def show_progress(event) -> None:
-            # One at a time: Progress checks value against the bounds its max set last.
-            settings = self._progress(event.new)
-            progress.value = 0
-            progress.max = settings.pop("max")
-            progress.param.update(**settings)
-
-        self.param.watch(show_progress, "status")
         form = []
         for title, names in CONTROL_GROUPS.items():
             items = [w[n] for n in names if n in w]
@@ -622,22 +579,14 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
             refresh,
             width=340,
         )
-
-        def curve(name: str) -> pn.pane.HoloViews:
-            # Not linked: each plot's framewise x range spans its own series.
-            return pn.pane.HoloViews(self.curve_view(name), linked_axes=False)
-
-        plots = pn.Column(
-            pn.Row(curve("loss"), curve("rmse")),
-            pn.Row(curve("lr"), self._config_view),
-        )
+        plots = pn.Column(self._curves_view, self._config_view, sizing_mode="stretch_width")
         status = pn.pane.Markdown(self._status_text, margin=(0, 5), sizing_mode="stretch_width")
         return pn.Row(
             controls,
             pn.Column(
                 "### Open run",
                 status,
-                progress,
+                self._progress_bar,
                 pn.Row(stop, resume),
                 plots,
                 "### Evaluation",

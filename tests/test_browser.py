@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_explorer_training import write_example_run
+from test_explorer_training import write_example_run, write_gan_run
 
 from engine.runs import is_alive, list_runs
 
@@ -82,9 +82,11 @@ def runs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def examples_dir(tmp_path_factory) -> Path:
-    """Shipped example runs of the server: one fake finished run ``grf64`` with an evaluation."""
+    """Shipped example runs of the server: one fake finished run ``grf64`` with an evaluation
+    and ``wgan64``, a run of another task (GAN metric names, a generic report.json)."""
     root = tmp_path_factory.mktemp("examples")
     write_example_run(root, "grf64")
+    write_gan_run(root / "wgan64")
     return root
 
 
@@ -163,6 +165,24 @@ JS_FRAME = """(title) => {
   return found;
 }"""
 
+# Page position (x, y) of the centre of the cell (x factor, y factor) of the categorical plot
+# titled ``title``.
+JS_CELL = """([title, xf, yf]) => {
+  let found = null;
+  function walk(v) {
+    if (found) return;
+    if (v.model && v.model.title && v.model.title.text === title && v.frame) {
+      const r = (v.canvas_view ? v.canvas_view.el : v.el).getBoundingClientRect();
+      const x = v.frame.x_scale.compute(v.model.x_range.synthetic(xf));
+      const y = v.frame.y_scale.compute(v.model.y_range.synthetic(yf));
+      found = [r.x + x, r.y + y];
+    }
+    if (v.child_views) for (const c of v.child_views) walk(c);
+  }
+  for (const v of Bokeh.index) walk(v);
+  return found;
+}"""
+
 # Whether some model of the document has a title text starting with ``prefix``.
 JS_TITLE = """(prefix) => [...Bokeh.documents[0].all_models]
   .some((m) => typeof m.text === "string" && m.text.startsWith(prefix))"""
@@ -234,6 +254,9 @@ def test_training_run_streams_loss_into_page(page, request, runs_dir):
     _wait_until(loss_points, timeout=90)
     page.get_by_text("completed", exact=True).first.wait_for(timeout=90_000)
     assert _wait_until(lambda: loss_points() >= 6)  # 24 steps: every 5 and at epoch ends
+    # one plot per group of the metric names the run wrote (none of them listed in the page)
+    for title in ("Loss", "RMSE of the parameters", "grad_norm", "Learning rate", "Throughput"):
+        page.wait_for_function(JS_TITLE, arg=title)
     (run,) = list_runs(runs_dir)
     assert run.status()["state"] == "completed"
     settings = run.config()["settings"]
@@ -258,6 +281,28 @@ def test_example_run_shows_its_evaluation_read_only(page):
     # its curves replay from its metrics.jsonl, and the evaluation plots are drawn
     _wait_until(lambda: page.evaluate(JS_SOURCES, ["step", "value"]))
     page.wait_for_function(JS_TITLE, arg="σ₈: RMSE per bin of the truth")
+
+
+def test_training_page_streams_curves_of_another_task(page):
+    """A GAN run (train loss_g/loss_d, val fid) shows its curves and its report's metrics."""
+    page.get_by_text("Training", exact=True).first.click()
+    runs = page.locator("select").filter(has=page.locator("option", has_text="example: wgan64"))
+    runs.select_option(label="example: wgan64 — completed 30/30")
+    page.get_by_text("task gan").first.wait_for()  # the generic evaluation line and table
+    page.locator("td", has_text="pk.ratio_mean").first.wait_for()
+    page.wait_for_function(JS_TITLE, arg="fid")
+
+    def series():  # the legend labels of the drawn curves
+        return set(page.evaluate(JS_LEGEND))
+
+    assert _wait_until(lambda: {"loss_g (train)", "loss_d (train)", "validation"} <= series())
+
+
+# Legend item labels of the document.
+JS_LEGEND = """() => [...Bokeh.documents[0].all_models]
+  .filter((m) => m.constructor.__name__ === "LegendItem")
+  .map((m) => (typeof m.label === "string" ? m.label : m.label && (m.label.value ?? m.label.field)))
+  .filter((l) => typeof l === "string")"""
 
 
 def test_kind_selector_shows_kappa_with_ell_axis(page, request):
@@ -297,6 +342,16 @@ def test_compare_tab_shows_the_shipped_comparison(page):
     for model in {r["model"] for r in rows}:  # every model and the P(k) likelihood
         page.locator(".tabulator-cell", has_text=model).first.wait_for()
     assert page.locator(".tabulator-row").count() >= min(len(rows), 8)
-    # the first evaluated pair's scatter and the domain gap are drawn
+    # it opens on the best in-domain pair (highest efficiency: lognormal64 on lognormal maps),
+    # not on the first row (2lpt64 on grf maps, R² = −70); its scatter and domain gap are drawn
+    page.get_by_text("lognormal64 on lognormal").first.wait_for()
     page.wait_for_function(JS_TITLE, arg="σ₈: prediction against truth")
     page.wait_for_function(JS_TITLE, arg="Domain gap: power spectrum", timeout=120_000)
+    # the models × datasets matrix: a click on a cell selects its pair
+    title = "RMSE of Ωₘ: models × datasets (* in domain; click a cell)"
+    page.wait_for_function(JS_TITLE, arg=title)
+    x, y = _wait_until(lambda: page.evaluate(JS_CELL, [title, "grf", "grf64"]))
+    page.mouse.click(x, y)
+    page.get_by_text("grf64 on grf").first.wait_for()
+    page.get_by_role("button", name="efficiency σ_CRB/RMSE").click()  # the colour selector
+    page.wait_for_function(JS_TITLE, arg="efficiency σ_CRB/RMSE of Ωₘ: models × datasets")

@@ -435,7 +435,7 @@ def test_poll_streams_metrics_into_buffers(tmp_path):
         f.write('{"step": 25, "epoch": 1, "split": "tr')  # torn last line: kept for later
     assert ctl.poll() == 2
     assert list(series("loss", "validation")["value"]) == [0.5]
-    assert np.isnan(series("rmse", "Ωₘ")["value"].iloc[0])
+    assert np.isnan(series("rmse", "Ωₘ (validation)")["value"].iloc[0])
     with open(run.metrics_path, "a") as f:
         f.write('ain", "name": "loss", "value": 0.7, "time": 0.0}\n')
     assert ctl.poll() == 1 and list(series("loss", "train")["step"]) == [5, 10, 25]

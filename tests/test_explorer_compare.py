@@ -15,7 +15,7 @@ import pytest
 
 from engine.evaluation.evaluate import COMPARE_COLUMNS
 from engine.params import ConfigError
-from explorer import compare
+from explorer import compare, compare_views
 from explorer.compare import ComparePage
 
 #: Network's map settings of the fake table's model: 16² grf over 50 Mpc/h.
@@ -190,3 +190,106 @@ def test_recompute_command_and_missing_table(page, tmp_path, monkeypatch):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match="lacks columns"):
         compare.read_table(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Default selection (best in-domain pair) and the models × datasets matrix
+# ---------------------------------------------------------------------------------------------
+
+
+def _domain_table(tmp_path) -> tuple:
+    """Two networks with run dirs (config.json: kind grf, lognormal) on grf, lognormal and a
+    folder they cannot read, and the P(k) likelihood on each network's maps; the first row is
+    an out-of-domain pair with R² = −70 (as the shipped table's first row)."""
+    for name, kind in (("grfnet", "grf"), ("lnnet", "lognormal")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(f'{{"settings": {{"kind": "{kind}"}}}}')
+    # (model, dataset, method, rmse per param, efficiency per param, r2, checkpoint, error)
+    pairs = [
+        ("lnnet", "grf", "network", (0.9, 0.5), (0.05, 0.1), -70.0, "lnnet", ""),
+        ("grfnet", "grf", "network", (0.02, 0.01), (0.9, 0.95), 0.9, "grfnet", ""),
+        ("pk [grfnet]", "grf", "pk_likelihood", (0.017, 0.009), (1.0, 1.0), 0.9, "grfnet", ""),
+        ("pk [lnnet]", "grf", "pk_likelihood", (0.04, 0.04), (0.4, 0.3), 0.8, "lnnet", ""),
+        ("grfnet", "lognormal", "network", (0.5, 0.3), (0.05, 0.05), -3.0, "grfnet", ""),
+        ("lnnet", "lognormal", "network", (0.03, 0.06), (1.5, 1.2), 0.9, "lnnet", ""),
+        ("pk [grfnet]", "lognormal", "pk_likelihood", (0.2, 0.2), (0.1, 0.1), 0.1, "grfnet", ""),
+        ("pk [lnnet]", "lognormal", "pk_likelihood", (0.09, 0.13), (0.7, 0.5), 0.7, "lnnet", ""),
+        ("grfnet", "folder:maps?box_size=100", "network", (None,) * 2, (None,) * 2, None,
+         "grfnet", "maps cover 100 Mpc/h"),
+        ("pk-likelihood", "folder:maps?box_size=100", "pk_likelihood", (None,) * 2, (None,) * 2,
+         None, "", "P(k) likelihood skipped"),
+    ]  # fmt: skip
+    rows = []
+    for model, dataset, method, rmse, eff, r2, ckpt, error in pairs:
+        for i, p in enumerate(("omega_m", "sigma8")):
+            rows.append(
+                {**dict.fromkeys(COMPARE_COLUMNS), "model": model, "dataset": dataset,
+                 "method": method, "param": p, "rmse": rmse[i], "efficiency": eff[i], "r2": r2,
+                 "n_maps": 0 if error else 64, "error": error,
+                 "checkpoint": str(tmp_path / ckpt) if ckpt else ""}
+            )  # fmt: skip
+    path = tmp_path / "domain.csv"
+    pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)).to_csv(path, index=False)
+    return path, compare.read_table(path)
+
+
+def test_page_opens_on_the_best_in_domain_pair(tmp_path):
+    path, table = _domain_table(tmp_path)
+    assert compare_views.checkpoint_kind(tmp_path / "lnnet") == "lognormal"
+    assert compare_views.checkpoint_kind(tmp_path / "lnnet/checkpoints/best.pt") == ("lognormal")
+    assert compare_views.dataset_kind("lognormal?size=64") == "lognormal"
+    assert compare_views.dataset_kind("folder:maps?box_size=100") == "folder"
+    page = ComparePage(runs_root=tmp_path / "runs", shipped=path, visible=False)
+    assert page.kinds == {"lnnet": "lognormal", "grfnet": "grf"}
+    # not row 0 (lnnet on grf, R² = −70): lnnet on lognormal has the highest mean efficiency
+    # of the in-domain pairs (1.35 against grfnet on grf's 0.925); its first parameter's row
+    r = page.selected
+    assert (r["model"], r["dataset"], r["param"]) == ("lnnet", "lognormal", "omega_m")
+    assert page.row == 10
+    # without efficiencies the lowest mean RMSE wins (grfnet on grf: 0.015 against 0.045)
+    no_eff = table.assign(efficiency=np.nan)
+    assert compare.default_row(no_eff, page.kinds) == 2
+    # no in-domain pair (unknown kinds): the first evaluated row, as before
+    assert compare.default_row(table, {}) == 0
+    assert compare.default_row(None, {}) is None
+
+
+def test_matrix_of_models_and_datasets(tmp_path):
+    path, table = _domain_table(tmp_path)
+    page = ComparePage(runs_root=tmp_path / "runs", shipped=path, visible=False)
+    cells = page.matrix()
+    assert list(dict.fromkeys(cells["model"])) == ["lnnet", "grfnet", compare_views.PK_ROW]
+    assert list(dict.fromkeys(cells["dataset"])) == ["grf", "lognormal", "folder:maps"]
+
+    def cell(model, dataset):
+        (hit,) = cells[(cells["model"] == model) & (cells["dataset"] == dataset)].itertuples()
+        return hit
+
+    assert cell("lnnet", "grf").value == pytest.approx(0.9)
+    assert cell("lnnet", "grf").domain == "out of domain"
+    assert cell("grfnet", "grf").text == "0.02*" and cell("grfnet", "grf").domain == "in domain"
+    # the P(k) row: on the maps of the network trained on the dataset's kind
+    assert cell(compare_views.PK_ROW, "grf").value == pytest.approx(0.017)
+    assert cell(compare_views.PK_ROW, "lognormal").value == pytest.approx(0.09)
+    folder = cell("grfnet", "folder:maps")
+    assert np.isnan(folder.value) and folder.text == "✕" and "100 Mpc/h" in folder.error
+    # the selectors: efficiency of σ₈
+    page.param.update(matrix_metric="efficiency", matrix_param="sigma8")
+    cells = page.matrix()
+    assert cell("lnnet", "lognormal").value == pytest.approx(1.2)
+    assert set(table.loc[cells["row"], "param"]) == {"sigma8"}
+    # a click on a cell selects its pair (for the matrix's parameter)
+    page._on_matrix_tap(x="grf", y=compare_views.PK_ROW)
+    r = page.selected
+    assert (r["model"], r["dataset"], r["param"]) == ("pk [grfnet]", "grf", "sigma8")
+    assert page.select_cell("grfnet", "lognormal") and page.selected["model"] == "grfnet"
+    assert not page.select_cell("nobody", "grf")
+    assert page._tabulator().selection == [page.row]  # the long table follows the matrix
+    # the heatmap draws with the first model at the top and the selected cell outlined
+    plot = hv.renderer("bokeh").get_plot(page.matrix_view())
+    assert list(plot.state.y_range.factors)[::-1] == ["lnnet", "grfnet", compare_views.PK_ROW]
+    heat, outline, labels = compare_views.matrix_plot(page.matrix(), "rmse", "sigma8", page.row)
+    assert len(outline) == 1 and outline.data["row"].iloc[0] == page.row
+    assert "✕" in list(labels.data["text"])
+    root = pn.panel(page).get_root()  # the whole page builds, matrix included
+    assert pn.panel(page).get_root() is not root and page.__panel__() is page.__panel__()

@@ -1,4 +1,5 @@
-"""Param-level tests of the training page: launch form, model size, example runs, evaluation.
+"""Param-level tests of the training page: launch form, model size, example runs, evaluation,
+curves grouped from the metric names a run writes, and watchers of pages rendered twice.
 
 No browser and no training: runs, example runs and evaluations (report.json, predictions.csv)
 are written by the tests from known numbers. :func:`write_example_run` is also used by the
@@ -15,13 +16,13 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import pytest
+from bokeh.models import Title
 
 from engine.nn.models import MODELS, build_model, count_parameters, format_count
 from engine.runs import RunDir
-from engine.train.training import TRAIN_KINDS, TrainParams
+from explorer import curves, training
 from explorer import report as rep
-from explorer import training
-from explorer.training import TrainingController
+from explorer.training import TRAIN_KINDS, TrainingController, TrainParams
 
 PRIOR = {"omega_m": [0.1, 0.5], "sigma8": [0.6, 1.0]}
 CRB = {"omega_m": 0.005, "sigma8": 0.004}
@@ -396,3 +397,173 @@ def test_progress_bar_follows_runs_of_any_length(tmp_path):
     ctl.run_id = short.id
     assert (progress.value, progress.max) == (24, 24)
     assert ctl.can_resume and not ctl.is_example
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves from the metric names a run writes (any task)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_gan_run(path, steps=(10, 20, 30)) -> RunDir:
+    """A run of a future task (conditional GAN): train ``loss_g``/``loss_d``, val ``fid``,
+    the loop's ``lr`` and ``maps_per_s``, and a generic report.json."""
+    run = RunDir(path).create()
+    run.write_config({"command": "train", "preset": "gan", "settings": {"task": "gan"}})
+    run.write_status(state="completed", step=steps[-1], epoch=1, total_steps=steps[-1])
+    for step in steps:
+        run.log_metrics(step, 0, "train", {"loss_g": 2.0 / step, "loss_d": 0.5, "lr": 1e-4})
+        run.log_metrics(step, 0, "train", {"maps_per_s": 100.0})
+    run.log_metrics(steps[-1], 1, "val", {"fid": 12.5})
+    report = {"task": "gan", "n_maps": 16, "metrics": {"fid": 12.5, "pk": {"ratio_mean": 1.02}}}
+    (run.path / "report.json").write_text(json.dumps(report))
+    return run
+
+
+def test_plot_grouping_of_metric_names():
+    assert [curves.plot_key(n) for n in ("loss", "loss_g", "rmse_sigma8", "fid")] == [
+        "loss", "loss", "rmse", "fid",
+    ]  # fmt: skip
+    assert curves.plot_key("lr_d") == curves.plot_key("lr") == "lr"
+    assert curves.plot_key("maps_per_s") == "throughput"
+    assert curves.series_label("val", "loss") == "validation"
+    assert curves.series_label("val", "rmse_omega_m") == "Ωₘ (validation)"
+    assert curves.series_label("train", "lr") == "learning rate"
+    assert curves.series_label("train", "loss_g") == "loss_g (train)"
+    assert curves.series_label("train", "maps_per_s") == "maps/s (train)"
+    pairs = [("train", "lr"), ("train", "grad_norm"), ("val", "fid"), ("train", "loss")]
+    plots = curves.curve_plots(pairs)
+    assert [p.key for p in plots] == ["loss", "fid", "grad", "lr"]  # loss first, loop last
+    fid = plots[1]
+    assert (fid.title, fid.series, fid.points) == ("fid", ("validation",), ("validation",))
+    assert plots[2].title == "grad_norm" and plots[3].yformatter == "%.1e"
+    rows = [
+        {"step": 1, "split": "train", "name": "loss", "value": None},  # non-finite: NaN
+        {"step": 1, "split": "train", "name": "note", "value": "text"},  # not a number: left out
+        {"split": "train", "name": "loss", "value": 1.0},  # no step: left out
+    ]
+    frames = curves.metrics_frames(rows)
+    assert list(frames) == ["loss"] and np.isnan(frames["loss"]["value"][0])
+    assert curves.metric_pairs(rows) == [("train", "loss")]
+
+
+def test_gan_run_streams_its_own_curves(tmp_path):
+    run = write_gan_run(tmp_path / "20260101-000000-gan-aaaa")
+    ctl = TrainingController(runs_root=tmp_path)
+    assert ctl.run_id == run.id
+    plots = {p.key: p for p in ctl.curves}
+    assert list(plots) == ["loss", "fid", "lr", "throughput"]
+    assert plots["loss"].series == ("loss_g (train)", "loss_d (train)")
+    assert plots["loss"].points == () and plots["fid"].points == ("validation",)
+    loss = ctl.buffers["loss"].data
+    g = loss[loss["series"] == "loss_g (train)"]
+    assert list(g["step"]) == [10, 20, 30] and g["value"].tolist() == pytest.approx(
+        [0.2, 0.1, 2 / 30]
+    )
+    assert ctl.buffers["fid"].data["value"].tolist() == [12.5]
+    # each plot's DynamicMap draws one curve per series, from its buffer
+    overlay = ctl.curve_view("loss")[()]
+    curves = [el for el in overlay if isinstance(el, hv.Curve)]
+    assert [c.label for c in curves] == ["loss_g (train)", "loss_d (train)"]
+    assert [len(c) for c in curves] == [3, 3]
+    fid = ctl.curve_view(plots["fid"])[()]
+    assert {type(el) for el in fid} == {hv.Curve, hv.Scatter}  # val: points too
+    root = pn.panel(ctl).get_root()  # the page builds with these plots
+    titles = {m.text for m in root.select({"type": Title})}
+    assert {"Loss", "fid", "Throughput"} <= titles
+    # streaming: new lines of known and new names reach the buffers and the plots
+    run.log_metrics(40, 1, "train", {"loss_g": 0.05, "loss_d": 0.4})
+    run.log_metrics(40, 1, "val", {"loss_g": 0.07})
+    assert ctl.poll() == 3
+    assert len(ctl.buffers["loss"].data) == 9
+    assert [p.series for p in ctl.curves if p.key == "loss"] == [
+        ("loss_g (train)", "loss_d (train)", "loss_g (validation)")
+    ]
+    # the report of the unknown task: its scalar metrics in a generic table
+    assert ctl.evaluation.state == "ready" and "task `gan`" in ctl.evaluation.summary
+    table = ctl.evaluation.table()
+    assert table.to_dict("list") == {"metric": ["fid", "pk.ratio_mean"], "value": [12.5, 1.02]}
+
+
+def test_generic_report_of_an_unknown_task(tmp_path):
+    run = write_run(tmp_path / "run", evaluation=False)
+    report = {
+        "task": "gan",
+        "version": 1,
+        "metrics": {"fid": 12.3, "val": {"kid": None, "ok": True}, "bins": [1, 2], "m": "x"},
+    }
+    (run.path / "report.json").write_text(json.dumps(report))
+    ev = rep.EvaluationPanel()
+    ev.update(run, run.status())
+    assert ev.state == "ready" and rep.report_task(ev.report) == "gan"
+    assert not rep.is_regression(ev.report)
+    table = ev.table()  # numbers only (null: NaN); lists, strings and booleans left out
+    assert list(table["metric"]) == ["fid", "val.kid"] and np.isnan(table["value"][1])
+    assert list(rep.format_scalars(table)["value"]) == ["12.3", "—"]
+    root = pn.panel(ev).get_root()  # drawn as a table, no regression plots
+    assert not list(root.select({"type": Title}))
+    # no "metrics" object: the report's own scalars less its description
+    assert list(
+        rep.scalar_metrics({"task": "x", "n_maps": 4, "seconds": 1.0, "acc": 0.9})["metric"]
+    ) == ["n_maps", "acc"]
+    # a report with task "regression" (or none) is the regression view
+    assert rep.is_regression({"task": "regression"}) and rep.is_regression({})
+    pending = rep.state_markdown("pending", {"state": "running"}, None, {"task": "gan"})
+    assert "P(k)" not in pending and "Evaluation pending" in pending
+
+
+# ---------------------------------------------------------------------------------------------
+# Pages rendered more than once: watchers and callbacks are registered once
+# ---------------------------------------------------------------------------------------------
+
+
+def _watcher_counts(obj) -> dict[str, int]:
+    return {name: sum(map(len, what.values())) for name, what in obj.param.watchers.items()}
+
+
+def test_training_page_rendered_twice_registers_its_watchers_once(tmp_path, monkeypatch):
+    calls = []
+    show = TrainingController._show_progress
+
+    def counting(self, event):
+        calls.append(event.new.get("step") if event.new else None)
+        show(self, event)
+
+    monkeypatch.setattr(TrainingController, "_show_progress", counting)
+    run = write_run(tmp_path / "20260101-000000-smoke-aaaa", evaluation=False)
+    ctl = TrainingController(runs_root=tmp_path)
+    pn.panel(ctl).get_root()
+    counts = _watcher_counts(ctl), _watcher_counts(ctl.settings)
+    pn.panel(ctl).get_root()  # a second render (another root) ...
+    ctl.__panel__()  # ... and a direct call give the same page
+    assert (_watcher_counts(ctl), _watcher_counts(ctl.settings)) == counts
+    assert ctl.__panel__() is ctl.__panel__()
+    calls.clear()
+    run.write_status(step=20, total_steps=40, state="running")
+    ctl.poll()
+    assert calls == [20]  # one status change, one call
+    (progress,) = ctl.__panel__().select(pn.indicators.Progress)
+    assert (progress.value, progress.max) == (20, 40)
+
+
+def test_sky_page_rendered_twice_registers_its_watchers_once(monkeypatch):
+    from explorer import sky
+
+    calls = []
+    show = sky.SkyPage._show_open_button
+
+    def counting(self, event):
+        calls.append(event.new is None)
+        show(self, event)
+
+    monkeypatch.setattr(sky.SkyPage, "_show_open_button", counting)
+    page = sky.SkyPage(source="kappa", sky_settings=sky.esky.SkyParams(nside=64, count=1))
+    pn.panel(page).get_root()
+    counts = _watcher_counts(page)
+    pn.panel(page).get_root()
+    assert _watcher_counts(page) == counts and page.__panel__() is page.__panel__()
+    (button,) = [
+        b for b in page.__panel__().select(pn.widgets.Button) if "field lab" in str(b.label)
+    ]
+    assert button.disabled
+    page.cut(30.0, 10.0)
+    assert calls == [False] and not button.disabled

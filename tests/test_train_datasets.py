@@ -154,3 +154,10 @@ def test_settings_are_composed_of_parts_and_configs_may_use_sections(tmp_path):
     assert p.part(LoopParams).lr == 0.003 and p.part(ModelParams).model == "resnet18"
     with pytest.raises(ConfigError, match="given twice"):
         resolve_params("smoke", config={"lr": 0.1, "loop": {"lr": 0.2}})
+
+
+def test_resolved_settings_are_instances_of_train_params():
+    from engine.train.settings import TrainParams, train_params_class
+
+    assert train_params_class("regression") is TrainParams
+    assert isinstance(resolve_params("smoke"), TrainParams)

@@ -11,6 +11,7 @@ flags (one group per part) and the explorer's form are generated from it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -240,8 +241,10 @@ class TrainBase(ComposedParams):
         return ModelParams.model_kwargs(self, in_channels, n_outputs)
 
 
+@functools.cache
 def train_params_class(task: str = "regression") -> type[TrainBase]:
-    """The composed settings class of a task: loop, model, task and data settings.
+    """The composed settings class of a task: loop, model, task and data settings (one class
+    per task, made once: ``isinstance(resolve_params(...), TrainParams)`` holds).
 
     Raises
     ------
