@@ -13,7 +13,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def _warm() -> None:
-    from explorer.fieldlab import warm
+    from explorer.fieldlab_kinds import warm
 
     warm()
 

@@ -1,6 +1,6 @@
 """Compare page: trained models and the P(k) likelihood on every dataset, and why models fail.
 
-The page reads a table of ``python -m engine compare`` (:func:`engine.evaluation.evaluate.compare`:
+The page reads a table of ``python -m engine compare`` (:func:`engine.evaluation.compare.compare`:
 one row per model, dataset, method and parameter, with RMSE, bias, R², coverages, efficiency,
 ``transfer``, ``error``, ``predictions`` and ``checkpoint`` columns) and the per-pair
 predictions it wrote with ``--predictions-dir``. A fresh clone shows the precomputed
@@ -325,7 +325,7 @@ class ComparePage(SessionPolling, pn.viewable.Viewer):
         return same.iloc[0] if len(same) else None
 
     def _like(self, r: pd.Series) -> dict | None:
-        from engine.evaluation.evaluate import checkpoint_like
+        from engine.evaluation.predict import checkpoint_like
 
         net = self._network_row(r)
         if net is None:

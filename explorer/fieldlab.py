@@ -40,16 +40,7 @@ import xarray as xr
 from engine.kinds import FIELD_KINDS, KINDS
 from engine.params import ConfigError, CosmologyParams, FieldParams, user_settings
 from explorer import fieldlab_views as views
-
-# Control, KIND_VIEWS, SIZES and warm are re-exported for the page's users (explorer.sky, app_hooks)
-from explorer.fieldlab_kinds import (  # noqa: F401
-    KIND_VIEWS,
-    SIZES,
-    Control,
-    compute,
-    kind_view,
-    warm,
-)
+from explorer.fieldlab_kinds import compute, kind_view
 from explorer.fieldlab_measure import ExternalMap, FieldLabResult, PlotStyle, slab_particles
 from explorer.fieldlab_views import labelled, setting_widget
 from explorer.widgets import label, look

@@ -16,7 +16,7 @@ and writes, next to the run's other files::
 Methods are ``network`` (the trained model) and ``pk_likelihood`` (the classical power-spectrum
 likelihood); ``fisher`` holds the Cramér–Rao bound. Every key may be missing: a view shows what
 is there. A ``predictions.csv`` with unprefixed ``<param>_mean`` columns (the ``predict`` verb's
-format, :func:`engine.evaluation.likelihood.write_predictions`) is read as the network's.
+format, :func:`engine.evaluation.predict.write_predictions`) is read as the network's.
 
 :class:`EvaluationPanel` holds the evaluation of the open run (state in params) and draws it as a
 comparison table and interactive HoloViews plots (not the report's PNG figures): truth against

@@ -40,7 +40,8 @@ from engine.params import ConfigError, to_dict
 from engine.physics import sky as esky
 from engine.physics.lensing import KappaParams
 from explorer import data as realdata
-from explorer.fieldlab import Control, labelled, setting_widget
+from explorer.fieldlab_kinds import Control
+from explorer.fieldlab_views import labelled, setting_widget
 from explorer.widgets import label, look
 
 hv.extension("bokeh", logo=False)

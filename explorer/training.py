@@ -10,7 +10,7 @@ the CLI (or on a cluster, on a shared file system) show up in the same list.
 The launch form is generated from :class:`engine.train.settings.TrainParams` (bounds, defaults
 and docs are the engine's): a map setting shows only for the kinds whose settings class
 (:mod:`engine.kinds`) has it, and the chosen model's parameter count
-(:func:`engine.nn.models.summary`) sits next to the model selector. When the open run has an
+(:func:`engine.nn.registry.summary`) sits next to the model selector. When the open run has an
 evaluation (``report.json``, written by the engine when training ends) it appears below the
 curves (:class:`explorer.report.EvaluationPanel`).
 
@@ -67,7 +67,7 @@ from explorer.widgets import label, look
 # The training settings class is being restructured (settings composed of loop/model/task/data
 # parts; flat names such as lr, width and kind stay valid). Every explorer module and test takes
 # these names from here (explorer.training.TrainParams, ...), so a move or rename is one edit.
-from engine.nn.models import summary
+from engine.nn.registry import summary
 from engine.train.settings import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
@@ -140,7 +140,7 @@ def _summary(model: str, kwargs: tuple) -> str:
 
 def model_summary(settings: TrainParams) -> str:
     """One line with the parameter count of the settings' model, e.g. ``"cnn: 80.4 k parameters"``
-    (:func:`engine.nn.models.summary`, cached per model and model settings)."""
+    (:func:`engine.nn.registry.summary`, cached per model and model settings)."""
     try:
         return _summary(settings.model, tuple(sorted(settings.model_kwargs().items())))
     except ConfigError as exc:

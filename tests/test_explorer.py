@@ -27,7 +27,7 @@ from engine.physics.lpt import LPTParams
 from engine.physics.stats import peak_counts
 from engine.runs import RunDir, is_alive
 from engine.train.settings import PRESETS
-from explorer import fieldlab, training
+from explorer import fieldlab, fieldlab_kinds, training
 from explorer.fieldlab import FieldLab, compute
 from explorer.fieldlab_views import parameter_table
 from explorer.training import TrainingController
@@ -137,12 +137,12 @@ def test_fieldlab_keeps_last_result_on_error(monkeypatch):
 def test_widgets_are_generated_from_fieldparams():
     lab = FieldLab(FieldParams(size=64))
     w = lab.widgets()
-    assert set(w) == {"kind"} | {c.name for c in fieldlab.KIND_VIEWS["grf"].controls}
+    assert set(w) == {"kind"} | {c.name for c in fieldlab_kinds.KIND_VIEWS["grf"].controls}
     assert (w["omega_m"].start, w["omega_m"].end) == FieldParams.param.omega_m.bounds
     assert (w["sigma8"].start, w["sigma8"].end) == FieldParams.param.sigma8.bounds
     assert (w["smoothing"].start, w["smoothing"].end) == FieldParams.param.smoothing.softbounds
     assert w["omega_m"].value == FieldParams.param.omega_m.default
-    assert list(w["size"].options) == list(fieldlab.SIZES)
+    assert list(w["size"].options) == list(fieldlab_kinds.SIZES)
     assert list(w["kind"].options.values()) == list(FIELD_KINDS)
     w["sigma8"].value = 1.1  # widget → state → result
     assert lab.settings.sigma8 == 1.1 and lab.result.settings["sigma8"] == 1.1

@@ -13,7 +13,7 @@ import pandas as pd
 import panel as pn
 import pytest
 
-from engine.evaluation.evaluate import COMPARE_COLUMNS
+from engine.evaluation.schema import COMPARE_COLUMNS
 from engine.params import ConfigError
 from explorer import compare, compare_views
 from explorer.compare import ComparePage
@@ -108,7 +108,7 @@ def page(tmp_path, monkeypatch):
             raise ConfigError(f"checkpoint {ckpt!r} does not exist")
         return dict(LIKE)
 
-    monkeypatch.setattr("engine.evaluation.evaluate.checkpoint_like", fake_like)
+    monkeypatch.setattr("engine.evaluation.predict.checkpoint_like", fake_like)
     return ComparePage(runs_root=tmp_path / "runs", shipped=path)
 
 

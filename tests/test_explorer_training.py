@@ -18,7 +18,7 @@ import panel as pn
 import pytest
 from bokeh.models import Title
 
-from engine.nn.models import MODELS, build_model, count_parameters, format_count
+from engine.nn.registry import MODELS, build_model, count_parameters, format_count
 from engine.runs import RunDir
 from explorer import curves, training
 from explorer import report as rep

@@ -299,7 +299,7 @@ def test_predict_verb_rejects_unsupported_kinds(tmp_path, capsys):
 
 
 def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys):
-    from engine.nn.models import build_model
+    from engine.nn.registry import build_model
     from engine.params import to_dict
     from engine.train.checkpoint import save_checkpoint
 
@@ -349,7 +349,7 @@ def test_network_predictions_use_the_checkpoint_scale_and_prior(tmp_path, capsys
 def _regression_checkpoint(tmp_path):
     """(checkpoint path, maps file) of a tiny untrained cnn for 32² grf maps, in the format of
     engine 0.1 (task ``parameter_regression``)."""
-    from engine.nn.models import build_model
+    from engine.nn.registry import build_model
     from engine.params import to_dict
     from engine.train.checkpoint import save_checkpoint
 

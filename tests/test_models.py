@@ -1,5 +1,5 @@
 """Networks of engine.nn: shapes, gradients, sizes, periodic symmetry, multi-channel input, the
-hybrid's P(k), the shipped checkpoints, the compatibility module engine.nn.models."""
+hybrid's P(k), the shipped checkpoints."""
 
 from __future__ import annotations
 
@@ -332,18 +332,6 @@ def test_shipped_checkpoints_load_strictly():
         assert ckpt["task_state"]["names"] == ["omega_m", "sigma8"]
         with torch.no_grad():
             torch.testing.assert_close(net(_maps(2, 1, n)), model(_maps(2, 1, n)))
-
-
-def test_compatibility_module_reexports_the_same_objects():
-    import engine.nn.hybrid
-    import engine.nn.models
-    import engine.nn.registry
-
-    for name in ("MODELS", "build_model", "count_parameters", "summary", "format_count"):
-        assert getattr(engine.nn.models, name) is getattr(engine.nn.registry, name), name
-    for name in ("set_map_scale", "HybridPk", "InputTransform", "LogPowerSpectrum"):
-        assert getattr(engine.nn.models, name) is getattr(engine.nn.hybrid, name), name
-    assert set(engine.nn.models.__all__) <= set(dir(engine.nn.models))
 
 
 def test_the_package_itself_imports_nothing():

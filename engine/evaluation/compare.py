@@ -116,7 +116,7 @@ def compare(
 
     For each dataset spec, each checkpoint is evaluated (:func:`engine.evaluation.evaluate.evaluate`; generated kinds take
     each checkpoint's map settings and prior; other data go through domain transfer,
-    :func:`engine.evaluation.evaluate.transfer_maps`); for generated kinds (``grf``, …: other maps for every network, made
+    :func:`engine.evaluation.maps.transfer_maps`); for generated kinds (``grf``, …: other maps for every network, made
     with its settings) the P(k) likelihood runs on each network's maps, as model
     ``"pk-likelihood [<model> maps]"`` with that checkpoint in ``checkpoint``; otherwise the P(k)
     likelihood is evaluated once per dataset, on the maps of
@@ -151,7 +151,7 @@ def compare(
     pandas.DataFrame
         Long format, columns :data:`COMPARE_COLUMNS` (model, dataset, method ∈ {network,
         pk_likelihood}, param ∈ {omega_m, sigma8}, the metrics of the module docstring, n_maps
-        (maps evaluated, tiles after domain transfer), transfer (:func:`engine.evaluation.evaluate.transfer_text`, empty
+        (maps evaluated, tiles after domain transfer), transfer (:func:`engine.evaluation.maps.transfer_text`, empty
         when the maps were used as they are), error, predictions, checkpoint (as given; empty
         for the P(k) likelihood)), one row per (model, dataset, method, param).
 

@@ -58,7 +58,6 @@ from engine.evaluation.predict import (
     write_predictions,
 )
 from engine.evaluation.schema import (
-    COMPARE_COLUMNS,
     FIGURES,
     LABELS,
     PARAMS,
@@ -69,23 +68,15 @@ from engine.evaluation.schema import (
 from engine.kinds import get_kind
 from engine.params import ConfigError
 
-#: Public names; COMPARE_COLUMNS (engine.evaluation.schema), checkpoint_like
-#: (engine.evaluation.predict) and the map checks (engine.evaluation.maps) are re-exported for
-#: older readers.
+#: Public names.
 __all__ = [
-    "COMPARE_COLUMNS",
     "EVALUATORS",
     "Evaluator",
     "SYNTHETIC_KINDS",
-    "check_network_maps",
-    "checkpoint_like",
     "evaluate",
     "evaluate_regression",
     "evaluator_for",
     "run_evaluation",
-    "needs_transfer",
-    "transfer_maps",
-    "transfer_text",
 ]
 
 #: A median σ_CRB above this fraction of the prior width gets a note (the prior dominates).

@@ -57,9 +57,6 @@ import torch
 
 from engine.evaluation.theory import (
     DEFAULT_PRIOR,
-    PARAM_NAMES,
-    SUPPORTED_KINDS,
-    MapModel,
     TheoryTable,
     check_prior,
     map_model,
@@ -68,20 +65,7 @@ from engine.evaluation.theory import (
 )
 from engine.params import ConfigError
 
-__all__ = [
-    "DEFAULT_PRIOR",
-    "LIKELIHOODS",
-    "LOCAL_HALF_WIDTH",
-    "LOCAL_POINTS",
-    "PARAM_NAMES",
-    "SUPPORTED_KINDS",
-    "MapModel",
-    "TheoryTable",
-    "map_model",
-    "pk_likelihood_predict",
-    "settings_from_attrs",
-    "theory_grid",
-]
+__all__ = ["LIKELIHOODS", "LOCAL_HALF_WIDTH", "LOCAL_POINTS", "pk_likelihood_predict"]
 
 #: Half-width (in posterior standard deviations) and points per axis of the refined local grid.
 LOCAL_HALF_WIDTH, LOCAL_POINTS = 5.0, 21

@@ -11,5 +11,4 @@ Modules (import the one you need; this package imports nothing):
   ``set_map_scale``, ``HybridPk``, ``hybrid_std``, ``hybrid_log``.
 - :mod:`engine.nn.registry`: ``MODELS`` by name, ``build_model``, ``model_options``,
   ``count_parameters``, ``format_count``, ``summary``.
-- :mod:`engine.nn.models`: compatibility re-exports of the public names above.
 """

@@ -176,8 +176,8 @@ def binned_theory(settings: KappaParams, omega_m, sigma8, edges=None):
 def mode_power(settings: KappaParams, ell, omega_m, sigma8) -> torch.Tensor:
     """Expected spectrum of an unmasked κ map at multipoles ``ell`` (:func:`map_cl`), in sr;
     ``omega_m``, ``sigma8`` floats or arrays/tensors (B,) (converted to numpy for pyccl)."""
-    om = np.asarray(torch.as_tensor(omega_m).detach().cpu(), dtype=np.float64)
-    s8 = np.asarray(torch.as_tensor(sigma8).detach().cpu(), dtype=np.float64)
+    om = torch.as_tensor(omega_m, dtype=torch.float64).detach().cpu().numpy()
+    s8 = torch.as_tensor(sigma8, dtype=torch.float64).detach().cpu().numpy()
     return map_cl(settings, ell, om, s8)
 
 

@@ -16,7 +16,7 @@ def model_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
     """The stages of a model for freezing and per-depth learning rates.
 
     Stages are the model's top-level children that hold parameters, in registration order
-    (input → output: the convention of every model of :mod:`engine.nn.models`, whose last child is
+    (input → output: the convention of every model of :mod:`engine.nn.registry`, whose last child is
     the head); parameters registered on the model itself join the last stage. Works for any
     ``nn.Module``.
 
