@@ -15,10 +15,11 @@ from engine.params import ConfigError
 from engine.runs import RunDir
 from engine.train.checkpoint import load_checkpoint, load_network
 from engine.train.settings import resolve_params
+from tests.realdata import CAMELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "samples" / "camels" / "Maps_Mtot_Sample_LH_z=0.00.npy"
-REAL_PARAMS = ROOT.parent / "shared" / "data" / "real" / "camels" / "params_LH_IllustrisTNG.txt"
+REAL_PARAMS = CAMELS / "params_LH_IllustrisTNG.txt"
 
 #: Tiny CPU settings on top of the smoke preset.
 TINY = {
@@ -161,3 +162,34 @@ def test_resolved_settings_are_instances_of_train_params():
 
     assert train_params_class("regression") is TrainParams
     assert isinstance(resolve_params("smoke"), TrainParams)
+
+
+def test_folder_dataset_trains_and_is_evaluated_on_its_test_split(tmp_path):
+    from engine.params import FieldParams
+    from engine.physics.slabs import generate
+
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    om, s8 = rng.uniform(0.2, 0.4, 40), rng.uniform(0.7, 0.9, 40)
+    settings = FieldParams(kind="lognormal", size=16, box_size=100.0, count=40, seed=1)
+    maps = generate(settings, omega_m=om, sigma8=s8).values
+    lines = ["file,Omega_m,sigma_8,simulation"]
+    for i in range(40):
+        np.save(folder / f"m{i:03d}.npy", maps[i])
+        lines.append(f"m{i:03d}.npy,{om[i]:.5f},{s8[i]:.5f},{i // 2}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    run = RunDir(tmp_path / "run")
+    spec = f"folder:{folder}?box_size=100"
+    argv = ["train", "--preset", "smoke", "--dataset", spec, "--run-dir", str(run.path)]
+    assert cli.main([*argv, *_sets({**TINY, "eval_maps": 8})]) == 0
+    status = run.status()
+    assert status["state"] == "completed" and not status.get("error"), status
+    report = json.loads((run.path / "report.json").read_text())
+    assert report["transfer"] is None and report["n_maps"] == 4  # 2 test simulations × 2 maps
+    assert set(report["methods"]) == {"network"}  # no P(k) theory for folder maps
+
+
+def test_too_small_datasets_say_why(tmp_path):
+    with pytest.raises(ConfigError, match="at least 10 simulations"):
+        LabelledMaps(f"quijote:{ROOT / 'assets' / 'samples' / 'quijote' / 'LH'}")

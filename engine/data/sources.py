@@ -38,7 +38,7 @@ from engine.params import PARAM_NAMES, ConfigError, to_dict, user_settings
 #: Seed streams of :func:`derive_seed`.
 STREAM_INIT, STREAM_TRAIN, STREAM_VAL, STREAM_POINTS, STREAM_DATA, STREAM_EVAL = range(6)
 #: Per-sample coords that are bookkeeping, never labels.
-NOT_LABELS = ("simulation", "map_index", "split", "tile", "sample")
+NOT_LABELS = ("simulation", "map_index", "split", "tile", "sample", "axis", "slab", "slab_start")
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -268,10 +268,17 @@ class LabelledMaps:
         if name not in self._splits:
             try:
                 da = self._read(name)
+                if da.sizes["sample"] == 0:
+                    raise ConfigError(f"no maps in split {name!r}")
             except ConfigError as exc:
-                raise ConfigError(f"dataset={self.dataset!r}: {exc}") from None
-            if da.sizes["sample"] == 0:
-                raise ConfigError(f"dataset={self.dataset!r} has no {name} maps")
+                hint = (
+                    " (training needs a train and a val split; the readers split by simulation "
+                    "80/10/10 %, so a dataset needs at least 10 simulations, or files for a "
+                    "folder without a simulation column)"
+                    if "split" in str(exc)
+                    else ""
+                )
+                raise ConfigError(f"dataset={self.dataset!r}: {exc}{hint}") from None
             maps = np.asarray(da.values, dtype=np.float32)
             if maps.ndim == 3:
                 maps = maps[:, None]

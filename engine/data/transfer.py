@@ -68,18 +68,26 @@ CHUNK = 64
 def trained_grid(like: Mapping[str, Any] | None) -> tuple[str, float, int]:
     """``(unit, side, size)`` of a network's maps: ("Mpc/h", box_size, N) or ("deg", fov, N).
 
-    Settings missing from ``like`` take the kind's defaults (:mod:`engine.kinds`).
+    Settings missing from ``like`` take the kind's defaults (:mod:`engine.kinds`); a network
+    trained on a dataset of other maps (camels, quijote, folder, ...) has that data's grid, from
+    the ``size`` and ``box_size`` or ``fov`` its checkpoint recorded.
 
     Raises
     ------
     ConfigError
         ``like`` missing, or of a kind other than grf/lognormal/2lpt/kappa.
     """
+    if like and like.get("kind") not in (*SLAB_KINDS, "kappa") and "size" in like:
+        # a network trained on a dataset of other maps: its grid is that data's (attrs)
+        if like.get("box_size") is not None:
+            return "Mpc/h", float(like["box_size"]), int(like["size"])
+        if like.get("fov") is not None:
+            return "deg", float(like["fov"]), int(like["size"])
     if not like or like.get("kind") not in (*SLAB_KINDS, "kappa"):
         kind = None if not like else like.get("kind")
         raise ConfigError(
             f"domain transfer needs the network's map settings (like) of a kind grf, lognormal, "
-            f"2lpt or kappa; got kind {kind!r}"
+            f"2lpt or kappa, or of a dataset with size and box_size or fov; got kind {kind!r}"
         )
     from engine.kinds import get_kind
 

@@ -250,10 +250,11 @@ def transfer_maps(da, like: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | No
 
     src = da.attrs.get("source", da.attrs.get("kind"))
     units = str(da.attrs.get("units", "dimensionless"))
-    if units != "dimensionless":
+    trained = str(like.get("units", "dimensionless"))
+    if units != trained:
         hint = " (CAMELS mass maps: add ?delta=true)" if da.attrs.get("kind") == "camels" else ""
         raise ConfigError(
-            f"maps of {src!r} are in {units} but the network was trained on dimensionless "
+            f"maps of {src!r} are in {units} but the network was trained on {trained} "
             f"{like.get('kind')!r} maps: no unit conversion is made{hint}"
         )
     unit0, side0, n0 = trained_grid(like)
