@@ -21,7 +21,7 @@ issue #4 §6, see docs/results.md), on this machine's CPU:
 4. times optimiser steps with the settings the model was trained with (the run's
    ``config.json``: maps/s of training including on-the-fly generation or dataset reads).
 
-Prints a table and writes ``benchmarks/results/likelihood.json``, a list of objects with ``name``,
+Prints a table and writes ``benchmarks/results/inference.json``, a list of objects with ``name``,
 ``value``, ``unit`` and, where a peer exists, ``peer``, ``peer_value`` and ``ratio`` (> 1 means
 the network is better: peer/ours for errors, ours/peer for efficiencies and rates), plus
 ``target`` and ``meta`` — the format of ``benchmarks/results/latest.json``
@@ -51,7 +51,7 @@ from engine.train.settings import PRESETS, resolve_params
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "assets" / "models"
-RESULTS = Path(__file__).resolve().parent / "results" / "likelihood.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 #: Seed of the test maps' parameters and fields.
 SEED = 20_260_404
 #: Test maps per kind (2LPT slabs cost ~0.3 s each on 2 cores, hence fewer).
@@ -133,28 +133,10 @@ def rmse(pred, truth) -> np.ndarray:
     return np.sqrt(np.mean((np.asarray(pred) - np.asarray(truth)) ** 2, axis=0))
 
 
-def bench_model(run_dir: Path) -> list[dict]:
-    """The result rows of one shipped model (module docstring)."""
-    name = run_dir.name
-    ckpt_path = run_dir / "checkpoints" / "best.pt"
-    ckpt = load_checkpoint(ckpt_path)
-    kind, settings = kind_settings(ckpt["map_settings"])
-    state = ckpt["task_state"]  # label box of the regression task (engine.tasks.regression)
-    prior = tuple(zip(state["prior_low"], state["prior_high"], strict=True))
-    count = COUNTS.get(kind.name, 300)
-    maps, truth, gen_rate = test_maps(kind, settings, prior, count)
-
-    t = time.perf_counter()
-    net = predict.predict_network(maps, ckpt_path)["mean"]
-    net_rate = count / (time.perf_counter() - t)
-    k_max = pk_k_max(kind.name, settings)
-    t = time.perf_counter()
-    pk = likelihood.pk_likelihood_predict(maps, settings, prior=prior, k_max=k_max)["mean"]
-    pk_rate = count / (time.perf_counter() - t)
-
-    keep = metrics.away_from_edges(truth, prior)
-    sigma, _ = fisher.crb_sigma(settings, truth[keep, 0], truth[keep, 1], prior, k_max)
-    bound = kind.name == "grf"
+def accuracy_rows(name: str, net, pk, truth, keep, sigma, bound: bool) -> list[dict]:
+    """RMSE (all maps and away from the prior edges) and efficiency rows of one model, per
+    parameter, with the P(k) likelihood as the peer."""
+    count = len(truth)
     rows: list[dict] = []
     r_net, r_pk = rmse(net, truth), rmse(pk, truth)
     r_net_in, r_pk_in = rmse(net[keep], truth[keep]), rmse(pk[keep], truth[keep])
@@ -196,6 +178,33 @@ def bench_model(run_dir: Path) -> list[dict]:
                 n_maps=int(keep.sum()),
             )
         )
+    return rows
+
+
+def bench_model(run_dir: Path) -> list[dict]:
+    """The result rows of one shipped model (module docstring)."""
+    name = run_dir.name
+    ckpt_path = run_dir / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    kind, settings = kind_settings(ckpt["map_settings"])
+    state = ckpt["task_state"]  # label box of the regression task (engine.tasks.regression)
+    prior = tuple(zip(state["prior_low"], state["prior_high"], strict=True))
+    count = COUNTS.get(kind.name, 300)
+    maps, truth, gen_rate = test_maps(kind, settings, prior, count)
+
+    t = time.perf_counter()
+    net = predict.predict_network(maps, ckpt_path)["mean"]
+    net_rate = count / (time.perf_counter() - t)
+    k_max = pk_k_max(kind.name, settings)
+    t = time.perf_counter()
+    pk = likelihood.pk_likelihood_predict(maps, settings, prior=prior, k_max=k_max)["mean"]
+    pk_rate = count / (time.perf_counter() - t)
+
+    keep = metrics.away_from_edges(truth, prior)
+    sigma, _ = fisher.crb_sigma(settings, truth[keep, 0], truth[keep, 1], prior, k_max)
+    bound = kind.is_gaussian(settings)  # the Fisher information of P(k) bounds every estimator
+    rows = accuracy_rows(name, net, pk, truth, keep, sigma, bound)
+    r_net = rmse(net, truth)
     if k_max is not None:  # the likelihood with every k, past the range of its linear theory
         full = likelihood.pk_likelihood_predict(maps, settings, prior=prior)["mean"]
         r_full = rmse(full, truth)
