@@ -4,7 +4,7 @@ Uses the Debian Chromium at /usr/bin/chromium (no browser download); skipped whe
 One server (with EXPLORER_RUNS_DIR and EXPLORER_EXAMPLES_DIR in temporary folders, the latter
 holding one fake example run with an evaluation) and one browser serve the module; engine runs
 started by the tests are killed at the end. ``--screenshots`` saves
-assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png and training.png.
+assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png, training.png and compare.png.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def test_sky_click_cuts_patch_and_opens_it_in_field_lab(page, request):
     _wait_until(lambda: page.evaluate(JS_SOURCES, ["ell", "P"]))
 
 
-def test_compare_tab_shows_the_shipped_comparison(page):
+def test_compare_tab_shows_the_shipped_comparison(page, request):
     """The Compare tab lists the rows of assets/compare/table.csv (models × datasets) at once."""
     import csv
 
@@ -355,3 +355,5 @@ def test_compare_tab_shows_the_shipped_comparison(page):
     page.get_by_text("grf64 on grf").first.wait_for()
     page.get_by_role("button", name="efficiency σ_CRB/RMSE").click()  # the colour selector
     page.wait_for_function(JS_TITLE, arg="efficiency σ_CRB/RMSE of Ωₘ: models × datasets")
+    page.wait_for_function(JS_TITLE, arg="Domain gap: power spectrum", timeout=120_000)
+    _screenshot(request, page, "compare.png")
