@@ -6,17 +6,24 @@ way when its directory sits on a shared file system::
 
     config.json     {"command", "preset", "settings": {every setting}, "engine_version",
                      "device", "created"}                       (written once per start)
-    status.json     {"state", "pid", "host", "step", "epoch", "total_steps", "started",
-                     "updated", "error", ...}                   (rewritten atomically)
+    status.json     {"state", "pid", "pid_start", "host", "step", "epoch", "total_steps",
+                     "started", "updated", "error", ...}        (rewritten atomically)
     metrics.jsonl   {"step", "epoch", "split", "name", "value", "time"} per line (append-only)
     checkpoints/    last.pt, best.pt                            (written atomically)
-    engine.log      stdout and stderr of a process started by :func:`launch_train`
+    engine.log      stdout and stderr of a process started by ``engine.launch.launch_train``
+    .lock           held (``fcntl.flock``) by the one engine process training the run; records
+                    its host, pid and start time
 
-``state`` is one of :data:`STATES`. Times (``started``, ``updated``, ``time``) are Unix times in
+``state`` is one of :data:`STATES`. A reader on the run's host sees ``"died"`` instead of
+``"queued"``/``"running"`` when the recorded process is gone or is another process with the same
+pid (``pid_start``, the process start time, differs): killed by ``kill -9``, out of memory, a
+crashed node (:meth:`RunDir.status`). ``"died"`` is never written; a resume continues such a
+run. Times (``started``, ``updated``, ``time``) are Unix times in
 seconds (float). ``step`` counts optimiser updates done; ``epoch`` is the 0-based epoch that the
 step belongs to. Non-finite metric values are written as ``null`` so every line is strict JSON.
 A run resumed from a checkpoint older than its last metrics (after a crash; a stop saves the
-current step) logs some steps again: readers keep the last line per (split, name, step).
+current step) first cuts ``metrics.jsonl`` back to the checkpoint's step and drops a torn last
+line (:meth:`RunDir.truncate_metrics`), so curves never zig-zag or glue two lines together.
 
 Atomic means: written to a temporary file in the same directory, then ``os.replace``-d over the
 target, so a reader sees the old or the new file, never a partial one. ``metrics.jsonl`` lines are
@@ -35,10 +42,7 @@ import math
 import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -51,6 +55,10 @@ from engine.params import ConfigError
 STATES = ("queued", "running", "completed", "failed", "stopped")
 #: States in which a process is (supposed to be) working on the run.
 ACTIVE_STATES = ("queued", "running")
+#: The state readers show for an active run whose process is gone (never written).
+DIED = "died"
+#: Name of the lock file of the engine process training a run.
+LOCK_FILE = ".lock"
 
 #: Root of the engine package's repository (the directory holding ``engine/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -200,9 +208,22 @@ class RunDir:
         """Write ``config.json`` atomically (see the module docstring for its keys)."""
         write_json_atomic(self.config_path, dict(config))
 
-    def status(self) -> dict | None:
-        """Contents of ``status.json``, or ``None`` if missing, partial or unreadable."""
+    def raw_status(self) -> dict | None:
+        """Contents of ``status.json`` as written, or ``None`` if missing, partial or unreadable."""
         return read_json(self.status_path)
+
+    def status(self) -> dict | None:
+        """``status.json`` as a reader should show it: ``state`` is ``"died"`` (and
+        ``written_state`` the state on disk) when the run is queued/running on this host but its
+        process is gone or is another process (:func:`same_process`); ``None`` if missing."""
+        status = self.raw_status()
+        if status is None or status.get("state") not in ACTIVE_STATES:
+            return status
+        if status.get("host") not in (None, socket.gethostname()) or status.get("pid") is None:
+            return status
+        if same_process(status.get("pid"), status.get("pid_start")):
+            return status
+        return {**status, "state": DIED, "written_state": status["state"]}
 
     def write_status(self, **fields: Any) -> dict:
         """Merge ``fields`` into ``status.json``, set ``"updated"`` to now, write it atomically.
@@ -224,7 +245,7 @@ class RunDir:
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"state={fields['state']!r} is not one of {', '.join(STATES)}")
         now = time.time()
-        status = self.status() or {
+        status = self.raw_status() or {
             "state": "queued",
             "pid": None,
             "host": socket.gethostname(),
@@ -241,16 +262,83 @@ class RunDir:
     def is_active(self) -> bool:
         """True if the status is queued/running and its process may still be alive.
 
-        The pid is only checked when the status was written on this host; a run on another host
-        (shared file system) counts as active while its state says so.
+        The process is only checked when the status was written on this host (pid and start
+        time, :meth:`status`); a run on another host (shared file system) counts as active while
+        its state says so.
         """
-        status = self.status() or {}
-        if status.get("state") not in ACTIVE_STATES:
-            return False
-        pid = status.get("pid")
-        if pid is None or status.get("host") not in (None, socket.gethostname()):
-            return True
-        return is_alive(pid)
+        return (self.status() or {}).get("state") in ACTIVE_STATES
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run's exclusive lock (``.lock``, ``fcntl.flock``) for a training process.
+
+        Creates the directory if needed. The lock is released when the block ends or the
+        process dies (the kernel drops it), so a killed run never blocks its resume; the file
+        records the holder's host, pid and start time for the error message.
+
+        Raises
+        ------
+        ConfigError
+            Another process holds the lock (a second trainer on the same run directory, even
+            one started in the same instant).
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, default_mode(0o666))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_json(self.path / LOCK_FILE) or {}
+            os.close(fd)
+            raise ConfigError(
+                f"run directory {str(self.path)!r} is in use by another engine process (pid "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}); wait for it to end or "
+                "stop it first"
+            ) from None
+        try:
+            info = {"host": socket.gethostname(), "pid": os.getpid()}
+            info.update(pid_start=process_start(os.getpid()), time=time.time())
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            yield self
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def clean_temporary_files(self) -> list[Path]:
+        """Remove temporary files that a killed atomic write left behind (``.NAME.*.tmp`` in the
+        run directory and ``checkpoints/``); call while holding :meth:`lock`. Returns them."""
+        removed = []
+        for folder in (self.path, self.checkpoint_dir):
+            for tmp in folder.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed.append(tmp)
+        return removed
+
+    def truncate_metrics(self, step: int) -> int:
+        """Rewrite ``metrics.jsonl`` keeping the complete lines with ``step <= step`` (a resume
+        from a checkpoint of that step): no steps logged twice, no torn last line. Atomic;
+        returns the number of lines dropped (0: file left as it was)."""
+        try:
+            data = self.metrics_path.read_bytes()
+        except OSError:
+            return 0
+        keep, dropped = [], 0
+        for line in data.splitlines(keepends=True):
+            try:
+                obj = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict) and int(obj.get("step", 0)) <= step:
+                keep.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            with atomic_write(self.metrics_path, binary=True) as f:
+                f.write(b"".join(keep))
+        return dropped
 
     def log_metric(self, step: int, epoch: int, split: str, name: str, value: float) -> None:
         """Append one metric line ``{"step", "epoch", "split", "name", "value", "time"}``.
@@ -375,145 +463,28 @@ def new_run_id(prefix: str = "run") -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_run_dir(run_dir: str | Path | RunDir, resume: bool = False) -> dict[str, Any] | None:
-    """Check that a training run may be started (or resumed) in ``run_dir``; writes nothing.
-
-    Returns
-    -------
-    dict or None
-        On ``resume``, the run's saved settings (``config.json["settings"]``); else ``None``.
-
-    Raises
-    ------
-    ConfigError
-        The path is a file; a run exists there and not ``resume``; on ``resume``: no run, no
-        ``checkpoints/last.pt``, or the run's process is still alive.
-    """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if run.path.exists() and not run.path.is_dir():
-        raise ConfigError(f"--run-dir {str(run.path)!r} is a file, not a directory")
-    if not resume:
-        if run.has_run():
-            raise ConfigError(
-                f"--run-dir {str(run.path)!r} already holds a run; add --resume to continue it "
-                "or choose another directory"
-            )
+def process_start(pid: int | None) -> int | None:
+    """Start time of process ``pid`` on this host (clock ticks since boot, ``/proc/PID/stat``
+    field 22): with the pid, an identity that a reused pid does not share. None where there is
+    no ``/proc`` or no such process."""
+    if pid is None:
         return None
-    if not run.has_run():
-        raise ConfigError(f"--resume: {str(run.path)!r} holds no run (no config.json)")
-    if not (run.checkpoint_dir / "last.pt").is_file():
-        raise ConfigError(f"--resume: {str(run.path)!r} has no checkpoints/last.pt to resume from")
-    status = run.status() or {}
-    if status.get("state") == "running" and status.get("pid") != os.getpid() and run.is_active():
-        raise ConfigError(
-            f"--resume: run {run.id!r} is still running (pid {status.get('pid')}); stop it first"
-        )
-    settings = (run.config() or {}).get("settings")
-    if not isinstance(settings, dict):
-        raise ConfigError(f"--resume: {str(run.config_path)!r} holds no settings")
-    return settings
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def train_command(
-    run_dir: str | Path,
-    preset: str = "smoke",
-    overrides: Mapping[str, Any] | None = None,
-    resume: bool = False,
-    config_file: str | Path | None = None,
-) -> list[str]:
-    """The argv of ``python -m engine train`` for these arguments (see :func:`launch_train`)."""
-    cmd = [sys.executable, "-m", "engine", "train", "--preset", preset, "--run-dir", str(run_dir)]
-    if config_file is not None:
-        cmd += ["--config", str(config_file)]
-    for key, value in (overrides or {}).items():
-        cmd += ["--set", f"{key}={_yaml_scalar(value)}"]
-    if resume:
-        cmd.append("--resume")
-    return cmd
-
-
-def _yaml_scalar(value: Any) -> str:
-    """Render ``value`` so that ``yaml.safe_load`` in :func:`engine.params.parse_overrides`
-    reads it back as the same value (numpy scalars become Python ones)."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float, str)):
-        return json.dumps(value) if isinstance(value, str) else repr(value)
-    return json.dumps(value)
-
-
-def launch_train(
-    run_dir: str | Path,
-    preset: str = "smoke",
-    overrides: Mapping[str, Any] | None = None,
-    resume: bool = False,
-    config_file: str | Path | None = None,
-) -> subprocess.Popen:
-    """Start ``python -m engine train`` for ``run_dir`` in a new session and return at once.
-
-    The child runs with ``start_new_session=True`` (a browser closing or the server restarting
-    does not kill it), the repository root as working directory and on ``PYTHONPATH``, and its
-    stdout/stderr appended to ``run_dir/engine.log``. The directory is created and
-    ``status.json`` set to state ``"queued"`` with the child's pid, so the run is listed at once;
-    the engine process takes the status over (``"running"``) once it has started. Settings are
-    validated by the child: on a bad one it marks the run ``"failed"`` with the message and exits
-    with code 2 (see ``engine.log``). A child killed before it handles signals (e.g. by
-    :func:`stop_run` during its first seconds) leaves the state ``"queued"`` with a dead pid,
-    which :meth:`RunDir.is_active` reports as not active.
-
-    Parameters
-    ----------
-    run_dir : str or Path
-        The run directory (created if missing).
-    preset : str
-        Name of a preset in ``engine.train.settings.PRESETS``.
-    overrides : mapping, optional
-        ``{setting: value}`` passed as ``--set setting=value`` (highest precedence).
-    resume : bool
-        Continue the run in ``run_dir`` from ``checkpoints/last.pt``.
-    config_file : str or Path, optional
-        YAML/JSON config file passed as ``--config``.
-
-    Returns
-    -------
-    subprocess.Popen
-        The child; call ``poll()`` now and then so that it is reaped when it ends.
-
-    Raises
-    ------
-    ConfigError
-        The run directory cannot take this launch (see :func:`check_run_dir`); nothing is
-        written then.
-
-    Call this from the server's event loop or a callback, never to train in-process.
-    """
-    run = RunDir(run_dir)
-    check_run_dir(run, resume)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_status(state="queued", pid=None, error=None)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = train_command(run.path.resolve(), preset, overrides, resume, config_file)
-    with open(run.log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    # Fill in the pid now: the child needs seconds of imports before it writes its own status
-    # (with the same pid), so this read-merge-write does not overlap with the child's.
-    if (run.status() or {}).get("state") == "queued":
-        run.write_status(pid=proc.pid)
-    return proc
+def same_process(pid: int | None, start: int | None) -> bool:
+    """True if process ``pid`` is alive and, when ``start`` is recorded, started at ``start``
+    (:func:`process_start`): the process that wrote a status, not a later one with its pid."""
+    if not is_alive(pid):
+        return False
+    if start is None:
+        return True
+    now = process_start(pid)
+    return now is None or now == int(start)
 
 
 def is_alive(pid: int | None) -> bool:
@@ -539,28 +510,3 @@ def is_alive(pid: int | None) -> bool:
         return state not in ("Z", "X")
     except (OSError, IndexError):
         return True
-
-
-def stop_run(run_dir: str | Path) -> bool:
-    """Ask the engine process of ``run_dir`` to stop: SIGTERM to the pid in ``status.json``.
-
-    The engine then finishes its current step, saves ``checkpoints/last.pt`` and sets the state
-    to ``"stopped"``. Only a queued/running run whose process is alive on this host is signalled.
-
-    Returns
-    -------
-    bool
-        True if a signal was sent; False if there is no status, no pid, the run is not active,
-        or the process is gone (a dead pid is not an error).
-    """
-    status = RunDir(run_dir).status() or {}
-    pid = status.get("pid")
-    if status.get("state") not in ACTIVE_STATES or not is_alive(pid):
-        return False
-    if status.get("host") not in (None, socket.gethostname()):
-        return False
-    try:
-        os.kill(int(pid), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True

@@ -442,7 +442,9 @@ def state_markdown(
             "training ends."
         )
     error = str(status.get("error") or "")
-    if status.get("state") in ("failed", "stopped"):
+    if status.get("state") == "died":
+        reason = "the run died: its engine process is gone (killed, out of memory); resume it"
+    elif status.get("state") in ("failed", "stopped"):
         reason = f"the run {status['state']}"
     elif error.startswith("evaluation"):
         reason = error

@@ -1,7 +1,7 @@
 """Training page: launch, stop and resume engine training runs and watch their curves live.
 
 Nothing trains in the server. :class:`TrainingController` starts ``python -m engine train`` as a
-separate OS process in its own session (:func:`engine.runs.launch_train`), so closing the browser
+separate OS process in its own session (:func:`engine.launch.launch_train`), so closing the browser
 or restarting the server never kills a run. A periodic callback per browser session tails the
 open run's ``metrics.jsonl`` (:class:`engine.runs.MetricsTail`, by byte offset) and streams new
 points into ``hv.streams.Buffer`` objects drawn as ``hv.DynamicMap`` curves; runs started from
@@ -39,16 +39,9 @@ import panel as pn
 import param
 
 from engine.kinds import get_kind
+from engine.launch import launch_train, stop_run
 from engine.params import ConfigError, to_dict, user_settings
-from engine.runs import (
-    REPO_ROOT,
-    MetricsTail,
-    RunDir,
-    launch_train,
-    list_runs,
-    new_run_id,
-    stop_run,
-)
+from engine.runs import REPO_ROOT, MetricsTail, RunDir, list_runs, new_run_id
 from explorer.curves import (
     BUFFER_LENGTH,
     CurvePlot,
@@ -100,6 +93,7 @@ STATE_COLORS = {
     "completed": "#198754",
     "failed": "#dc3545",
     "stopped": "#fd7e14",
+    "died": "#6f42c1",  # queued/running on disk, but its process is gone (engine.runs)
 }
 
 #: Engine processes started by this server, polled so they are reaped when they end.

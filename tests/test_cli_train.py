@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from engine import cli
+from engine.launch import launch_train
 from engine.params import load_config_file, to_dict
 from engine.physics import slabs
-from engine.runs import REPO_ROOT, RunDir, launch_train
+from engine.runs import REPO_ROOT, RunDir
 from engine.train.checkpoint import load_checkpoint, load_network
 from engine.train.settings import PRESETS, TrainParams, resolve_params
 

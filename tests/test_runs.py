@@ -11,9 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from engine import runs
+from engine import launch, runs
+from engine.launch import stop_run
 from engine.params import ConfigError, parse_overrides
-from engine.runs import MetricsTail, RunDir, is_alive, list_runs, new_run_id, stop_run
+from engine.runs import MetricsTail, RunDir, is_alive, list_runs, new_run_id, process_start
 
 
 def test_write_json_atomic_replaces_and_leaves_no_temp(tmp_path):
@@ -122,7 +123,7 @@ def test_stop_live_process_and_zombie(tmp_path):
     try:
         run.write_status(state="completed", pid=proc.pid)
         assert stop_run(run.path) is False  # finished runs are never signalled
-        run.write_status(state="running")
+        run.write_status(state="running", pid_start=process_start(proc.pid))
         assert is_alive(proc.pid) and run.is_active()
         assert stop_run(run.path) is True
         proc.wait(timeout=10)
@@ -144,7 +145,7 @@ def test_is_alive_false_for_unreaped_zombie():
 def test_train_command_round_trips_overrides(tmp_path):
     overrides = {"lr": 0.003, "epochs": 2, "kind": "lognormal", "amp": False, "seed": 7}
     overrides["smoothing"] = np.float64(1.5)  # as a widget may hand it over
-    cmd = runs.train_command(tmp_path / "r", "smoke", overrides, resume=True)
+    cmd = launch.train_command(tmp_path / "r", "smoke", overrides, resume=True)
     assert cmd[:4] == [sys.executable, "-m", "engine", "train"]
     assert cmd[-1] == "--resume"
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
@@ -155,11 +156,11 @@ def test_launch_refuses_occupied_or_empty_run_dir_without_writing(tmp_path):
     run = RunDir(tmp_path / "r").create()
     run.write_config({"settings": {}})
     with pytest.raises(ConfigError, match="already holds a run; add --resume"):
-        runs.launch_train(run.path)
+        launch.launch_train(run.path)
     with pytest.raises(ConfigError, match="has no checkpoints/last.pt"):
-        runs.launch_train(run.path, resume=True)
+        launch.launch_train(run.path, resume=True)
     with pytest.raises(ConfigError, match="holds no run"):
-        runs.launch_train(tmp_path / "empty", resume=True)
+        launch.launch_train(tmp_path / "empty", resume=True)
     assert run.status() is None and not (tmp_path / "empty").exists()
 
 

@@ -16,6 +16,7 @@ When a run completes, its best checkpoint is evaluated into the run directory
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -114,30 +115,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     Raises
     ------
     ConfigError
-        Any bad setting or run-directory problem (see :func:`engine.runs.check_run_dir`), before
-        anything is written, except that a run queued by ``engine.runs.launch_train`` is marked
-        failed with the message.
+        Any bad setting or run-directory problem (see :func:`engine.launch.check_run_dir`), or
+        another engine process holding the run's lock, before anything is written (a run queued
+        for this process by ``engine.launch.launch_train`` gets its status back, or ``failed``).
     """
-    from engine.runs import RunDir, check_run_dir, new_run_id
+    from engine.launch import check_run_dir
+    from engine.runs import RunDir, new_run_id
     from engine.train.distributed import Distributed
-    from engine.train.process import run_training
+    from engine.train.process import refuse_launch, run_training
     from engine.train.settings import TrainParams, resolve_device, resolve_params
 
     if args.run_dir is None and args.resume:
         raise ConfigError("--resume needs --run-dir DIR of the run to continue")
-    # Under torchrun every rank runs this; rank 0 names and checks the run directory.
-    with Distributed.from_env() as dist:
+    # Under torchrun every rank runs this; rank 0 names, checks and locks the run directory.
+    with Distributed.from_env() as dist, contextlib.ExitStack() as stack:
         run = RunDir(dist.broadcast(str(args.run_dir or Path("runs") / new_run_id(args.preset))))
+        fresh = not run.path.exists()
         try:
             base = dist.on_main(check_run_dir, run, args.resume)
             params = resolve_params(args.preset, *_layers(args, TrainParams), base=base)
             device = dist.device(resolve_device(params))
+            # one trainer per run directory: the lock, then the checks again under it
+            dist.on_main(lambda: stack.enter_context(run.lock()) and None)
+            dist.on_main(check_run_dir, run, args.resume)
         except ConfigError as exc:
-            if dist.is_main and (run.status() or {}).get("state") == "queued":  # launch_train
-                run.write_status(state="failed", error=str(exc))
+            if dist.is_main and "in use by another engine process" not in str(exc):
+                refuse_launch(run, str(exc))
             raise
         preset = (run.config() or {}).get("preset") if args.resume else args.preset
-        return run_training(
+        code = run_training(
             params,
             run,
             device,
@@ -146,3 +152,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             dist=dist,
             after=lambda: evaluate_run(params, run, device),
         )
+        if dist.is_main and fresh and not run.has_run():
+            _remove_empty_run_dir(run)
+        return code
+
+
+def _remove_empty_run_dir(run) -> None:
+    """Remove a run directory this command created but never started a run in (it holds at
+    most the lock file and an empty checkpoints/)."""
+    import shutil
+
+    from engine.runs import LOCK_FILE
+
+    names = {p.name for p in run.path.iterdir()} if run.path.is_dir() else set()
+    empty_checkpoints = (
+        not any(run.checkpoint_dir.iterdir()) if run.checkpoint_dir.is_dir() else True
+    )
+    if names <= {LOCK_FILE, "checkpoints"} and empty_checkpoints:
+        shutil.rmtree(run.path, ignore_errors=True)

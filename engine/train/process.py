@@ -17,7 +17,7 @@ import torch
 import engine
 from engine.nn.registry import count_parameters
 from engine.params import ConfigError, to_dict
-from engine.runs import RunDir
+from engine.runs import RunDir, process_start, write_json_atomic
 from engine.train.distributed import Distributed
 from engine.train.loop import Trainer
 from engine.train.schedule import epoch_of
@@ -88,10 +88,51 @@ def _write_start(run: RunDir, params, device, world_size, threads, resume, prese
     run.write_status(
         state="running",
         pid=os.getpid(),
+        pid_start=process_start(os.getpid()),
         started=time.time(),
         total_steps=params.total_steps,
         error=None,
+        previous=None,
     )
+
+
+def _prepare(params, run: RunDir, device, resume: bool, progress, dist) -> Trainer:
+    """The trainer, restored from ``last.pt`` (``resume``) or ``init_from``: every check that
+    can refuse the run, before anything is written."""
+    trainer = Trainer(params, run, device, progress=progress, dist=dist)
+    if resume:
+        trainer.restore()
+    elif params.init_from:
+        trainer.load_weights(params.init_from)
+    return trainer
+
+
+def refuse_launch(run: RunDir, message: str) -> None:
+    """A run queued for this process by ``engine.launch.launch_train`` that this process
+    refuses: its status goes back to what it was before the launch (a resume of a completed
+    run stays completed) with ``error`` set, or ``failed`` for a new run. Nothing is written for
+    runs not queued for this very process."""
+    status = run.raw_status() or {}
+    if status.get("state") != "queued" or status.get("pid") not in (None, os.getpid()):
+        return
+    previous = status.get("previous")
+    if isinstance(previous, dict) and previous.get("state"):
+        write_json_atomic(run.status_path, {**previous, "error": message})
+    else:
+        run.write_status(state="failed", error=message)
+
+
+def _report_failure(exc: BaseException, run: RunDir, main: bool, written: bool) -> int:
+    """Print a failure in one line (traceback for bugs), record it, return the exit code."""
+    msg = one_line(exc)
+    if main and written:
+        run.write_status(state="failed", error=msg)
+    elif main:
+        refuse_launch(run, msg)
+    if not isinstance(exc, ConfigError):
+        traceback.print_exc(file=sys.stderr)
+    print(f"error: {msg}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError) else 1
 
 
 def run_training(
@@ -106,8 +147,12 @@ def run_training(
 ) -> int:
     """Train in this process and keep ``run``'s files up to date; returns an exit code.
 
-    Writes ``config.json`` (settings, engine version, device, number of processes), sets the
-    state ``running`` with this pid, trains (resuming from ``last.pt`` if ``resume``, else
+    First builds the trainer and restores its checkpoint (``resume``) or ``init_from``
+    weights: a refusal then (changed settings, unreadable checkpoint) writes nothing, so a run
+    stays exactly as it was (:func:`refuse_launch` only undoes a launch queued for this
+    process). Then writes ``config.json`` (settings, engine version, device, number of
+    processes), sets the state ``running`` with this pid and its start time, removes temporary
+    files of a killed earlier save, cuts ``metrics.jsonl`` back to the restored step, trains (resuming from ``last.pt`` if ``resume``, else
     starting from ``init_from``'s weights when set) and ends in state ``completed`` (exit 0;
     first ``after()``, e.g. the end-of-training evaluation that writes ``report.json``, runs
     while the state is still ``running``; a message it returns is noted in ``error``),
@@ -122,35 +167,28 @@ def run_training(
     dist = dist or Distributed()
     main = dist.is_main
     threads = configure_threads(params.num_threads)
-    if main:
-        _write_start(run, params, device, dist.world_size, threads, resume, preset)
-    trainer = None
+    trainer, written = None, False
     with StopSignals() as stop:
         try:
-            trainer = Trainer(params, run, device, progress=progress, dist=dist)
-            if resume:
-                trainer.restore()
-            elif params.init_from:
-                trainer.load_weights(params.init_from)
-            if main:
+            trainer = _prepare(params, run, device, resume, progress, dist)
+            if main:  # every check passed: now the run directory is written
+                written = True
+                _write_start(run, params, device, dist.world_size, threads, resume, preset)
+                run.clean_temporary_files()
+                if resume:
+                    run.truncate_metrics(trainer.step)
                 n = sum(count_parameters(m, trainable_only=False) for m in trainer.models.values())
                 run.write_config(
                     {**run.config(), "n_parameters": n, "data": trainer.task.describe()}
                 )
             state = trainer.fit(stop)
         except KeyboardInterrupt:
-            if main:
+            if main and written:
                 run.write_status(state="stopped", error="interrupted during a step (second signal)")
             print("stopped: interrupted during a step", file=sys.stderr)
             return 130
         except Exception as exc:
-            msg = one_line(exc)
-            if main:
-                run.write_status(state="failed", error=msg)
-            if not isinstance(exc, ConfigError):
-                traceback.print_exc(file=sys.stderr)
-            print(f"error: {msg}", file=sys.stderr)
-            return 2 if isinstance(exc, ConfigError) else 1
+            return _report_failure(exc, run, main, written)
     if not main:
         return 0
     epoch = epoch_of(trainer.step, params.steps_per_epoch)
