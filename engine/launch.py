@@ -43,9 +43,10 @@ def check_run_dir(run_dir: str | Path | RunDir, resume: bool = False) -> dict[st
         raise ConfigError(f"--run-dir {str(run.path)!r} is a file, not a directory")
     if not resume:
         if run.has_run():
+            state = (run.status() or {}).get("state", "unknown")
             raise ConfigError(
-                f"--run-dir {str(run.path)!r} already holds a run; add --resume to continue it "
-                "or choose another directory"
+                f"--run-dir {str(run.path)!r} already holds a run (state {state}); add --resume "
+                "to continue it or choose another directory"
             )
         return None
     if not run.has_run():

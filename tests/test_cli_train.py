@@ -226,7 +226,7 @@ def test_existing_run_needs_resume_and_is_left_alone(tmp_path, capsys):
     run.write_config({"settings": {}})
     before = run.config_path.read_text()
     assert cli.main(["train", "--run-dir", str(run.path)]) == 2
-    assert "already holds a run; add --resume" in capsys.readouterr().err
+    assert "already holds a run (state unknown); add --resume" in capsys.readouterr().err
     assert run.config_path.read_text() == before and run.status() is None
     assert cli.main(["train", "--run-dir", str(run.path), "--resume"]) == 2
     assert "has no checkpoints/last.pt" in capsys.readouterr().err

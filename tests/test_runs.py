@@ -155,7 +155,7 @@ def test_train_command_round_trips_overrides(tmp_path):
 def test_launch_refuses_occupied_or_empty_run_dir_without_writing(tmp_path):
     run = RunDir(tmp_path / "r").create()
     run.write_config({"settings": {}})
-    with pytest.raises(ConfigError, match="already holds a run; add --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(state unknown\); add --resume"):
         launch.launch_train(run.path)
     with pytest.raises(ConfigError, match="has no checkpoints/last.pt"):
         launch.launch_train(run.path, resume=True)
