@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     )
     _add_config_arguments(train_p)
     for part in TrainParams.parts:
-        title = PART_TITLES.get(part.__name__, f"task settings ({part.__name__})")
+        title = PART_TITLES.get(part.__name__, f"task settings ({TrainParams.task_name})")
         add_arguments(train_p.add_argument_group(title), part, aliases=ALIASES)
     train_p.set_defaults(func=cmd_train)
 
