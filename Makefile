@@ -52,7 +52,7 @@ compare-samples: install
 	$(PY) -m engine compare \
 		--checkpoints $(sort $(patsubst %/checkpoints/best.pt,%,$(wildcard assets/models/*/checkpoints/best.pt))) \
 		--datasets $(COMPARE_DATASETS) --count 64 \
-		--out assets/compare/table.csv --predictions-dir assets/compare/predictions
+		--out assets/compare/table.csv --predictions-dir assets/compare/predictions --overwrite
 
 screenshots: install
 	$(PY) -m pytest -q tests/test_browser.py --screenshots

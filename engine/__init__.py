@@ -17,7 +17,10 @@ tests/test_layers.py, contracts in pyproject.toml)::
     kinds.py      registry of map kinds: settings class, generator, theory, units and family
     physics/      generators and theory: cosmology, mesh, stats, random fields, slabs, lpt,
                   limber, lensing, sky, the one generation loop
-    runs.py       run-directory protocol (no torch): the contract with the explorer
+    outputs.py    output files that never destroy data: --overwrite, size checks, staged writes
+    launch.py     start (launch_train) and stop (stop_run) engine processes on run directories
+    runs.py       run-directory protocol (no torch): the contract with the explorer; the run lock,
+                  process identity (a killed run reads as "died")
     device.py     the torch device (CUDA when present)
     params.py     param helpers, ConfigError, the shared cosmology and map settings, PARAM_NAMES,
                   FIDUCIAL (no torch)

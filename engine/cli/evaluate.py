@@ -6,10 +6,12 @@ See the ``engine.cli`` module docstring for examples and ``engine.evaluation`` f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
+from engine.outputs import add_overwrite_argument, check_output
 from engine.params import ConfigError
 
 
@@ -41,6 +43,7 @@ def _add_predict_parser(sub) -> None:
     )
     p.add_argument("--maps", required=True, metavar="PATH", help="Maps file, .zarr or .nc.")
     p.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
+    add_overwrite_argument(p)
     p.add_argument(
         "--checkpoint",
         metavar="PATH",
@@ -64,6 +67,19 @@ def _add_predict_parser(sub) -> None:
     p.add_argument(
         "--device", default="cpu", help="Torch device of the network: cpu (default), cuda[:i]."
     )
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--box-size",
+        type=float,
+        metavar="MPC_H",
+        help="Side of every map in Mpc/h, for maps without a box_size attr (network only).",
+    )
+    scale.add_argument(
+        "--fov",
+        type=float,
+        metavar="DEG",
+        help="Side of every kappa map in degrees, for maps without a fov attr (network only).",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -78,34 +94,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ------
     ConfigError
         Missing maps file, unsupported kind, bad prior, missing checkpoint or one of an unknown
-        task, ``--checkpoint`` with ``--method pk-likelihood``, output not .csv or in a missing
-        directory; all before anything is written.
+        task, ``--checkpoint`` with ``--method pk-likelihood``, output not .csv, in a missing
+        or unwritable directory, or existing without ``--overwrite``; all before anything is
+        written.
     """
     import numpy as np
 
     from engine.evaluation.likelihood import pk_likelihood_predict
-    from engine.evaluation.predict import write_predictions
+    from engine.evaluation.predict import FLAG, load_maps, write_predictions
     from engine.evaluation.schema import PARAMS
-    from engine.physics import slabs
 
     method = _predict_method(args)
     out = Path(args.out)
     if out.suffix != ".csv":
         raise ConfigError(f"--out {str(out)!r} must end in .csv")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
     prior = _parse_prior(args.prior)
+    if not Path(args.maps).exists():  # the inputs' errors before the output's
+        raise ConfigError(f"maps file {str(args.maps)!r} does not exist")
+    check_output(out, overwrite=args.overwrite)
     t0 = time.perf_counter()
     if method == "network":
         from engine.evaluation.evaluate import evaluator_for
 
         predict = evaluator_for(args.checkpoint, "predict").predict
-        result = predict(slabs.load(args.maps), args.checkpoint, device=args.device)
+        scale = {"box_size": args.box_size, "fov": args.fov}
+        result = predict(load_maps(args.maps), args.checkpoint, device=args.device, scale=scale)
     else:
+        if args.box_size is not None or args.fov is not None:
+            raise ConfigError("--box-size and --fov are for --method network")
         result = pk_likelihood_predict(
-            slabs.load(args.maps), prior=prior, grid=args.grid, k_max=args.k_max
+            load_maps(args.maps), prior=prior, grid=args.grid, k_max=args.k_max
         )
     write_predictions(out, result)
+    flagged = int(np.count_nonzero(result.get(FLAG, [])))
+    if flagged:
+        print(
+            f"warning: {flagged} of {len(result['mean'])} predictions lie outside the network's "
+            f"prior box (column {FLAG} of {out})",
+            file=sys.stderr,
+        )
     summary = ""
     if "truth" in result:
         rmse = np.sqrt(np.mean((result["mean"] - result["truth"]) ** 2, axis=0))
@@ -134,7 +161,7 @@ def _parse_prior(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """``OM_MIN,OM_MAX,S8_MIN,S8_MAX`` → ((Ω_m min, max), (σ8 min, max))."""
     try:
         values = [float(v) for v in text.split(",")]
-        if len(values) != 4:
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
             raise ValueError
     except ValueError:
         raise ConfigError(f"--prior {text!r} must look like OM_MIN,OM_MAX,S8_MIN,S8_MAX") from None
@@ -161,6 +188,7 @@ def _add_evaluate_parsers(sub) -> None:
     )
     p.add_argument("--dataset", required=True, metavar="SPEC", help="Dataset spec or short name.")
     p.add_argument("--out", required=True, metavar="DIR", help="Output directory (created).")
+    add_overwrite_argument(p)
     p.add_argument("--count", type=int, default=None, help="Number of maps (spec option count).")
     p.add_argument("--seed", type=int, default=None, help="Seed of generated maps (spec option).")
     p.add_argument("--device", default="cpu", help="Torch device of the network: cpu, cuda[:i].")
@@ -194,6 +222,7 @@ def _add_evaluate_parsers(sub) -> None:
         "--datasets", nargs="+", required=True, metavar="SPEC", help="Dataset specs or names."
     )
     c.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
+    add_overwrite_argument(c, "--out or --predictions-dir")
     c.add_argument("--count", type=int, default=None, help="Number of maps per dataset.")
     c.add_argument("--seed", type=int, default=None, help="Seed of generated maps.")
     c.add_argument("--device", default="cpu", help="Torch device of the networks.")
@@ -224,12 +253,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Raises
     ------
     ConfigError
-        Bad dataset spec, checkpoint, count or output directory (one line, before writing).
+        Bad dataset spec, checkpoint, count or output directory (an existing one without
+        ``--overwrite``: :func:`engine.outputs.check_output`), in one line, before writing.
     """
     from engine.evaluation.compare import format_table
     from engine.evaluation.evaluate import evaluate
 
     _check_count(args.count)
+    # report, predictions and three figures: a few MiB
+    check_output(args.out, overwrite=args.overwrite, disk_bytes=4 * 2**20)
     report = evaluate(
         args.dataset,
         args.checkpoint,
@@ -257,12 +289,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     Raises
     ------
     ConfigError
-        Bad output path or count; failing (checkpoint, dataset) pairs are reported in the
+        Bad output path or count (an existing ``--out`` or non-empty ``--predictions-dir``
+        without ``--overwrite``); failing (checkpoint, dataset) pairs are reported in the
         table's ``error`` column and on stderr instead.
     """
     from engine.evaluation.compare import compare
 
     _check_count(args.count)
+    check_output(args.out, overwrite=args.overwrite)
+    if args.predictions_dir and Path(args.predictions_dir).parent.is_dir():  # else created
+        check_output(args.predictions_dir, overwrite=args.overwrite, flag="--predictions-dir")
     t0 = time.perf_counter()
     table = compare(
         args.checkpoints,

@@ -18,7 +18,15 @@ from engine.cli import (
     _output,
 )
 from engine.kinds import FIELD_KINDS, KINDS, Kind, get_kind
+from engine.outputs import add_overwrite_argument, check_output
 from engine.params import ConfigError, add_arguments, set_values
+
+#: Bytes of samples generated and appended per step of a .zarr ``fields`` output (rounded to a
+#: whole number of the kind's generation batches, so the maps are those of one batch).
+CHUNK_BYTES = 256 * 2**20
+#: Peak memory of in-memory generation per byte of output: batches, their concatenation and
+#: the float32 copy of the DataArray (.nc files and ``sky``); chunked .zarr writes hold two.
+IN_MEMORY_FACTOR, CHUNK_FACTOR = 3, 2
 
 
 def add_parsers(sub, fields_kind: str = "grf") -> None:
@@ -48,6 +56,7 @@ def add_parsers(sub, fields_kind: str = "grf") -> None:
     add_arguments(fields_p, fields_cls, aliases=ALIASES, skip=("kind",))
     _add_checkpoint_argument(fields_p)
     _add_output_arguments(fields_p)
+    add_overwrite_argument(fields_p)
     fields_p.set_defaults(func=cmd_fields)
 
     from engine.data.store import DEFAULT_CHUNK, DEFAULT_SPLIT
@@ -80,6 +89,7 @@ def add_parsers(sub, fields_kind: str = "grf") -> None:
     )
     _add_checkpoint_argument(dataset_p)
     _add_output_arguments(dataset_p)
+    add_overwrite_argument(dataset_p)
     dataset_p.set_defaults(func=cmd_dataset)
 
     from engine.physics.sky import SkyParams
@@ -105,6 +115,7 @@ def add_parsers(sub, fields_kind: str = "grf") -> None:
     sky_p.add_argument("--patch-fov", type=float, default=5.0, help="Patch side in degrees.")
     sky_p.add_argument("--patch-size", type=int, default=256, help="Patch pixels per side.")
     _add_output_arguments(sky_p)
+    add_overwrite_argument(sky_p)
     sky_p.set_defaults(func=cmd_sky)
 
 
@@ -156,25 +167,123 @@ def cmd_fields(args: argparse.Namespace) -> int:
     """``fields`` verb: generate ``count`` maps or volumes and save them; prints a summary line.
 
     ``omega_m`` / ``sigma8`` given as ranges ``LO:HI`` are drawn uniformly per sample from the
-    seed (:func:`engine.data.store.draw_parameters`).
+    seed (:func:`engine.data.store.draw_parameters`). A .zarr output is generated and appended
+    chunk by chunk (:data:`CHUNK_BYTES`; the same maps as one call of the kind's ``generate``), a
+    .nc file in memory. The output is checked first (:func:`engine.outputs.check_output`: an
+    existing one without ``--overwrite``, an unwritable directory, more than the free disk or, in
+    memory, the available memory are refused in one line).
     """
-    from engine.data.store import draw_parameters
+    from engine.data.store import draw_parameters, sample_bytes
     from engine.physics import slabs
 
     kind = get_kind(args.kind, FIELD_KINDS)
     settings, ranges = _map_settings(kind, args)
     out, device = _output(args)
+    count, per_sample = int(settings.count), sample_bytes(settings)
+    batch = kind.default_batch_size(settings)
+    chunk = max(1, CHUNK_BYTES // (batch * per_sample)) * batch
+    held = count * IN_MEMORY_FACTOR if out.suffix == ".nc" else min(chunk, count) * CHUNK_FACTOR
+    check_output(
+        out,
+        overwrite=args.overwrite,
+        disk_bytes=count * per_sample,
+        memory_bytes=held * per_sample,
+    )
     t0 = time.perf_counter()
-    theta = draw_parameters(settings, ranges, settings.count, settings.seed) if ranges else {}
-    da = kind.generate(settings, device=device, **theta)
-    slabs.save(da, out)
-    params = ", ".join(f"{d}={da.sizes[d]}" for d in da.dims)
+    theta = draw_parameters(settings, ranges, count, settings.seed) if ranges else {}
+    if out.suffix == ".nc":
+        data = kind.generate(settings, device=device, **theta)
+    else:
+        data = field_chunks(kind, settings, theta, chunk, device)
+    slabs.save(data, out, overwrite=args.overwrite)
     print(
-        f"wrote {settings.count} {kind.name} samples ({params}; "
+        f"wrote {count} {kind.name} samples ({_sizes(out)}; "
         f"{_describe_parameters(settings, ranges)}, seed {settings.seed}) to {out} on {device} "
         f"in {time.perf_counter() - t0:.2f} s"
     )
     return 0
+
+
+def field_chunks(kind: Kind, settings, theta, chunk: int, device=None, progress=None):
+    """The samples of ``kind.generate(settings, device, **theta)`` as consecutive DataArrays of
+    ``chunk`` samples, generated lazily (one chunk in memory at a time).
+
+    One ``torch.Generator`` seeded with ``settings.seed`` is drawn batch after batch of the
+    kind's batch size, as :func:`engine.physics.generation.generate_samples` does, so with a
+    ``chunk`` that is a multiple of that batch size the samples are identical to one call.
+
+    Parameters
+    ----------
+    kind : Kind
+        A kind of :data:`engine.kinds.FIELD_KINDS`.
+    settings : the kind's settings
+    theta : dict
+        Optional per-sample ``omega_m`` / ``sigma8`` arrays (count,).
+    chunk : int
+        Samples per DataArray.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    progress : bool, optional
+        tqdm bar over the samples; default when stderr is a terminal and there are several
+        batches.
+
+    Returns
+    -------
+    iterator of xarray.DataArray
+
+    Raises
+    ------
+    ConfigError
+        Bad parameters or settings (checked here, before the first chunk is generated).
+    """
+    import sys
+
+    import torch
+
+    from engine.device import default_device
+    from engine.physics.cosmology import check_parameters
+    from engine.physics.generation import per_sample
+
+    count = int(settings.count)
+    om = per_sample(theta.get("omega_m"), settings.omega_m, count, "omega_m")
+    s8 = per_sample(theta.get("sigma8"), settings.sigma8, count, "sigma8")
+    check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
+    kind.check_settings(settings)
+    device = default_device(None if device is None else str(device))
+    batch = kind.default_batch_size(settings)
+    if progress is None:
+        progress = sys.stderr.isatty() and count > batch
+    return _chunks(kind, settings, om, s8, chunk, batch, device, progress)
+
+
+def _chunks(kind: Kind, settings, om, s8, chunk, batch, device, progress):
+    """Generator of :func:`field_chunks` (parameters and settings already checked)."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    count = len(om)
+    gen = torch.Generator(device=device).manual_seed(int(settings.seed))
+    with tqdm(total=count, disable=not progress, desc=kind.name, unit="sample") as bar:
+        for start in range(0, count, chunk):
+            stop = min(start + chunk, count)
+            maps = []
+            for b in range(start, stop, batch):
+                sl = slice(b, min(b + batch, stop))
+                om_b, s8_b = torch.from_numpy(om[sl]), torch.from_numpy(s8[sl])
+                maps.append(kind.generate_batch(settings, om_b, s8_b, gen, device).cpu().numpy())
+                bar.update(sl.stop - sl.start)
+            yield kind.to_dataarray(np.concatenate(maps), settings, om[start:stop], s8[start:stop])
+
+
+def _sizes(path) -> str:
+    """``"sample=8, y=64, x=64"``: the dims of the samples written to ``path`` (read lazily)."""
+    import xarray as xr
+
+    opener = xr.open_zarr if path.suffix == ".zarr" else xr.open_dataset
+    with opener(path, **({"consolidated": False} if path.suffix == ".zarr" else {})) as ds:
+        da = next(ds[v] for v in ds.data_vars if "sample" in ds[v].dims)
+        return ", ".join(f"{d}={da.sizes[d]}" for d in da.dims)
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -188,7 +297,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     settings, ranges = _map_settings(kind, args)
     out, device = _output(args)
     t0 = time.perf_counter()
-    write_dataset(kind.name, settings, ranges, out, args.split, args.chunk, device)
+    write_dataset(
+        kind.name, settings, ranges, out, args.split, args.chunk, device, overwrite=args.overwrite
+    )
     counts = np.bincount(open_dataset(out)["split"].values, minlength=len(SPLITS))
     sizes = ", ".join(f"{c} {name}" for name, c in zip(SPLITS, counts, strict=True))
     print(
@@ -211,7 +322,11 @@ def _parse_centers(items: Sequence[str]) -> list[tuple[float, float]]:
 
 
 def cmd_sky(args: argparse.Namespace) -> int:
-    """``sky`` verb: HEALPix κ skies (or an --input map), or gnomonic patches of them."""
+    """``sky`` verb: HEALPix κ skies (or an --input map), or gnomonic patches of them.
+
+    The output is checked first (:func:`engine.outputs.check_output`; the sizes of synthesised
+    skies and their patches are estimated from the settings).
+    """
     import xarray as xr
 
     from engine.physics import sky, slabs
@@ -220,6 +335,14 @@ def cmd_sky(args: argparse.Namespace) -> int:
     settings = _settings(kind, args)
     out, _ = _output(args)
     centers = _parse_centers(args.patch)
+    skies = 0 if args.input else int(settings.count) * 12 * int(settings.nside) ** 2 * 4
+    written = len(centers) * (1 if args.input else int(settings.count)) * args.patch_size**2 * 4
+    check_output(
+        out,
+        overwrite=args.overwrite,
+        disk_bytes=written if centers else skies,
+        memory_bytes=IN_MEMORY_FACTOR * skies + written,
+    )
     t0 = time.perf_counter()
     if args.input:
         maps = xr.DataArray(
@@ -240,7 +363,7 @@ def cmd_sky(args: argparse.Namespace) -> int:
             ],
             dim="sample",
         )
-    slabs.save(maps, out)
+    slabs.save(maps, out, overwrite=args.overwrite)
     what = f"{len(centers)} patches per sky" if centers else "skies"
     print(
         f"wrote {maps.sizes['sample']} samples ({what}) to {out} in {time.perf_counter() - t0:.2f} s"

@@ -1,6 +1,7 @@
 r"""Tiny sample datasets in the native formats of :mod:`engine.data`, made by our own generators.
 
-``python -m engine.data.samples --out assets/samples`` writes (deterministically, seeded; ~1.5 MB):
+``python -m engine.data.samples --out assets/samples [--overwrite]`` writes (deterministically,
+seeded; ~1.5 MB):
 
 =========================================  =====================================================
 path                                       what
@@ -24,16 +25,14 @@ path                                       what
 =========================================  =====================================================
 
 None of it is real data: every map is simulated here, only the CAMELS parameter values are real.
-Files are written to a temporary folder next to ``--out`` and moved into place at the end.
+Files are written to a temporary folder next to ``--out`` and moved into place at the end; an
+existing ``--out`` is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -161,24 +160,29 @@ rows of the CAMELS IllustrisTNG LH table). Use them to try the readers of `engin
 """
 
 
-def write_samples(out: str | Path) -> Path:
-    """Write the sample datasets (module docstring) under ``out``; returns ``out``.
+#: Estimated size of the samples on disk, bytes (checked against the free space first).
+SIZE = 2 * 2**20
 
-    Everything is built in a temporary folder next to ``out`` and each top-level entry is then
-    moved into place with ``os.replace`` (replacing an older one), so an interrupted run leaves
-    no half-written sample.
+
+def write_samples(out: str | Path, overwrite: bool = False) -> Path:
+    """Write the sample datasets (module docstring) to the directory ``out``; returns ``out``.
+
+    Everything is built in a temporary directory next to ``out`` that is moved into place with
+    ``os.replace`` when complete (:func:`engine.outputs.staged`): an interrupted run leaves
+    nothing half-written, and an existing ``out`` is replaced only with ``overwrite``, and only
+    then.
 
     Raises
     ------
     ConfigError
-        The parent folder of ``out`` does not exist.
+        ``out`` exists (and is not an empty directory) without ``overwrite``, its parent
+        directory does not exist or is not writable, or the disk is full (before any work).
     """
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    out.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".samples.", dir=out))
-    try:
+    from engine.outputs import check_output, staged
+
+    out = check_output(out, overwrite=overwrite, disk_bytes=SIZE)
+    with staged(out, overwrite=overwrite) as tmp:
+        tmp.mkdir()
         for name, make in (
             ("camels", _camels),
             ("quijote", lambda p: _quijote(p / "LH")),
@@ -190,26 +194,22 @@ def write_samples(out: str | Path) -> Path:
                 (tmp / name / "LH").mkdir()
             make(tmp / name)
         (tmp / "README.md").write_text(README)
-        for entry in sorted(tmp.iterdir()):
-            dest = out / entry.name
-            if dest.is_dir():
-                old = tmp / f".old-{entry.name}"
-                os.replace(dest, old)
-            os.replace(entry, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.data.samples --out DIR``: write the samples; 2 on a bad ``--out``."""
+    """``python -m engine.data.samples --out DIR [--overwrite]``: write the samples; 2 (one line
+    ``error: ...``) on a bad or existing ``--out``."""
+    from engine.outputs import add_overwrite_argument
+
     parser = argparse.ArgumentParser(
         prog="python -m engine.data.samples", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", default="assets/samples", help="output folder")
+    add_overwrite_argument(parser)
     args = parser.parse_args(argv)
     try:
-        path = write_samples(args.out)
+        path = write_samples(args.out, overwrite=args.overwrite)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

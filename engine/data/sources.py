@@ -147,10 +147,10 @@ def _labels(da, names: Sequence[str] | None) -> list[str]:
         for c, v in da.coords.items()
         if v.dims == ("sample",) and c not in NOT_LABELS and np.issubdtype(v.dtype, np.number)
     ]
-    if names is None:
+    if names is None:  # every label: omega_m, sigma8 first, then the others in the data's order
         if not have:
             raise ConfigError(f"dataset {da.attrs.get('source', '')!r} has no label coords")
-        return have
+        return [n for n in PARAM_NAMES if n in have] + [n for n in have if n not in PARAM_NAMES]
     missing = [n for n in names if n not in have]
     if missing:
         raise ConfigError(

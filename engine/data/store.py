@@ -18,7 +18,9 @@
 The samples are generated and appended chunk by chunk (chunk ``i`` from its own seed derived from
 ``(seed, i)``, so the content depends on ``seed`` and ``chunk`` only, not on the device's batch
 size) with a tqdm progress bar, into a temporary directory next to the output that is moved into
-place with ``os.replace`` only when complete: an error or Ctrl-C leaves nothing half-written.
+place with ``os.replace`` only when complete: an error or Ctrl-C leaves nothing half-written. An
+existing output is replaced only with ``overwrite`` (``--overwrite``), and only then; a dataset
+larger than the free disk space is refused before any work (:mod:`engine.outputs`).
 
 Cost: kinds whose theory is cached per cosmology pay it per sample here — kappa computes one
 pyccl C_ℓ (~0.2-0.4 s) per sample, so large kappa datasets take a while (once; the progress bar
@@ -31,10 +33,7 @@ also means uniform per sample. Training reads the splits with :func:`load_split`
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,6 +195,7 @@ def write_dataset(
     chunk: int = DEFAULT_CHUNK,
     device=None,
     progress: bool | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Generate ``settings.count`` samples of kind ``kind_name`` and write them to ``out`` (.zarr).
 
@@ -208,7 +208,8 @@ def write_dataset(
     ranges : mapping
         ``{"omega_m": (low, high), ...}``: uniform per sample (see :func:`draw_parameters`).
     out : str or Path
-        Output ``.zarr`` directory; replaced atomically if it exists.
+        Output ``.zarr`` directory, written chunk by chunk into a temporary directory next to it
+        and moved into place when complete (:func:`engine.physics.slabs.save`).
     split : (train, val, test) fractions
     chunk : int
         Samples generated and appended per step (also the zarr chunk along ``sample``).
@@ -216,6 +217,8 @@ def write_dataset(
         Default: CUDA when available, else CPU.
     progress : bool, optional
         tqdm bar over chunks; default when stderr is a terminal.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced (only once the new one is complete).
 
     Returns
     -------
@@ -225,22 +228,29 @@ def write_dataset(
     Raises
     ------
     ConfigError
-        Bad output path, split or chunk, or bad settings for the kind (before anything is
-        written; the temporary directory is removed on any error or interrupt).
+        Bad output path (an existing one without ``overwrite``, a missing or unwritable
+        directory, more than the free disk space; :func:`engine.outputs.check_output`), split or
+        chunk, or bad settings for the kind (before anything is written; the temporary directory
+        is removed on any error or interrupt).
     """
-    from tqdm.auto import tqdm
-
     from engine.kinds import FIELD_KINDS, get_kind
+    from engine.outputs import check_output
+    from engine.physics import slabs
 
     kind = get_kind(kind_name, FIELD_KINDS)
     out = Path(out)
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {str(out)!r} must end in .zarr (datasets are zarr stores)")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
     if chunk < 1:
         raise ConfigError(f"--chunk {chunk} must be >= 1")
     fractions = parse_split(split)
+    per_sample = sample_bytes(settings)
+    check_output(
+        out,
+        overwrite=overwrite,
+        disk_bytes=int(settings.count) * per_sample,
+        memory_bytes=2 * min(chunk, int(settings.count)) * per_sample,
+    )
     kind.check_settings(settings)
     count, seed = int(settings.count), int(settings.seed)
     theta = draw_parameters(settings, ranges, count, seed)
@@ -256,45 +266,49 @@ def write_dataset(
         attrs[f"{name}_range"] = [lo, hi]
     if progress is None:
         progress = sys.stderr.isatty()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    from engine.runs import default_mode
-
-    os.chmod(tmp, default_mode(0o777))  # not mkdtemp's 0o700
-    try:
-        target = tmp / out.name
-        starts = range(0, count, chunk)
-        for i, start in enumerate(tqdm(starts, disable=not progress, desc="dataset", unit="chunk")):
-            sl = slice(start, min(start + chunk, count))
-            part = type(settings)(**to_dict(settings))
-            part.param.update(count=sl.stop - sl.start, seed=_chunk_seed(seed, i))
-            da = kind.generate(
-                part,
-                device=device,
-                omega_m=theta["omega_m"][sl],
-                sigma8=theta["sigma8"][sl],
-                progress=False,
-            )
-            if i == 0 and da.dims[1:] == ("y", "x") and kind.scale:
-                attrs["map_scale"] = kind.map_scale(settings)
-            da.attrs.update(attrs)
-            da = da.assign_coords(
-                split=(
-                    "sample",
-                    labels[sl],
-                    {"flag_values": [0, 1, 2], "flag_meanings": " ".join(SPLITS)},
-                )
-            )
-            ds = da.to_dataset(name=da.name or "delta")
-            if i == 0:
-                ds.to_zarr(target, mode="w", consolidated=False)
-            else:
-                ds.to_zarr(target, append_dim="sample", consolidated=False)
-        if out.is_dir():
-            os.replace(out, tmp / "old")
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    parts = _dataset_chunks(kind, settings, theta, labels, attrs, chunk, device, progress)
+    slabs.save(parts, out, overwrite=overwrite)
     return out
+
+
+def _dataset_chunks(kind, settings, theta, labels, attrs, chunk, device, progress):
+    """The samples of :func:`write_dataset` as DataArrays of ``chunk`` samples, lazily: chunk
+    ``i`` drawn from :func:`_chunk_seed` ``(seed, i)``, with the dataset's attrs and split."""
+    from tqdm.auto import tqdm
+
+    count, seed = int(settings.count), int(settings.seed)
+    starts = range(0, count, chunk)
+    for i, start in enumerate(tqdm(starts, disable=not progress, desc="dataset", unit="chunk")):
+        sl = slice(start, min(start + chunk, count))
+        part = type(settings)(**to_dict(settings))
+        part.param.update(count=sl.stop - sl.start, seed=_chunk_seed(seed, i))
+        da = kind.generate(
+            part,
+            device=device,
+            omega_m=theta["omega_m"][sl],
+            sigma8=theta["sigma8"][sl],
+            progress=False,
+        )
+        if i == 0 and da.dims[1:] == ("y", "x") and kind.scale:
+            attrs["map_scale"] = kind.map_scale(settings)
+        da.attrs.update(attrs)
+        yield da.assign_coords(
+            split=(
+                "sample",
+                labels[sl],
+                {"flag_values": [0, 1, 2], "flag_meanings": " ".join(SPLITS)},
+            )
+        )
+
+
+def sample_bytes(settings: param.Parameterized) -> int:
+    """Bytes of one written sample of a flat kind's ``settings``: float32 pixels, ``size`` per
+    side in ``dim`` dimensions (2 unless the settings have ``dim``: 2lpt volumes), plus its
+    per-sample coords (omega_m, sigma8 float64, split int8).
+
+    For the checks of :func:`engine.outputs.check_output` before anything is generated.
+    """
+    return 4 * int(settings.size) ** int(getattr(settings, "dim", 2)) + 17
 
 
 # ---------------------------------------------------------------------------------------------

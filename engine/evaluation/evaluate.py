@@ -462,19 +462,30 @@ def _fisher(m: _Maps, grid: int) -> tuple[dict[str, Any] | None, np.ndarray | No
 
 
 def _write(report: dict[str, Any], out: Path | None, results, truth, t0: float) -> dict[str, Any]:
-    """Write predictions, figures and report.json under ``out`` (if any); the cleaned report."""
-    if out is not None:
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        write_predictions(out / PREDICTIONS_FILE, results)
+    """Write predictions, figures and report.json under ``out`` (if any); the cleaned report.
+
+    They are written to a temporary directory first and moved into place together when complete
+    (:func:`engine.outputs.staged_dir`): a directory of only these outputs is replaced as a whole;
+    in a directory of other things (a run directory) the old report is removed first and the new
+    one moved in last. An error or interrupt leaves the old outputs as they were.
+    """
+    from engine.outputs import staged_dir
+
+    if out is None:
+        report["seconds"] = time.perf_counter() - t0
+        return clean_json(report)
+    from engine.runs import write_json_atomic
+
+    entries = ("figures", PREDICTIONS_FILE, REPORT_FILE)
+    with staged_dir(out, entries) as tmp:
+        (tmp / "figures").mkdir()
+        write_predictions(tmp / PREDICTIONS_FILE, results)
         report["predictions"] = PREDICTIONS_FILE
         report["figures"] = dict(FIGURES)
-        draw_figures(clean_json(report), truth, results, out)
-    report["seconds"] = time.perf_counter() - t0
-    report = clean_json(report)
-    if out is not None:
-        from engine.runs import write_json_atomic
-
-        write_json_atomic(out / REPORT_FILE, report)
+        draw_figures(clean_json(report), truth, results, tmp)
+        report["seconds"] = time.perf_counter() - t0
+        report = clean_json(report)
+        write_json_atomic(tmp / REPORT_FILE, report)
     return report
 
 

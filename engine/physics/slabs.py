@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import shutil
-import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +71,14 @@ from engine.physics.cosmology import (
     table_for,
 )
 from engine.physics.generation import generate_samples
-from engine.physics.mesh import cic_window, slab_weights, wavenumber_grid, wavenumbers
-from engine.physics.randomfields import gaussian_from_power, lognormal_from_power
+from engine.physics.mesh import (
+    cic_window,
+    slab_weights,
+    wavenumber_grid,
+    wavenumber_shells,
+    wavenumbers,
+)
+from engine.physics.randomfields import gaussian_from_amplitude, lognormal_from_power
 from engine.physics.stats import bin_isotropic, rfft_weights
 
 #: Number of log-spaced k nodes of the projected-spectrum tables.
@@ -304,6 +308,61 @@ def is_gaussian(settings) -> bool:
     return getattr(settings, "kind", "") == "grf"
 
 
+#: Mode amplitudes of single-cosmology grf batches (:func:`_grf_amplitude`), oldest first.
+_AMPLITUDES: dict[tuple, torch.Tensor] = {}
+_AMPLITUDES_LOCK = threading.Lock()
+_AMPLITUDES_MAX = 8
+
+
+def _grf_amplitude(settings: FieldParams, pairs: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of the Fourier modes of grf maps: n √(P_2D/a) exp(−k²σ_s²/2).
+
+    P_2D of eq. (1) (zero at k = 0), a = (L/N)² the pixel area and σ_s the smoothing: the
+    ``amplitude`` of :func:`engine.physics.randomfields.gaussian_from_amplitude`. The spectrum is
+    evaluated once per distinct cosmology of the batch and distinct |k| of the grid
+    (:func:`engine.physics.mesh.wavenumber_shells`). Batches of one cosmology share one row,
+    cached per (cosmology table, thickness, redshift, smoothing, N, L, device, Ω_m, σ8).
+
+    Parameters
+    ----------
+    settings : FieldParams
+        As :func:`generate_maps` (kind ``grf``).
+    pairs : torch.Tensor (B, 2) float64
+        (Ω_m, σ8) of each map, on the maps' device.
+
+    Returns
+    -------
+    torch.Tensor (1 or B, N, N//2+1) float32 on ``pairs``' device; do not modify (cached).
+    """
+    n, box, device = settings.size, settings.box_size, pairs.device
+    single = len(pairs) > 0 and bool((pairs == pairs[0]).all())
+    key = None
+    if single:
+        key = (table_for(settings), float(settings.thickness), float(settings.redshift))
+        key += (float(settings.smoothing), n, float(box), str(device), *pairs[0].tolist())
+        amp = _AMPLITUDES.get(key)
+        if amp is not None:
+            return amp
+        uniq, inverse = pairs[:1], None
+    else:
+        uniq, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    kval, shell = wavenumber_shells(n, box, device)
+    power = projected_power(settings, kval, uniq[:, 0], uniq[:, 1])  # (U, S)
+    power[:, 0] = 0.0  # k = 0
+    amp = (n * torch.sqrt(power / (box / n) ** 2)).to(torch.float32)
+    if settings.smoothing > 0:
+        amp = amp * torch.exp(-0.5 * (kval * settings.smoothing) ** 2).to(torch.float32)
+    if inverse is not None:
+        amp = amp.index_select(0, inverse)
+    amp = amp.index_select(1, shell.reshape(-1)).reshape(-1, *shell.shape)
+    if key is not None:
+        with _AMPLITUDES_LOCK:
+            while len(_AMPLITUDES) >= _AMPLITUDES_MAX:
+                _AMPLITUDES.pop(next(iter(_AMPLITUDES)))
+            _AMPLITUDES[key] = amp
+    return amp
+
+
 def generate_maps(
     settings: FieldParams,
     omega_m: torch.Tensor,
@@ -343,21 +402,19 @@ def generate_maps(
     pix_area = (box / n) ** 2
     om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1).to(device)
     s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1).to(device)
-    kmag = wavenumber_grid(n, box, device)
-    # theory once per distinct cosmology of the batch (often all maps share one)
-    uniq, inverse = torch.unique(torch.stack([om, s8], dim=1), dim=0, return_inverse=True)
-    power = projected_power(settings, kmag, uniq[:, 0], uniq[:, 1])  # (U, n, n//2+1)
-    power[..., 0, 0] = 0.0
-    power = power[inverse]
-    kernel = None
-    if settings.smoothing > 0:
-        kernel = torch.exp(-0.5 * (kmag * settings.smoothing) ** 2).to(torch.float32)
+    pairs = torch.stack([om, s8], dim=1)
     if settings.kind == "grf":
-        delta = gaussian_from_power(power, n, pix_area, generator, transfer=kernel)
+        delta = gaussian_from_amplitude(_grf_amplitude(settings, pairs), len(pairs), generator)
     elif settings.kind == "lognormal":
-        delta = lognormal_from_power(power, n, pix_area, generator)
-        if kernel is not None:
-            delta = torch.fft.irfft2(torch.fft.rfft2(delta) * kernel, s=(n, n))
+        # theory once per distinct cosmology of the batch and distinct |k|
+        uniq, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+        kval, shell = wavenumber_shells(n, box, device)
+        power = projected_power(settings, kval, uniq[:, 0], uniq[:, 1])  # (U, S)
+        power[:, 0] = 0.0  # k = 0
+        delta = lognormal_from_power(power[:, shell][inverse], n, pix_area, generator)
+        if settings.smoothing > 0:
+            kernel = torch.exp(-0.5 * (kval * settings.smoothing) ** 2).to(torch.float32)
+            delta = torch.fft.irfft2(torch.fft.rfft2(delta) * kernel[shell], s=(n, n))
     else:
         raise ConfigError(
             f"kind={settings.kind!r} is not allowed: kind must be one of 'grf', 'lognormal'"
@@ -462,39 +519,56 @@ def settings_from_attrs(attrs: dict) -> FieldParams:
     return FieldParams(**{k: v for k, v in attrs.items() if k in names})
 
 
-def save(da: xr.DataArray, path) -> Path:
-    """Write ``da`` to ``path`` (.zarr directory or .nc file) atomically.
+def save(da, path, overwrite: bool = True) -> Path:
+    """Write samples to ``path`` (.zarr directory or .nc file) atomically.
 
-    The data go to a temporary sibling first and are moved into place with ``os.replace``, so an
-    interrupted write never leaves a half-written file at ``path``.
+    The data go to a temporary directory next to ``path`` first and are moved into place with
+    ``os.replace`` only when complete (:func:`engine.outputs.staged`), so an interrupted write
+    never leaves a half-written output, and an older ``path`` is replaced only then.
+
+    Parameters
+    ----------
+    da : xarray.DataArray or iterable of xarray.DataArray
+        The samples, or consecutive chunks of them along ``sample`` (generated lazily, e.g. by a
+        generator: only one chunk is held in memory); chunks need a .zarr store, where they are
+        appended one by one.
+    path : str or Path
+        Output ``.zarr`` or ``.nc``.
+    overwrite : bool
+        Whether an existing ``path`` may be replaced.
+
+    Returns
+    -------
+    Path
+        ``path``.
 
     Raises
     ------
     ConfigError
-        Suffix other than .zarr / .nc, or a parent directory that does not exist.
+        Suffix other than .zarr / .nc, chunks for a .nc file, no chunks, a parent directory that
+        does not exist, or an existing ``path`` without ``overwrite``.
     """
+    from engine.outputs import check_output, staged
+
     path = Path(path)
     if path.suffix not in (".zarr", ".nc"):
         raise ConfigError(f"--out {str(path)!r} must end in .zarr or .nc")
-    if not path.parent.exists():
-        raise ConfigError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    from engine.runs import default_mode
-
-    os.chmod(tmp, default_mode(0o777))  # not mkdtemp's 0o700
-    try:
-        target = tmp / path.name
-        ds = da.to_dataset(name=da.name or "delta")
-        if path.suffix == ".zarr":
-            ds.to_zarr(target, mode="w", consolidated=False)
-        else:
-            ds.to_netcdf(target)
-        if path.is_dir() and path.suffix == ".zarr":
-            old = tmp / "old"
-            os.replace(path, old)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    chunked = not isinstance(da, xr.DataArray)
+    if chunked and path.suffix != ".zarr":
+        raise ConfigError(f"--out {str(path)!r}: samples written in chunks need a .zarr store")
+    check_output(path, overwrite=overwrite)
+    with staged(path, overwrite=overwrite) as target:
+        n = 0
+        for n, chunk in enumerate([da] if not chunked else da, start=1):
+            ds = chunk.to_dataset(name=chunk.name or "delta")
+            if path.suffix == ".nc":
+                ds.to_netcdf(target)
+            elif n == 1:
+                ds.to_zarr(target, mode="w", consolidated=False)
+            else:
+                ds.to_zarr(target, append_dim="sample", consolidated=False)
+        if n == 0:
+            raise ConfigError(f"--out {str(path)!r}: no samples to write")
     return path
 
 
