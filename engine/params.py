@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,49 @@ def allowed(p: param.Parameter, name: str) -> str:
     return type(p).__name__.lower()
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for messages, shortened to ``limit`` characters (one line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_integer(p: param.Parameter, name: str, value: str) -> int:
+    """The integer written in ``value`` (``"64"``, ``"1e3"``, ``"2.0"``), else ConfigError.
+
+    Digits are read exactly (``int``), other numbers through ``float``; NaN, infinities and
+    numbers too large for a float (``"1e400"``) are refused in one line.
+    """
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        f = float(text)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={_show(value)} is not an integer: allowed {allowed(p, name)}"
+        ) from None
+    if not math.isfinite(f):
+        raise ConfigError(
+            f"{name}={_show(value)} is not a finite integer: allowed {allowed(p, name)}"
+        )
+    if not f.is_integer():
+        raise ConfigError(f"{name}={_show(value)} is not an integer: allowed {allowed(p, name)}")
+    return int(f)
+
+
 def _coerce(p: param.Parameter, name: str, value: Any) -> Any:
-    """Convert ``value`` (possibly a string from the command line) to the type of ``p``."""
+    """Convert ``value`` (possibly a string from the command line) to the type of ``p``.
+
+    Values that cannot be converted are returned as they are, for :func:`check_value` to refuse;
+    strings that are not numbers, NaN and infinities for integer settings raise at once.
+
+    Raises
+    ------
+    ConfigError
+        A string that is not a boolean, an integer or a number for such a setting.
+    """
     if isinstance(value, str):
         if isinstance(p, param.Boolean):
             low = value.strip().lower()
@@ -60,27 +103,24 @@ def _coerce(p: param.Parameter, name: str, value: Any) -> Any:
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
-            raise ConfigError(f"{name}={value!r} is not a boolean: use true or false")
+            raise ConfigError(f"{name}={_show(value)} is not a boolean: use true or false")
         if isinstance(p, param.Integer):
-            try:
-                f = float(value)
-            except ValueError:
-                raise ConfigError(
-                    f"{name}={value!r} is not an integer: allowed {allowed(p, name)}"
-                ) from None
-            if f != int(f):
-                raise ConfigError(f"{name}={value!r} is not an integer: allowed {allowed(p, name)}")
-            return int(f)
+            return _as_integer(p, name, value)
         if isinstance(p, param.Number):
             try:
                 return float(value)
             except ValueError:
                 raise ConfigError(
-                    f"{name}={value!r} is not a number: allowed {allowed(p, name)}"
+                    f"{name}={_show(value)} is not a number: allowed {allowed(p, name)}"
                 ) from None
         if isinstance(p, param.List):
             return [v for v in value.split(",") if v]
-    if isinstance(p, param.Integer) and isinstance(value, float) and value == int(value):
+    if (
+        isinstance(p, param.Integer)
+        and isinstance(value, float)
+        and math.isfinite(value)
+        and value.is_integer()
+    ):
         return int(value)
     return value
 
@@ -98,7 +138,7 @@ def set_values(obj: param.Parameterized, values: Mapping[str, Any]) -> param.Par
     names = user_settings(cls)
     coerced = {}
     for key, value in values.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in names:
             raise ConfigError(
                 f"unknown setting {key!r} for {cls.__name__}; known settings: {', '.join(names)}"
@@ -117,15 +157,21 @@ def check_value(p: param.Parameter, name: str, value: Any) -> None:
         return
     if isinstance(p, param.Selector) and not isinstance(p, param.ClassSelector):
         if value not in p.objects:
-            raise ConfigError(f"{name}={value!r} is not allowed: {name} must be {allowed(p, name)}")
+            raise ConfigError(
+                f"{name}={_show(value)} is not allowed: {name} must be {allowed(p, name)}"
+            )
         return
     if isinstance(p, param.Number):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}={value!r} is not a number: allowed {allowed(p, name)}")
+            raise ConfigError(f"{name}={_show(value)} is not a number: allowed {allowed(p, name)}")
+        if not _finite(value, integer=isinstance(p, param.Integer)):  # NaN, inf, 1e400
+            raise ConfigError(
+                f"{name}={_show(value)} is not a finite number: allowed {allowed(p, name)}"
+            )
         if isinstance(p, param.Integer) and not isinstance(value, int):
-            raise ConfigError(f"{name}={value!r} is not an integer: allowed {allowed(p, name)}")
-        if value != value:  # NaN
-            raise ConfigError(f"{name}=nan is not allowed: allowed {allowed(p, name)}")
+            raise ConfigError(
+                f"{name}={_show(value)} is not an integer: allowed {allowed(p, name)}"
+            )
         if p.bounds is not None:
             lo, hi = p.bounds
             inc = getattr(p, "inclusive_bounds", (True, True))
@@ -133,12 +179,22 @@ def check_value(p: param.Parameter, name: str, value: Any) -> None:
                 hi is not None and (value > hi or (value == hi and not inc[1]))
             )
             if bad:
-                raise ConfigError(f"{name}={value!r} is out of range: allowed {allowed(p, name)}")
+                raise ConfigError(
+                    f"{name}={_show(value)} is out of range: allowed {allowed(p, name)}"
+                )
         return
     try:
         p._validate(value)
     except Exception as exc:  # param's own message is multi-clause; keep it one line
-        raise ConfigError(f"{name}={value!r} is not allowed: {str(exc).splitlines()[0]}") from None
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{name}={_show(value)} is not allowed: {msg}") from None
+
+
+def _finite(value: int | float, integer: bool = False) -> bool:
+    """True for a finite float, and for an int (that a float can hold unless ``integer``)."""
+    if isinstance(value, int):
+        return integer or abs(value) <= sys.float_info.max
+    return math.isfinite(value)
 
 
 def user_settings(cls: type[param.Parameterized]) -> list[str]:

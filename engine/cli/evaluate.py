@@ -109,6 +109,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out.suffix != ".csv":
         raise ConfigError(f"--out {str(out)!r} must end in .csv")
     prior = _parse_prior(args.prior)
+    if args.k_max is not None and not (math.isfinite(args.k_max) and args.k_max > 0):
+        raise ConfigError(f"--k-max {args.k_max:g} must be a positive number (h/Mpc, or ell)")
     if not Path(args.maps).exists():  # the inputs' errors before the output's
         raise ConfigError(f"maps file {str(args.maps)!r} does not exist")
     check_output(out, overwrite=args.overwrite)

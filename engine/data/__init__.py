@@ -50,6 +50,7 @@ from urllib.parse import parse_qsl
 
 import xarray as xr
 
+from engine.data._common import first_line
 from engine.params import ConfigError
 
 #: Spec prefixes and the module (under engine.data) that reads each.
@@ -63,6 +64,14 @@ READERS = {
 SYNTHETIC = ("grf", "lognormal", "2lpt", "kappa")
 #: Environment variable naming a datasets YAML file.
 DATASETS_ENV = "ENGINE_DATASETS"
+
+
+def _exists(path: str) -> bool:
+    """``Path(path).exists()``, False for a path the system refuses (e.g. a name too long)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -92,7 +101,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
         if not rest:
             raise ConfigError(f"dataset spec {spec!r} names no path after {prefix + ':'!r}")
         return prefix, rest, options
-    if sep and len(prefix) > 1 and not Path(target).exists():
+    if sep and len(prefix) > 1 and not _exists(target):
         allowed = ", ".join(f"{p}:PATH" for p in READERS)
         raise ConfigError(
             f"dataset spec {spec!r}: unknown prefix {prefix!r}; allowed {allowed}, "
@@ -176,7 +185,8 @@ def open_spec(
     Raises
     ------
     ConfigError
-        Unknown name or prefix, missing or bad file (one line naming the file and the problem).
+        Unknown name or prefix, missing or bad file (one line naming the file and the problem;
+        also for an ``OSError`` of a reader, e.g. a path name too long).
     """
     full = resolve_name(spec, datasets_file)
     prefix, target, options = parse_spec(full)
@@ -188,6 +198,9 @@ def open_spec(
     else:
         module, func = READERS[prefix], "open"
     reader = getattr(importlib.import_module(f"engine.data.{module}"), func)
-    da = reader(target, like=like, **options)
+    try:
+        da = reader(target, like=like, **options)
+    except OSError as exc:  # e.g. a name too long or a folder without permission
+        raise ConfigError(f"dataset {full!r} could not be read: {first_line(exc)}") from None
     da.attrs["source"] = full
     return da

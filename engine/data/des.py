@@ -63,6 +63,10 @@ OPTIONS = (
 )
 #: Patches cut per call of :func:`engine.physics.sky.extract_patches` (bounds memory).
 CHUNK = 64
+#: Most patch centres tried over the sphere: ``spacing`` >= about 0.2 degrees.
+MAX_CENTRES = 1_000_000
+#: Area of the sphere in square degrees.
+SPHERE_DEG2 = 4 * math.pi * (180 / math.pi) ** 2
 
 
 def centre_grid(spacing: float) -> np.ndarray:
@@ -109,6 +113,12 @@ def _options(
     fov_deg = fov0 if fov is None else as_float(fov, "fov", where, 0.0, 30.0)
     frac = as_float(max_masked, "max_masked", where, -1e-12, 1.0)
     step = fov_deg if spacing is None else as_float(spacing, "spacing", where, 0.0, 180.0)
+    low = math.sqrt(SPHERE_DEG2 / MAX_CENTRES)
+    if step < low:  # (a tiny step would make billions of centres)
+        raise ConfigError(
+            f"{where}: spacing={step:g} degrees is too small: at most {MAX_CENTRES:g} patch "
+            f"centres, spacing >= {low:.2g} (default: the fov)"
+        )
     col = as_int(field, "field", where, 0)
     n_keep = as_count(count, where)
     if interpolation not in ("bilinear", "nearest"):
@@ -218,7 +228,8 @@ def open(  # noqa: A001 - the reader interface of engine.data
     max_masked : str
         Largest masked fraction of a kept patch, 0 … 1 (default 0.1).
     spacing : str, optional
-        Degrees between centres along a row and between rows; default ``fov``.
+        Degrees between centres along a row and between rows; default ``fov``; at least about
+        0.2 (:data:`MAX_CENTRES`).
     field : str
         FITS column to read (default 0).
     nside : str, optional

@@ -191,6 +191,8 @@ def _options(where: str, like, thickness, axis, box, values: str, split, count) 
     if thickness is None and like and like.get("kind") in ("grf", "lognormal", "2lpt"):
         thickness = like.get("thickness")
     dz = box_size / 10 if thickness is None else as_float(thickness, "thickness", where, 0.0)
+    if not dz > 0:  # box/10 of a box of 5e-324 Mpc/h
+        raise ConfigError(f"{where}: thickness={dz:g} must be > 0 (box={box_size:g} Mpc/h)")
     if dz > box_size:
         raise ConfigError(f"{where}: thickness={dz:g} is larger than the box ({box_size:g} Mpc/h)")
     axes = {"0": (0,), "1": (1,), "2": (2,), "all": (0, 1, 2)}.get(str(axis).strip())
@@ -221,8 +223,21 @@ def _read_params(
     return ppath, columns, table
 
 
-def _slab_rows(n_sims: int, opts: _Options, where: str) -> list[tuple[int, int, int]]:
-    """(simulation position, axis, slab) of each map kept: split, then the first ``n_keep``."""
+def _slab_rows(n_sims: int, n: int, opts: _Options, where: str) -> list[tuple[int, int, int]]:
+    """(simulation position, axis, slab) of each map kept: split, then the first ``n_keep``.
+
+    Raises
+    ------
+    ConfigError
+        Slabs thinner than one of the ``n`` cells of the grid (below its resolution; a tiny
+        thickness would make billions of maps), or an empty split.
+    """
+    cell = opts.box_size / n
+    if opts.thickness < cell * (1 - 1e-9):
+        raise ConfigError(
+            f"{where}: thickness={opts.thickness:g} is thinner than one cell of the "
+            f"{n}^3 grid ({cell:g} Mpc/h)"
+        )
     keep = split_simulations(n_sims, opts.split, where)
     n_slabs = int(math.floor(opts.box_size / opts.thickness + 1e-9))
     rows = [(int(s), a, j) for s in keep for a in opts.axes for j in range(n_slabs)]
@@ -303,7 +318,8 @@ def open(  # noqa: A001 - the reader interface of engine.data
         Default ``thickness`` from ``like["thickness"]`` (Mpc/h) when it is a slab kind's;
         maps stay at the grid's resolution (see :func:`engine.data.transfer.match_resolution`).
     thickness : str, optional
-        Slab thickness Δ in Mpc/h, 0 < Δ ≤ box; default ``like``'s thickness, else box/10.
+        Slab thickness Δ in Mpc/h, box/n ≤ Δ ≤ box (at least one cell); default ``like``'s
+        thickness, else box/10.
     axis : {"0", "1", "2", "all"}
         Array axis (axes) along which slabs are cut.
     box : str
@@ -327,8 +343,9 @@ def open(  # noqa: A001 - the reader interface of engine.data
     ------
     ConfigError
         Unknown option, bad value, missing folder / table / grid file, a grid that is not
-        (n, n, n) float or differs in shape from the first, more folders than table rows, an
-        empty split; NaN/inf or bad values in a grid when it is read.
+        (n, n, n) float or differs in shape from the first, more folders than table rows, a
+        thickness below one cell, an empty split; NaN/inf or bad values in a grid when it is
+        read.
     """
     root = Path(target)
     where = f"Quijote folder {str(root)!r}"
@@ -339,7 +356,7 @@ def open(  # noqa: A001 - the reader interface of engine.data
     first = _open_grid(sims[0][1] / name)
     n = first.shape[0]
     ppath, columns, table = _read_params(root, params, sims, where)
-    rows = _slab_rows(len(sims), opts, where)
+    rows = _slab_rows(len(sims), n, opts, where)
     table_rows = np.array([sims[s][0] for s, _, _ in rows], dtype=np.int64)
     reader = _QuijoteReader(sims, name, first, rows, values, opts)
     var = LazyMaps.variable(("sample", "y", "x"), (len(rows), n, n), reader)

@@ -139,7 +139,8 @@ def compare(
         Also write the table as CSV (atomically; must end in .csv).
     on_error : {"skip", "raise"}
         A failing (checkpoint, dataset) pair gives rows with empty metrics and the one-line
-        message in column ``error`` ("skip"), or raises ("raise").
+        message in column ``error`` ("skip"; any exception, e.g. of a damaged checkpoint, so
+        the other pairs are still evaluated), or raises ("raise").
     predictions_dir : str or Path, optional
         Directory (created) for one CSV of predictions per evaluated pair
         (:func:`write_pair_predictions`, named by :func:`predictions_name`); column
@@ -212,6 +213,22 @@ class _Pairs:
     def __init__(self, options: dict, out: Path | None, pred_dir: Path | None, on_error: str):
         self.options, self.out, self.pred_dir, self.on_error = options, out, pred_dir, on_error
 
+    def failure(self, exc: Exception) -> str:
+        """The one-line message of a failed pair for the ``error`` column (re-raises ``exc``
+        with ``on_error="raise"``).
+
+        Any ``Exception`` of a pair is recorded: damaged checkpoints and data files raise many
+        kinds; messages of other errors than ConfigError start with the exception's type.
+        (``KeyboardInterrupt`` is not an ``Exception``: it still stops the comparison.)
+        """
+        if self.on_error == "raise":
+            raise exc
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        if isinstance(exc, ConfigError):
+            return first or "error"
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
     def run(self, spec, ckpt, model, with_pk):
         """(report, relative predictions path or None) of one pair."""
         rep, results, truth, maps = run_evaluation(
@@ -251,10 +268,8 @@ def _dataset_rows(pairs: _Pairs, spec, checkpoints, pk_likelihood, datasets_file
         name = checkpoint_name(ckpt)
         try:
             rep, rel = pairs.run(spec, ckpt, name, pk_likelihood if synthetic else not pk_done)
-        except ConfigError as exc:
-            if pairs.on_error == "raise":
-                raise
-            rows += _error_rows(name, spec, "network", str(exc), str(ckpt))
+        except Exception as exc:  # any failure of one pair must not lose the table
+            rows += _error_rows(name, spec, "network", pairs.failure(exc), str(ckpt))
             continue
         rows += _rows(name, spec, "network", rep, rel)
         if synthetic and pk_likelihood:
@@ -266,10 +281,8 @@ def _dataset_rows(pairs: _Pairs, spec, checkpoints, pk_likelihood, datasets_file
     if not pk_done:
         try:
             rep, rel = pairs.run(spec, None, PK_MODEL, True)
-        except ConfigError as exc:
-            if pairs.on_error == "raise":
-                raise
-            return rows + _error_rows(PK_MODEL, spec, "pk_likelihood", str(exc))
+        except Exception as exc:  # as above
+            return rows + _error_rows(PK_MODEL, spec, "pk_likelihood", pairs.failure(exc))
         if "pk_likelihood" in rep["methods"]:
             rows += _rows(PK_MODEL, spec, "pk_likelihood", rep, rel)
         else:

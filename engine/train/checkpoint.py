@@ -127,9 +127,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle/zip errors of many kinds; report one line
-        raise ConfigError(
-            f"checkpoint {str(path)!r} could not be read: {str(exc).splitlines()[0]}"
-        ) from None
+        text = str(exc).strip()  # (an empty file raises an error without a message)
+        msg = text.splitlines()[0] if text else f"{type(exc).__name__} (empty or damaged file)"
+        raise ConfigError(f"checkpoint {str(path)!r} could not be read: {msg}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"checkpoint {str(path)!r} is not a checkpoint of this engine")
     try:
