@@ -233,7 +233,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        File missing, unreadable, or not a mapping at the top level.
+        File missing, unreadable, not a mapping at the top level, or a key that is not text.
     """
     path = Path(path)
     if not path.is_file():
@@ -249,6 +249,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of setting: value")
+    bad = next((k for k in data if not isinstance(k, str)), None)
+    if bad is not None:
+        raise ConfigError(
+            f"config file {str(path)!r}: setting names must be text, got {str(bad)[:60]!r}"
+        )
     return data
 
 

@@ -369,3 +369,15 @@ def test_evaluate_predictions_carry_the_network_flag(tmp_path):
     evaluate("grf?count=3&seed=1", ckpt, out_dir=tmp_path / "ev", pk_likelihood=False)
     rows = _read_csv(tmp_path / "ev" / "predictions.csv")
     assert [r["network_outside_prior"] for r in rows] == ["true"] * 3
+
+
+def test_config_file_keys_that_are_not_text_and_overlong_paths(tmp_path, capsys):
+    from engine import cli
+
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("1: 2\n")
+    assert cli.main(["fields", "--config", str(cfg), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "setting names must be text" in capsys.readouterr().err
+    long = str(tmp_path / ("a" * 5000 + ".nc"))
+    assert cli.main(["predict", "--maps", long, "--out", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -111,7 +111,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     prior = _parse_prior(args.prior)
     if args.k_max is not None and not (math.isfinite(args.k_max) and args.k_max > 0):
         raise ConfigError(f"--k-max {args.k_max:g} must be a positive number (h/Mpc, or ell)")
-    if not Path(args.maps).exists():  # the inputs' errors before the output's
+    try:  # the inputs' errors before the output's
+        maps_exist = Path(args.maps).exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ConfigError(f"maps file {str(args.maps)[:80]!r}: {exc.strerror}") from None
+    if not maps_exist:
         raise ConfigError(f"maps file {str(args.maps)!r} does not exist")
     check_output(out, overwrite=args.overwrite)
     t0 = time.perf_counter()

@@ -112,7 +112,7 @@ def pop_ranges(
     """
     rest, ranges = {}, {}
     for key, value in layer.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         r = parse_range(name, value, cls.param[name]) if name in names else None
         if r is None:
             rest[key] = value
