@@ -128,6 +128,30 @@ def test_sigma8_scales_amplitude_and_same_seed_same_maps():
     assert not np.allclose(a.values, d.values)
 
 
+def test_grf_map_depends_on_its_own_cosmology_and_settings_only():
+    """Map b of a batch is the generator's noise for slot b times its own cosmology's amplitude:
+    the cached one-cosmology path and the per-map path agree, and changed settings or parameters
+    are never served a cached amplitude."""
+
+    def maps(omega_m, **overrides):
+        settings = FieldParams(
+            **{**dict(kind="grf", size=32, box_size=64.0, thickness=10.0), **overrides}
+        )
+        om = torch.tensor(omega_m)
+        return slabs.generate_maps(
+            settings, om, torch.full_like(om, 0.8), torch.Generator().manual_seed(4)
+        )
+
+    mixed = maps([0.3, 0.4])
+    torch.testing.assert_close(mixed[0], maps([0.3, 0.3])[0])
+    torch.testing.assert_close(mixed[1], maps([0.4, 0.4])[1])
+    torch.testing.assert_close(maps([0.3, 0.3]), maps([0.3, 0.3]), rtol=0, atol=0)
+    plain = maps([0.3, 0.3])
+    for overrides in (dict(smoothing=2.0), dict(thickness=20.0), dict(redshift=1.0)):
+        assert not torch.allclose(maps([0.3, 0.3], **overrides), plain)
+    assert not torch.allclose(maps([0.31, 0.31]), plain)
+
+
 def test_dataarray_schema_and_roundtrip(tmp_path):
     settings = FieldParams(
         kind="lognormal", size=32, box_size=50.0, count=4, smoothing=1.0, noise=0.1

@@ -6,7 +6,8 @@ centre (i + ½) c, Fourier modes k = 2π m / L of numpy's/torch's unnormalised F
 along the last axis (N//2+1 modes).
 
 * Fourier grids: integer frequencies (:func:`freq_int`), |k| of the real-FFT modes
-  (:func:`wavenumbers`, cached 2D :func:`wavenumber_grid`), the derivative kernels of the 3D grid
+  (:func:`wavenumbers`, cached 2D :func:`wavenumber_grid` and its distinct values
+  :func:`wavenumber_shells`), the derivative kernels of the 3D grid
   (:func:`kvectors`) and its |k| shells (:func:`mode_shells`), Gaussian smoothing
   (:func:`gaussian_smooth`).
 * Cloud-in-cell (CIC; Hockney & Eastwood 1988, *Computer Simulation Using Particles*): the
@@ -71,6 +72,21 @@ def wavenumber_grid(n: int, box: float, device) -> torch.Tensor:
     Units are 2π / (unit of ``box``): h/Mpc for box in Mpc/h, ℓ for box in radians.
     """
     return wavenumbers((n, n), box, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def wavenumber_shells(n: int, box: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct |k| of :func:`wavenumber_grid`, so that an isotropic P(|k|) is evaluated once each.
+
+    Returns
+    -------
+    values : torch.Tensor (S,) float64
+        The distinct values of ``wavenumber_grid(n, box, device)``, ascending (values[0] = 0),
+        bit for bit (S ≈ n²/10 of the n (n//2+1) modes).
+    inverse : torch.Tensor (n, n//2+1) int64
+        Index of each mode's value in ``values``. Both on ``device``; cached, do not modify.
+    """
+    return torch.unique(wavenumber_grid(n, box, device), return_inverse=True)
 
 
 @functools.lru_cache(maxsize=8)

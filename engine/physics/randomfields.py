@@ -7,7 +7,8 @@ FFT, and ⟨|δ_k|²⟩ = N² P(k) / a for a field of spectrum P, so that ``powe
 
 Fields are generated directly from their Fourier amplitudes on the discrete periodic grid: white
 noise drawn in Fourier space (:func:`hermitian_white_noise`), filtered by √(P/a)
-(:func:`gaussian_from_power`); no aliasing or pixel window to correct.
+(:func:`gaussian_from_power`, or :func:`gaussian_from_amplitude` given the modes' standard
+deviation n√(P/a) once per distinct spectrum); no aliasing or pixel window to correct.
 
 Lognormal fields (:func:`lognormal_from_power`; Coles & Jones 1991, MNRAS 248, 1; shifted form of
 Hilbert, Hartlap & Schneider 2011, A&A 536, A85, eq. 2): δ = s (exp(G − σ_G²/2) − 1) > −s. The
@@ -26,6 +27,19 @@ import math
 import torch
 
 from engine.params import ConfigError
+
+
+def _symmetrise_columns_(x: torch.Tensor) -> torch.Tensor:
+    """Make the k_x = 0 (and, for even n, Nyquist) columns of half-plane modes Hermitian, in place.
+
+    X(−k_y) = X(k_y)* on those columns, the self-conjugate modes real; E|X|² is unchanged (the
+    pair average is divided by √2). ``x`` is (B, n, n//2+1) complex; returns ``x``.
+    """
+    n = x.shape[-2]
+    neg = (-torch.arange(n, device=x.device)) % n
+    cols = x[:, :, :: n // 2] if n % 2 == 0 else x[:, :, :1]  # view of the columns 0 (and n/2)
+    cols.copy_((cols + cols.index_select(1, neg).conj()) / math.sqrt(2.0))
+    return x
 
 
 def hermitian_white_noise(batch: int, n: int, generator, device=None) -> torch.Tensor:
@@ -53,13 +67,37 @@ def hermitian_white_noise(batch: int, n: int, generator, device=None) -> torch.T
     x = torch.randn(
         (batch, n, n // 2 + 1), generator=generator, device=device, dtype=torch.complex64
     )
-    x = x * n
-    neg = (-torch.arange(n, device=x.device)) % n
-    cols = [0, n // 2] if n % 2 == 0 else [0]
-    for c in cols:
-        col = x[:, :, c]
-        x[:, :, c] = (col + col[:, neg].conj()) / math.sqrt(2.0)
-    return x
+    return _symmetrise_columns_(x).mul_(n)
+
+
+def gaussian_from_amplitude(amplitude: torch.Tensor, batch: int, generator) -> torch.Tensor:
+    """Gaussian random fields whose Fourier modes are unit white noise × ``amplitude``.
+
+    The hot path of the generators: one complex normal draw per half-plane mode (the stream of
+    :func:`hermitian_white_noise`), the Hermitian fix of two columns, one in-place multiply and
+    one inverse real FFT per field. Fields sharing a spectrum share one amplitude (broadcast, no
+    per-field copy).
+
+    Parameters
+    ----------
+    amplitude : torch.Tensor (B or 1, n, n//2+1) float32
+        n √(P/a) T: the standard deviation n √(P/a) of the modes of a field of spectrum P
+        (module conventions, a the pixel area), times an optional filter T.
+    batch : int
+        Number of fields B.
+    generator : torch.Generator
+        On ``amplitude``'s device; consumes B·n·(n//2+1) complex normal draws.
+
+    Returns
+    -------
+    torch.Tensor (B, n, n) float32: the fields of :func:`gaussian_from_power`.
+    """
+    n = amplitude.shape[-2]
+    x = torch.randn(
+        (batch, n, n // 2 + 1), generator=generator, device=amplitude.device, dtype=torch.complex64
+    )
+    x = _symmetrise_columns_(x).mul_(amplitude)
+    return torch.fft.irfft2(x, s=(n, n))
 
 
 def gaussian_from_power(
@@ -85,11 +123,10 @@ def gaussian_from_power(
     torch.Tensor (B, n, n) float32 whose Fourier modes have variance n² P T² / pix_area, i.e.
     ⟨P̂⟩ = P T² for :func:`engine.physics.stats.power_spectrum`: white noise filtered by √(P / a) T.
     """
-    amp = torch.sqrt(power / pix_area).to(torch.float32)
+    amp = (n * torch.sqrt(power / pix_area)).to(torch.float32)
     if transfer is not None:
         amp = amp * transfer.to(torch.float32)
-    white = hermitian_white_noise(power.shape[0], n, generator, power.device)
-    return torch.fft.irfft2(white * amp, s=(n, n))
+    return gaussian_from_amplitude(amp, power.shape[0], generator)
 
 
 def lognormal_from_power(

@@ -308,10 +308,11 @@ def is_gaussian(settings) -> bool:
     return getattr(settings, "kind", "") == "grf"
 
 
-#: Mode amplitudes of single-cosmology grf batches (:func:`_grf_amplitude`), oldest first.
+#: Mode amplitudes of single-cosmology grf batches (:func:`_grf_amplitude`), oldest first: at
+#: most 8 of them and 64 MiB.
 _AMPLITUDES: dict[tuple, torch.Tensor] = {}
 _AMPLITUDES_LOCK = threading.Lock()
-_AMPLITUDES_MAX = 8
+_AMPLITUDES_MAX = (8, 64 * 2**20)
 
 
 def _grf_amplitude(settings: FieldParams, pairs: torch.Tensor) -> torch.Tensor:
@@ -355,9 +356,11 @@ def _grf_amplitude(settings: FieldParams, pairs: torch.Tensor) -> torch.Tensor:
     if inverse is not None:
         amp = amp.index_select(0, inverse)
     amp = amp.index_select(1, shell.reshape(-1)).reshape(-1, *shell.shape)
-    if key is not None:
+    if key is not None and amp.nbytes <= _AMPLITUDES_MAX[1]:
         with _AMPLITUDES_LOCK:
-            while len(_AMPLITUDES) >= _AMPLITUDES_MAX:
+            while len(_AMPLITUDES) >= _AMPLITUDES_MAX[0] or (
+                sum(a.nbytes for a in _AMPLITUDES.values()) + amp.nbytes > _AMPLITUDES_MAX[1]
+            ):
                 _AMPLITUDES.pop(next(iter(_AMPLITUDES)))
             _AMPLITUDES[key] = amp
     return amp
