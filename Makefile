@@ -21,7 +21,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 serve: install
-	$(VENV)/bin/panel serve explorer --address localhost --port $(PORT) --allow-websocket-origin localhost:$(PORT)
+	$(VENV)/bin/panel serve explorer --address 127.0.0.1 --port $(PORT) --allow-websocket-origin localhost:$(PORT) --allow-websocket-origin 127.0.0.1:$(PORT)
 
 test: install
 	$(PY) -m pytest -q
@@ -32,8 +32,12 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+# Speed (benchmarks/results/latest.json), then the field lab's end-to-end latency in Chromium
+# (benchmarks/results/browser.json) where the Debian chromium is installed.
 bench: install
 	$(PY) -m benchmarks
+	@if [ -x /usr/bin/chromium ]; then $(PY) -m benchmarks.browser; \
+	else echo "/usr/bin/chromium is missing: browser benchmark skipped"; fi
 
 # Accuracy and speed of the shipped models in assets/models (docs/results.md).
 bench-inference: install

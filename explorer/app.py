@@ -49,7 +49,7 @@ def create_app(
     Compare tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
-    and field-lab updates are coalesced on the session's document.
+    and field-lab updates are computed in worker threads and shown through the session's document.
 
     Parameters
     ----------

@@ -13,15 +13,18 @@ One mechanism for all of them, in four modules:
 * :mod:`explorer.fieldlab_kinds`: a :class:`~explorer.fieldlab_kinds.KindView` per kind (its
   settings class from the :mod:`engine.kinds` registry, the controls shown as widgets, its
   explanation and its measure function) and the pure update :func:`compute`;
-* :mod:`explorer.fieldlab_views`: HoloViews elements and views of a result, the readout table,
-  widgets generated from the engine's param definitions;
-* this module: the page state :class:`FieldLab`.
+* :mod:`explorer.fieldlab_views`: the Bokeh figures of a style, fed in place from a result, the
+  readout table, widgets generated from the engine's param definitions;
+* this module: the page state :class:`FieldLab` and :class:`LatestOnly`.
 
-:class:`FieldLab` holds one settings object per settings class (grf and lognormal share theirs),
-watches it, recomputes with :func:`compute` and feeds the result through an ``hv.streams.Pipe``
-into ``hv.DynamicMap`` views, so the user's zoom survives parameter changes; the views are rebuilt
-only when the style (kind, units, extent, ranges) changes. Slider moves are coalesced
-(:class:`Coalescer`): the view follows a moving slider live but never queues more than one update.
+:class:`FieldLab` holds one settings object per settings class (grf and lognormal share theirs)
+and watches it. In a served session every change is computed off the event loop, in a worker
+thread, from a snapshot of the settings, only ever the latest (:class:`LatestOnly`: one update
+runs, one waits, older ones are dropped); the finished result replaces the columns of the
+figures' data sources, so the user's zoom survives and an update sends a few arrays (the map as
+float32), all in one message. The figures are rebuilt only when the style (kind, units, extent,
+ranges) changes. When the last update of the kind and size took longer than
+:data:`BUSY_AFTER`, the page says "updating…" at the moment of the change.
 
 Units: lengths in comoving Mpc/h, k in h/Mpc, 2D P(k) in (Mpc/h)², δ dimensionless; κ maps in
 arcmin with C_ℓ in sr, plotted as ℓ(ℓ+1)C_ℓ/2π (dimensionless for κ, map unit² otherwise).
@@ -29,13 +32,20 @@ arcmin with C_ℓ in sr, plotted as ℓ(ℓ+1)C_ℓ/2π (dimensionless for κ, m
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import holoviews as hv
 import panel as pn
 import param
 import xarray as xr
+from panel.io.document import hold
 
 from engine.kinds import FIELD_KINDS, KINDS
 from engine.params import ConfigError, CosmologyParams, FieldParams, user_settings
@@ -47,47 +57,141 @@ from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
 RASTERIZE_ABOVE = 256
+#: Seconds an update may take before the page says "updating…" at once for the next one.
+BUSY_AFTER = 0.1
+#: Updates slower than SETTLE_AFTER s start once the settings stayed unchanged for SETTLE s (a
+#: burst of key presses or a drag then computes its last value, not first its first one), at
+#: most MAX_SETTLE s after a change; faster ones start at once.
+SETTLE_AFTER = 0.25
+SETTLE = 0.06
+MAX_SETTLE = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
-# Coalescing of updates
+# Updates off the event loop, only the latest
 # ---------------------------------------------------------------------------------------------
 
+#: Worker threads computing field-lab updates, shared by all sessions of the server (each
+#: session has at most one job in them at a time; see :class:`LatestOnly`);
+#: ``$EXPLORER_FIELDLAB_WORKERS`` overrides it.
+WORKERS = int(
+    os.environ.get("EXPLORER_FIELDLAB_WORKERS") or min(4, max(1, (os.cpu_count() or 2) // 2))
+)
+_executor: ThreadPoolExecutor | None = None
 
-class Coalescer:
-    """Run ``func`` after a burst of requests, at most one pending run at a time.
 
-    In a served session (a Bokeh document is given) :meth:`request` schedules ``func`` on the
-    document's event loop unless a run is already pending; requests arriving meanwhile are folded
-    into it. The wait before a run is ``delay`` seconds, or as long as the previous run took if
-    that was longer, so the server spends at most about half its time redrawing and keeps
-    reading slider messages in between: a slider dragged faster than the view can redraw updates
-    the view live but never piles up work. Without a document (scripts, tests) ``func`` runs at
-    once.
+def executor() -> ThreadPoolExecutor:
+    """The process-wide pool of :data:`WORKERS` threads (made on first use)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="fieldlab")
+    return _executor
+
+
+class LatestOnly:
+    """Run jobs off the event loop, one at a time, always the latest one requested.
+
+    In a served session (a Bokeh document is given) :meth:`request` asks the worker threads
+    for a turn when no job of this owner runs or waits there; a job requested meanwhile
+    replaces the pending one, and a worker takes the pending job only when it starts, so a
+    stale job is dropped, never queued, even while the workers serve other sessions. When the
+    running job ends, the next turn (if a job is pending) is asked at once and then the finished
+    job's output is handed to ``deliver`` on the document's event loop
+    (``add_next_tick_callback``, the thread-safe entry of a Bokeh document): a slider moved
+    faster than the updates are computed shows finished updates as they come and always ends
+    on its last value, with no wait in between. Without a document (scripts, tests) the job
+    runs at once and is delivered before :meth:`request` returns.
+
+    A request with a ``settle`` time (slow updates) starts once no newer request came for that
+    long, or :data:`MAX_SETTLE` s after the first waiting one: a burst of key presses or a drag
+    then does not first compute a value it leaves at once.
+
+    Parameters
+    ----------
+    deliver : callable
+        ``deliver(output, error, latest)`` with the job's return value (None if it raised), the
+        exception it raised (or None) and whether no newer job is pending.
+    doc : bokeh.document.Document, optional
+    pool : concurrent.futures.Executor, optional
+        Where jobs run (default :func:`executor`).
     """
 
-    def __init__(self, func: Callable[[], None], doc=None, delay: float = 0.1):
-        self.func, self.doc, self.delay = func, doc, delay
-        self._pending = False
-        self._last_run = 0.0  # seconds the previous run took
+    def __init__(self, deliver: Callable, doc=None, pool=None):
+        self.deliver, self.doc, self.pool = deliver, doc, pool
+        self._pending: Callable | None = None
+        self._lock = threading.Lock()  # guards _pending (a worker takes it when it starts)
+        self._requests = 0  # number of requests so far (tags the settle timers)
+        self._waiting_since: float | None = None
+        self.running = False
 
-    def request(self, *_events) -> None:
-        """Ask for a run of ``func`` (extra arguments, e.g. param events, are ignored)."""
+    @property
+    def busy(self) -> bool:
+        """True while a job runs or waits."""
+        return self.running or self._pending is not None
+
+    def request(self, job: Callable[[], object], settle: float = 0.0) -> None:
+        """Compute ``job()`` (a snapshot of what to compute) as soon as possible.
+
+        ``settle``: seconds without a newer request before the job starts (0: at once).
+        """
         if self.doc is None:
-            self.func()
+            out, err = _call(job)
+            self.deliver(out, err, True)
             return
-        if not self._pending:
-            self._pending = True
-            wait = max(self.delay, self._last_run)
-            self.doc.add_timeout_callback(self._run, int(1000 * wait))
+        with self._lock:
+            self._pending = job
+        self._requests += 1
+        if self.running:
+            return
+        now = time.monotonic()
+        waiting = self._waiting_since if self._waiting_since is not None else now
+        if settle <= 0 or now - waiting >= MAX_SETTLE:
+            self._start()
+            return
+        self._waiting_since = waiting
+        self.doc.add_timeout_callback(partial(self._settled, self._requests), int(1e3 * settle))
 
-    def _run(self) -> None:
-        self._pending = False
-        t0 = time.perf_counter()
-        try:
-            self.func()
-        finally:
-            self._last_run = time.perf_counter() - t0
+    def _settled(self, tag: int) -> None:  # on the event loop
+        if tag == self._requests and not self.running and self._pending is not None:
+            self._start()
+
+    def _start(self) -> None:
+        self._waiting_since = None
+        self.running = True  # a turn asked: the job runs or waits in the pool
+        (self.pool or executor()).submit(self._work)
+
+    def _work(self) -> None:  # in a worker thread: the latest job, taken as the turn starts
+        with self._lock:
+            job, self._pending = self._pending, None
+        out, err = _call(job) if job is not None else (None, None)
+        with contextlib.suppress(Exception):  # the session may have ended meanwhile
+            self.doc.add_next_tick_callback(partial(self._done, out, err))
+
+    def _done(self, out, err) -> None:  # on the event loop
+        self.running = False
+        if self._pending is not None:
+            self._start()  # the next update computes while this one is sent
+        with hold(self.doc):  # all changes of one update in one message to the browser
+            self.deliver(out, err, self._pending is None and not self.running)
+
+
+def _call(job) -> tuple:
+    try:
+        return job(), None
+    except Exception as exc:  # noqa: BLE001 - handed to deliver, which shows or re-raises it
+        return None, exc
+
+
+def _snapshot(settings: param.Parameterized) -> param.Parameterized:
+    """A copy of ``settings`` for a worker thread (the widgets may change the original)."""
+    values = {n: v for n, v in settings.param.values().items() if n != "name"}
+    return type(settings)(**values)
+
+
+def _compute_frame(settings: param.Parameterized) -> tuple:
+    """One update (in a worker thread in a served session): the result and its views' columns."""
+    result = compute(settings)
+    return result, views.frame_data(result, with_map=result.map.shape[0] <= RASTERIZE_ABOVE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,9 +210,10 @@ class FieldLab(pn.viewable.Viewer):
     """Field-lab page: a kind selector, widgets over that kind's settings, live views.
 
     ``settings`` holds the state of the shown kind; every change of a setting recomputes
-    :attr:`result` with :func:`compute` (coalesced in a served session), and the views redraw
-    from it. Switching ``kind`` switches to that kind's settings object (kept per settings class,
-    so each kind remembers its settings), carrying over the cosmology and the seed.
+    :attr:`result` with :func:`compute` (in a served session off the event loop, only the
+    latest request: :class:`LatestOnly`), and the views redraw from it in place. Switching
+    ``kind`` switches to that kind's settings object (kept per settings class, so each kind
+    remembers its settings), carrying over the cosmology and the seed.
     """
 
     kind = param.Selector(
@@ -125,6 +230,9 @@ class FieldLab(pn.viewable.Viewer):
     )
     error = param.String("", doc="Message of the last failed update ('' when it succeeded).")
     large = param.Boolean(False, doc="True when the map is rasterized (size > RASTERIZE_ABOVE).")
+    busy = param.Boolean(
+        False, doc="True while a slow update (> BUSY_AFTER s) is computed: the page says so."
+    )
     particles = param.Boolean(
         False, doc="2LPT: also show the particles inside the slab (rasterized by datashader)."
     )
@@ -138,12 +246,21 @@ class FieldLab(pn.viewable.Viewer):
             if cls not in self._by_class:
                 self._by_class[cls] = KINDS[k].new_settings()
         self._widgets: dict[int, dict] = {}
-        self._pipe: hv.streams.Pipe | None = None
+        self._pipe: hv.streams.Pipe | None = None  # feeds the rasterized map of large maps
+        self._figures: views.FieldFigures | None = None
+        self._frame: dict | None = None  # columns of the views for self.result
         self._zoom: tuple | None = None  # (x_range, y_range) of the map view
-        self._coalescer = Coalescer(self.update, doc=doc)
+        self._seconds: dict[tuple, float] = {}  # last update time per (kind, size)
+        self._updates = LatestOnly(self._deliver, doc=doc)
+        self._readout_pane = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 5))
+        self._status = pn.pane.HTML("", height=22, margin=(0, 10), sizing_mode="stretch_width")
+        self._particle_box = pn.Column(margin=0)
         for s in self._by_class.values():
             self._watch(s)
         self.param.watch(self._on_kind, "kind")
+        self.param.watch(self._show_readout, ["result", "error"])
+        self.param.watch(self._show_status, "busy")
+        self.param.watch(self._show_particles, ["result", "particles"])
         self.update()
 
     def _watch(self, settings: param.Parameterized) -> None:
@@ -152,7 +269,7 @@ class FieldLab(pn.viewable.Viewer):
 
     def _on_setting(self, *events) -> None:
         if events and events[0].obj is self.settings:
-            self._coalescer.request()
+            self.request_update()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -171,7 +288,7 @@ class FieldLab(pn.viewable.Viewer):
             if "kind" in new.param and not new.param["kind"].constant:
                 new.kind = event.new
         self.settings = new
-        self._coalescer.request()
+        self.request_update()
 
     def show_map(self, patch: xr.DataArray, source: str = "") -> None:
         """Show an external patch (:func:`engine.physics.sky.extract_patches` output) as kind "patch"."""
@@ -182,7 +299,7 @@ class FieldLab(pn.viewable.Viewer):
         self.param["kind"].objects = objects
         if self.kind == "patch":
             self.settings = ext
-            self._coalescer.request()
+            self.request_update()
         else:
             self.kind = "patch"
 
@@ -191,12 +308,36 @@ class FieldLab(pn.viewable.Viewer):
         return compute(self.settings)
 
     def update(self) -> None:
-        """Recompute :attr:`result` from the settings and push it to the views."""
-        try:
-            result = self.compute()
-        except ConfigError as exc:
-            self.error = str(exc)
+        """Recompute :attr:`result` from the settings now and push it to the views."""
+        out, err = _call(partial(_compute_frame, self.settings))
+        self._deliver(out, err, True)
+
+    def request_update(self) -> None:
+        """Recompute for the current settings: now without a document, else off the event loop
+        (only the latest request). When the last update of this kind and size took longer than
+        :data:`BUSY_AFTER`, "updating…" shows at once; longer than :data:`SETTLE_AFTER`, the
+        update waits for the settings to settle (:class:`LatestOnly`)."""
+        s = self.settings
+        key = (s.kind, getattr(s, "size", None))
+        last = self._seconds.get(key, math.inf)  # seconds the last such update took
+        if last >= BUSY_AFTER and self._updates.doc is not None:
+            self.busy = True
+        settle = SETTLE if last >= SETTLE_AFTER else 0.0
+        self._updates.request(partial(_compute_frame, _snapshot(s)), settle)
+
+    def _deliver(self, out, err, latest: bool) -> None:
+        """Show a finished update (on the event loop); ``latest``: no newer one is pending."""
+        if latest:
+            self.busy = False
+        if out is None and err is None:  # a turn that found no job
             return
+        if isinstance(err, ConfigError):
+            self.error = str(err)
+            return
+        if err is not None:
+            raise err
+        result, frame = out
+        self._seconds[(result.settings["kind"], result.settings.get("size"))] = result.seconds
         changes = {"result": result, "error": ""}
         large = result.map.shape[0] > RASTERIZE_ABOVE
         if large != self.large:
@@ -204,9 +345,14 @@ class FieldLab(pn.viewable.Viewer):
         if result.style != self.style:  # set only when changed: param compares objects by id
             changes["style"] = result.style
             self._zoom = None  # another extent or unit: the old zoom means nothing
+        elif large != self.large:
+            self._zoom = self._map_ranges() or self._zoom  # the zoom on screen carries over
+        self._frame = frame
         self.param.update(**changes)  # a new style or size rebuilds the views from the result
-        if len(changes) == 2 and self._pipe is not None:
-            self._pipe.send(result)
+        if len(changes) == 2 and self._figures is not None:
+            self._figures.show(frame)
+            if self._pipe is not None:
+                self._pipe.send(result)
 
     # -- widgets -----------------------------------------------------------------------------
 
@@ -230,18 +376,16 @@ class FieldLab(pn.viewable.Viewer):
 
     # -- views -------------------------------------------------------------------------------
 
-    def map_view(self, pipe: hv.streams.Pipe, style: PlotStyle, large: bool) -> hv.DynamicMap:
-        """The map; datashader-rasterized to screen resolution when ``large``.
+    def map_view(self, pipe: hv.streams.Pipe, style: PlotStyle) -> hv.DynamicMap:
+        """The map of a large result, datashader-rasterized to screen resolution.
 
-        Parameter changes keep the zoom (``framewise=False``); a new view made when the map
+        Parameter changes keep the zoom (``framewise=False``); a view made when the map
         crosses the rasterize threshold starts at the zoom of the previous one.
         """
-        dmap = hv.DynamicMap(lambda data: views.map_element(data), streams=[pipe])
-        if large:
-            # imported here: datashader takes ~1 s to import and small maps never need it
-            from holoviews.operation.datashader import rasterize
+        # imported here: datashader takes ~1 s to import and small maps never need it
+        from holoviews.operation.datashader import rasterize
 
-            dmap = rasterize(dmap)
+        dmap = rasterize(hv.DynamicMap(lambda data: views.map_element(data), streams=[pipe]))
         zoom = dict(zip(("xlim", "ylim"), self._zoom, strict=True)) if self._zoom else {}
         label_ = style.value_label + (f" ({style.value_unit})" if style.value_unit else "")
         dmap = dmap.opts(
@@ -266,11 +410,12 @@ class FieldLab(pn.viewable.Viewer):
         if x_range is not None and y_range is not None:
             self._zoom = (tuple(x_range), tuple(y_range))
 
-    power_view = staticmethod(views.power_view)
-
-    pdf_view = staticmethod(views.pdf_view)
-
-    peaks_view = staticmethod(views.peaks_view)
+    def _map_ranges(self) -> tuple | None:
+        """(x_range, y_range) of the Bokeh map figure on screen, if any."""
+        fig = self._figures.map if self._figures is not None else None
+        if fig is None:
+            return None
+        return ((fig.x_range.start, fig.x_range.end), (fig.y_range.start, fig.y_range.end))
 
     def particle_view(self, result: FieldLabResult | None, show: bool):
         """Particles of a 2LPT map's slab as a datashader raster of counts (empty when off)."""
@@ -293,34 +438,45 @@ class FieldLab(pn.viewable.Viewer):
         )
         return pn.pane.HoloViews(raster, linked_axes=False)
 
+    def _show_particles(self, *_) -> None:
+        # redrawn for a new result only while shown (the particles are not computed otherwise)
+        if self.particles or len(self._particle_box):
+            self._particle_box[:] = (
+                [self.particle_view(self.result, True)] if self.particles else []
+            )
+
     def _plots(self, style: PlotStyle, large: bool):
-        # one fresh pipe per set of views: detached views stop receiving results
-        self._pipe = pipe = hv.streams.Pipe(data=self.result)
+        # built once per style and size; results then only replace the figures' data
+        self._figures = fig = views.FieldFigures(style, with_map=not large, zoom=self._zoom)
+        if self._frame is not None:
+            fig.show(self._frame)
+        panes = fig.panes()
+        self._pipe = None
+        if large:  # one fresh pipe per view: a detached view stops receiving results
+            self._pipe = hv.streams.Pipe(data=self.result)
+            panes["map"] = pn.pane.HoloViews(self.map_view(self._pipe, style), linked_axes=False)
         extra = []
         if style is not None and style.kind == "2lpt":
             toggle = pn.widgets.Checkbox.from_param(
                 self.param.particles, name="Show the particles in the slab"
             )
-            extra = [toggle, pn.bind(self.particle_view, self.param.result, self.param.particles)]
+            self._particle_box[:] = []
+            self._show_particles()
+            extra = [toggle, self._particle_box]
         return pn.Row(
-            pn.Column(
-                pn.pane.HoloViews(self.map_view(pipe, style, large), linked_axes=False),
-                *extra,
-                pn.pane.HoloViews(self.peaks_view(pipe, style), linked_axes=False),
-            ),
-            pn.Column(
-                pn.pane.HoloViews(self.power_view(pipe, style), linked_axes=False),
-                pn.pane.HoloViews(self.pdf_view(pipe, style), linked_axes=False),
-            ),
+            pn.Column(panes["map"], *extra, panes["peaks"]),
+            pn.Column(self._status, panes["power"], panes["pdf"]),
         )
 
-    @param.depends("result", "error")
-    def _readout(self):
+    def _show_readout(self, *_) -> None:
         # the settings of the map on screen (they lag the widgets while an update is pending)
         text = views.parameter_table(self.result) if self.result else ""
         if self.error:
             text = f"**⚠ {self.error}** (showing the last good map)\n\n" + text
-        return pn.pane.Markdown(text, sizing_mode="stretch_width", margin=(0, 5))
+        self._readout_pane.object = text
+
+    def _show_status(self, *_) -> None:
+        self._status.object = "<span style='color:#b35806'>⏳ updating…</span>" if self.busy else ""
 
     def _about(self, style: PlotStyle):
         text = kind_view(style.kind).explanation if style else ""
@@ -331,7 +487,7 @@ class FieldLab(pn.viewable.Viewer):
             "### Parameters",
             pn.bind(self._controls, self.param.settings),
             pn.layout.Divider(),
-            self._readout,
+            self._readout_pane,
             width=290,
         )
         plots = pn.bind(self._plots, self.param.style, self.param.large)

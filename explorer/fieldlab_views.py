@@ -1,9 +1,17 @@
-"""Field lab, the views: HoloViews elements of a result, readout table, widgets from param.
+"""Field lab, the views: Bokeh figures updated in place, readout table, widgets from param.
 
-Pure presentation helpers (result in, HoloViews elements or text out) and the ``hv.DynamicMap``
-views fed by an ``hv.streams.Pipe`` of :class:`~explorer.fieldlab_measure.FieldLabResult` s, with
-fixed axes so that the user's zoom survives parameter changes; plus the widgets generated from
-the engine's param definitions (bounds, defaults and docs written once, in the engine).
+The figures of one :class:`~explorer.fieldlab_measure.PlotStyle` (map, spectrum against theory,
+pixel PDF, peak counts) are built once, as plain Bokeh figures over ``ColumnDataSource`` s
+(:class:`FieldFigures`); every new result only replaces the sources' columns (:func:`frame_data`,
+pure, computed off the event loop next to the map), so an update sends a few arrays (the map as
+float32) and the user's zoom survives. Maps larger than the screen are drawn instead by a
+HoloViews ``DynamicMap`` fed by an ``hv.streams.Pipe`` and rasterized by datashader
+(:func:`map_element`). Plus the readout table and the widgets generated from the engine's param
+definitions (bounds, defaults and docs written once, in the engine).
+
+Rebuilding HoloViews elements and plots for every slider step took ~200 ms of server time per
+update (HoloViews' per-frame range, style and legend processing), more than the computation of
+a 256² map; replacing the sources' columns takes a few ms.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
+from bokeh.plotting import figure
+from holoviews.plotting.util import process_cmap
 
 from explorer.fieldlab_kinds import Control, kind_view
 from explorer.fieldlab_measure import FieldLabResult, PlotStyle
@@ -26,7 +37,7 @@ hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (id
 MAX_SLIDER_STEPS = 1000
 
 # ---------------------------------------------------------------------------------------------
-# Presentation helpers (pure: result in, HoloViews elements or text out)
+# Presentation helpers (pure: result in, HoloViews element or text out)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -58,61 +69,6 @@ def map_element(result: FieldLabResult) -> hv.Image:
     )
 
 
-def power_overlay(result: FieldLabResult) -> hv.Overlay:
-    """Measured spectrum against theory: expected band (±1σ), smooth curve, noise, markers."""
-    st = result.style
-    dims = _dims(st)
-    k, p = dims["k"], dims["p"]
-    lower = np.maximum(result.pk_expected - result.pk_sigma, 1e-3 * result.pk_expected)
-    band = hv.Area(
-        (result.k, lower, result.pk_expected + result.pk_sigma),
-        kdims=[k],
-        vdims=[p, "P2"],
-        label="expected ±1σ (same modes)",
-    )
-    theory = hv.Curve(
-        (result.k_theory, result.pk_theory), k, p, label=st.theory_label or "theory"
-    ).opts(color="#08519c", line_width=2)
-    # Always the same layers (a DynamicMap keeps the structure of its first frame): without
-    # noise the curve is all-NaN and draws nothing.
-    noise = hv.Curve((result.k_theory, result.noise_theory), k, p, label="noise").opts(
-        color="#31a354", line_dash="dotted", line_width=2
-    )
-    measured = hv.Scatter((result.k, result.pk), k, p, label="measured")
-    xs = np.array([x for x, _ in result.markers], dtype=np.float64)
-    lines = hv.VLines(xs, kdims=[k])
-    y_text = st.p_range[1] / 3
-    labels = hv.Labels(
-        (xs * 1.08, np.full(xs.shape, y_text), [t for _, t in result.markers]),
-        kdims=[k, p],
-        vdims=["text"],
-    )
-    return hv.Overlay([band, theory, noise, measured, lines, labels])
-
-
-def pdf_overlay(result: FieldLabResult) -> hv.Overlay:
-    """Pixel PDF with a Gaussian of the same mean and variance for reference."""
-    dims = _dims(result.style)
-    sigma = result.sigma or 1.0
-    x = result.pdf_x
-    mean = float(np.sum(x * result.pdf_density) / max(np.sum(result.pdf_density), 1e-300))
-    gauss = np.exp(-0.5 * ((x - mean) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-    return hv.Overlay(
-        [
-            hv.Histogram(
-                (x, result.pdf_density), kdims=[dims["value"]], vdims=[dims["pdf"]], label="map"
-            ),
-            hv.Curve((x, gauss), dims["value"], dims["pdf"], label="Gaussian, same σ"),
-        ]
-    )
-
-
-def peaks_element(result: FieldLabResult) -> hv.Curve:
-    """Cumulative peak counts N(>νσ) against ν."""
-    dims = _dims(result.style)
-    return hv.Curve((result.peak_nu, result.peak_counts), dims["nu"], dims["peaks"])
-
-
 def parameter_table(result: FieldLabResult) -> str:
     """Markdown table of the settings of ``result`` (per kind), measured moments and timing."""
     s = result.settings
@@ -134,60 +90,196 @@ def parameter_table(result: FieldLabResult) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Views (DynamicMaps fed by a Pipe of results)
+# Figures updated in place (one set per style; results only replace the sources' columns)
 # ---------------------------------------------------------------------------------------------
 
-
-def power_view(pipe: hv.streams.Pipe, style: PlotStyle) -> hv.DynamicMap:
-    """Spectrum and theory, log-log, fixed axes so zoom and comparison persist."""
-    return hv.DynamicMap(lambda data: power_overlay(data), streams=[pipe]).opts(
-        hv.opts.Overlay(
-            logx=True,
-            logy=True,
-            xlim=style.k_range,
-            ylim=style.p_range,
-            framewise=False,
-            frame_width=420,
-            frame_height=270,
-            legend_position=style.legend,
-            title=style.power_title,
-            active_tools=["wheel_zoom"],
-        ),
-        hv.opts.Area(color="#9ecae1", alpha=0.6, line_alpha=0),
-        hv.opts.Scatter(color="#d62728", size=5, tools=["hover"]),
-        hv.opts.VLines(color="#636363", line_dash="dashed", line_width=1.5),
-        hv.opts.Labels(text_font_size="10pt", text_color="#636363", text_align="left"),
-    )
+#: Colour map of the map (the palette HoloViews draws for "RdBu_r").
+MAP_PALETTE = tuple(process_cmap("RdBu_r", 256))
+#: Tools of every figure; the mouse wheel zooms.
+TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
-def pdf_view(pipe: hv.streams.Pipe, style: PlotStyle) -> hv.DynamicMap:
-    """Pixel PDF (axes follow the data)."""
-    return hv.DynamicMap(lambda data: pdf_overlay(data), streams=[pipe]).opts(
-        hv.opts.Overlay(
-            framewise=True,
-            frame_width=420,
-            frame_height=150,
-            legend_position="top_right",
-            title=f"Pixel PDF of {style.value_label}",
-        ),
-        hv.opts.Histogram(color="#6baed6", line_color="#2171b5", alpha=0.8, framewise=True),
-        hv.opts.Curve(color="black", line_dash="dashed", line_width=1.5, framewise=True),
-    )
+def _axis_label(label_: str, unit: str) -> str:
+    return f"{label_} ({unit})" if unit else label_
 
 
-def peaks_view(pipe: hv.streams.Pipe, style: PlotStyle) -> hv.DynamicMap:
-    """Cumulative peak counts N(>νσ) (axes follow the data)."""
-    return hv.DynamicMap(lambda data: peaks_element(data), streams=[pipe]).opts(
-        hv.opts.Curve(
-            framewise=True,
-            frame_width=380,
-            frame_height=130,
-            color="#756bb1",
-            line_width=2,
-            tools=["hover"],
-            title="Peak counts N(>νσ)",
+def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
+    """Columns of every data source of :class:`FieldFigures` for ``result`` (pure, thread-safe).
+
+    Parameters
+    ----------
+    result : FieldLabResult
+    with_map : bool
+        Include the map (``False`` when a rasterized HoloViews view draws it).
+
+    Returns
+    -------
+    dict
+        Source name → columns, plus ``"clim"``: the symmetric colour range (−a, a) of the map at
+        99.5 % of |value| (map units). The map goes as float32 with row 0 at y = ½ pixel (Bokeh
+        draws row 0 at the bottom).
+    """
+    st = result.style
+    k = st.k
+    lower = np.maximum(result.pk_expected - result.pk_sigma, 1e-3 * result.pk_expected)
+    xs = np.array([x for x, _ in result.markers], dtype=np.float64)
+    x = result.pdf_x
+    half = 0.5 * (x[1] - x[0]) if len(x) > 1 else 0.5
+    sigma = result.sigma or 1.0
+    mean = float(np.sum(x * result.pdf_density) / max(np.sum(result.pdf_density), 1e-300))
+    gauss = np.exp(-0.5 * ((x - mean) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    frame = {
+        "band": {k: result.k, "lower": lower, "upper": result.pk_expected + result.pk_sigma},
+        "theory": {k: result.k_theory, "P": result.pk_theory},
+        "noise": {k: result.k_theory, "P": result.noise_theory},
+        "measured": {k: result.k, "P": result.pk},
+        "markers": {
+            k: xs,
+            "x_text": xs * 1.08,
+            "P": np.full(xs.shape, st.p_range[1] / 3),
+            "text": [t for _, t in result.markers],
+        },
+        "pdf": {"left": x - half, "right": x + half, "top": result.pdf_density},
+        "gauss": {st.value: x, "pdf": gauss},
+        "peaks": {"nu": result.peak_nu, "peaks": result.peak_counts},
+    }
+    if with_map:
+        a = float(np.percentile(np.abs(result.map), 99.5)) or 1.0
+        image = np.ascontiguousarray(result.map, dtype=np.float32)
+        frame["map"] = {
+            "image": [image],
+            "x": [0.0],
+            "y": [0.0],
+            "dw": [st.extent],
+            "dh": [st.extent],
+        }
+        frame["clim"] = (-a, a)
+    return frame
+
+
+class FieldFigures:
+    """The Bokeh figures of one style, fed in place by :meth:`show` (zoom survives updates).
+
+    Parameters
+    ----------
+    style : PlotStyle
+    with_map : bool
+        Build the map figure (else a rasterized HoloViews view shows the map).
+    zoom : ((x0, x1), (y0, y1)), optional
+        Initial ranges of the map, in ``style.coord_unit``.
+
+    Attributes
+    ----------
+    map, power, pdf, peaks : bokeh figure (``map`` is None without the map)
+    sources : dict of str → ColumnDataSource
+    """
+
+    def __init__(self, style: PlotStyle, with_map: bool = True, zoom: tuple | None = None):
+        self.style = style
+        names = ("band", "theory", "noise", "measured", "markers", "pdf", "gauss", "peaks")
+        self.sources = {n: ColumnDataSource() for n in (*names, *(("map",) if with_map else ()))}
+        self.mapper = LinearColorMapper(palette=MAP_PALETTE, low=-1.0, high=1.0)
+        self.map = self._map_figure(zoom) if with_map else None
+        self.power = self._power_figure()
+        self.pdf, self.peaks = self._pdf_figure(), self._peaks_figure()
+
+    def show(self, frame: dict) -> None:
+        """Replace every source's columns by those of ``frame`` (:func:`frame_data`)."""
+        for name, source in self.sources.items():
+            source.data = frame[name]
+        if "clim" in frame and self.map is not None:
+            self.mapper.update(low=frame["clim"][0], high=frame["clim"][1])
+
+    def panes(self) -> dict:
+        """The figures as Panel panes: map (None without it), power, pdf, peaks."""
+        out = {n: getattr(self, n) for n in ("map", "power", "pdf", "peaks")}
+        return {n: f if f is None else pn.pane.Bokeh(f) for n, f in out.items()}
+
+    def _map_figure(self, zoom):
+        st = self.style
+        xr_, yr_ = zoom if zoom else ((0.0, st.extent), (0.0, st.extent))
+        fig = figure(
+            title=st.map_title, frame_width=380, frame_height=380, tools=TOOLS,
+            active_scroll="wheel_zoom", x_range=Range1d(*xr_), y_range=Range1d(*yr_),
+            x_axis_label=_axis_label("x", st.coord_unit),
+            y_axis_label=_axis_label("y", st.coord_unit),
+        )  # fmt: skip
+        img = fig.image(
+            image="image", x="x", y="y", dw="dw", dh="dh", source=self.sources["map"],
+            color_mapper=self.mapper,
+        )  # fmt: skip
+        name = _axis_label(st.value_label, st.value_unit)
+        fig.add_tools(
+            HoverTool(renderers=[img], tooltips=[("x, y", "$x{0.0}, $y{0.0}"), (name, "@image")])
         )
-    )
+        fig.add_layout(ColorBar(color_mapper=self.mapper, title=name), "right")
+        return fig
+
+    def _power_figure(self):
+        st, src = self.style, self.sources
+        k = st.k
+        fig = figure(
+            title=st.power_title, frame_width=420, frame_height=270, tools=TOOLS,
+            active_scroll="wheel_zoom", x_axis_type="log", y_axis_type="log",
+            x_range=Range1d(*st.k_range), y_range=Range1d(*st.p_range),
+            x_axis_label=_axis_label(st.k_label, st.k_unit),
+            y_axis_label=_axis_label(st.p_label, st.p_unit),
+        )  # fmt: skip
+        fig.varea(
+            x=k, y1="lower", y2="upper", source=src["band"], color="#9ecae1", alpha=0.6,
+            legend_label="expected ±1σ (same modes)",
+        )  # fmt: skip
+        fig.line(
+            x=k, y="P", source=src["theory"], color="#08519c", line_width=2,
+            legend_label=st.theory_label or "theory",
+        )  # fmt: skip
+        fig.line(
+            x=k, y="P", source=src["noise"], color="#31a354", line_dash="dotted", line_width=2,
+            legend_label="noise",
+        )  # fmt: skip
+        dots = fig.scatter(
+            x=k, y="P", source=src["measured"], color="#d62728", size=5, legend_label="measured"
+        )
+        fig.vspan(
+            x=k, source=src["markers"], line_color="#636363", line_dash="dashed", line_width=1.5
+        )
+        fig.text(
+            x="x_text", y="P", text="text", source=src["markers"], text_font_size="10pt",
+            text_color="#636363", text_align="left",
+        )  # fmt: skip
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[(st.k_label, f"@{k}"), ("P", "@P")]))
+        fig.legend.location = st.legend
+        fig.legend.click_policy = "hide"
+        return fig
+
+    def _pdf_figure(self):
+        st = self.style
+        fig = figure(
+            title=f"Pixel PDF of {st.value_label}", frame_width=420, frame_height=150,
+            tools=TOOLS, x_axis_label=_axis_label(st.value_label, st.value_unit),
+            y_axis_label=f"p({st.value_label})",
+        )  # fmt: skip
+        fig.quad(
+            left="left", right="right", top="top", bottom=0.0, source=self.sources["pdf"],
+            fill_color="#6baed6", line_color="#2171b5", alpha=0.8, legend_label="map",
+        )  # fmt: skip
+        fig.line(
+            x=st.value, y="pdf", source=self.sources["gauss"], color="black",
+            line_dash="dashed", line_width=1.5, legend_label="Gaussian, same σ",
+        )  # fmt: skip
+        fig.legend.location = "top_right"
+        return fig
+
+    def _peaks_figure(self):
+        fig = figure(
+            title="Peak counts N(>νσ)", frame_width=380, frame_height=130, tools=TOOLS,
+            x_axis_label="ν = threshold / σ", y_axis_label="peaks above νσ (per map)",
+        )  # fmt: skip
+        line = fig.line(
+            x="nu", y="peaks", source=self.sources["peaks"], color="#756bb1", line_width=2
+        )
+        fig.add_tools(HoverTool(renderers=[line], tooltips=[("ν", "@nu"), ("N", "@peaks")]))
+        return fig
 
 
 # ---------------------------------------------------------------------------------------------

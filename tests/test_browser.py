@@ -357,3 +357,24 @@ def test_compare_tab_shows_the_shipped_comparison(page, request):
     page.wait_for_function(JS_TITLE, arg="efficiency σ_CRB/RMSE of Ωₘ: models × datasets")
     page.wait_for_function(JS_TITLE, arg="Domain gap: power spectrum", timeout=120_000)
     _screenshot(request, page, "compare.png")
+
+
+def test_slow_kind_says_updating_and_ends_on_the_last_value(page):
+    """2LPT at 128³ (~0.3 s an update): a burst of slider steps says "updating…" at once, and
+    the page ends on the last value with the message gone."""
+    page.get_by_text("2LPT", exact=True).first.click()
+    page.get_by_text("particles N").first.wait_for()  # the 2LPT readout
+    page.get_by_text("128", exact=True).first.click()  # 128 particles per side
+    page.locator("td", has_text="128³").first.wait_for()
+    handle = page.locator(".noUi-handle").first  # Ω_m
+    handle.focus()
+    for _ in range(5):
+        handle.press("ArrowRight")  # step 0.01
+    page.wait_for_function(JS_TITLE_OR_TEXT, arg="updating…", timeout=5_000)
+    page.locator("td", has_text="0.350").first.wait_for()  # the last value's map and readout
+    page.wait_for_function(f"(t) => !({JS_TITLE_OR_TEXT})(t)", arg="updating…")
+
+
+# Whether a rendered text of the page (an HTML or Markdown model) contains ``text``.
+JS_TITLE_OR_TEXT = """(text) => [...Bokeh.documents[0].all_models]
+  .some((m) => typeof m.text === "string" && m.text.includes(text) && m.visible !== false)"""

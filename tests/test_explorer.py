@@ -17,6 +17,7 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import pytest
+from bokeh.document import Document
 
 from engine.kinds import FIELD_KINDS
 from engine.params import ConfigError, FieldParams
@@ -25,7 +26,7 @@ from engine.physics.lensing import KappaParams
 from engine.physics.limber import ARCMIN
 from engine.physics.lpt import LPTParams
 from engine.physics.stats import peak_counts
-from engine.runs import RunDir, is_alive
+from engine.runs import RunDir, is_alive, process_start
 from engine.train.settings import PRESETS
 from explorer import fieldlab, fieldlab_kinds, training
 from explorer.fieldlab import FieldLab, compute
@@ -237,21 +238,149 @@ def test_kappa_compute_matches_theory_without_noise():
     assert noisy.noise_theory[-1] == pytest.approx(level * ell * (ell + 1) / (2 * np.pi), rel=1e-6)
 
 
-def test_coalescer_runs_once_per_burst():
-    calls, scheduled = [], []
+class FakeDoc(Document):
+    """A Bokeh document whose next-tick callbacks wait until :meth:`tick`, its timeout
+    callbacks until :meth:`time_passes`."""
 
-    class FakeDoc:
-        def add_timeout_callback(self, cb, ms):
-            scheduled.append((cb, ms))
+    def __init__(self):
+        super().__init__()
+        self.ticks, self.timeouts = [], []
 
-    c = fieldlab.Coalescer(lambda: (calls.append(1), time.sleep(0.08)), doc=FakeDoc(), delay=0.05)
-    for _ in range(10):
-        c.request()
-    assert len(scheduled) == 1 and scheduled[0][1] == 50 and not calls
-    scheduled[0][0]()
-    assert calls == [1]
-    c.request()  # the next wait is as long as the last run took (80 ms > 50 ms)
-    assert len(scheduled) == 2 and scheduled[1][1] >= 80
+    def add_next_tick_callback(self, callback):
+        self.ticks.append(callback)
+
+    def add_timeout_callback(self, callback, ms):
+        self.timeouts.append(callback)
+
+    def time_passes(self):
+        todo, self.timeouts = self.timeouts, []
+        for callback in todo:
+            callback()
+
+    def tick(self):
+        todo, self.ticks = self.ticks, []
+        for callback in todo:
+            callback()
+
+
+class FakePool:
+    """Stands in for the worker threads: submitted jobs wait until :meth:`run_one`."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, fn, *args):
+        self.jobs.append((fn, args))
+
+    def run_one(self):
+        fn, args = self.jobs.pop(0)
+        fn(*args)
+
+
+def test_latest_only_never_queues_stale_updates():
+    doc, pool, delivered = FakeDoc(), FakePool(), []
+    runner = fieldlab.LatestOnly(
+        lambda out, err, latest: delivered.append((out, latest)), doc, pool
+    )
+    runner.request(lambda: 0)
+    assert len(pool.jobs) == 1 and runner.busy  # a turn in the pool, at once
+    pool.run_one()  # 0 is computed; its result is not shown yet
+    for v in (1, 2, 3):  # requests while 0 runs: each replaces the pending one
+        runner.request(lambda v=v: v)
+    assert delivered == [] and len(doc.ticks) == 1 and not pool.jobs
+    doc.tick()  # 0 is shown on the event loop (not the latest) and the next turn is asked
+    assert delivered == [(0, False)] and len(pool.jobs) == 1
+    pool.run_one()
+    doc.tick()
+    assert delivered == [(0, False), (3, True)] and not runner.busy  # 1 and 2 never ran
+
+
+def test_latest_only_takes_the_latest_job_when_its_turn_comes():
+    """While the pool serves other sessions, requests of this one wait as one pending job."""
+    doc, pool, delivered = FakeDoc(), FakePool(), []
+    runner = fieldlab.LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool)
+    for v in range(5):
+        runner.request(lambda v=v: v)
+    assert len(pool.jobs) == 1  # one turn asked
+    pool.run_one()  # the turn comes: it computes the latest request
+    doc.tick()
+    assert delivered == [4] and not runner.busy and not pool.jobs
+
+
+def test_latest_only_hands_errors_to_deliver():
+    doc, pool, got = FakeDoc(), FakePool(), []
+    runner = fieldlab.LatestOnly(lambda out, err, latest: got.append((out, err)), doc, pool)
+    runner.request(lambda: 1 / 0)
+    pool.run_one()
+    doc.tick()
+    assert got[0][0] is None and isinstance(got[0][1], ZeroDivisionError)
+
+
+def test_latest_only_settles_before_slow_jobs(monkeypatch):
+    doc, pool, delivered = FakeDoc(), FakePool(), []
+    runner = fieldlab.LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool)
+    for v in range(3):  # a burst of slow requests: nothing starts before the settle time
+        runner.request(lambda v=v: v, settle=0.06)
+    assert not pool.jobs and runner.busy
+    doc.time_passes()  # only the timer of the last request starts a job: the last value
+    assert len(pool.jobs) == 1
+    pool.run_one()
+    doc.tick()
+    assert delivered == [2] and not runner.busy
+    monkeypatch.setattr(fieldlab, "MAX_SETTLE", 0.0)  # waited long enough: starts at once
+    runner.request(lambda: 3, settle=0.06)
+    assert len(pool.jobs) == 1
+
+
+def test_slow_updates_say_updating_at_once_and_end_on_the_last_value(monkeypatch):
+    """2LPT in a served session: a burst of slider steps says "updating…" before any
+    computation, computes only its last value, and the page ends on it."""
+    doc, pool = FakeDoc(), FakePool()
+    lab = FieldLab(LPTParams(size=32, seed=1), doc=doc)  # the first map is made at once
+    lab._updates.pool = pool
+    first = lab.result
+    monkeypatch.setattr(fieldlab, "BUSY_AFTER", 0.0)  # every update counts as slow here
+    monkeypatch.setattr(fieldlab, "SETTLE_AFTER", 0.0)
+    for om in (0.31, 0.32, 0.33, 0.34):
+        lab.settings.omega_m = om
+    assert lab.busy and "updating…" in lab._status.object and lab.result is first
+    assert not pool.jobs  # waiting for the burst to settle
+    doc.time_passes()
+    assert len(pool.jobs) == 1  # one turn for the burst: 0.31-0.33 are never computed
+    lab.settings.omega_m = 0.35  # before the turn starts: the turn computes 0.35
+    assert len(pool.jobs) == 1
+    pool.run_one()
+    doc.tick()
+    assert lab.result.settings["omega_m"] == 0.35 and not lab.busy and lab._status.object == ""
+    assert not pool.jobs and not doc.ticks
+
+
+def test_fast_updates_do_not_flash_updating():
+    doc, pool = FakeDoc(), FakePool()
+    lab = FieldLab(FieldParams(size=64), doc=doc)
+    lab._updates.pool = pool
+    lab._seconds[("grf", 64)] = 0.01  # the last update of this kind and size was fast
+    lab.settings.omega_m = 0.35
+    assert not lab.busy and lab._status.object == ""
+    pool.run_one()
+    doc.tick()
+    assert lab.result.settings["omega_m"] == 0.35
+
+
+def test_views_update_in_place():
+    """A new value replaces the figures' data; the figures (and so the zoom) stay."""
+    lab = FieldLab(FieldParams(size=64))
+    lab.__panel__().get_root(Document())
+    figures = lab._figures
+    measured = figures.sources["measured"]
+    before = measured.data["P"]
+    lab.settings.omega_m = 0.45
+    assert lab._figures is figures and measured.data["P"] is not before
+    np.testing.assert_array_equal(measured.data["P"], lab.result.pk)
+    image = figures.sources["map"].data["image"][0]
+    assert image.dtype == np.float32 and np.array_equal(image, lab.result.map)
+    lab.settings.box_size = 128.0  # another extent: new figures
+    assert lab._figures is not figures
 
 
 def test_views_render_without_server():
@@ -353,7 +482,8 @@ def test_sky_page_kappa_source_against_theory():
 def _write_run(root, run_id, rows, state="running", pid=None, preset="smoke"):
     run = RunDir(root / run_id).create()
     run.write_config({"command": "train", "preset": preset, "settings": {"size": 32}})
-    run.write_status(state=state, pid=pid, step=0, epoch=0, total_steps=60)
+    pid_start = process_start(pid)  # as the engine records it (Stop checks it)
+    run.write_status(state=state, pid=pid, pid_start=pid_start, step=0, epoch=0, total_steps=60)
     with open(run.metrics_path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
