@@ -46,6 +46,7 @@ import panel as pn
 import param
 import xarray as xr
 from panel.io.document import hold
+from tornado.ioloop import IOLoop
 
 from engine.kinds import FIELD_KINDS, KINDS
 from engine.params import ConfigError, CosmologyParams, FieldParams, user_settings
@@ -96,8 +97,10 @@ class LatestOnly:
     replaces the pending one, and a worker takes the pending job only when it starts, so a
     stale job is dropped, never queued, even while the workers serve other sessions. When the
     running job ends, the next turn (if a job is pending) is asked at once and then the finished
-    job's output is handed to ``deliver`` on the document's event loop
-    (``add_next_tick_callback``, the thread-safe entry of a Bokeh document): a slider moved
+    job's output is handed to ``deliver`` on the document's event loop (the worker hands it to
+    the event loop with the thread-safe ``IOLoop.add_callback``, which then schedules it with
+    the document, so that it runs under the document's lock; a worker never touches the
+    document, whose event hold is not thread-safe): a slider moved
     faster than the updates are computed shows finished updates as they come and always ends
     on its last value, with no wait in between. Without a document (scripts, tests) the job
     runs at once and is delivered before :meth:`request` returns.
@@ -114,10 +117,12 @@ class LatestOnly:
     doc : bokeh.document.Document, optional
     pool : concurrent.futures.Executor, optional
         Where jobs run (default :func:`executor`).
+    loop : tornado.ioloop.IOLoop, optional
+        The document's event loop (default: the current one when the first job starts).
     """
 
-    def __init__(self, deliver: Callable, doc=None, pool=None):
-        self.deliver, self.doc, self.pool = deliver, doc, pool
+    def __init__(self, deliver: Callable, doc=None, pool=None, loop=None):
+        self.deliver, self.doc, self.pool, self.loop = deliver, doc, pool, loop
         self._pending: Callable | None = None
         self._lock = threading.Lock()  # guards _pending (a worker takes it when it starts)
         self._requests = 0  # number of requests so far (tags the settle timers)
@@ -155,7 +160,9 @@ class LatestOnly:
         if tag == self._requests and not self.running and self._pending is not None:
             self._start()
 
-    def _start(self) -> None:
+    def _start(self) -> None:  # on the event loop
+        if self.loop is None:
+            self.loop = IOLoop.current()
         self._waiting_since = None
         self.running = True  # a turn asked: the job runs or waits in the pool
         (self.pool or executor()).submit(self._work)
@@ -164,6 +171,9 @@ class LatestOnly:
         with self._lock:
             job, self._pending = self._pending, None
         out, err = _call(job) if job is not None else (None, None)
+        self.loop.add_callback(self._finished, out, err)  # thread-safe
+
+    def _finished(self, out, err) -> None:  # on the event loop: run _done with the doc's lock
         with contextlib.suppress(Exception):  # the session may have ended meanwhile
             self.doc.add_next_tick_callback(partial(self._done, out, err))
 

@@ -263,6 +263,13 @@ class FakeDoc(Document):
             callback()
 
 
+class NowLoop:
+    """Stands in for the event loop: a callback handed over by a worker runs at once."""
+
+    def add_callback(self, callback, *args):
+        callback(*args)
+
+
 class FakePool:
     """Stands in for the worker threads: submitted jobs wait until :meth:`run_one`."""
 
@@ -280,7 +287,7 @@ class FakePool:
 def test_latest_only_never_queues_stale_updates():
     doc, pool, delivered = FakeDoc(), FakePool(), []
     runner = fieldlab.LatestOnly(
-        lambda out, err, latest: delivered.append((out, latest)), doc, pool
+        lambda out, err, latest: delivered.append((out, latest)), doc, pool, NowLoop()
     )
     runner.request(lambda: 0)
     assert len(pool.jobs) == 1 and runner.busy  # a turn in the pool, at once
@@ -298,7 +305,9 @@ def test_latest_only_never_queues_stale_updates():
 def test_latest_only_takes_the_latest_job_when_its_turn_comes():
     """While the pool serves other sessions, requests of this one wait as one pending job."""
     doc, pool, delivered = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool)
+    runner = fieldlab.LatestOnly(
+        lambda out, err, latest: delivered.append(out), doc, pool, NowLoop()
+    )
     for v in range(5):
         runner.request(lambda v=v: v)
     assert len(pool.jobs) == 1  # one turn asked
@@ -309,7 +318,9 @@ def test_latest_only_takes_the_latest_job_when_its_turn_comes():
 
 def test_latest_only_hands_errors_to_deliver():
     doc, pool, got = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(lambda out, err, latest: got.append((out, err)), doc, pool)
+    runner = fieldlab.LatestOnly(
+        lambda out, err, latest: got.append((out, err)), doc, pool, NowLoop()
+    )
     runner.request(lambda: 1 / 0)
     pool.run_one()
     doc.tick()
@@ -318,7 +329,9 @@ def test_latest_only_hands_errors_to_deliver():
 
 def test_latest_only_settles_before_slow_jobs(monkeypatch):
     doc, pool, delivered = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool)
+    runner = fieldlab.LatestOnly(
+        lambda out, err, latest: delivered.append(out), doc, pool, NowLoop()
+    )
     for v in range(3):  # a burst of slow requests: nothing starts before the settle time
         runner.request(lambda v=v: v, settle=0.06)
     assert not pool.jobs and runner.busy
@@ -337,7 +350,7 @@ def test_slow_updates_say_updating_at_once_and_end_on_the_last_value(monkeypatch
     computation, computes only its last value, and the page ends on it."""
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(LPTParams(size=32, seed=1), doc=doc)  # the first map is made at once
-    lab._updates.pool = pool
+    lab._updates.pool, lab._updates.loop = pool, NowLoop()
     first = lab.result
     monkeypatch.setattr(fieldlab, "BUSY_AFTER", 0.0)  # every update counts as slow here
     monkeypatch.setattr(fieldlab, "SETTLE_AFTER", 0.0)
@@ -358,7 +371,7 @@ def test_slow_updates_say_updating_at_once_and_end_on_the_last_value(monkeypatch
 def test_fast_updates_do_not_flash_updating():
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(FieldParams(size=64), doc=doc)
-    lab._updates.pool = pool
+    lab._updates.pool, lab._updates.loop = pool, NowLoop()
     lab._seconds[("grf", 64)] = 0.01  # the last update of this kind and size was fast
     lab.settings.omega_m = 0.35
     assert not lab.busy and lab._status.object == ""
