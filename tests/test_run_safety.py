@@ -5,7 +5,6 @@ metrics.jsonl back to its checkpoint and cleans up after a killed save."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,37 +13,8 @@ from pathlib import Path
 
 from engine import cli
 from engine.launch import stop_run
-from engine.runs import LOCK_FILE, REPO_ROOT, RunDir, list_runs, process_start
-
-#: Tiny in-process settings (16² maps, 4 steps per epoch).
-TINY = {
-    "size": 16,
-    "batch_size": 8,
-    "steps_per_epoch": 4,
-    "epochs": 2,
-    "val_maps": 8,
-    "width": 4,
-    "log_every": 2,
-    "num_threads": 1,
-    "device": "cpu",
-    "eval_maps": 0,
-}
-
-
-def _sets(overrides: dict) -> list[str]:
-    return [arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]
-
-
-def _engine(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "engine", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from engine.runs import LOCK_FILE, RunDir, list_runs, process_start
+from tests.test_cli_train import TINY, _engine, _sets
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:

@@ -218,10 +218,8 @@ class TrainBase(ComposedParams):
     #: The task these settings are for (its registry name).
     task_name = "regression"
 
-    @property
-    def total_steps(self) -> int:
-        """Optimiser steps of the whole run, ``epochs * steps_per_epoch``."""
-        return self.epochs * self.steps_per_epoch
+    #: Optimiser steps of the whole run (:attr:`LoopParams.total_steps`).
+    total_steps = LoopParams.total_steps
 
     def map_settings(self) -> param.Parameterized:
         """The kind's settings of on-the-fly maps (:meth:`DataParams.map_settings`)."""
