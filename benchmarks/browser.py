@@ -100,6 +100,7 @@ JS_INSTALL = """() => {
       const d = m.data_source.data, g = m.glyph.constructor.__name__;
       if (g === 'Scatter' && 'P' in d && !pk) pk = d.P;
       if (g === 'Image' && 'image' in d && !image) image = d.image[0];
+      if (g === 'ImageRGBA' && 'value' in d && !image) image = d.value[0];  // coloured on the server
     }
     return {pk, image};
   };

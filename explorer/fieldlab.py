@@ -58,6 +58,8 @@ from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
 RASTERIZE_ABOVE = 256
+#: Height (px) of the readout table: room for the longest (κ: 18 rows) without scrolling.
+READOUT_HEIGHT = 600
 #: Seconds an update may take before the page says "updating…" at once for the next one.
 BUSY_AFTER = 0.1
 #: Updates slower than SETTLE_AFTER s start once the settings stayed unchanged for SETTLE s (a
@@ -262,7 +264,10 @@ class FieldLab(pn.viewable.Viewer):
         self._zoom: tuple | None = None  # (x_range, y_range) of the map view
         self._seconds: dict[tuple, float] = {}  # last update time per (kind, size)
         self._updates = LatestOnly(self._deliver, doc=doc)
-        self._readout_pane = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 5))
+        # fixed size: a table that changed size re-laid out the whole page (~30 ms per update)
+        self._readout_pane = pn.pane.Markdown(
+            "", width=280, height=READOUT_HEIGHT, margin=(0, 5), styles={"overflow-y": "auto"}
+        )
         self._status = pn.pane.HTML("", height=22, margin=(0, 10), sizing_mode="stretch_width")
         self._particle_box = pn.Column(margin=0)
         for s in self._by_class.values():

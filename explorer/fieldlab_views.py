@@ -11,7 +11,12 @@ definitions (bounds, defaults and docs written once, in the engine).
 
 Rebuilding HoloViews elements and plots for every slider step took ~200 ms of server time per
 update (HoloViews' per-frame range, style and legend processing), more than the computation of
-a 256² map; replacing the sources' columns takes a few ms.
+a 256² map; replacing the sources' columns takes a few ms. In the browser (measured with
+``benchmarks/browser.py`` and a Chromium CPU profile) the rest of a step went to: colour-mapping
+the float map in JavaScript (the map now goes as RGBA coloured here, with the float values
+beside it for the hover), auto-ranging the PDF and peak-count axes after every update (a second
+repaint and a round trip; their ranges are now set here with the data) and re-laying out the
+page when the readout table changed size (it now has a fixed size).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from holoviews.plotting.util import process_cmap
 
 from explorer.fieldlab_kinds import Control, kind_view
 from explorer.fieldlab_measure import FieldLabResult, PlotStyle
-from explorer.widgets import label, look
+from explorer.widgets import LiveFloatSlider, label, look
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
 
@@ -95,12 +100,50 @@ def parameter_table(result: FieldLabResult) -> str:
 
 #: Colour map of the map (the palette HoloViews draws for "RdBu_r").
 MAP_PALETTE = tuple(process_cmap("RdBu_r", 256))
+#: The palette as packed RGBA (uint32, little-endian bytes R, G, B, A: Bokeh's ``image_rgba``).
+MAP_RGBA = np.array(
+    [int(c[1:3], 16) | int(c[3:5], 16) << 8 | int(c[5:7], 16) << 16 | 255 << 24 for c in MAP_PALETTE],
+    dtype=np.uint32,
+)
 #: Tools of every figure; the mouse wheel zooms.
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
 def _axis_label(label_: str, unit: str) -> str:
     return f"{label_} ({unit})" if unit else label_
+
+
+def colour_map(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``image`` coloured with :data:`MAP_PALETTE` over [low, high], as Bokeh ``image_rgba`` data.
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx), float
+    low, high : float
+        Values mapped to the first and last colour (values outside are clipped), high > low.
+
+    Returns
+    -------
+    ndarray (ny, nx), uint32
+        Packed RGBA, the same bins as Bokeh's ``LinearColorMapper`` with this palette;
+        non-finite values transparent.
+    """
+    n = len(MAP_RGBA)
+    scaled = (np.asarray(image, dtype=np.float64) - low) * (n / (high - low))
+    rgba = MAP_RGBA[np.clip(np.nan_to_num(scaled, nan=0.0), 0, n - 1).astype(np.intp)]
+    rgba[~np.isfinite(scaled)] = 0  # transparent, as Bokeh draws NaN
+    return rgba
+
+
+def _padded(lo: float, hi: float, pad: float = 0.05) -> tuple[float, float]:
+    """(lo, hi) widened by ``pad`` of the span on each side (a point range gets ±0.5)."""
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 1.0
+    if hi <= lo:
+        return lo - 0.5, hi + 0.5
+    d = pad * (hi - lo)
+    return lo - d, hi + d
 
 
 def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
@@ -115,9 +158,11 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
     Returns
     -------
     dict
-        Source name → columns, plus ``"clim"``: the symmetric colour range (−a, a) of the map at
-        99.5 % of |value| (map units). The map goes as float32 with row 0 at y = ½ pixel (Bokeh
-        draws row 0 at the bottom).
+        Source name → columns; ``"ranges"``: (x, y) axis ranges of the PDF and peak-count
+        figures; ``"clim"``: the symmetric colour range (−a, a) of the map at 99.5 % of |value|
+        (map units). The map goes as RGBA coloured over ``clim`` (column ``image``) and as
+        float32 values for the hover (column ``value``), row 0 at y = ½ pixel (Bokeh draws row 0
+        at the bottom).
     """
     st = result.style
     k = st.k
@@ -143,11 +188,20 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
         "gauss": {st.value: x, "pdf": gauss},
         "peaks": {"nu": result.peak_nu, "peaks": result.peak_counts},
     }
+    top = np.nanmax(result.pdf_density, initial=0.0)
+    counts = np.asarray(result.peak_counts, dtype=np.float64)
+    frame["ranges"] = {
+        "pdf": (_padded(x[0] - half, x[-1] + half, 0.0) if len(x) else (0.0, 1.0),
+                (0.0, 1.08 * max(top, float(np.nanmax(gauss, initial=0.0))) or 1.0)),
+        "peaks": (_padded(np.min(result.peak_nu, initial=0.0), np.max(result.peak_nu, initial=1.0), 0.02),
+                  (0.0, 1.08 * np.nanmax(counts, initial=0.0) or 1.0)),
+    }  # fmt: skip
     if with_map:
         a = float(np.percentile(np.abs(result.map), 99.5)) or 1.0
-        image = np.ascontiguousarray(result.map, dtype=np.float32)
+        values = np.ascontiguousarray(result.map, dtype=np.float32)
         frame["map"] = {
-            "image": [image],
+            "image": [colour_map(values, -a, a)],
+            "value": [values],
             "x": [0.0],
             "y": [0.0],
             "dw": [st.extent],
@@ -187,6 +241,10 @@ class FieldFigures:
         """Replace every source's columns by those of ``frame`` (:func:`frame_data`)."""
         for name, source in self.sources.items():
             source.data = frame[name]
+        for name, (xr_, yr_) in frame["ranges"].items():
+            fig = getattr(self, name)
+            fig.x_range.update(start=xr_[0], end=xr_[1])
+            fig.y_range.update(start=yr_[0], end=yr_[1])
         if "clim" in frame and self.map is not None:
             self.mapper.update(low=frame["clim"][0], high=frame["clim"][1])
 
@@ -204,13 +262,13 @@ class FieldFigures:
             x_axis_label=_axis_label("x", st.coord_unit),
             y_axis_label=_axis_label("y", st.coord_unit),
         )  # fmt: skip
-        img = fig.image(
-            image="image", x="x", y="y", dw="dw", dh="dh", source=self.sources["map"],
-            color_mapper=self.mapper,
-        )  # fmt: skip
+        # coloured here (colour_map): colour-mapping 256² floats in the browser cost ~20 ms a step
+        img = fig.image_rgba(
+            image="image", x="x", y="y", dw="dw", dh="dh", source=self.sources["map"]
+        )
         name = _axis_label(st.value_label, st.value_unit)
         fig.add_tools(
-            HoverTool(renderers=[img], tooltips=[("x, y", "$x{0.0}, $y{0.0}"), (name, "@image")])
+            HoverTool(renderers=[img], tooltips=[("x, y", "$x{0.0}, $y{0.0}"), (name, "@value")])
         )
         fig.add_layout(ColorBar(color_mapper=self.mapper, title=name), "right")
         return fig
@@ -254,9 +312,11 @@ class FieldFigures:
 
     def _pdf_figure(self):
         st = self.style
+        # fixed ranges set by show(): auto-ranging repainted the figure a second time per update
         fig = figure(
             title=f"Pixel PDF of {st.value_label}", frame_width=420, frame_height=150,
-            tools=TOOLS, x_axis_label=_axis_label(st.value_label, st.value_unit),
+            tools=TOOLS, x_range=Range1d(0.0, 1.0), y_range=Range1d(0.0, 1.0),
+            x_axis_label=_axis_label(st.value_label, st.value_unit),
             y_axis_label=f"p({st.value_label})",
         )  # fmt: skip
         fig.quad(
@@ -273,6 +333,7 @@ class FieldFigures:
     def _peaks_figure(self):
         fig = figure(
             title="Peak counts N(>νσ)", frame_width=380, frame_height=130, tools=TOOLS,
+            x_range=Range1d(0.0, 1.0), y_range=Range1d(0.0, 1.0),
             x_axis_label="ν = threshold / σ", y_axis_label="peaks above νσ (per map)",
         )  # fmt: skip
         line = fig.line(
@@ -337,5 +398,5 @@ def setting_widget(settings: param.Parameterized, control: Control) -> pn.widget
             lo, hi = p.bounds
             return pn.widgets.FloatInput.from_param(p, start=lo, end=hi, **kw)
         fmt = {"format": "0." + "0" * control.digits} if control.digits else {}
-        return pn.widgets.FloatSlider.from_param(p, start=rng[0], end=rng[1], **fmt, **kw)
+        return LiveFloatSlider.from_param(p, start=rng[0], end=rng[1], **fmt, **kw)
     return pn.widgets.TextInput.from_param(p, **kw)

@@ -22,3 +22,16 @@ def look(color: str, variant: str | None = None) -> dict:
     if _NEW_NAMES:
         return {"color": color, **({"variant": variant} if variant else {})}
     return {"button_type": color, **({"button_style": variant} if variant else {})}
+
+
+class LiveFloatSlider(pn.widgets.FloatSlider):
+    """A ``FloatSlider`` whose moves reach the Python side at once (for live views).
+
+    Panel runs the Python side of a browser change 50 ms after it arrives
+    (``Syncable._debounce``), to batch bursts of changes; it skips that wait for the properties
+    named in ``_priority_changes``. The field lab coalesces bursts itself (only the latest
+    update is computed), so the wait only added 50 ms to every slider step, measured with
+    ``benchmarks/browser.py``.
+    """
+
+    _priority_changes = ["value", "value_throttled"]

@@ -390,10 +390,38 @@ def test_views_update_in_place():
     lab.settings.omega_m = 0.45
     assert lab._figures is figures and measured.data["P"] is not before
     np.testing.assert_array_equal(measured.data["P"], lab.result.pk)
-    image = figures.sources["map"].data["image"][0]
-    assert image.dtype == np.float32 and np.array_equal(image, lab.result.map)
+    values = figures.sources["map"].data["value"][0]
+    assert values.dtype == np.float32 and np.array_equal(values, lab.result.map)
+    rgba = figures.sources["map"].data["image"][0]  # coloured on the server
+    assert rgba.dtype == np.uint32 and rgba.shape == values.shape
     lab.settings.box_size = 128.0  # another extent: new figures
     assert lab._figures is not figures
+
+
+def test_colour_map_matches_bokeh_linear_mapper():
+    """Server-side colouring bins values as Bokeh's LinearColorMapper does (palette of 256)."""
+    from explorer.fieldlab_views import MAP_PALETTE, MAP_RGBA, colour_map
+
+    n = len(MAP_PALETTE)
+    low, high = -2.0, 2.0
+    values = np.array([[-5.0, -2.0, -1e-9, 0.0], [1.999, 2.0, 7.0, np.nan]])
+    # Bokeh: index floor((v - low) / (high - low) * n), clamped to [0, n-1]; NaN transparent
+    expect = [[0, 0, n // 2 - 1, n // 2], [n - 1, n - 1, n - 1, -1]]
+    got = colour_map(values, low, high)
+    for (r, c), i in np.ndenumerate(np.array(expect)):
+        assert got[r, c] == (0 if i < 0 else MAP_RGBA[i])
+    # packed as little-endian RGBA bytes of the palette's hex colours, opaque
+    first = MAP_PALETTE[0]
+    assert got[0, 0].tobytes() == bytes.fromhex(first[1:7]) + b"\xff"
+
+
+def test_pdf_and_peak_axes_follow_the_data():
+    lab = FieldLab(FieldParams(size=64))
+    lab.__panel__().get_root(Document())
+    f, r = lab._figures, lab.result
+    assert f.pdf.x_range.start <= r.pdf_x.min() and f.pdf.x_range.end >= r.pdf_x.max()
+    assert f.pdf.y_range.end >= r.pdf_density.max() > 0
+    assert f.peaks.y_range.end >= r.peak_counts.max()
 
 
 def test_views_render_without_server():

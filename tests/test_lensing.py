@@ -71,6 +71,43 @@ def test_interpolated_cl_matches_direct_pyccl():
     assert float(batch[1, 1] / batch[0, 1]) < 0.6
 
 
+def test_stored_cl_table_matches_pyccl_over_the_prior_box():
+    """The shipped C_ℓ(Ω_m, σ8) table of the default configuration, against pyccl's convergence
+    tracer (built in this file) at seeded points of the prior box, its corners included."""
+    s = lensing.KappaParams()
+    table = limber.cl_table(limber._config_key(s))
+    assert table is not None, "no stored C_l table: python -m engine.physics.limber build-table"
+    rng = np.random.default_rng(7)
+    points = [(0.1, 0.4), (0.9, 1.2), (0.1, 1.2), (0.9, 0.4)]
+    points += [(rng.uniform(0.1, 0.9), rng.uniform(0.4, 1.2)) for _ in range(6)]
+    ell = np.array([2.0, 10.0, 100.0, 1000.0, 5000.0, 2.0e4])
+    for om, s8 in points:
+        ours = limber.theory_cl(s, torch.from_numpy(ell), om, s8).numpy()
+        np.testing.assert_allclose(ours, pyccl_kappa_cl(ell, om, s8), rtol=1e-3, err_msg=f"{om, s8}")
+
+
+def test_cl_table_fallbacks(tmp_path):
+    """No table, a table of another pyccl version, a corrupt file: pyccl is called instead."""
+    s = lensing.KappaParams()
+    config = limber._config_key(s)
+    assert limber.cl_table(config, tmp_path) is None
+    ln_cl = np.zeros((limber.N_OM, limber.N_S8, limber.N_ELL))
+    path = limber.write_cl_table(ln_cl, config, tmp_path)
+    limber._TABLES.clear()
+    assert limber.cl_table(config, tmp_path) is not None
+    np.savez(path, ln_cl=ln_cl, config=np.array(repr(config)), pyccl=np.array("0.1"))
+    limber._TABLES.clear()
+    assert limber.cl_table(config, tmp_path) is None
+    path.write_bytes(b"not a table")
+    limber._TABLES.clear()
+    assert limber.cl_table(config, tmp_path) is None
+    limber._TABLES.clear()
+    other = set_values(lensing.KappaParams(), {"n_s": 0.95})
+    assert limber.cl_table(limber._config_key(other)) is None  # only the default ships
+    with pytest.raises(ValueError, match="shape"):
+        limber.ClTable(np.zeros((2, 2, 2)))
+
+
 def test_gaussian_maps_chi2_against_pyccl():
     settings = lensing.KappaParams(size=128, fov=5.0, sigma_e=0.0, smoothing=0.0)
     gen = torch.Generator().manual_seed(2024)
@@ -161,7 +198,8 @@ def test_lognormal_maps_spectrum_floor_and_skewness():
         lensing.generate_maps(tiny, [0.3], [0.8], torch.Generator().manual_seed(0))
 
 
-def test_des_y3_nz_and_user_table(tmp_path):
+def test_des_y3_nz_and_user_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(limber, "TABLE_DIR", tmp_path / "no-tables")  # both from pyccl
     z, nz = limber.des_y3_nz()
     assert trapezoid(nz, z) == pytest.approx(1.0, rel=1e-6)
     assert trapezoid(z * nz, z) == pytest.approx(0.63, abs=2e-3)
