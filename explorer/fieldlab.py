@@ -58,6 +58,10 @@ from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
 RASTERIZE_ABOVE = 256
+#: Seconds the readout table waits for the updates to pause before it follows (served pages):
+#: replacing its HTML cost the page ~20 ms and the server ~10 ms per update, and numbers that
+#: change ten times a second cannot be read anyway. Errors show at once.
+READOUT_AFTER = 0.25
 #: Height (px) of the readout table: room for the longest (κ: 18 rows) without scrolling.
 READOUT_HEIGHT = 600
 #: Seconds an update may take before the page says "updating…" at once for the next one.
@@ -273,7 +277,8 @@ class FieldLab(pn.viewable.Viewer):
         for s in self._by_class.values():
             self._watch(s)
         self.param.watch(self._on_kind, "kind")
-        self.param.watch(self._show_readout, ["result", "error"])
+        self._readout_requests = 0  # tags the delayed readout updates (only the latest runs)
+        self.param.watch(self._request_readout, ["result", "error"])
         self.param.watch(self._show_status, "busy")
         self.param.watch(self._show_particles, ["result", "particles"])
         self.update()
@@ -481,6 +486,18 @@ class FieldLab(pn.viewable.Viewer):
         return pn.Row(
             pn.Column(panes["map"], *extra, panes["peaks"]),
             pn.Column(self._status, panes["power"], panes["pdf"]),
+        )
+
+    def _request_readout(self, *_) -> None:
+        doc = self._updates.doc
+        if doc is None or self.error or not self._readout_pane.object:
+            self._show_readout()
+            return
+        self._readout_requests += 1
+        tag = self._readout_requests
+        doc.add_timeout_callback(
+            lambda: tag == self._readout_requests and self._show_readout(),
+            int(1e3 * READOUT_AFTER),
         )
 
     def _show_readout(self, *_) -> None:

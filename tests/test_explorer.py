@@ -380,6 +380,23 @@ def test_fast_updates_do_not_flash_updating():
     assert lab.result.settings["omega_m"] == 0.35
 
 
+def test_readout_follows_when_updates_pause():
+    """Served, the readout table is replaced once the updates pause, with the latest values."""
+    doc, pool = FakeDoc(), FakePool()
+    lab = FieldLab(FieldParams(size=64), doc=doc)
+    lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    first = lab._readout_pane.object
+    assert "0.3" in first
+    for om in (0.35, 0.36):
+        lab.settings.omega_m = om
+        pool.run_one()
+        doc.tick()
+    assert lab.result.settings["omega_m"] == 0.36
+    assert lab._readout_pane.object == first  # still the old table: the updates go on
+    doc.time_passes()
+    assert "0.36" in lab._readout_pane.object and "0.35" not in lab._readout_pane.object
+
+
 def test_views_update_in_place():
     """A new value replaces the figures' data; the figures (and so the zoom) stay."""
     lab = FieldLab(FieldParams(size=64))
