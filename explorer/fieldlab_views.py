@@ -102,7 +102,10 @@ def parameter_table(result: FieldLabResult) -> str:
 MAP_PALETTE = tuple(process_cmap("RdBu_r", 256))
 #: The palette as packed RGBA (uint32, little-endian bytes R, G, B, A: Bokeh's ``image_rgba``).
 MAP_RGBA = np.array(
-    [int(c[1:3], 16) | int(c[3:5], 16) << 8 | int(c[5:7], 16) << 16 | 255 << 24 for c in MAP_PALETTE],
+    [
+        int(c[1:3], 16) | int(c[3:5], 16) << 8 | int(c[5:7], 16) << 16 | 255 << 24
+        for c in MAP_PALETTE
+    ],
     dtype=np.uint32,
 )
 #: Tools of every figure; the mouse wheel zooms.

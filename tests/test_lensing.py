@@ -83,7 +83,9 @@ def test_stored_cl_table_matches_pyccl_over_the_prior_box():
     ell = np.array([2.0, 10.0, 100.0, 1000.0, 5000.0, 2.0e4])
     for om, s8 in points:
         ours = limber.theory_cl(s, torch.from_numpy(ell), om, s8).numpy()
-        np.testing.assert_allclose(ours, pyccl_kappa_cl(ell, om, s8), rtol=1e-3, err_msg=f"{om, s8}")
+        np.testing.assert_allclose(
+            ours, pyccl_kappa_cl(ell, om, s8), rtol=1e-3, err_msg=f"{om, s8}"
+        )
 
 
 def test_cl_table_fallbacks(tmp_path):
