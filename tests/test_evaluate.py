@@ -16,7 +16,7 @@ import xarray as xr
 from engine import cli
 from engine.data import open_spec
 from engine.data.store import write_dataset
-from engine.evaluation import evaluate, metrics, predict, schema
+from engine.evaluation import calibrated, evaluate, metrics, predict, schema
 from engine.kinds import get_kind
 from engine.params import ConfigError
 from engine.runs import RunDir
@@ -46,12 +46,25 @@ REPORT_KEYS = {
     "prior",
     "params",
     "methods",
+    "calibration",
     "fisher",
     "figures",
     "predictions",
     "created",
     "seconds",
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _calibration_cache(tmp_path_factory):
+    """Calibrations of the calibrated P(k) likelihood are cached in a temporary folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(calibrated.CACHE_ENV, str(tmp_path_factory.mktemp("calibrations")))
+        yield
+
+
+#: Methods of an evaluation with a network on generated maps.
+ALL_METHODS = {"network", "pk_likelihood", "pk_calibrated"}
 
 
 def _one_line_error(fn, *args, **kwargs) -> str:
@@ -272,9 +285,15 @@ def test_training_writes_its_evaluation_before_completing(trained_run):
     status = trained_run.status()
     assert status["state"] == "completed" and status["error"] is None
     report = json.loads((trained_run.path / "report.json").read_text())
-    _check_report(report, TINY["eval_maps"], {"network", "pk_likelihood"})
+    _check_report(report, TINY["eval_maps"], ALL_METHODS)
     _check_outputs(trained_run.path, report)
     assert report["dataset"] == "grf" and report["map_settings"]["size"] == 16
+    # calibrated on maps generated like the network's training maps (on the fly)
+    cal = report["calibration"]
+    assert cal["spec"] == "grf" and cal["n_maps"] == calibrated.DEFAULT_COUNT
+    side = predict.checkpoint_like(trained_run.path)["box_size"]
+    assert cal["geometry"] == {"unit": "Mpc/h", "side": side, "size": 16, "units": "dimensionless"}
+    assert report["methods"]["pk_calibrated"]["label"] == "calibrated P(k)"
 
 
 def test_evaluate_verb_end_to_end(trained_run, tmp_path, capsys):
@@ -282,23 +301,27 @@ def test_evaluate_verb_end_to_end(trained_run, tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(trained_run.path), "--dataset", "grf?seed=9"]
     assert cli.main([*argv, "--count", "12", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "network" in text and "pk_likelihood" in text and "RMSE" in text
+    assert "network" in text and "pk_likelihood" in text and "pk_calibrated" in text
     report = json.loads((out / "report.json").read_text())
-    _check_report(report, 12, {"network", "pk_likelihood"})
+    _check_report(report, 12, ALL_METHODS)
     _check_outputs(out, report)
     assert report["checkpoint"].endswith("best.pt")
     assert report["prior"] == {"omega_m": [0.1, 0.5], "sigma8": [0.6, 1.0]}
 
 
-def test_evaluate_without_checkpoint_is_pk_likelihood_only(tmp_path, capsys):
+def test_evaluate_without_checkpoint_is_the_two_likelihoods(tmp_path, capsys):
     out = tmp_path / "pk"
     argv = ["evaluate", "--dataset", "grf?size=16&count=10", "--out", str(out)]
     assert cli.main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    _check_report(report, 10, {"pk_likelihood"})
+    _check_report(report, 10, {"pk_likelihood", "pk_calibrated"})
     assert report["checkpoint"] is None
     assert report["methods"]["pk_likelihood"]["label"] == "P(k) likelihood"
+    assert report["calibration"]["spec"] == "grf?size=16"  # the kind, generated again
     _check_outputs(out, report)
+    out2 = tmp_path / "pk2"
+    assert cli.main([*argv[:-1], str(out2), "--no-pk-calibrated"]) == 0
+    assert set(json.loads((out2 / "report.json").read_text())["methods"]) == {"pk_likelihood"}
 
 
 def test_evaluate_user_errors_exit_2_with_one_line(tmp_path, capsys):
@@ -325,8 +348,10 @@ def test_compare_one_checkpoint_two_datasets(trained_run, tmp_path, capsys):
             assert ("tiny", ds, "network", p) in keys
             # generated maps follow each network's settings: the likelihood runs on its maps
             assert ("pk-likelihood [tiny maps]", ds, "pk_likelihood", p) in keys
-    assert len(rows) == 8 and all(r["n_maps"] == "8" and float(r["rmse"]) > 0 for r in rows)
-    pk = [r for r in rows if r["method"] == "pk_likelihood"]
+            # the calibrated likelihood is calibrated on the network's training data (grf)
+            assert ("pk-calibrated [tiny]", ds, "pk_calibrated", p) in keys
+    assert len(rows) == 12 and all(r["n_maps"] == "8" and float(r["rmse"]) > 0 for r in rows)
+    pk = [r for r in rows if r["method"] != "network"]
     assert {r["checkpoint"] for r in pk} == {str(trained_run.path)}
 
 
@@ -387,7 +412,10 @@ def test_camels_maps_are_resampled_and_tiled_for_the_network(small_box_checkpoin
         "method": "area-average",
         "tiles_per_map": 4,
     }
-    assert report["n_maps"] == 60 and set(report["methods"]) == {"network"}
+    # the calibrated likelihood runs on the tiles (the network's grid), calibrated on the
+    # network's training maps; the linear-theory one has no theory for CAMELS maps
+    assert report["n_maps"] == 60 and set(report["methods"]) == {"network", "pk_calibrated"}
+    assert report["calibration"]["geometry"]["side"] == 12.5
     assert report["fisher"] is None and report["kind"] == "camels"
     notes = " ".join(report["notes"])
     assert "P(k) likelihood skipped" in notes and "'camels'" in notes
@@ -431,8 +459,10 @@ def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(schema.COMPARE_COLUMNS)
     by = {(r["model"], r["dataset"], r["method"], r["param"]): r for r in rows}
-    # 2 networks + the P(k) likelihood, 2 params; on generated maps one likelihood per network
-    assert len(by) == len(rows) == (len(specs) * 3 + 1) * 2
+    # 2 networks + the P(k) likelihood, 2 params; on generated maps one likelihood per network;
+    # the calibrated likelihood with each network evaluated on a spec (grf: 2; file, camels,
+    # quijote: 1), else once on the spec's own maps (des, folder)
+    assert len(by) == len(rows) == (len(specs) * 3 + 1 + 7) * 2
     ok = lambda r: r["error"] == "" and float(r["rmse"]) >= 0  # noqa: E731
     err = lambda r, words: r["rmse"] == "" and words in r["error"]  # noqa: E731
     small_name, tiny = "smallbox", "tiny"
@@ -458,6 +488,16 @@ def test_compare_covers_every_spec_kind_with_transfer_and_error_columns(
         assert err(by[(tiny, specs["folder"], "network", p)], "smaller than")
         # folder: 3.1 Mpc/h pixels, 4x coarser than the small-box network's: refused too
         assert err(by[(small_name, specs["folder"], "network", p)], "coarser than the network")
+        # calibrated P(k): with every network on the maps it sees, else on the data's own
+        for model in ("pk-calibrated [tiny]", "pk-calibrated [smallbox]"):
+            assert ok(by[(model, specs["synthetic"], "pk_calibrated", p)])
+        for spec in ("file", "camels"):
+            assert ok(by[("pk-calibrated [smallbox]", specs[spec], "pk_calibrated", p)])
+        # quijote tiles on the tiny network's grid: calibrated on its (generated) training maps
+        assert ok(by[("pk-calibrated [tiny]", specs["quijote"], "pk_calibrated", p)])
+        # no network for these: on their own train split, too small for 16 bins or fixed labels
+        for spec, words in (("folder", "too few"), ("des", "does not vary")):
+            assert err(by[("pk-calibrated", specs[spec], "pk_calibrated", p)], words)
     pred = tmp_path / by[(small_name, specs["camels"], "network", "omega_m")]["predictions"]
     frame = np.genfromtxt(pred, delimiter=",", names=True)
     assert len(frame) == 24 and set(frame["source_sample"]) == set(range(6))

@@ -187,7 +187,8 @@ def test_folder_dataset_trains_and_is_evaluated_on_its_test_split(tmp_path):
     assert status["state"] == "completed" and not status.get("error"), status
     report = json.loads((run.path / "report.json").read_text())
     assert report["transfer"] is None and report["n_maps"] == 4  # 2 test simulations × 2 maps
-    assert set(report["methods"]) == {"network"}  # no P(k) theory for folder maps
+    # no P(k) theory for folder maps: the P(k) likelihood calibrated on the training maps instead
+    assert set(report["methods"]) == {"network", "pk_calibrated"}
 
 
 def test_too_small_datasets_say_why(tmp_path):

@@ -30,24 +30,47 @@ def _add_predict_parser(sub) -> None:
         "predict",
         help="Infer (omega_m, sigma8) for every map of a file; one CSV row per map.",
         description="Infer (omega_m, sigma8) for every map of a .zarr/.nc file written by "
-        "'fields', with the binned P(k) likelihood or a trained network, and write one CSV "
+        "'fields' (or of a dataset spec such as folder:DIR), with the binned P(k) likelihood, "
+        "the simulation-calibrated P(k) likelihood or a trained network, and write one CSV "
         "row per map: sample, true values (when the maps carry them), posterior mean and std.",
     )
     p.add_argument(
         "--method",
         default=None,
-        choices=["pk-likelihood", "network"],
-        help="pk-likelihood: Gaussian likelihood of the binned P(k) (engine.evaluation.likelihood); "
-        "network: a trained checkpoint (--checkpoint). Default: network with --checkpoint, "
-        "else pk-likelihood.",
+        choices=["pk-likelihood", "pk-calibrated", "network"],
+        help="pk-likelihood: Gaussian likelihood of the binned P(k) with the maps' theory "
+        "(engine.evaluation.likelihood; maps of this project's generators); pk-calibrated: "
+        "the P(k) likelihood calibrated on labelled simulations (--calibration; "
+        "engine.evaluation.calibrated; any maps); network: a trained checkpoint (--checkpoint). "
+        "Default: network with --checkpoint, pk-calibrated with --calibration, else "
+        "pk-likelihood.",
     )
-    p.add_argument("--maps", required=True, metavar="PATH", help="Maps file, .zarr or .nc.")
+    p.add_argument(
+        "--maps",
+        required=True,
+        metavar="PATH",
+        help="Maps file (.zarr or .nc), or a dataset spec of a reader (folder:DIR?box_size=100, "
+        "camels:FILE, quijote:DIR).",
+    )
     p.add_argument("--out", required=True, metavar="PATH", help="Output CSV file.")
     add_overwrite_argument(p)
     p.add_argument(
         "--checkpoint",
         metavar="PATH",
         help="Network checkpoint .pt or run directory (implies --method network).",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DATASET_OR_FILE",
+        help="pk-calibrated: a calibration .json file, or the dataset spec of labelled training "
+        "maps of the same geometry to calibrate on (its train split; fitted once, then cached: "
+        "engine.evaluation.calibrated.cache_dir).",
+    )
+    p.add_argument(
+        "--save-calibration",
+        metavar="FILE.json",
+        help="pk-calibrated: also write the calibration used to this JSON file (reuse it with "
+        "--calibration FILE.json).",
     )
     p.add_argument(
         "--prior",
@@ -62,7 +85,8 @@ def _add_predict_parser(sub) -> None:
         "--k-max",
         type=float,
         default=None,
-        help="Highest bin centre used, h/Mpc (ell for kappa maps); default Nyquist.",
+        help="Highest bin centre used, h/Mpc (ell for kappa maps); default Nyquist (for "
+        "pk-calibrated: of the calibration fitted from a dataset spec).",
     )
     p.add_argument(
         "--device", default="cpu", help="Torch device of the network: cpu (default), cuda[:i]."
@@ -72,13 +96,15 @@ def _add_predict_parser(sub) -> None:
         "--box-size",
         type=float,
         metavar="MPC_H",
-        help="Side of every map in Mpc/h, for maps without a box_size attr (network only).",
+        help="Side of every map in Mpc/h, for maps without a box_size attr (network and "
+        "pk-calibrated).",
     )
     scale.add_argument(
         "--fov",
         type=float,
         metavar="DEG",
-        help="Side of every kappa map in degrees, for maps without a fov attr (network only).",
+        help="Side of every kappa map in degrees, for maps without a fov attr (network and "
+        "pk-calibrated).",
     )
     p.set_defaults(func=cmd_predict)
 
@@ -87,21 +113,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``predict`` verb: posterior mean/std per map to a CSV file; prints a summary line.
 
     The method defaults to ``network`` when ``--checkpoint`` is given (the checkpoint's task
-    must be one that evaluation knows, :func:`engine.evaluation.evaluate.evaluator_for`), else
-    to ``pk-likelihood``.
+    must be one that evaluation knows, :func:`engine.evaluation.evaluate.evaluator_for`), to
+    ``pk-calibrated`` with ``--calibration``, else to ``pk-likelihood``.
 
     Raises
     ------
     ConfigError
         Missing maps file, unsupported kind, bad prior, missing checkpoint or one of an unknown
-        task, ``--checkpoint`` with ``--method pk-likelihood``, output not .csv, in a missing
-        or unwritable directory, or existing without ``--overwrite``; all before anything is
-        written.
+        task, ``--checkpoint`` with a likelihood method, ``--calibration`` missing for (or given
+        without) ``pk-calibrated``, maps of another geometry than the calibration's, output not
+        .csv, in a missing or unwritable directory, or existing without ``--overwrite``; all
+        before anything is written.
     """
     import numpy as np
 
     from engine.evaluation.likelihood import pk_likelihood_predict
-    from engine.evaluation.predict import FLAG, load_maps, write_predictions
+    from engine.evaluation.predict import FLAG, load_maps, reader_spec, write_predictions
     from engine.evaluation.schema import PARAMS
 
     method = _predict_method(args)
@@ -112,11 +139,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.k_max is not None and not (math.isfinite(args.k_max) and args.k_max > 0):
         raise ConfigError(f"--k-max {args.k_max:g} must be a positive number (h/Mpc, or ell)")
     try:  # the inputs' errors before the output's
-        maps_exist = Path(args.maps).exists()
+        maps_exist = reader_spec(args.maps) or Path(args.maps).exists()
     except OSError as exc:  # e.g. a name longer than the file system allows
         raise ConfigError(f"maps file {str(args.maps)[:80]!r}: {exc.strerror}") from None
     if not maps_exist:
         raise ConfigError(f"maps file {str(args.maps)!r} does not exist")
+    save = _check_save_calibration(args, method)
     check_output(out, overwrite=args.overwrite)
     t0 = time.perf_counter()
     if method == "network":
@@ -125,9 +153,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predict = evaluator_for(args.checkpoint, "predict").predict
         scale = {"box_size": args.box_size, "fov": args.fov}
         result = predict(load_maps(args.maps), args.checkpoint, device=args.device, scale=scale)
+    elif method == "pk-calibrated":
+        from engine.evaluation.calibrated import pk_calibrated_predict, resolve_calibration
+
+        maps = load_maps(args.maps)  # the maps' errors before a (long) fit
+        cal = resolve_calibration(args.calibration, k_max=args.k_max)
+        scale = {"box_size": args.box_size, "fov": args.fov}
+        result = pk_calibrated_predict(maps, cal, prior=prior, grid=args.grid, scale=scale)
+        if save is not None:  # once the maps are known to suit it
+            cal.save(save)
     else:
         if args.box_size is not None or args.fov is not None:
-            raise ConfigError("--box-size and --fov are for --method network")
+            raise ConfigError("--box-size and --fov are for --method network or pk-calibrated")
         result = pk_likelihood_predict(
             load_maps(args.maps), prior=prior, grid=args.grid, k_max=args.k_max
         )
@@ -152,15 +189,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_method(args: argparse.Namespace) -> str:
     """The ``predict`` method: ``--method``, else network with ``--checkpoint``, else
-    pk-likelihood; refuses a checkpoint the method would ignore."""
-    method = args.method or ("network" if args.checkpoint else "pk-likelihood")
+    pk-calibrated with ``--calibration``, else pk-likelihood; refuses a checkpoint or a
+    calibration the method would ignore."""
+    calibration = getattr(args, "calibration", None)
+    method = args.method or (
+        "network" if args.checkpoint else "pk-calibrated" if calibration else "pk-likelihood"
+    )
     if method == "network" and not args.checkpoint:
         raise ConfigError("--method network needs --checkpoint PATH")
-    if method == "pk-likelihood" and args.checkpoint:
+    if method != "network" and args.checkpoint:
         raise ConfigError(
-            "--method pk-likelihood uses no checkpoint: drop --checkpoint, or use --method network"
+            f"--method {method} uses no checkpoint: drop --checkpoint, or use --method network"
+        )
+    if method == "pk-calibrated" and not calibration:
+        raise ConfigError(
+            "--method pk-calibrated needs --calibration DATASET_OR_FILE (labelled training maps "
+            "of the same geometry, or a calibration .json file)"
+        )
+    if method != "pk-calibrated" and (calibration or getattr(args, "save_calibration", None)):
+        raise ConfigError(
+            f"--calibration and --save-calibration are for --method pk-calibrated, not {method}"
         )
     return method
+
+
+def _check_save_calibration(args: argparse.Namespace, method: str) -> Path | None:
+    """The checked ``--save-calibration`` path (refused as an existing file without
+    ``--overwrite``, not .json, or in a missing directory), or None."""
+    if method != "pk-calibrated" or not getattr(args, "save_calibration", None):
+        return None
+    path = Path(args.save_calibration)
+    if path.suffix != ".json":
+        raise ConfigError(f"--save-calibration {str(path)!r} must end in .json")
+    check_output(path, overwrite=args.overwrite, flag="--save-calibration")
+    return path
 
 
 def _parse_prior(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -180,10 +242,11 @@ def _add_evaluate_parsers(sub) -> None:
     datasets_help = "Datasets YAML of short names (default $ENGINE_DATASETS or ./datasets.yaml)."
     p = sub.add_parser(
         "evaluate",
-        help="Score a network and the P(k) likelihood on labelled maps; report.json + figures.",
+        help="Score a network and the P(k) likelihoods on labelled maps; report.json + figures.",
         description="Predict (omega_m, sigma8) for every map of a dataset spec (a kind such as "
         "grf, generated like the checkpoint's training maps; a .zarr/.nc file; prefix:path) with "
-        "a trained network and the binned P(k) likelihood, and write OUT/report.json, "
+        "a trained network, the binned P(k) likelihood (maps of this project's generators) and "
+        "the simulation-calibrated P(k) likelihood (any labelled maps), and write OUT/report.json, "
         "OUT/predictions.csv and OUT/figures/*.png (schema: engine.evaluation.schema).",
     )
     p.add_argument(
@@ -202,14 +265,27 @@ def _add_evaluate_parsers(sub) -> None:
         "--no-pk-likelihood",
         dest="pk_likelihood",
         action="store_false",
-        help="Do not run the P(k) likelihood.",
+        help="Do not run the P(k) likelihoods (linear-theory and calibrated).",
+    )
+    p.add_argument(
+        "--no-pk-calibrated",
+        dest="pk_calibrated",
+        action="store_false",
+        help="Do not run the calibrated P(k) likelihood.",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DATASET_OR_FILE",
+        help="Calibration of the calibrated P(k) likelihood: a .json file or the dataset spec of "
+        "the labelled maps to fit it on (default: the network's training data, else the "
+        "dataset's train split).",
     )
     p.add_argument(
         "--k-max",
         type=float,
         default=None,
-        help="Highest bin centre of the P(k) likelihood and the Fisher bound, h/Mpc (ell for "
-        "kappa); default Nyquist (k_N/4 for 2lpt).",
+        help="Highest bin centre of the P(k) likelihoods and the Fisher bound, h/Mpc (ell for "
+        "kappa); default Nyquist (k_N/4 for 2lpt's linear theory).",
     )
     p.add_argument("--datasets", metavar="FILE", help=datasets_help)
     p.set_defaults(func=cmd_evaluate)
@@ -218,8 +294,10 @@ def _add_evaluate_parsers(sub) -> None:
         "compare",
         help="Metrics of several checkpoints on several datasets as one long CSV table.",
         description="Evaluate every checkpoint on every dataset spec (and the P(k) likelihood "
-        "once per dataset, model 'pk-likelihood') and write one CSV row per (model, dataset, "
-        "method, param) with rmse, mae, r2, bias, coverage_68, coverage_95, efficiency, n_maps.",
+        "once per dataset, model 'pk-likelihood'; the calibrated P(k) likelihood with every "
+        "network, calibrated on its training data, model 'pk-calibrated [MODEL]') and write "
+        "one CSV row per (model, dataset, method, param) with rmse, mae, r2, bias, "
+        "coverage_68, coverage_95, efficiency, n_maps.",
     )
     c.add_argument(
         "--checkpoints", nargs="*", default=[], metavar="PATH", help=".pt files or run dirs."
@@ -236,7 +314,13 @@ def _add_evaluate_parsers(sub) -> None:
         "--no-pk-likelihood",
         dest="pk_likelihood",
         action="store_false",
-        help="Leave out the P(k)-likelihood rows.",
+        help="Leave out the P(k)-likelihood rows (linear-theory and calibrated).",
+    )
+    c.add_argument(
+        "--no-pk-calibrated",
+        dest="pk_calibrated",
+        action="store_false",
+        help="Leave out the calibrated P(k)-likelihood rows.",
     )
     c.add_argument("--datasets-file", metavar="FILE", help=datasets_help)
     c.add_argument(
@@ -278,6 +362,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         datasets_file=args.datasets,
         k_max=args.k_max,
+        pk_calibrated=args.pk_likelihood and args.pk_calibrated,
+        calibration=args.calibration,
     )
     print(format_table(report))
     for note in report.get("notes") or []:
@@ -316,6 +402,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         pk_likelihood=args.pk_likelihood,
         out=args.out,
         predictions_dir=args.predictions_dir,
+        pk_calibrated=args.pk_likelihood and args.pk_calibrated,
     )
     shown = table.drop(columns=["error", "predictions"]).dropna(subset=["rmse"])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

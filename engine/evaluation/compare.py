@@ -1,4 +1,4 @@
-"""Comparison of checkpoints and the P(k) likelihood on several datasets: one long table.
+"""Comparison of checkpoints and the P(k) likelihoods on several datasets: one long table.
 
 :func:`compare` evaluates every (checkpoint, dataset) pair with
 :func:`engine.evaluation.evaluate.evaluate` (through the checkpoint's task,
@@ -19,7 +19,13 @@ import numpy as np
 from engine.evaluation.evaluate import run_evaluation
 from engine.evaluation.maps import transfer_text
 from engine.evaluation.predict import checkpoint_name, write_predictions
-from engine.evaluation.schema import COMPARE_COLUMNS, METRIC_KEYS, PARAMS, PK_MODEL
+from engine.evaluation.schema import (
+    COMPARE_COLUMNS,
+    METRIC_KEYS,
+    PARAMS,
+    PK_CAL_MODEL,
+    PK_MODEL,
+)
 from engine.params import ConfigError
 
 
@@ -111,8 +117,9 @@ def compare(
     out: str | Path | None = None,
     on_error: str = "skip",
     predictions_dir: str | Path | None = None,
+    pk_calibrated: bool | None = None,
 ):
-    """Metrics of every checkpoint on every dataset, and of the P(k) likelihood, as one table.
+    """Metrics of every checkpoint on every dataset, and of the P(k) likelihoods, as one table.
 
     For each dataset spec, each checkpoint is evaluated (:func:`engine.evaluation.evaluate.evaluate`; generated kinds take
     each checkpoint's map settings and prior; other data go through domain transfer,
@@ -125,6 +132,14 @@ def compare(
     kinds whose theory the project has (grf, lognormal, 2lpt, kappa: generated maps and our
     files); for camels, quijote, des and folder data its rows carry the reason in ``error``.
 
+    The calibrated P(k) likelihood (:mod:`engine.evaluation.calibrated`) runs on every labelled
+    dataset: with each checkpoint, on the maps that network sees and calibrated on its training
+    data (model ``"pk-calibrated [<model>]"``, that checkpoint in ``checkpoint``; one fit per
+    training dataset, cached, whatever the number of datasets), and, when no checkpoint could be
+    evaluated on a dataset (or none is given), once on the dataset's own maps calibrated on its
+    train split (model :data:`~engine.evaluation.schema.PK_CAL_MODEL`). Where it cannot run (too
+    few training maps for the bins, another geometry) its rows carry the reason in ``error``.
+
     Parameters
     ----------
     checkpoints : sequence of str or Path
@@ -135,6 +150,8 @@ def compare(
         As :func:`engine.evaluation.evaluate.evaluate` (``count`` counts the dataset's maps, before tiling).
     pk_likelihood : bool
         Add the P(k)-likelihood rows.
+    pk_calibrated : bool, optional
+        Add the calibrated P(k)-likelihood rows; default ``pk_likelihood``.
     out : str or Path, optional
         Also write the table as CSV (atomically; must end in .csv).
     on_error : {"skip", "raise"}
@@ -151,7 +168,7 @@ def compare(
     -------
     pandas.DataFrame
         Long format, columns :data:`COMPARE_COLUMNS` (model, dataset, method ∈ {network,
-        pk_likelihood}, param ∈ {omega_m, sigma8}, the metrics of the module docstring, n_maps
+        pk_likelihood, pk_calibrated}, param ∈ {omega_m, sigma8}, the metrics of the module docstring, n_maps
         (maps evaluated, tiles after domain transfer), transfer (:func:`engine.evaluation.maps.transfer_text`, empty
         when the maps were used as they are), error, predictions, checkpoint (as given; empty
         for the P(k) likelihood)), one row per (model, dataset, method, param).
@@ -176,9 +193,10 @@ def compare(
         pred_dir,
         on_error,
     )
+    with_cal = pk_likelihood if pk_calibrated is None else bool(pk_calibrated)
     rows: list[dict] = []
     for spec in datasets:
-        rows += _dataset_rows(pairs, spec, checkpoints, pk_likelihood, datasets_file)
+        rows += _dataset_rows(pairs, spec, checkpoints, pk_likelihood, with_cal, datasets_file)
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     if out is not None:
         from engine.runs import atomic_write
@@ -229,10 +247,15 @@ class _Pairs:
             return first or "error"
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
-    def run(self, spec, ckpt, model, with_pk):
+    def run(self, spec, ckpt, model, with_pk, with_cal=False):
         """(report, relative predictions path or None) of one pair."""
         rep, results, truth, maps = run_evaluation(
-            spec, ckpt, verb="compare", pk_likelihood=with_pk, **self.options
+            spec,
+            ckpt,
+            verb="compare",
+            pk_likelihood=with_pk,
+            pk_calibrated=with_cal,
+            **self.options,
         )
         rep["checkpoint_arg"] = None if ckpt is None else str(ckpt)
         rel = None
@@ -247,17 +270,28 @@ def _pk_rows(model, spec, rep, rel, maps_of=None) -> list[dict]:
     """The P(k)-likelihood rows of a report, or error rows with its notes."""
     if "pk_likelihood" in rep["methods"]:
         return _rows(model, spec, "pk_likelihood", rep, rel, maps_of)
-    note = "; ".join(rep.get("notes") or []) or "not run"
-    return _error_rows(model, spec, "pk_likelihood", note)
+    note = "; ".join(n for n in rep.get("notes") or [] if "calibrated P(k)" not in n)
+    return _error_rows(model, spec, "pk_likelihood", note or "not run")
 
 
-def _dataset_rows(pairs: _Pairs, spec, checkpoints, pk_likelihood, datasets_file) -> list[dict]:
-    """The rows of one dataset spec: every checkpoint, and the P(k) likelihood (see
-    :func:`compare` for which maps it runs on)."""
+def _cal_rows(model, spec, rep, rel, maps_of=None) -> list[dict]:
+    """The calibrated P(k)-likelihood rows of a report, or error rows with the reason."""
+    if "pk_calibrated" in rep["methods"]:
+        return _rows(model, spec, "pk_calibrated", rep, rel, maps_of)
+    notes = [n for n in rep.get("notes") or [] if n.startswith("calibrated P(k) skipped")]
+    return _error_rows(model, spec, "pk_calibrated", "; ".join(notes) or "not run", maps_of)
+
+
+def _dataset_rows(
+    pairs: _Pairs, spec, checkpoints, pk_likelihood, pk_calibrated, datasets_file
+) -> list[dict]:
+    """The rows of one dataset spec: every checkpoint, and the P(k) likelihoods (see
+    :func:`compare` for which maps they run on)."""
     from engine.data import parse_spec, resolve_name
 
     rows: list[dict] = []
     pk_done = not pk_likelihood
+    evaluated = 0  # checkpoints evaluated on this dataset
     # generated kinds are made with each checkpoint's own map settings: every network sees
     # other maps, so the P(k) likelihood runs on each network's maps (model label names them)
     try:
@@ -266,29 +300,41 @@ def _dataset_rows(pairs: _Pairs, spec, checkpoints, pk_likelihood, datasets_file
         synthetic = False
     for ckpt in checkpoints:
         name = checkpoint_name(ckpt)
+        with_pk = pk_likelihood if synthetic else not pk_done
         try:
-            rep, rel = pairs.run(spec, ckpt, name, pk_likelihood if synthetic else not pk_done)
+            rep, rel = pairs.run(spec, ckpt, name, with_pk, pk_calibrated)
         except Exception as exc:  # any failure of one pair must not lose the table
             rows += _error_rows(name, spec, "network", pairs.failure(exc), str(ckpt))
             continue
+        evaluated += 1
         rows += _rows(name, spec, "network", rep, rel)
+        if pk_calibrated:
+            rows += _cal_rows(f"{PK_CAL_MODEL} [{name}]", spec, rep, rel, str(ckpt))
         if synthetic and pk_likelihood:
             pk_done = True
             rows += _pk_rows(f"{PK_MODEL} [{name} maps]", spec, rep, rel, str(ckpt))
         elif not pk_done and rep.get("transfer") is None:
             pk_done = True
             rows += _pk_rows(PK_MODEL, spec, rep, rel)
-    if not pk_done:
+    with_cal = pk_calibrated and evaluated == 0
+    if not pk_done or with_cal:
         try:
-            rep, rel = pairs.run(spec, None, PK_MODEL, True)
+            rep, rel = pairs.run(spec, None, PK_MODEL, not pk_done, with_cal)
         except Exception as exc:  # as above
-            return rows + _error_rows(PK_MODEL, spec, "pk_likelihood", pairs.failure(exc))
+            msg = pairs.failure(exc)
+            if not pk_done:
+                rows += _error_rows(PK_MODEL, spec, "pk_likelihood", msg)
+            if with_cal:
+                rows += _error_rows(PK_CAL_MODEL, spec, "pk_calibrated", msg)
+            return rows
         if "pk_likelihood" in rep["methods"]:
             rows += _rows(PK_MODEL, spec, "pk_likelihood", rep, rel)
-        else:
-            notes = [n for n in rep.get("notes") or [] if "P(k) likelihood" in n]
+        elif not pk_done:
+            notes = [n for n in rep.get("notes") or [] if n.startswith("P(k) likelihood")]
             note = "; ".join(notes or rep.get("notes") or []) or "not run"
             rows += _error_rows(PK_MODEL, spec, "pk_likelihood", note)
+        if with_cal:
+            rows += _cal_rows(PK_CAL_MODEL, spec, rep, rel)
     return rows
 
 

@@ -9,7 +9,21 @@ and kappa; skipped with a note otherwise), scores both against the true values
 (:mod:`engine.evaluation.fisher`), and writes ``report.json``, ``predictions.csv`` and
 ``figures/*.png`` (schema: :mod:`engine.evaluation.schema`; figures:
 :mod:`engine.evaluation.figures`). :func:`engine.evaluation.compare.compare` loops over
-checkpoints × datasets into one long table. ``python -m engine train`` runs :func:`evaluate` at
+checkpoints × datasets into one long table.
+
+Two classical baselines
+-----------------------
+``pk_likelihood`` (label "P(k) likelihood") is the binned P(k) likelihood with the maps' own
+linear/halofit theory: exact for the Gaussian and lognormal kinds, k ≤ k_N/4 for 2lpt slabs, and
+absent for maps of other origin (camels, quijote, des, folder). ``pk_calibrated`` ("calibrated
+P(k)") is the simulation-calibrated P(k) likelihood of :mod:`engine.evaluation.calibrated`,
+which runs on any labelled maps: its emulator and covariance are fitted on the network's
+training data (the checkpoint's ``config["dataset"]``, or maps generated with its settings when
+it was trained on the fly: :func:`engine.evaluation.predict.checkpoint_training_spec`), on the
+evaluated dataset's own train split without a checkpoint (a note says when the evaluated maps
+include it), or on ``calibration=`` (a file or a spec); fits are cached per training spec
+(:func:`engine.evaluation.calibrated.calibrate`). Its maps are those the network sees (after
+domain transfer: the network's grid, which is its training data's). ``python -m engine train`` runs :func:`evaluate` at
 the end of a completed run.
 
 Tasks
@@ -34,6 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from engine.evaluation.calibrated import (
+    calibrate,
+    pk_calibrated_predict,
+    resolve_calibration,
+    training_spec,
+)
 from engine.evaluation.figures import draw_figures
 from engine.evaluation.fisher import crb_sigma
 from engine.evaluation.likelihood import pk_likelihood_predict
@@ -54,6 +74,7 @@ from engine.evaluation.predict import (
     checkpoint_like,
     checkpoint_path,
     checkpoint_task,
+    checkpoint_training_spec,
     predict_network,
     write_predictions,
 )
@@ -152,8 +173,10 @@ def evaluate(
     datasets_file: str | Path | None = None,
     grid: int = 64,
     k_max: float | None = None,
+    pk_calibrated: bool | None = None,
+    calibration=None,
 ) -> dict[str, Any]:
-    """Evaluate a network and/or the P(k) likelihood on labelled maps; write the report.
+    """Evaluate a network and/or the P(k) likelihoods on labelled maps; write the report.
 
     The checkpoint's task picks the evaluation (:func:`evaluator_for`; regression:
     :func:`evaluate_regression`).
@@ -182,7 +205,14 @@ def evaluate(
     k_max : float, optional
         Highest bin centre of the likelihood and the Fisher bound (h/Mpc, or ℓ for κ); default
         the Nyquist wavenumber, except k_N/4 for 2lpt maps (linear theory; see
-        :mod:`engine.evaluation.theory`).
+        :mod:`engine.evaluation.theory`). Given, it also cuts the calibrated likelihood's bins.
+    pk_calibrated : bool, optional
+        Also run the calibrated P(k) likelihood (module docstring; failures become a note);
+        default ``pk_likelihood`` (on grf and lognormal maps it sits beside the exact
+        linear-theory likelihood, which it should match).
+    calibration : str or Path or Calibration, optional
+        The calibration to use: a ``.json`` file of one, or the dataset spec to fit it on;
+        default the network's training data, else the dataset's train split.
 
     Returns
     -------
@@ -208,6 +238,8 @@ def evaluate(
         datasets_file=datasets_file,
         grid=grid,
         k_max=k_max,
+        pk_calibrated=pk_calibrated,
+        calibration=calibration,
     )[0]
 
 
@@ -252,6 +284,9 @@ class _Maps:
     pk_likelihood: bool
     k_max: float | None
     notes: list[str] = field(default_factory=list)
+    pk_calibrated: bool = False
+    k_max_given: float | None = None  # k_max as given (the calibrated likelihood's bins)
+    calibration: dict[str, Any] | None = None  # report["calibration"]
 
 
 def evaluate_regression(
@@ -265,6 +300,8 @@ def evaluate_regression(
     datasets_file=None,
     grid=64,
     k_max=None,
+    pk_calibrated=None,
+    calibration=None,
 ) -> tuple[dict[str, Any], dict[str, dict], np.ndarray, Any]:
     """The evaluation of a regression checkpoint (and/or the P(k) likelihood): :func:`evaluate`.
 
@@ -286,9 +323,15 @@ def evaluate_regression(
         As :func:`evaluate`.
     """
     t0 = time.perf_counter()
-    ckpt, device, out = _check_options(checkpoint, out_dir, pk_likelihood, device, k_max)
+    ckpt, device, out = _check_options(
+        checkpoint, out_dir, pk_likelihood or bool(pk_calibrated), device, k_max
+    )
     m = _prepare_maps(dataset, ckpt, datasets_file, count, seed, pk_likelihood, k_max)
+    m.pk_calibrated = pk_likelihood if pk_calibrated is None else bool(pk_calibrated)
+    m.k_max_given = k_max
     results, labels = _predict(m, ckpt, device, grid)
+    if m.pk_calibrated:
+        _predict_calibrated(m, ckpt, calibration, datasets_file, grid, results, labels)
     fisher, sigma_maps = _fisher(m, grid)
     keep = away_from_edges(m.truth, m.prior)
     methods = {
@@ -308,6 +351,7 @@ def evaluate_regression(
         "prior": {n: list(m.prior[j]) for j, n in enumerate(PARAMS)},
         "params": list(PARAMS),
         "methods": methods,
+        "calibration": m.calibration,
         "fisher": fisher,
         "k_max": m.k_max,
         "figures": {},
@@ -413,6 +457,70 @@ def _predict(m: _Maps, ckpt, device, grid) -> tuple[dict[str, dict], dict[str, s
         except ConfigError as exc:
             m.notes.append(f"P(k) likelihood skipped: {exc}")
     return results, labels
+
+
+def _predict_calibrated(m: _Maps, ckpt, calibration, datasets_file, grid, results, labels):
+    """Add the calibrated P(k) likelihood's predictions to ``results`` (module docstring for the
+    calibration used), or a note saying why it did not run."""
+    try:
+        options = {"datasets_file": datasets_file, "k_max": m.k_max_given}
+        if calibration is not None:
+            cal = resolve_calibration(calibration, like=None, **options)
+        elif ckpt is not None:
+            spec = checkpoint_training_spec(ckpt)
+            # on the fly: maps generated like the network's (settings and prior box)
+            like = m.like if spec is None else None
+            cal = calibrate(spec or str(m.like["kind"]), like=like, **options)
+        elif m.spec == "<DataArray>" or not isinstance(m.spec, str):
+            raise ConfigError(
+                "maps given as a DataArray without a source: pass calibration= (a file or the "
+                "spec of the training data)"
+            )
+        else:  # the dataset's own train split, all of it (count is of the evaluated maps)
+            cal = calibrate(training_spec(m.spec, datasets_file, drop_count=True)[1], **options)
+            _note_overlap(m, datasets_file)
+        results["pk_calibrated"] = pk_calibrated_predict(m.da, cal, prior=m.prior, grid=grid)
+    except ConfigError as exc:
+        m.notes.append(f"calibrated P(k) skipped: {exc}")
+        return
+    labels["pk_calibrated"] = LABELS["pk_calibrated"]
+    m.calibration = cal.summary()
+    m.notes.append(
+        f"calibrated P(k): emulator and covariance from {cal.n_maps} maps of {cal.spec!r} "
+        f"({cal.n_bins} bins, Hartlap factor {cal.hartlap:.3f})"
+    )
+    val = cal.validation
+    if val and abs(val["chi2_per_bin"] - 1) > 5 * val["chi2_error"] + 0.1:
+        m.notes.append(
+            f"calibrated P(k): held-out chi2 per bin {val['chi2_per_bin']:.3g} on "
+            f"{val['n_maps']} maps (1 expected): the emulator or covariance misfits"
+        )
+    outside = [
+        name
+        for j, name in enumerate(PARAMS)
+        if m.prior[j][0] < float(cal.theta_lo[j]) - 0.02 * (m.prior[j][1] - m.prior[j][0])
+        or m.prior[j][1] > float(cal.theta_hi[j]) + 0.02 * (m.prior[j][1] - m.prior[j][0])
+    ]
+    if outside:
+        m.notes.append(
+            "calibrated P(k): the prior box extends beyond the calibration's labels in "
+            + ", ".join(outside)
+            + " (the emulator extrapolates there)"
+        )
+
+
+def _note_overlap(m: _Maps, datasets_file) -> None:
+    """Note when a calibration fitted on the evaluated dataset's train split shares maps with
+    the evaluated maps (other than generated kinds and ``?split=test``/``val``)."""
+    from engine.data import parse_spec, resolve_name
+
+    prefix, _base = training_spec(m.spec, datasets_file)
+    split = parse_spec(resolve_name(m.spec, datasets_file))[2].get("split")
+    if prefix != "synthetic" and split not in ("test", "val"):
+        m.notes.append(
+            f"calibrated P(k): calibrated on the train split of {m.spec!r}, which the evaluated "
+            "maps include (add ?split=test to evaluate on held-out maps)"
+        )
 
 
 def _fisher(m: _Maps, grid: int) -> tuple[dict[str, Any] | None, np.ndarray | None]:

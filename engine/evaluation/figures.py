@@ -19,7 +19,7 @@ from engine.evaluation.metrics import N_BINS
 from engine.evaluation.schema import PARAMS
 
 #: Colours of the methods in the figures.
-COLORS = {"network": "#1f77b4", "pk_likelihood": "#ff7f0e"}
+COLORS = {"network": "#1f77b4", "pk_likelihood": "#ff7f0e", "pk_calibrated": "#2ca02c"}
 _SYMBOLS = {"omega_m": r"$\Omega_m$", "sigma8": r"$\sigma_8$"}
 
 

@@ -144,7 +144,21 @@ def checkpoint_like(path: str | Path) -> dict[str, Any]:
     return like
 
 
-# ---------------------------------------------------------------------------------------------
+def checkpoint_training_spec(path: str | Path) -> str | None:
+    """The dataset spec a checkpoint's network was trained on: its run settings' ``dataset``
+    (``config["dataset"]``, as given to ``train``, e.g. ``data/2lpt64.zarr``; relative paths
+    are relative to where training ran), or None for maps generated on the fly (their kind and
+    settings are :func:`checkpoint_like`).
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable checkpoint.
+    """
+    config = load_checkpoint(path).get("config") or {}
+    spec = config.get("dataset") if isinstance(config, Mapping) else None
+    return str(spec) if spec else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Network predictions
@@ -374,12 +388,23 @@ def _check_settings(attrs: dict[str, Any], trained: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_maps(path: str | Path):
-    """The maps of a ``.zarr``/``.nc`` file of ``python -m engine fields`` (``predict --maps``).
+def reader_spec(text: str | Path) -> bool:
+    """True if ``text`` is a dataset spec of a reader (``folder:``, ``camels:``, ``quijote:``,
+    ``des:`` prefix; :data:`engine.data.READERS`) rather than a file path."""
+    from engine.data import READERS
 
-    :func:`engine.physics.slabs.load` (the first variable with a ``sample`` dimension, loaded),
-    with every failure of a damaged file (empty, truncated chunk, corrupt metadata, not a
-    netCDF/zarr store) turned into one line.
+    prefix, sep, _ = str(text).partition(":")
+    return bool(sep) and prefix in READERS
+
+
+def load_maps(path: str | Path):
+    """The maps of ``predict --maps``: a ``.zarr``/``.nc`` file of ``python -m engine fields``,
+    or a reader's dataset spec (``folder:DIR?box_size=100``, ``camels:FILE``, …, read with
+    :func:`engine.data.open_spec` and loaded).
+
+    Files: :func:`engine.physics.slabs.load` (the first variable with a ``sample`` dimension,
+    loaded), with every failure of a damaged file (empty, truncated chunk, corrupt metadata,
+    not a netCDF/zarr store) turned into one line.
 
     Returns
     -------
@@ -389,16 +414,21 @@ def load_maps(path: str | Path):
     ------
     ConfigError
         A path that is not .zarr/.nc (e.g. a .npy file: read those with a dataset spec), a
-        missing, empty or unreadable file, or no variable with a ``sample`` dimension.
+        missing, empty or unreadable file, or no variable with a ``sample`` dimension; a spec
+        the reader refuses.
     """
     from engine.physics import slabs
 
+    if reader_spec(path):
+        from engine.data import open_spec
+
+        return open_spec(str(path)).load()
     p = Path(path)
     where = f"maps file {str(p)!r}"
     if p.suffix not in (".zarr", ".nc"):
         raise ConfigError(
             f"{where} must be a .zarr or .nc file of 'python -m engine fields' (maps in .npy "
-            "files: evaluate --dataset folder:DIR or camels:PATH)"
+            "files: a spec such as folder:DIR or camels:PATH)"
         )
     try:
         if not p.exists():

@@ -21,7 +21,12 @@ Written by :func:`engine.evaluation.evaluate.evaluate` to ``<out>/report.json``:
                     "bins": {"omega_m": {"edges": [9], "count": [8], "rmse": [8],
                                          "bias": [8], "std": [8]}, "sigma8": {...}},
                     "calibration": {"levels": [...], "omega_m": [...], "sigma8": [...]}},
-        "pk_likelihood": {same, "label": "P(k) likelihood"}},
+        "pk_likelihood": {same, "label": "P(k) likelihood"},
+        "pk_calibrated": {same, "label": "calibrated P(k)"}},
+     "calibration": {"spec": training data of the calibration, "file": path | null,
+                     "n_maps", "n_bins", "degree", "geometry": {"unit", "side", "size",
+                     "units"}, "k_range": [k_lo, k_hi], "theta_range": {"omega_m": [lo, hi],
+                     "sigma8": [lo, hi]}, "hartlap", "validation": {...} | null} | null,
      "fisher": {"crb_sigma": {"omega_m": σ_CRB at the prior centre, "sigma8": ...},
                 "bins": {"omega_m": [σ_CRB at each bin centre, the other parameter at the
                                      prior centre], "sigma8": [...]},
@@ -34,7 +39,9 @@ Written by :func:`engine.evaluation.evaluate.evaluate` to ``<out>/report.json``:
 
 ``n_maps`` counts the evaluated maps (tiles after domain transfer). Methods missing from
 ``methods`` were not run (no checkpoint, ``pk_likelihood=False``, or a kind the likelihood does
-not support: see ``notes``). Non-finite numbers are written as null. Paths in ``figures`` and
+not support: see ``notes``). ``pk_calibrated`` is the simulation-calibrated P(k) likelihood of
+:mod:`engine.evaluation.calibrated`, fitted on the network's training data (or the dataset's own
+train split, or ``calibration=``), described by ``report["calibration"]``. Non-finite numbers are written as null. Paths in ``figures`` and
 ``predictions`` are relative to the report's directory; without ``out_dir`` nothing is written,
 ``figures`` is {} and ``predictions`` null. The metrics are defined in
 :mod:`engine.evaluation.metrics`, σ_CRB in :mod:`engine.evaluation.fisher`.
@@ -42,7 +49,7 @@ not support: see ``notes``). Non-finite numbers are written as null. Paths in ``
 predictions.csv
 ---------------
 ``sample``, ``omega_m_true``, ``sigma8_true``, then per method ``<method>_<param>_mean`` and
-``<method>_<param>_std`` (and ``<method>_<param>_map`` for the P(k) likelihood); the ``predict``
+``<method>_<param>_std`` (and ``<method>_<param>_map`` for the two P(k) likelihoods); the ``predict``
 verb writes unprefixed ``<param>_mean`` / ``_std`` columns for its one method
 (:func:`engine.evaluation.predict.write_predictions`). All values dimensionless.
 
@@ -66,12 +73,15 @@ FIGURES = {
 }
 #: Inferred parameters, in the order of every (B, 2) array of engine.evaluation (dimensionless).
 PARAMS = ("omega_m", "sigma8")
-#: Methods of a report: a trained network, the binned P(k) likelihood.
-METHODS = ("network", "pk_likelihood")
+#: Methods of a report: a trained network, the binned P(k) likelihood (linear theory), the
+#: simulation-calibrated P(k) likelihood.
+METHODS = ("network", "pk_likelihood", "pk_calibrated")
 #: Labels of the methods that have a fixed one (a network is labelled by its model name).
-LABELS = {"pk_likelihood": "P(k) likelihood"}
+LABELS = {"pk_likelihood": "P(k) likelihood", "pk_calibrated": "calibrated P(k)"}
 #: Model name of the P(k)-likelihood rows of the comparison table.
 PK_MODEL = "pk-likelihood"
+#: Model name of the calibrated P(k)-likelihood rows of the comparison table.
+PK_CAL_MODEL = "pk-calibrated"
 #: Metric keys per method and parameter in ``report["methods"][m]["metrics"][param]`` and
 #: columns of the comparison table (definitions: :mod:`engine.evaluation.metrics`).
 METRIC_KEYS = ("rmse", "mae", "r2", "bias", "coverage_68", "coverage_95", "efficiency")

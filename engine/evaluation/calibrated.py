@@ -1,0 +1,1170 @@
+r"""A simulation-calibrated P(k) likelihood of (Ω_m, σ8), for labelled maps of any origin.
+
+The linear-theory likelihood (:mod:`engine.evaluation.likelihood`) needs the maps' theory, which
+the project has only for its own Gaussian/lognormal/2LPT/κ generators. Survey analyses instead
+calibrate the likelihood of a summary statistic on simulations (an *emulator* of its mean and
+a covariance estimated from the simulations). This module does that for the binned power
+spectrum, on any labelled dataset that :func:`engine.data.open_spec` reads (generated kinds, our
+``.zarr``/``.nc`` files, ``folder:``, ``camels:``, ``quijote:``, …).
+
+Data vector
+-----------
+For a map of N² pixels over a side L (Mpc/h; or a field of view θ in degrees, L = θ in radians
+and k = ℓ), the binned spectrum P̂_b of :func:`engine.physics.stats.power_spectrum` (the
+existing hot path; estimator and normalisation in that module's docstring) in the bins
+:func:`calibration_bins`: the k_f-wide bins of the linear-theory likelihood (centred on
+k_f, 2k_f, … ; k_f = 2π/L) up to ``k_max`` (default the Nyquist k_N = πN/L), merged, when there
+are more than ``max_bins`` (default :data:`DEFAULT_MAX_BINS`), into at most ``max_bins`` bins
+of nearly equal width in ln k (the low-k bins stay k_f wide; every bin holds ≥ 8 modes in 2D).
+The data vector is y_b = ln P̂_b (dimensionless; float64).
+
+Emulator of the mean
+--------------------
+E[y_b | θ] ≈ m_b(θ) = Σ_j c_jb f_j(θ), f = the monomials of total degree ≤ ``degree`` (default 2:
+1, u, v, u², uv, v², p = 6 coefficients per bin) of the scaled log-parameters
+
+    u = 2 (ln Ω_m − ln Ω_m,lo) / (ln Ω_m,hi − ln Ω_m,lo) − 1,   v = the same for σ8,
+
+(lo, hi) the range of the training labels, fitted by ordinary least squares over the n training
+maps, C = (Xᵀ X)⁻¹ Xᵀ Y. A quadratic in ln θ rather than θ: for a Gaussian field without noise
+ln P = 2 ln σ8 + g(Ω_m) exactly, so the σ8 dependence is exact and only the Ω_m shape is
+approximated (a quadratic in σ8 itself misses ~0.01 in ln P at the prior edges). Modelling the
+mean of ln P̂ directly (not ln of the mean) makes the emulator unbiased for the statistic used.
+
+Covariance and Hartlap correction
+---------------------------------
+From the residuals R = Y − X C of the same n maps (ν = n − p degrees of freedom),
+
+    Σ̂ = Rᵀ R / ν                                                    (K × K),
+
+θ-independent (for a Gaussian field Var ln P̂_b ≈ 2/n_b at any θ). Σ̂⁻¹ is a biased estimate of
+Σ⁻¹; the unbiased precision is (Hartlap, Simon & Schneider 2007, A&A 464, 399, eq. 17)
+
+    Ψ = h Σ̂⁻¹,   h = (n − K − 2) / (n − 1)
+
+for a covariance about the sample mean (ν = n − 1). About a fitted mean with p coefficients the
+scatter matrix is Wishart with ν = n − p degrees of freedom and the same argument gives
+h = (ν − K − 1) / ν (:func:`hartlap_factor`, equal to eq. 17 for p = 1). It needs ν > K + 1,
+i.e. n > K + p + 1 maps (n > K + 2 for p = 1): :func:`fit_calibration` refuses fewer in one line.
+Maps of one simulation (CAMELS: 15 slices; Quijote: slabs of a box) are not independent; their
+correlated scatter is part of Σ̂, but the effective n is smaller than the number of maps.
+Labels other than (Ω_m, σ8) (e.g. the CAMELS feedback parameters) vary in the training set and
+act as nuisance parameters: their effect on P̂ is part of the scatter, i.e. marginalised over
+the training distribution.
+
+Posterior
+---------
+Gaussian likelihood in y, flat prior on the box ``prior`` (the linear-theory likelihood's box
+and grid: ``grid × grid`` points uniform in Ω_m and σ8 with the edges as endpoints,
+:func:`engine.evaluation.theory.theory_grid`),
+
+    −2 ln L(θ) = (y − m(θ))ᵀ Ψ (y − m(θ)),
+
+evaluated for all maps at once ((B, K) × (K, K) × (K, G) matrix products, float64 torch on the
+CPU). The maximum θ̂ (``map``) is refined from the grid's best point by projected Gauss–Newton
+steps; the posterior mean, std and correlation are moments on the grid, or, where the grid
+does not resolve the Laplace covariance F⁻¹ = (Jᵀ Ψ J)⁻¹ (J = ∂m/∂θ at θ̂), on the local whitened
+21 × 21 grid of the linear-theory likelihood (:data:`engine.evaluation.likelihood.LOCAL_POINTS`;
+``refined`` True). Outside the training labels' range the emulator extrapolates.
+
+On Gaussian maps its posterior agrees with the exact likelihood of the binned spectrum
+(P̂_b ~ μ_b χ²_{n_b}/n_b, the ``gamma`` option of the linear-theory likelihood) and is wider by
+about 1/n_b per bin (Var ln P̂_b = ψ'(n_b/2) ≈ 2/n_b (1 + 1/n_b): the price of a Gaussian in
+ln P̂, ~10 % in σ(Ω_m) for 32² maps); on non-Gaussian maps its covariance includes the
+non-Gaussian and bin-to-bin scatter that the Gaussian covariance 2μ²/n_b misses
+(``tests/test_calibrated.py``).
+
+Validation
+----------
+Before the final fit on all n maps, the emulator and covariance are fitted on a random 80 % of
+the maps (of the simulations, when the data has a ``simulation`` coord) and checked on the
+other 20 %: ``validation["chi2_per_bin"]`` = mean over held-out maps of rᵀ Ψ r / K (≈ 1 + p/n
+for a correct model; ``chi2_error`` = √(2/(K n_val)) its statistical error for independent maps)
+and ``validation["max_bias_sigma"]`` = max over bins of |mean r_b| / (σ_b / √n_val) (the
+emulator's bias in units of its statistical error; ≲ 3 expected).
+
+Storage and reuse
+-----------------
+A :class:`Calibration` is a small JSON file (:meth:`Calibration.save`, :func:`load_calibration`;
+format below), written where the user asks (``predict --save-calibration FILE``) and, for every
+fit by :func:`calibrate`, in a cache keyed by the training data: ``$ENGINE_CALIBRATIONS`` if
+set, else ``$XDG_CACHE_HOME/cosmo-engine/calibrations`` (default ``~/.cache/…``), file
+``pk_<sha1 of the key>.json``. The key is the training spec (without ``split``/``count``/
+``seed``), the map settings it is generated or read with (``like``), the fit options and, for
+paths, the size and modification time of the file or of the folder's entries, so an edited
+dataset is refitted. Fits are also kept in memory per process, so ``compare`` fits once per
+training dataset, not once per pair. A cache that cannot be written is skipped silently.
+
+File format (JSON, ``"format": "pk-calibration"``, ``"version": 1``)::
+
+    {"format", "version", "spec": training spec, "n_maps": n, "n_bins": K, "degree": d,
+     "geometry": {"unit": "Mpc/h" | "deg", "side": L or θ, "size": N, "units": map units},
+     "edges": [K+1] (h/Mpc or ℓ), "k": [K] mean |k| per bin, "n_modes": [K],
+     "theta_range": {"omega_m": [lo, hi], "sigma8": [lo, hi]} (training labels),
+     "coef": [p][K] emulator coefficients, "cov": [K][K] residual covariance Σ̂,
+     "hartlap": h, "validation": {...} | null, "engine_version", "created"}
+
+Applying a calibration to maps of another geometry (pixel count, side, length unit) or other
+map units is refused with a one-line :class:`~engine.params.ConfigError`; settings that do not
+change the geometry (smoothing, noise, slab thickness, simulator) are the user's to match, as
+for any emulator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.evaluation.likelihood import LOCAL_HALF_WIDTH, LOCAL_POINTS, _moments, _resolved
+from engine.evaluation.schema import PARAMS
+from engine.evaluation.theory import DEFAULT_PRIOR, check_prior
+from engine.params import ConfigError
+from engine.physics.stats import bin_isotropic, default_edges, power_spectrum
+
+__all__ = [
+    "CACHE_ENV",
+    "CALIBRATION_SEED",
+    "Calibration",
+    "DEFAULT_COUNT",
+    "DEFAULT_DEGREE",
+    "DEFAULT_MAX_BINS",
+    "Geometry",
+    "cache_dir",
+    "calibrate",
+    "calibration_bins",
+    "features",
+    "fit_calibration",
+    "hartlap_factor",
+    "load_calibration",
+    "pk_calibrated_predict",
+    "training_maps",
+]
+
+#: File format name and version of a stored calibration.
+FORMAT, VERSION = "pk-calibration", 1
+#: Default number of merged bins (:func:`calibration_bins`).
+DEFAULT_MAX_BINS = 16
+#: Default total degree of the emulator polynomial in (ln Ω_m, ln σ8).
+DEFAULT_DEGREE = 2
+#: Maps generated to calibrate on a generated kind (network trained on the fly): with K = 16
+#: bins the noise of Σ̂ widens parameter errors by ~3 % (Dodelson & Schneider 2013, PRD 88,
+#: 063537), and 512 maps of the slowest kind (2lpt, 64²) take ~2 min on 2 CPU cores.
+DEFAULT_COUNT = 512
+#: Seed of those maps (evaluation maps use other seeds: 12345 by default, or the run's).
+CALIBRATION_SEED = 271828
+#: Fraction of the maps (or simulations) held out for the validation of the emulator.
+VALIDATION_FRACTION = 0.2
+#: Environment variable naming the calibration cache folder.
+CACHE_ENV = "ENGINE_CALIBRATIONS"
+#: Maps measured per FFT batch.
+BATCH = 256
+#: Length units of the pixel-scale attrs.
+_SCALES = {"box_size": "Mpc/h", "fov": "deg"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry, bins, features, Hartlap
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The pixel grid and units a calibration applies to.
+
+    Attributes
+    ----------
+    unit : {"Mpc/h", "deg"}
+        Length unit of ``side``: slab maps (attr ``box_size``) or flat-sky maps (attr ``fov``).
+    side : float
+        Side of the square map in ``unit``.
+    size : int
+        Pixels per side N.
+    units : str
+        Units of the pixel values (attr ``units``, e.g. "dimensionless").
+    """
+
+    unit: str
+    side: float
+    size: int
+    units: str
+
+    @classmethod
+    def of(cls, da, scale: Mapping[str, float | None] | None = None) -> Geometry:
+        """The geometry of maps ``da`` (sample, y, x) from their attrs, or ``scale``
+        (``{"box_size": L}`` in Mpc/h or ``{"fov": θ}`` in degrees) for maps without one.
+
+        Raises
+        ------
+        ConfigError
+            Maps that are not (sample, y, x) and square, or without a pixel scale.
+        """
+        src = da.attrs.get("source", da.attrs.get("kind", "the maps"))
+        if tuple(da.dims[-2:]) != ("y", "x") or da.sizes["y"] != da.sizes["x"] or da.ndim != 3:
+            raise ConfigError(
+                f"maps of {src!r} have dims {dict(da.sizes)}: the calibrated P(k) likelihood "
+                "needs square one-channel maps (sample, y, x)"
+            )
+        attrs = dict(da.attrs)
+        for key, value in (scale or {}).items():
+            if value is not None:
+                attrs[key] = value
+        units = str(attrs.get("units", "dimensionless"))
+        for key, unit in _SCALES.items():
+            if attrs.get(key) is not None:
+                side = float(attrs[key])
+                if not (math.isfinite(side) and side > 0):
+                    raise ConfigError(f"maps of {src!r} have {key}={side!r}: not a side > 0")
+                return cls(unit, side, int(da.sizes["x"]), units)
+        raise ConfigError(
+            f"maps of {src!r} have no pixel scale (attr box_size in Mpc/h or fov in degrees), "
+            "which the calibrated P(k) likelihood needs: add ?box_size=MPC_H or ?fov=DEG to "
+            "a folder spec, or give --box-size/--fov"
+        )
+
+    @property
+    def box(self) -> float:
+        """Side of the periodic map for :mod:`engine.physics.stats`: Mpc/h, or radians (k = ℓ)."""
+        return self.side if self.unit == "Mpc/h" else math.radians(self.side)
+
+    def text(self) -> str:
+        """E.g. ``"64² over 128 Mpc/h, dimensionless"``."""
+        return f"{self.size}² over {self.side:g} {self.unit}, {self.units}"
+
+    def check(self, other: Geometry, what: str = "the maps") -> None:
+        """Refuse ``other`` (the maps') unless it is this geometry (one line).
+
+        Raises
+        ------
+        ConfigError
+            Another pixel count, side (relative 1e-6), length unit or map units.
+        """
+        same = (
+            self.unit == other.unit
+            and self.size == other.size
+            and math.isclose(self.side, other.side, rel_tol=1e-6)
+            and self.units == other.units
+        )
+        if not same:
+            raise ConfigError(
+                f"the calibration is for maps of {self.text()}, but {what} are "
+                f"{other.text()}: calibrate on maps of the same geometry"
+            )
+
+
+def calibration_bins(
+    size: int, box: float, k_max: float | None = None, max_bins: int | None = DEFAULT_MAX_BINS
+) -> torch.Tensor:
+    """Bin edges of the calibrated likelihood (module docstring): (K+1,) float64, h/Mpc or ℓ.
+
+    Parameters
+    ----------
+    size : int
+        Pixels per side N (≥ 4).
+    box : float
+        Side L of the map (Mpc/h, or radians for κ).
+    k_max : float, optional
+        Highest centre of the k_f-wide bins kept (h/Mpc or ℓ); default the Nyquist k_N = πN/L.
+    max_bins : int or None
+        Merge into at most this many bins, nearly uniform in ln k (None: no merging).
+
+    Raises
+    ------
+    ConfigError
+        ``k_max`` below the fundamental mode k_f = 2π/L, or ``max_bins`` < 2.
+    """
+    edges = default_edges((size, size), box)
+    kf = 2 * math.pi / box
+    if k_max is not None:
+        if not (math.isfinite(k_max) and k_max >= kf):
+            raise ConfigError(
+                f"k_max={k_max:g} is below the fundamental mode k_f={kf:.4g}: no bin is left"
+            )
+        n_keep = int(math.floor(k_max / kf * (1 + 1e-9)))
+        edges = edges[: min(n_keep, edges.numel() - 1) + 1]
+    n = edges.numel() - 1
+    if max_bins is not None:
+        if int(max_bins) < 2:
+            raise ConfigError(f"max_bins={max_bins!r} must be >= 2")
+        if n > max_bins:
+            idx = np.unique(np.round(np.geomspace(1, n + 1, int(max_bins) + 1)).astype(int)) - 1
+            edges = edges[torch.as_tensor(idx)]
+    return edges
+
+
+def _monomials(degree: int) -> list[tuple[int, int]]:
+    """Exponents (a, b) of u^a v^b with a + b ≤ degree, by total degree then a descending."""
+    return [(t - b, b) for t in range(degree + 1) for b in range(t + 1)]
+
+
+def _scaled(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """(u (..., 2) in [-1, 1] over [lo, hi] in ln θ, du/dθ (..., 2))."""
+    span = (hi.log() - lo.log()) / 2
+    return (theta.log() - lo.log()) / span - 1, 1 / (span * theta)
+
+
+def features(
+    theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, degree: int, grad: bool = False
+):
+    """Emulator features f(θ) (module docstring): (..., p) float64, and with ``grad`` their
+    derivatives ∂f/∂(Ω_m, σ8) (..., p, 2).
+
+    ``theta`` (..., 2) float64 (Ω_m, σ8) > 0; ``lo``, ``hi`` (2,) the training labels' range.
+    """
+    uv, duv = _scaled(theta, lo, hi)
+    (u, v), (du, dv) = uv.unbind(-1), duv.unbind(-1)
+    powers = _monomials(degree)
+    f = torch.stack([u**a * v**b for a, b in powers], dim=-1)
+    if not grad:
+        return f
+    zero = torch.zeros_like(u)
+    fu = [a * u ** (a - 1) * v**b * du if a else zero for a, b in powers]
+    fv = [b * u**a * v ** (b - 1) * dv if b else zero for a, b in powers]
+    return f, torch.stack([torch.stack(fu, -1), torch.stack(fv, -1)], dim=-1)
+
+
+def hartlap_factor(n_sims: int, n_bins: int, n_fit: int = 1) -> float:
+    """Debiasing factor h of an inverse covariance estimated from simulations.
+
+    h = (n − n_fit − K − 1) / (n − n_fit): for a covariance about the sample mean (n_fit = 1)
+    this is (n − K − 2)/(n − 1), Hartlap, Simon & Schneider (2007, A&A 464, 399, eq. 17); about
+    a mean fitted with n_fit coefficients the residuals have ν = n − n_fit degrees of freedom
+    and h = (ν − K − 1)/ν (module docstring).
+
+    Parameters
+    ----------
+    n_sims : int
+        Independent realisations n.
+    n_bins : int
+        Length K of the data vector.
+    n_fit : int
+        Coefficients of the fitted mean per bin (1: the sample mean).
+
+    Returns
+    -------
+    float in (0, 1).
+
+    Raises
+    ------
+    ConfigError
+        n ≤ K + n_fit + 1 (h ≤ 0: the covariance cannot be inverted reliably).
+    """
+    n, k, p = int(n_sims), int(n_bins), int(n_fit)
+    if n - p - k - 1 <= 0:
+        need = k + p + 2
+        raise ConfigError(
+            f"{n} maps are too few to estimate the covariance of {k} bins"
+            + (f" about an emulator of {p} coefficients" if p > 1 else "")
+            + f" (Hartlap et al. 2007 need n > {need - 1}): give at least {need} labelled maps "
+            "or fewer bins (max_bins, k_max)"
+        )
+    return (n - p - k - 1) / (n - p)
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration
+# ---------------------------------------------------------------------------------------------
+
+
+def _t(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A fitted calibrated P(k) likelihood (module docstring); build with
+    :func:`fit_calibration`, :func:`calibrate` or :func:`load_calibration`.
+
+    Attributes
+    ----------
+    spec : str
+        The training data's dataset spec (or a description).
+    geometry : Geometry
+    edges : torch.Tensor (K+1,) float64
+        Bin edges, h/Mpc (slabs) or ℓ (flat-sky maps).
+    k, n_modes : torch.Tensor (K,) float64
+        Mean |k| and full-plane modes per bin.
+    degree : int
+        Total degree of the emulator polynomial.
+    theta_lo, theta_hi : torch.Tensor (2,) float64
+        Range of the training labels (Ω_m, σ8), the emulator's scaling.
+    coef : torch.Tensor (p, K) float64
+        Emulator coefficients of :func:`features`.
+    cov : torch.Tensor (K, K) float64
+        Residual covariance Σ̂ of ln P̂ (ν = n − p).
+    n_maps : int
+    hartlap : float
+        h of :func:`hartlap_factor`; the precision is Ψ = h Σ̂⁻¹.
+    validation : dict or None
+        Held-out check (module docstring), None when too few maps to hold some out.
+    created, engine_version : str
+    path : str or None
+        The file it was loaded from or last saved to (not stored in the file).
+    """
+
+    spec: str
+    geometry: Geometry
+    edges: torch.Tensor
+    k: torch.Tensor
+    n_modes: torch.Tensor
+    degree: int
+    theta_lo: torch.Tensor
+    theta_hi: torch.Tensor
+    coef: torch.Tensor
+    cov: torch.Tensor
+    n_maps: int
+    hartlap: float
+    validation: dict | None = None
+    created: str = ""
+    engine_version: str = ""
+    path: str | None = field(default=None, compare=False)
+
+    def __eq__(self, other) -> bool:
+        """Equal when the stored documents are (every number exactly; ``path`` aside)."""
+        return isinstance(other, Calibration) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable-looking arrays inside: not hashable
+
+    @property
+    def n_bins(self) -> int:
+        """Number of bins K."""
+        return int(self.coef.shape[1])
+
+    @property
+    def precision(self) -> torch.Tensor:
+        """Ψ = h Σ̂⁻¹, (K, K) float64 (Hartlap-corrected)."""
+        return self.hartlap * torch.linalg.inv(self.cov)
+
+    def mean_log_power(self, theta: torch.Tensor, grad: bool = False):
+        """Emulated mean m(θ) of ln P̂ (..., K) float64 at θ (..., 2); with ``grad`` also
+        ∂m/∂(Ω_m, σ8) (..., K, 2)."""
+        out = features(theta, self.theta_lo, self.theta_hi, self.degree, grad)
+        if not grad:
+            return out @ self.coef
+        f, df = out
+        return f @ self.coef, torch.einsum("...pi,pk->...ki", df, self.coef)
+
+    def measure(self, maps: torch.Tensor) -> torch.Tensor:
+        """ln P̂_b of maps (B, N, N): (B, K) float64.
+
+        Raises
+        ------
+        ConfigError
+            A map with a non-positive or non-finite binned power (e.g. a constant map).
+        """
+        y = _log_spectra(maps, self.geometry.box, self.edges)
+        return y
+
+    def summary(self) -> dict[str, Any]:
+        """The report's ``calibration`` entry: spec, file, n_maps, n_bins, degree, geometry,
+        k range, theta range, Hartlap factor, validation."""
+        return {
+            "spec": self.spec,
+            "file": self.path,
+            "n_maps": self.n_maps,
+            "n_bins": self.n_bins,
+            "degree": self.degree,
+            "geometry": self.geometry.__dict__.copy(),
+            "k_range": [float(self.edges[0]), float(self.edges[-1])],
+            "theta_range": {
+                n: [float(self.theta_lo[j]), float(self.theta_hi[j])] for j, n in enumerate(PARAMS)
+            },
+            "hartlap": self.hartlap,
+            "validation": self.validation,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the file format (module docstring)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "spec": self.spec,
+            "n_maps": self.n_maps,
+            "n_bins": self.n_bins,
+            "degree": self.degree,
+            "geometry": self.geometry.__dict__.copy(),
+            "edges": self.edges.tolist(),
+            "k": self.k.tolist(),
+            "n_modes": self.n_modes.tolist(),
+            "theta_range": {
+                n: [float(self.theta_lo[j]), float(self.theta_hi[j])] for j, n in enumerate(PARAMS)
+            },
+            "coef": self.coef.tolist(),
+            "cov": self.cov.tolist(),
+            "hartlap": self.hartlap,
+            "validation": self.validation,
+            "engine_version": self.engine_version,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> Calibration:
+        """Rebuild from :meth:`to_dict`'s document.
+
+        Raises
+        ------
+        ConfigError
+            Another format or version, missing keys, or inconsistent shapes (one line).
+        """
+        where = f"calibration file {path!r}" if path else "calibration"
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ConfigError(f"{where} is not a P(k) calibration (format {FORMAT!r})")
+        if d.get("version") != VERSION:
+            raise ConfigError(f"{where} has version {d.get('version')!r}; this engine reads 1")
+        try:
+            g = d["geometry"]
+            geometry = Geometry(str(g["unit"]), float(g["side"]), int(g["size"]), str(g["units"]))
+            rng = d["theta_range"]
+            cal = cls(
+                spec=str(d["spec"]),
+                geometry=geometry,
+                edges=_t(d["edges"]),
+                k=_t(d["k"]),
+                n_modes=_t(d["n_modes"]),
+                degree=int(d["degree"]),
+                theta_lo=_t([rng[n][0] for n in PARAMS]),
+                theta_hi=_t([rng[n][1] for n in PARAMS]),
+                coef=_t(d["coef"]),
+                cov=_t(d["cov"]),
+                n_maps=int(d["n_maps"]),
+                hartlap=float(d["hartlap"]),
+                validation=d.get("validation"),
+                created=str(d.get("created", "")),
+                engine_version=str(d.get("engine_version", "")),
+                path=path,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"{where} is damaged: {type(exc).__name__}: {exc}") from None
+        k = cal.edges.numel() - 1
+        p = len(_monomials(cal.degree))
+        shapes_ok = (
+            cal.coef.shape == (p, k)
+            and cal.cov.shape == (k, k)
+            and cal.k.shape == cal.n_modes.shape == (k,)
+            and 0 < cal.hartlap < 1
+        )
+        if not shapes_ok:
+            raise ConfigError(f"{where} is damaged: inconsistent shapes of edges, coef and cov")
+        return cal
+
+    def save(self, path: str | Path) -> Calibration:
+        """Write the JSON file atomically; returns the calibration with ``path`` set.
+
+        Raises
+        ------
+        ConfigError
+            A path not ending in .json, or in a missing directory.
+        """
+        from engine.runs import write_json_atomic
+
+        p = Path(path)
+        if p.suffix != ".json":
+            raise ConfigError(f"calibration file {str(p)!r} must end in .json")
+        if not p.parent.is_dir():
+            raise ConfigError(
+                f"calibration file {str(p)!r}: directory {str(p.parent)!r} does not exist"
+            )
+        write_json_atomic(p, self.to_dict())
+        return _with_path(self, str(p))
+
+
+def _with_path(cal: Calibration, path: str | None) -> Calibration:
+    from dataclasses import replace
+
+    return replace(cal, path=path)
+
+
+def _log_spectra(
+    maps: torch.Tensor, box: float, edges: torch.Tensor, first: int = 0
+) -> torch.Tensor:
+    """ln P̂_b (B, K) float64 of maps (B, N, N), measured in batches of :data:`BATCH`
+    (``first``: index of the first map, for messages)."""
+    out = []
+    for i in range(0, maps.shape[0], BATCH):
+        p = power_spectrum(maps[i : i + BATCH].to(torch.float64), box, edges).power
+        if not bool((p > 0).all() & torch.isfinite(p).all()):
+            bad = int(((p <= 0) | ~torch.isfinite(p)).any(-1).nonzero()[0, 0]) + i + first
+            raise ConfigError(
+                f"map {bad} has a binned power spectrum that is zero or not finite (a constant "
+                "map, or NaN/inf pixels): ln P cannot be taken"
+            )
+        out.append(p.log())
+    return torch.cat(out)
+
+
+def _as_maps(da, first: int = 0) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(maps (B, N, N) float64 tensor, labels (B, 2) float64 or None) of a DataArray."""
+    x = torch.from_numpy(np.asarray(da.values, dtype=np.float64))
+    if not bool(torch.isfinite(x).all()):
+        bad = first + int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(-1).nonzero()[0, 0])
+        raise ConfigError(f"map {bad} holds NaN or inf pixels")
+    truth = None
+    if "omega_m" in da.coords and "sigma8" in da.coords:
+        truth = np.stack(
+            [np.asarray(da["omega_m"], np.float64), np.asarray(da["sigma8"], np.float64)], -1
+        ).reshape(-1, 2)
+    return x, truth
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit(y: torch.Tensor, theta: torch.Tensor, lo, hi, degree: int):
+    """(coef (p, K), cov Σ̂ (K, K), hartlap h) of ln P̂ y (n, K) at labels θ (n, 2)."""
+    x = features(theta, lo, hi, degree)
+    n, p = x.shape
+    h = hartlap_factor(n, y.shape[1], p)
+    coef = torch.linalg.lstsq(x, y, driver="gelsd").solution
+    r = y - x @ coef
+    cov = r.T @ r / (n - p)
+    return coef, cov, h
+
+
+def _groups(da, n: int) -> np.ndarray:
+    """Group id per map: the ``simulation`` coord when present, else each map its own."""
+    if "simulation" in da.coords and da["simulation"].dims == ("sample",):
+        return np.asarray(da["simulation"].values)
+    return np.arange(n)
+
+
+def _validate(y, theta, groups, lo, hi, degree: int) -> dict[str, Any] | None:
+    """The held-out check of the module docstring, or None when too few maps."""
+    ids = np.unique(groups)
+    n_out = int(round(VALIDATION_FRACTION * len(ids)))
+    if n_out < 1 or n_out == len(ids):
+        return None
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    held = np.isin(groups, rng.choice(ids, n_out, replace=False))
+    fit_idx = torch.as_tensor(np.nonzero(~held)[0])
+    val_idx = torch.as_tensor(np.nonzero(held)[0])
+    if val_idx.numel() < 2:
+        return None
+    try:
+        coef, cov, h = _fit(y[fit_idx], theta[fit_idx], lo, hi, degree)
+    except ConfigError:
+        return None
+    r = y[val_idx] - features(theta[val_idx], lo, hi, degree) @ coef
+    psi = h * torch.linalg.inv(cov)
+    k, n_val = y.shape[1], val_idx.numel()
+    chi2 = float(torch.einsum("bk,kl,bl->b", r, psi, r).mean()) / k
+    sigma = cov.diagonal().sqrt()
+    bias = (r.mean(0) / (sigma / math.sqrt(n_val))).abs()
+    return {
+        "n_maps": int(n_val),
+        "n_fit_maps": int(fit_idx.numel()),
+        "chi2_per_bin": chi2,
+        "chi2_error": math.sqrt(2 / (k * n_val)),
+        "max_bias_sigma": float(bias.max()),
+        "rms_residual": float(r.pow(2).mean().sqrt()),
+    }
+
+
+def fit_calibration(
+    maps,
+    spec: str | None = None,
+    k_max: float | None = None,
+    max_bins: int | None = DEFAULT_MAX_BINS,
+    degree: int = DEFAULT_DEGREE,
+    scale: Mapping[str, float | None] | None = None,
+) -> Calibration:
+    """Fit the calibrated likelihood on labelled maps (module docstring for the method).
+
+    Parameters
+    ----------
+    maps : xarray.DataArray (sample, y, x)
+        Training maps with per-sample ``omega_m`` and ``sigma8`` coords and a pixel scale (attr
+        ``box_size`` in Mpc/h or ``fov`` in degrees, or ``scale``); read in batches.
+    spec : str, optional
+        Recorded as the calibration's ``spec`` (default the maps' ``source`` attr).
+    k_max : float, optional
+        Highest k_f-bin centre kept, h/Mpc (ℓ for flat-sky maps); default the Nyquist k_N.
+    max_bins : int or None
+        At most this many merged bins (:func:`calibration_bins`; None: k_f-wide bins).
+    degree : int
+        Total degree of the emulator polynomial in (ln Ω_m, ln σ8), 1 … 4.
+    scale : mapping, optional
+        ``{"box_size": L}`` or ``{"fov": θ}`` for maps without the attr.
+
+    Returns
+    -------
+    Calibration (not saved: :meth:`Calibration.save`, or :func:`calibrate` for the cache).
+
+    Raises
+    ------
+    ConfigError
+        Maps without labels, pixel scale or of other dims; labels that do not vary or are not
+        > 0; too few maps for the bins (n ≤ K + p + 1, :func:`hartlap_factor`); NaN/inf pixels
+        or maps with zero power in a bin; a bad ``k_max``, ``max_bins`` or ``degree``.
+    """
+    if not isinstance(degree, int | np.integer) or not 1 <= int(degree) <= 4:
+        raise ConfigError(f"degree={degree!r} is out of range: allowed 1 <= degree <= 4")
+    degree = int(degree)
+    geometry = Geometry.of(maps, scale)
+    src = spec or str(maps.attrs.get("source", "<DataArray>"))
+    if "omega_m" not in maps.coords or "sigma8" not in maps.coords:
+        raise ConfigError(f"dataset {src!r} has no omega_m/sigma8 labels: calibration needs them")
+    edges = calibration_bins(geometry.size, geometry.box, k_max, max_bins)
+    n = int(maps.sizes["sample"])
+    hartlap_factor(n, edges.numel() - 1, len(_monomials(degree)))  # refuse before reading maps
+    ys, thetas = [], []
+    for i in range(0, n, BATCH):
+        try:
+            x, t = _as_maps(maps.isel(sample=slice(i, i + BATCH)), first=i)
+            ys.append(_log_spectra(x, geometry.box, edges, first=i))
+        except ConfigError as exc:
+            raise ConfigError(f"dataset {src!r}: {exc}") from None
+        thetas.append(torch.from_numpy(t))
+    y, theta = torch.cat(ys), torch.cat(thetas)
+    if not bool(torch.isfinite(theta).all() & (theta > 0).all()):
+        raise ConfigError(f"dataset {src!r}: omega_m and sigma8 labels must be finite and > 0")
+    lo, hi = theta.min(0).values, theta.max(0).values
+    flat = [PARAMS[j] for j in range(2) if not hi[j] > lo[j] * (1 + 1e-9)]
+    if flat:
+        raise ConfigError(
+            f"dataset {src!r} does not vary {flat[0]} (all labels {float(lo[PARAMS.index(flat[0])]):g}): "
+            "a calibration needs maps over a range of both parameters"
+        )
+    coef, cov, h = _fit(y, theta, lo, hi, degree)
+    if not bool(torch.isfinite(coef).all()) or torch.linalg.matrix_rank(cov) < cov.shape[0]:
+        raise ConfigError(
+            f"dataset {src!r}: the residual covariance of ln P is singular (too few distinct "
+            "maps or labels for the bins)"
+        )
+    ones = torch.ones(geometry.size, geometry.size // 2 + 1, dtype=torch.float64)
+    ps = bin_isotropic(ones, (geometry.size, geometry.size), geometry.box, edges)
+    import engine
+
+    return Calibration(
+        spec=src,
+        geometry=geometry,
+        edges=edges,
+        k=ps.k,
+        n_modes=ps.n_modes,
+        degree=degree,
+        theta_lo=lo,
+        theta_hi=hi,
+        coef=coef,
+        cov=cov,
+        n_maps=n,
+        hartlap=h,
+        validation=_validate(y, theta, _groups(maps, n), lo, hi, degree),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        engine_version=str(getattr(engine, "__version__", "")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data, cache, loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _join(prefix: str, target: str, options: Mapping[str, str]) -> str:
+    """A spec string from :func:`engine.data.parse_spec`'s parts."""
+    head = target if prefix in ("synthetic", "file") else f"{prefix}:{target}"
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{head}?{query}" if query else head
+
+
+def training_spec(spec: str, datasets_file=None, drop_count: bool = False) -> tuple[str, str]:
+    """(prefix, the spec of the training data behind ``spec``): the spec resolved (short
+    names), without its ``split`` and ``seed`` options, and without ``count`` for generated
+    kinds (their calibration maps are :data:`DEFAULT_COUNT` new ones) or with ``drop_count``
+    (``count`` of other data keeps the first maps of the train split).
+
+    Raises
+    ------
+    ConfigError
+        A bad spec (:func:`engine.data.parse_spec`).
+    """
+    from engine.data import parse_spec, resolve_name
+
+    prefix, target, options = parse_spec(resolve_name(spec, datasets_file))
+    for key in ("split", "seed", "count"):
+        if key != "count" or drop_count or prefix == "synthetic":
+            options.pop(key, None)
+    return prefix, _join(prefix, target, options)
+
+
+def training_maps(
+    spec: str,
+    like: Mapping[str, Any] | None = None,
+    datasets_file=None,
+    count: int | None = None,
+    seed: int | None = None,
+):
+    """The maps a calibration of ``spec`` is fitted on: the training split.
+
+    Generated kinds (``grf``, …): ``count`` (default :data:`DEFAULT_COUNT`) maps generated with
+    ``like``'s settings and prior box and the spec's options, seed ``seed`` (default
+    :data:`CALIBRATION_SEED`, not the evaluation's). Other specs: their ``split=train`` (by
+    simulation, as training reads it: :class:`engine.data.sources.LabelledMaps`); files
+    and readers without splits are split map by map with the same rule
+    (:func:`engine.data._common.split_groups`); ``count`` (or the spec's ``count``) keeps the
+    first maps of the train split.
+
+    Returns
+    -------
+    xarray.DataArray (sample, y, x), lazy where the reader is.
+
+    Raises
+    ------
+    ConfigError
+        A bad spec or file, or an empty train split.
+    """
+    from engine.data import open_spec
+    from engine.data._common import split_groups
+
+    prefix, base = training_spec(spec, datasets_file)
+    if prefix == "synthetic":
+        return open_spec(
+            base,
+            like=like,
+            count=int(count or DEFAULT_COUNT),
+            seed=CALIBRATION_SEED if seed is None else int(seed),
+        )
+    sep = "&" if "?" in base else "?"
+    try:
+        da = open_spec(f"{base}{sep}split=train", like=like)
+    except ConfigError as exc:  # files of 'fields', readers without splits (des)
+        if "no splits" not in str(exc) and "unknown option 'split'" not in str(exc):
+            raise
+        da = open_spec(base, like=like)
+        da = da.isel(sample=split_groups(da.sizes["sample"], "train"))
+    if count is not None:
+        da = da.isel(sample=slice(0, int(count)))
+    if da.sizes["sample"] == 0:
+        raise ConfigError(f"dataset {base!r} has no maps in its train split")
+    da.attrs["source"] = base
+    return da
+
+
+def cache_dir() -> Path:
+    """The calibration cache folder: ``$ENGINE_CALIBRATIONS``, else
+    ``$XDG_CACHE_HOME/cosmo-engine/calibrations`` (``~/.cache`` by default)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cosmo-engine" / "calibrations"
+
+
+def _stat_signature(target: str) -> list:
+    """(name, size, mtime_ns) of a path, and of a folder's entries (two levels), for the key."""
+    p = Path(target)
+    try:
+        if not p.exists():
+            return []
+        items = [p, *p.iterdir()] if p.is_dir() else [p]
+        if p.is_dir():
+            items += [c for d in list(p.iterdir()) if d.is_dir() for c in d.iterdir()]
+        out = []
+        for q in sorted(items):
+            st = q.stat()
+            out.append([str(q.relative_to(p.parent)), st.st_size, st.st_mtime_ns])
+        return out
+    except OSError:
+        return []
+
+
+def _cache_key(base: str, prefix: str, like, options: Mapping[str, Any]) -> str:
+    from engine.data import parse_spec
+
+    target = parse_spec(base)[1] if prefix != "synthetic" else ""
+    doc = {
+        "version": VERSION,
+        "spec": base,
+        "like": {str(k): repr(v) for k, v in sorted((like or {}).items())},
+        "options": {k: repr(v) for k, v in sorted(options.items())},
+        "files": _stat_signature(target) if target else [],
+    }
+    return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+_MEMORY: OrderedDict[str, Calibration] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def calibrate(
+    spec: str,
+    like: Mapping[str, Any] | None = None,
+    datasets_file=None,
+    count: int | None = None,
+    seed: int | None = None,
+    k_max: float | None = None,
+    max_bins: int | None = DEFAULT_MAX_BINS,
+    degree: int = DEFAULT_DEGREE,
+    cache: bool = True,
+) -> Calibration:
+    """The calibration of the training data of ``spec``, fitted once and then reused.
+
+    Looked up in memory (this process), then in the cache folder (:func:`cache_dir`, file
+    ``pk_<key>.json``), else fitted (:func:`training_maps`, :func:`fit_calibration`) and stored
+    in both. The key: module docstring (spec without split/count/seed, ``like``, the options,
+    the files' sizes and times).
+
+    Parameters
+    ----------
+    spec : str
+        Dataset spec or short name of the training data.
+    like : mapping, optional
+        Map settings and prior box to generate or read them with (a checkpoint's
+        :func:`engine.evaluation.predict.checkpoint_like`).
+    datasets_file : str or Path, optional
+    count, seed : int, optional
+        :func:`training_maps`.
+    k_max, max_bins, degree
+        :func:`fit_calibration`.
+    cache : bool
+        False: always fit, store nothing.
+
+    Returns
+    -------
+    Calibration (``path`` the cache file, or None when it could not be written).
+
+    Raises
+    ------
+    ConfigError
+        As :func:`training_maps` and :func:`fit_calibration`.
+    """
+    prefix, base = training_spec(spec, datasets_file)
+    options = {"count": count, "seed": seed, "k_max": k_max, "max_bins": max_bins}
+    options["degree"] = degree
+    if not cache:
+        maps = training_maps(spec, like, datasets_file, count, seed)
+        return fit_calibration(maps, base, k_max, max_bins, degree)
+    key = _cache_key(base, prefix, like, options)
+    with _LOCK:
+        if key in _MEMORY:
+            _MEMORY.move_to_end(key)
+            return _MEMORY[key]
+    path = cache_dir() / f"pk_{key[:20]}.json"
+    cal = None
+    if path.is_file():
+        try:
+            cal = load_calibration(path)
+        except ConfigError:
+            cal = None
+    if cal is None:
+        maps = training_maps(spec, like, datasets_file, count, seed)
+        cal = fit_calibration(maps, base, k_max, max_bins, degree)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cal = cal.save(path)
+        except (OSError, ConfigError):
+            pass  # an unwritable cache: keep the fit in memory only
+    with _LOCK:
+        _MEMORY[key] = cal
+        while len(_MEMORY) > 16:
+            _MEMORY.popitem(last=False)
+    return cal
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """A calibration from its JSON file (:meth:`Calibration.save`).
+
+    Raises
+    ------
+    ConfigError
+        Missing, unreadable or damaged file, or not a P(k) calibration (one line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"calibration file {str(p)!r} does not exist")
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"calibration file {str(p)!r} is not readable JSON: {exc}") from None
+    return Calibration.from_dict(doc, str(p))
+
+
+def resolve_calibration(
+    value, like: Mapping[str, Any] | None = None, datasets_file=None, **options
+) -> Calibration:
+    """A :class:`Calibration` from what a user gives: a Calibration, a ``.json`` calibration
+    file, or a dataset spec to calibrate on (:func:`calibrate`, cached).
+
+    Raises
+    ------
+    ConfigError
+        As :func:`load_calibration` or :func:`calibrate`.
+    """
+    if isinstance(value, Calibration):
+        return value
+    text = str(value)
+    if text.endswith(".json"):
+        return load_calibration(text)
+    return calibrate(text, like=like, datasets_file=datasets_file, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Posterior
+# ---------------------------------------------------------------------------------------------
+
+
+def _loglike(y: torch.Tensor, psi: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """ln L = −½ (y − m)ᵀ Ψ (y − m) for y (B, K) at m (G, K) → (B, G), or m (B, G, K)."""
+    if m.ndim == 2:
+        yp = y @ psi
+        quad_m = torch.einsum("gk,kl,gl->g", m, psi, m)
+        return -0.5 * ((yp * y).sum(-1, keepdim=True) - 2 * yp @ m.T + quad_m)
+    d = y[:, None, :] - m
+    return -0.5 * torch.einsum("bgk,kl,bgl->bg", d, psi, d)
+
+
+def _gauss_newton(cal: Calibration, y, psi, theta, lo, hi, cell, max_iter: int = 30):
+    """Projected Gauss–Newton steps from θ (B, 2) to the maximum of ln L in the box."""
+    for _ in range(max_iter):
+        m, jac = cal.mean_log_power(theta, grad=True)
+        pj = jac.transpose(-1, -2) @ psi  # (B, 2, K)
+        g = torch.einsum("bik,bk->bi", pj, y - m)
+        f = pj @ jac
+        det = f[:, 0, 0] * f[:, 1, 1] - f[:, 0, 1] ** 2  # 2 × 2 solve; singular F: no step
+        step = (
+            torch.stack(
+                [
+                    f[:, 1, 1] * g[:, 0] - f[:, 0, 1] * g[:, 1],
+                    f[:, 0, 0] * g[:, 1] - f[:, 0, 1] * g[:, 0],
+                ],
+                dim=-1,
+            )
+            / det.clamp(min=1e-300)[:, None]
+        )
+        single = g / f.diagonal(dim1=-2, dim2=-1).clamp(min=1e-300)
+        blocked = ((theta <= lo) & (step < 0)) | ((theta >= hi) & (step > 0))
+        step = torch.where(blocked[:, [1, 0]], single, step)
+        step = torch.where(blocked, torch.zeros_like(step), step)
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+        step = torch.maximum(torch.minimum(step, 3 * cell), -3 * cell)
+        new = torch.maximum(torch.minimum(theta + step, hi), lo)
+        done = bool(((new - theta).abs() <= 1e-9 * cell).all())
+        theta = new
+        if done:
+            break
+    _, jac = cal.mean_log_power(theta, grad=True)
+    fisher = jac.transpose(-1, -2) @ psi @ jac
+    return theta, fisher
+
+
+def pk_calibrated_predict(
+    maps,
+    calibration,
+    prior=DEFAULT_PRIOR,
+    grid: int = 64,
+    batch_size: int = 1024,
+    scale: Mapping[str, float | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Posterior of (Ω_m, σ8) per map under a calibrated P(k) likelihood (module docstring).
+
+    Parameters
+    ----------
+    maps : xarray.DataArray (sample, y, x)
+        Maps with a pixel scale attr (``box_size`` Mpc/h or ``fov`` degrees, or ``scale``) and
+        ``units``; a numpy array or tensor (B, N, N) is taken to have the calibration's geometry.
+    calibration : Calibration, or str
+        A calibration, a ``.json`` file of one, or a dataset spec to calibrate on
+        (:func:`resolve_calibration`).
+    prior : ((float, float), (float, float))
+        Flat prior box ((Ω_m min, max), (σ8 min, max)), dimensionless.
+    grid : int
+        Posterior grid points per parameter (grid² in all), 8 … 1024.
+    batch_size : int
+        Maps per batch (memory ~ batch_size × grid² × 8 bytes × a few).
+    scale : mapping, optional
+        ``{"box_size": L}`` or ``{"fov": θ}`` for DataArrays without the attr.
+
+    Returns
+    -------
+    dict of numpy.ndarray, float64 unless noted, parameters in the order of ``PARAMS``
+    (dimensionless): ``mean`` (B, 2), ``std`` (B, 2), ``map`` (B, 2) maximum of the likelihood
+    in the box, ``corr`` (B,), ``refined`` (B,) bool; ``truth`` (B, 2) for DataArrays with
+    omega_m / sigma8 coords. As :func:`engine.evaluation.likelihood.pk_likelihood_predict`.
+
+    Raises
+    ------
+    ConfigError
+        Maps of another geometry or units than the calibration's (one line), maps without a
+        pixel scale, NaN/inf pixels, zero power in a bin, a bad prior or grid.
+    """
+    if not isinstance(grid, int | np.integer) or not 8 <= grid <= 1024:
+        raise ConfigError(f"grid={grid!r} is out of range: allowed 8 <= grid <= 1024")
+    prior = check_prior(prior)
+    cal = resolve_calibration(calibration)
+    truth = None
+    if hasattr(maps, "dims") and hasattr(maps, "attrs"):
+        cal.geometry.check(Geometry.of(maps, scale))
+        x, truth = _as_maps(maps)
+    else:
+        x = torch.as_tensor(np.asarray(maps) if not torch.is_tensor(maps) else maps)
+        x = x.detach().cpu().to(torch.float64)
+        if x.ndim == 2:
+            x = x[None]
+        n = cal.geometry.size
+        if x.ndim != 3 or tuple(x.shape[1:]) != (n, n):
+            raise ConfigError(
+                f"maps of shape {tuple(x.shape)} do not match the calibration: expected (B, {n}, "
+                f"{n}) ({cal.geometry.text()})"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ConfigError("maps hold NaN or infinite pixels")
+    lo = torch.tensor([prior[0][0], prior[1][0]], dtype=torch.float64)
+    hi = torch.tensor([prior[0][1], prior[1][1]], dtype=torch.float64)
+    cell = (hi - lo) / (grid - 1)
+    om = torch.linspace(*prior[0], grid, dtype=torch.float64)
+    s8 = torch.linspace(*prior[1], grid, dtype=torch.float64)
+    oo, ss = torch.meshgrid(om, s8, indexing="ij")
+    theta_g = torch.stack([oo.reshape(-1), ss.reshape(-1)], dim=-1)
+    m_g = cal.mean_log_power(theta_g)
+    psi = cal.precision
+    out: dict[str, list] = {k: [] for k in ("mean", "std", "map", "corr", "refined")}
+    for start in range(0, x.shape[0], batch_size):
+        y = cal.measure(x[start : start + batch_size])
+        logp = _loglike(y, psi, m_g)
+        theta0 = theta_g[logp.argmax(-1)]
+        theta_hat, fisher = _gauss_newton(cal, y, psi, theta0, lo, hi, cell)
+        cov = torch.linalg.inv(fisher + 1e-300 * torch.eye(2, dtype=torch.float64))
+        mean, std, corr = _moments(logp, theta_g)
+        fine = ~_resolved(cov, cell)
+        chol, info = torch.linalg.cholesky_ex(cov)
+        fine &= info == 0
+        if bool(fine.any()):
+            _refine(cal, y, psi, theta_hat, chol, fine.nonzero().reshape(-1), lo, hi)(
+                mean, std, corr
+            )
+        for k, v in (("mean", mean), ("std", std), ("map", theta_hat), ("corr", corr)):
+            out[k].append(v)
+        out["refined"].append(fine)
+    result = {k: torch.cat(v).numpy() for k, v in out.items()}
+    if truth is not None:
+        result["truth"] = truth
+    return result
+
+
+def _refine(cal, y, psi, theta_hat, chol, idx, lo, hi):
+    """A function overwriting (mean, std, corr) of the maps ``idx`` by the moments on the local
+    whitened grid θ̂ + L z, |z_i| ≤ LOCAL_HALF_WIDTH (as the linear-theory likelihood)."""
+    z1 = torch.linspace(-LOCAL_HALF_WIDTH, LOCAL_HALF_WIDTH, LOCAL_POINTS, dtype=torch.float64)
+    z = torch.cartesian_prod(z1, z1)
+
+    def apply(mean, std, corr):
+        for c in range(0, idx.numel(), 64):
+            j = idx[c : c + 64]
+            th = theta_hat[j, None, :] + torch.einsum("lj,bij->bli", z, chol[j])
+            inside = ((th >= lo) & (th <= hi)).all(-1)
+            m = cal.mean_log_power(torch.maximum(torch.minimum(th, hi), lo))
+            lp = _loglike(y[j], psi, m)
+            lp = torch.where(inside, lp, torch.full_like(lp, -math.inf))
+            mean[j], std[j], corr[j] = _moments(lp, th)
+
+    return apply
