@@ -23,8 +23,10 @@ install: $(STAMP)
 serve: install
 	$(VENV)/bin/panel serve explorer --address 127.0.0.1 --port $(PORT) --allow-websocket-origin localhost:$(PORT) --allow-websocket-origin 127.0.0.1:$(PORT)
 
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep instead of spinning while they wait; on
+# 2 shared cores a spinning thread pool made torch 10-18x slower whenever another process ran.
 test: install
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
@@ -35,7 +37,7 @@ format: install
 # Speed (benchmarks/results/latest.json), then the field lab's end-to-end latency in Chromium
 # (benchmarks/results/browser.json) where the Debian chromium is installed.
 bench: install
-	$(PY) -m benchmarks
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks
 	@if [ -x /usr/bin/chromium ]; then $(PY) -m benchmarks.browser; \
 	else echo "/usr/bin/chromium is missing: browser benchmark skipped"; fi
 

@@ -199,6 +199,95 @@ def bench_lpt() -> list[dict]:
     return out
 
 
+def jaxpm_peer(n: int, box: float, steps: int):
+    """jaxpm's PM (``jaxpm.pm``: linear_field, 2LPT, pm_forces on an n³ mesh) for n³ particles,
+    ``steps`` kick-drift-kick steps from a = 0.1 to 1 with FastPM's factors from ``jaxpm.growth``
+    (jaxpm 0.1.6 has no fixed-step integrator of its own), one force per step, final CIC paint:
+    the same work as ``engine.physics.pm.generate_volumes``, jitted and compiled before timing.
+    Returns a callable that runs it and waits for the result, or None without jaxpm."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        import jax_cosmo as jc
+        from jaxpm import growth
+        from jaxpm.painting import cic_paint
+        from jaxpm.pm import linear_field, lpt, pm_forces
+    except ImportError:
+        return None
+    mesh = (n, n, n)
+    cosmo = jc.Cosmology(
+        Omega_c=OM - 0.049, Omega_b=0.049, h=0.6711, n_s=0.9624, sigma8=S8,
+        Omega_k=0.0, w0=-1.0, wa=0.0,
+    )  # fmt: skip
+    a = np.linspace(0.1, 1.0, steps + 1)
+    half = np.sqrt(a[:-1] * a[1:])
+    to = np.append(half, a[-1])  # each force kicks p from the last half step to the next
+    frm = np.insert(half, 0, a[0])
+
+    def at(fn, x):
+        return np.asarray(fn(cosmo, jnp.asarray(x, dtype=jnp.float32)))
+
+    e = np.sqrt(at(jc.background.Esqr, a))
+    kicks = (at(growth.Gf, to) - at(growth.Gf, frm)) / (a**2 * e * at(growth.dGfa, a)) * 1.5 * OM
+    d = at(growth.growth_factor, a)
+    d_half = at(growth.growth_factor, half) * at(growth.growth_rate, half) / half  # dD/da
+    drifts = (d[1:] - d[:-1]) / (half**3 * np.sqrt(at(jc.background.Esqr, half)) * d_half)
+    k = jnp.logspace(-4, 1, 256)
+    pk = jc.power.linear_matter_power(cosmo, k)
+
+    def pk_fn(x):
+        return jnp.interp(x.reshape(-1), k, pk).reshape(x.shape)
+
+    grid = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32)] * 3, indexing="ij"), -1)
+
+    @jax.jit
+    def run(key):
+        ic = linear_field(mesh, [box] * 3, pk_fn, seed=key)
+        dx, p, _ = lpt(cosmo, ic, grid, a=0.1, order=2)
+
+        def step(state, factors):
+            pos, vel = state
+            vel = vel + pm_forces(pos, mesh_shape=mesh) * factors[0]
+            return (pos + vel * factors[1], vel), None
+
+        pairs = jnp.stack([jnp.asarray(kicks[:-1]), jnp.asarray(drifts)], 1)
+        (pos, vel), _ = jax.lax.scan(step, (grid + dx, p), pairs)
+        vel = vel + pm_forces(pos, mesh_shape=mesh) * kicks[-1]
+        return cic_paint(jnp.zeros(mesh), pos)
+
+    key = jax.random.PRNGKey(0)
+    run(key).block_until_ready()
+    return lambda: run(key).block_until_ready()
+
+
+def bench_pm() -> list[dict]:
+    """Particle-mesh N-body (FastPM stepping) of one volume of 64³ and 128³ particles, 10 steps
+    from a = 0.1 to z = 0, force mesh = particle mesh (the default), on the CPU; jaxpm's PM with
+    the same particles, mesh and number of force evaluations (:func:`jaxpm_peer`) as a same-run
+    peer when it is installed. Ours are timed before the peer is built, not interleaved with
+    it: XLA's CPU threads keep spinning after a jax call and starve torch's OpenMP threads."""
+    from engine.physics.pm import PMParams, generate_volumes
+
+    rows = []
+    for n, target in ((64, "<= 1 s"), (128, "<= 10 s")):
+        s = PMParams(size=n, box_size=4.0 * n, dim=3, steps=10, redshift=0.0, mesh_ratio=1)
+        gen = torch.Generator().manual_seed(0)
+        om, s8 = torch.tensor([OM]), torch.tensor([S8])
+
+        def ours(s=s, gen=gen, om=om, s8=s8):
+            generate_volumes(s, om, s8, gen)
+
+        rows.append(dict(name=f"pm_{n}cube_10steps", value=timeit(ours, 3, 1), unit="s"))
+        rows[-1]["target"] = target
+    for row, n in zip(rows, (64, 128), strict=True):
+        peer = jaxpm_peer(n, 4.0 * n, 10)
+        if peer is not None:
+            t_peer = timeit(peer, 3, 1)
+            row.update(peer="jaxpm (same mesh, steps)", peer_value=t_peer)
+            row["ratio"] = t_peer / row["value"]
+    return rows
+
+
 def bench_kappa() -> list[dict]:
     """Flat-sky κ 256² maps per second (DES-like defaults, batches of 16, one cosmology)."""
     from engine.physics import lensing
@@ -213,7 +302,14 @@ def bench_kappa() -> list[dict]:
 def main() -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     results = []
-    for bench in (bench_fieldlab, bench_grf, bench_power_spectrum, bench_lpt, bench_kappa):
+    for bench in (
+        bench_fieldlab,
+        bench_grf,
+        bench_power_spectrum,
+        bench_lpt,
+        bench_pm,
+        bench_kappa,
+    ):
         results.extend(bench())
     header = f"{'benchmark':<26}{'value':>12} {'unit':<7}{'peer':<28}{'peer value':>12}{'ratio':>8}  target"
     print(header)

@@ -12,12 +12,14 @@ grf        engine.params.FieldParams                Gaussian slab maps δ (sampl
 lognormal  engine.params.FieldParams                lognormal slab maps δ (sample, y, x), Mpc/h
 2lpt       engine.physics.lpt.LPTParams             1LPT/2LPT slabs (sample, y, x) or volumes
                                                     (sample, z, y, x), Mpc/h
+pm         engine.physics.pm.PMParams               particle-mesh N-body slabs (sample, y, x) or
+                                                    volumes (sample, z, y, x), Mpc/h
 kappa      engine.physics.lensing.KappaParams       flat-sky convergence κ (sample, y, x), arcmin
 sky        engine.physics.sky.SkyParams             HEALPix convergence κ (sample, pixel), RING
 =========  =======================================  ==========================================
 
-Families: ``density`` (grf, lognormal, 2lpt: lengths in Mpc/h, k in h/Mpc, 2D P(k) in (Mpc/h)²)
-and ``convergence`` (kappa, sky: angles in arcmin, k = ℓ, C_ℓ in sr).
+Families: ``density`` (grf, lognormal, 2lpt, pm: lengths in Mpc/h, k in h/Mpc, 2D P(k) in
+(Mpc/h)²) and ``convergence`` (kappa, sky: angles in arcmin, k = ℓ, C_ℓ in sr).
 
 Kinds of flat maps also name their torch hot path (:meth:`Kind.generate_batch`: ``(B, N, N)``
 maps on the device from a ``torch.Generator``), their settings check, their fixed input
@@ -208,8 +210,10 @@ class Kind:
         """Expected binned spectrum of maps made with ``settings``, binned like the estimator.
 
         Dispatches to :func:`engine.physics.slabs.binned_theory` (density: k in h/Mpc, P in
-        (Mpc/h)², the CIC window included for 2lpt) or :func:`engine.physics.lensing.binned_theory`
-        (κ: k = ℓ, C_ℓ in sr, shape noise and smoothing included).
+        (Mpc/h)², the CIC window included for 2lpt; pm through
+        :func:`engine.physics.pm.binned_theory`, the same linear theory) or
+        :func:`engine.physics.lensing.binned_theory` (κ: k = ℓ, C_ℓ in sr, shape noise and
+        smoothing included).
 
         Parameters
         ----------
@@ -285,7 +289,7 @@ class Kind:
 
         Returns
         -------
-        torch.Tensor (B, N, N) float32 for flat maps ((B, N, N, N) for 2lpt volumes, dim=3).
+        torch.Tensor (B, N, N) float32 for flat maps ((B, N, N, N) for 2lpt and pm volumes, dim=3).
 
         Raises
         ------
@@ -306,7 +310,7 @@ class Kind:
 
         Parameters
         ----------
-        maps : numpy.ndarray (B, N, N) (or (B, N, N, N) 2lpt volumes, (B, npix) HEALPix skies)
+        maps : numpy.ndarray (B, N, N) (or (B, N, N, N) 2lpt/pm volumes, (B, npix) HEALPix skies)
         settings : the kind's settings
         omega_m, sigma8 : array_like (B,)
 
@@ -403,6 +407,22 @@ KINDS: dict[str, Kind] = {
             check="check_settings",
             batch_size_fn="default_batch_size",
             **_DENSITY,
+        ),
+        Kind(
+            "pm",
+            "engine.physics.pm",
+            "PMParams",
+            "particle-mesh N-body (FastPM) particles on a mesh: volumes or slabs",
+            batch="generate_batch",
+            check="check_settings",
+            batch_size_fn="default_batch_size",
+            **{
+                **_DENSITY,
+                # linear theory of the same N³ CIC mesh as 2lpt (engine.physics.pm.linear_twin)
+                "theory": "binned_theory",
+                "mode_theory": "theory_power",
+                "scale": "map_scale",
+            },
         ),
         Kind(
             "kappa",

@@ -104,11 +104,15 @@ def default_table() -> Path:
 
 
 def list_tables(shipped: str | Path | None, runs_root: str | Path | None) -> dict[str, str]:
-    """Tables to choose from: ``{label: path}``, the shipped one first, then the recomputed ones
-    (``<runs_root>/compare-*/table.csv``, newest first). Missing files are left out."""
+    """Tables to choose from: ``{label: path}``, the shipped one first, then the other shipped
+    tables in its subfolders (``assets/compare/transfer/table.csv``: the 2LPT/PM cross
+    comparison), then the recomputed ones (``<runs_root>/compare-*/table.csv``, newest first).
+    Missing files are left out."""
     out: dict[str, str] = {}
     if shipped and Path(shipped).is_file():
         out[f"shipped: {Path(shipped).parent.name}/{Path(shipped).name}"] = str(shipped)
+        for extra in sorted(Path(shipped).parent.glob(f"*/{Path(shipped).name}")):
+            out[f"shipped: {extra.parent.name}/{extra.name}"] = str(extra)
     if runs_root and Path(runs_root).is_dir():
         found = sorted(Path(runs_root).glob(f"{RUN_PREFIX}*/table.csv"), reverse=True)
         out.update({f"{p.parent.name}": str(p) for p in found})

@@ -58,6 +58,8 @@ from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
 RASTERIZE_ABOVE = 256
+#: Kinds made of particles: the page can show the particles inside the slab.
+PARTICLE_KINDS = ("2lpt", "pm")
 #: Seconds the readout table waits for the updates to pause before it follows (served pages):
 #: replacing its HTML cost the page ~20 ms and the server ~10 ms per update, and numbers that
 #: change ten times a second cannot be read anyway. Errors show at once.
@@ -250,7 +252,7 @@ class FieldLab(pn.viewable.Viewer):
         False, doc="True while a slow update (> BUSY_AFTER s) is computed: the page says so."
     )
     particles = param.Boolean(
-        False, doc="2LPT: also show the particles inside the slab (rasterized by datashader)."
+        False, doc="2LPT and PM: also show the particles inside the slab (rasterized by datashader)."
     )
 
     def __init__(self, settings: param.Parameterized | None = None, doc=None, **params):
@@ -439,7 +441,7 @@ class FieldLab(pn.viewable.Viewer):
 
     def particle_view(self, result: FieldLabResult | None, show: bool):
         """Particles of a 2LPT map's slab as a datashader raster of counts (empty when off)."""
-        if not show or result is None or result.settings.get("kind") != "2lpt":
+        if not show or result is None or result.settings.get("kind") not in PARTICLE_KINDS:
             return pn.pane.Markdown("", margin=0)
         from holoviews.operation.datashader import rasterize
 
@@ -476,7 +478,7 @@ class FieldLab(pn.viewable.Viewer):
             self._pipe = hv.streams.Pipe(data=self.result)
             panes["map"] = pn.pane.HoloViews(self.map_view(self._pipe, style), linked_axes=False)
         extra = []
-        if style is not None and style.kind == "2lpt":
+        if style is not None and style.kind in PARTICLE_KINDS:
             toggle = pn.widgets.Checkbox.from_param(
                 self.param.particles, name="Show the particles in the slab"
             )

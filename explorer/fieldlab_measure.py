@@ -338,16 +338,17 @@ def measure_lpt(s: lpt.LPTParams) -> dict:
 
 
 def slab_particles(settings: dict, max_points: int = MAX_PARTICLES) -> np.ndarray:
-    """Positions of the LPT particles inside the slab of a 2LPT field-lab map, in map coordinates.
+    """Positions of the particles inside the slab of a 2LPT or PM field-lab map, in map coordinates.
 
     The particles are those of the volume behind the map (same seed:
-    :func:`engine.physics.lpt.generate_displacements` consumes the generator like
-    :func:`engine.physics.lpt.generate_volumes`) selected by :func:`engine.physics.lpt.slab_particles`.
+    :func:`engine.physics.lpt.generate_displacements` and
+    :func:`engine.physics.pm.generate_displacements` consume the generator like the
+    ``generate_volumes`` of their module) selected by :func:`engine.physics.lpt.slab_particles`.
 
     Parameters
     ----------
     settings : dict
-        Plain 2LPT settings (``FieldLabResult.settings`` of kind "2lpt").
+        Plain 2LPT or PM settings (``FieldLabResult.settings`` of kind "2lpt" or "pm").
     max_points : int
         At most this many particles (a seeded random subset beyond it).
 
@@ -355,9 +356,12 @@ def slab_particles(settings: dict, max_points: int = MAX_PARTICLES) -> np.ndarra
     -------
     numpy.ndarray (M, 2) float32: (x, y) in Mpc/h.
     """
-    s = lpt.LPTParams(**{k: v for k, v in settings.items() if k in lpt.LPTParams.param})
+    from engine.physics import pm
+
+    module, cls = (pm, pm.PMParams) if settings.get("kind") == "pm" else (lpt, lpt.LPTParams)
+    s = cls(**{k: v for k, v in settings.items() if k in cls.param and k != "kind"})
     om, s8, gen = _seeded(s)
-    psi = lpt.generate_displacements(s, om, s8, gen, device="cpu")
+    psi = module.generate_displacements(s, om, s8, gen, device="cpu")
     xy = lpt.slab_particles(psi[0], s.thickness, s.box_size, s.axis)
     if xy.shape[0] > max_points:
         pick = torch.randperm(xy.shape[0], generator=torch.Generator().manual_seed(0))

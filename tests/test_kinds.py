@@ -21,10 +21,11 @@ def test_units_family_and_extent():
         "grf": ("density", "Mpc/h", "density contrast"),
         "lognormal": ("density", "Mpc/h", "density contrast"),
         "2lpt": ("density", "Mpc/h", "density contrast"),
+        "pm": ("density", "Mpc/h", "density contrast"),
         "kappa": ("convergence", "arcmin", "convergence"),
         "sky": ("convergence", "", "convergence"),
     }
-    assert FIELD_KINDS == ("grf", "lognormal", "2lpt", "kappa")
+    assert FIELD_KINDS == ("grf", "lognormal", "2lpt", "pm", "kappa")
     grf = get_kind("grf").new_settings()
     grf.param.update(box_size=200.0, size=64)
     assert get_kind("grf").extent(grf) == 200.0 and get_kind("grf").pixel_size(grf) == 3.125

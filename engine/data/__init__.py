@@ -25,7 +25,7 @@ spec                               meaning
 Every reader returns an ``xarray.DataArray`` with dims ``(sample, y, x)`` (or ``(sample,
 channel, y, x)``), coords ``x``/``y`` in the map's unit (Mpc/h for slabs, arcmin for κ),
 per-sample coords ``omega_m`` and ``sigma8`` when the data has labels, and attrs with at least
-``kind`` (grf, lognormal, 2lpt, kappa, camels, quijote, des, folder), ``units``, ``source`` (the
+``kind`` (grf, lognormal, 2lpt, pm, kappa, camels, quijote, des, folder), ``units``, ``source`` (the
 spec) and the pixel scale: ``box_size`` (Mpc/h, for slabs) or ``fov`` (degrees, for κ). Large
 files stay lazy (memory-mapped or zarr-backed).
 
@@ -61,7 +61,7 @@ READERS = {
     "folder": "folder",
 }
 #: Kinds generated on demand (engine.data.synthetic).
-SYNTHETIC = ("grf", "lognormal", "2lpt", "kappa")
+SYNTHETIC = ("grf", "lognormal", "2lpt", "pm", "kappa")
 #: Environment variable naming a datasets YAML file.
 DATASETS_ENV = "ENGINE_DATASETS"
 

@@ -188,7 +188,7 @@ class _Options(NamedTuple):
 def _options(where: str, like, thickness, axis, box, values: str, split, count) -> _Options:
     """Check ``box``, ``thickness`` (default ``like``'s, else box/10), ``axis``, ``values``, …."""
     box_size = as_float(box, "box", where, low=0.0)
-    if thickness is None and like and like.get("kind") in ("grf", "lognormal", "2lpt"):
+    if thickness is None and like and like.get("kind") in ("grf", "lognormal", "2lpt", "pm"):
         thickness = like.get("thickness")
     dz = box_size / 10 if thickness is None else as_float(thickness, "thickness", where, 0.0)
     if not dz > 0:  # box/10 of a box of 5e-324 Mpc/h

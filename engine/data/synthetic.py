@@ -38,7 +38,7 @@ FILE_OPTIONS = ("split", "count")
 #: Settings of a kind that options and ``like`` may not set (fixed here or drawn per sample).
 _FIXED = ("kind", "count", "seed", "omega_m", "sigma8", "dim")
 #: Kinds whose settings share names *and* units (slabs, Mpc/h) or that are alone (κ, arcmin).
-FAMILY = {"grf": "slab", "lognormal": "slab", "2lpt": "slab", "kappa": "kappa"}
+FAMILY = {"grf": "slab", "lognormal": "slab", "2lpt": "slab", "pm": "slab", "kappa": "kappa"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -60,7 +60,7 @@ from engine.params import ConfigError
 #: Largest ratio data pixel / network pixel that is interpolated (beyond it: refused).
 MAX_UPSAMPLING = 2.0
 #: Kinds whose maps are slabs with a side in Mpc/h; ``kappa`` has a field of view in degrees.
-SLAB_KINDS = ("grf", "lognormal", "2lpt")
+SLAB_KINDS = ("grf", "lognormal", "2lpt", "pm")
 #: Samples resampled per step (bounds memory for lazily read data).
 CHUNK = 64
 

@@ -416,11 +416,11 @@ def _prepare_maps(dataset, ckpt, datasets_file, count, seed, pk_likelihood, k_ma
     if transfer is not None and settings is not None:
         settings = None
         notes.append("no Fisher bound: the maps were resampled for the network")
-    if k_max is None and da.attrs.get("kind") == "2lpt" and settings is not None:
-        # linear theory is only good on large scales for 2LPT maps (engine.evaluation.theory)
+    if k_max is None and da.attrs.get("kind") in ("2lpt", "pm") and settings is not None:
+        # linear theory is only good on large scales for 2LPT/PM maps (engine.evaluation.theory)
         k_max = math.pi * int(settings.size) / float(settings.box_size) / 4
         notes.append(
-            f"2lpt maps: the P(k) likelihood and sigma_CRB use k <= k_Nyquist/4 = {k_max:.4g} "
+            f"{da.attrs['kind']} maps: the P(k) likelihood and sigma_CRB use k <= k_Nyquist/4 = {k_max:.4g} "
             "h/Mpc (linear theory)"
         )
     prior = prior_of(like, dict(da.attrs))

@@ -55,8 +55,8 @@ from engine.physics.stats import (
 PARAM_NAMES = PARAMS
 #: Default flat prior box ((Ω_m low, high), (σ8 low, high)), the training prior.
 DEFAULT_PRIOR = ((0.1, 0.5), (0.6, 1.0))
-#: Map kinds the P(k) likelihood supports (2lpt only as 2D slabs).
-SUPPORTED_KINDS = ("grf", "lognormal", "2lpt", "kappa")
+#: Map kinds the P(k) likelihood supports (2lpt and pm only as 2D slabs, linear theory).
+SUPPORTED_KINDS = ("grf", "lognormal", "2lpt", "pm", "kappa")
 #: Bins whose expected power at (Ω_m, σ8) = (0.3, 0.8) is below this fraction of the mean power
 #: over all modes (the white-noise level of the same pixel variance) are not used: float32 maps
 #: have a rounding floor ~1e-15 of it (the tail of strong smoothing sinks below it).

@@ -134,8 +134,9 @@ def _mesh_kz_grid(thickness: float, n: int, box_size: float) -> tuple[np.ndarray
 
 
 def mesh_cells(settings) -> tuple[int, float] | None:
-    """(N, L) of the mesh behind a slab map made by depositing particles (kind ``2lpt``), else None."""
-    if getattr(settings, "kind", None) == "2lpt":
+    """(N, L) of the mesh behind a slab map made by depositing particles (kinds ``2lpt`` and
+    ``pm``), else None."""
+    if getattr(settings, "kind", None) in ("2lpt", "pm"):
         return int(settings.size), float(settings.box_size)
     return None
 

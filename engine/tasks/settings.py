@@ -3,7 +3,8 @@
 
 One definition of each setting: the map settings of :class:`DataParams` are those of
 :class:`engine.params.FieldParams` or copied from the settings class of the kind that owns them
-(:class:`engine.physics.lpt.LPTParams`, :class:`engine.physics.lensing.KappaParams`), with the
+(:class:`engine.physics.lpt.LPTParams`, :class:`engine.physics.pm.PMParams`,
+:class:`engine.physics.lensing.KappaParams`), with the
 same bounds, defaults and docs. The training settings of a run
 (:class:`engine.train.settings.TrainParams`) are composed from the loop's, the model's, the
 task's and the data's classes; the CLI flags, YAML configs and the explorer's forms are
@@ -32,9 +33,10 @@ from engine.params import (
 from engine.physics.lensing import KappaParams
 from engine.physics.limber import CL_CACHE_SIZE
 from engine.physics.lpt import LPTParams
+from engine.physics.pm import PMParams
 
 #: Map kinds that can be generated on the fly (2D maps of :mod:`engine.kinds`).
-TRAIN_KINDS = ("grf", "lognormal", "2lpt", "kappa")
+TRAIN_KINDS = ("grf", "lognormal", "2lpt", "pm", "kappa")
 #: Fixed prior points of kind kappa on the fly: the size of the C_ell cache of engine.physics.limber.
 KAPPA_MAX_POINTS = CL_CACHE_SIZE
 
@@ -126,7 +128,8 @@ class ModelParams(param.Parameterized):
         }
 
 
-_KIND_2LPT = "(Kind 2lpt only.)"
+_KIND_2LPT = "(Kinds 2lpt and pm.)"
+_KIND_PM = "(Kind pm only.)"
 _KIND_KAPPA = "(Kind kappa only.)"
 
 
@@ -147,23 +150,24 @@ class DataParams(FieldParams):
     kind = param.Selector(
         default="grf",
         objects=list(TRAIN_KINDS),
-        doc="Map kind (engine.kinds): grf or lognormal projected slabs, 2lpt slab maps (dim=2) "
-        "or kappa flat-sky convergence maps, generated on the fly on the training device.",
+        doc="Map kind (engine.kinds): grf or lognormal projected slabs, 2lpt or pm (particle-mesh "
+        "N-body) slab maps (dim=2) or kappa flat-sky convergence maps, generated on the fly on "
+        "the training device.",
     )
     size = param.Integer(64)
     box_size = param.Number(
-        doc="Side of the periodic square map in comoving Mpc/h (L). (Kinds grf, lognormal, 2lpt.)"
+        doc="Side of the periodic square map in comoving Mpc/h (L). (Kinds grf, lognormal, 2lpt, pm.)"
     )
     thickness = param.Number(
         doc="Thickness of the projected slab in comoving Mpc/h (Delta). "
-        "(Kinds grf, lognormal, 2lpt.)"
+        "(Kinds grf, lognormal, 2lpt, pm.)"
     )
     redshift = param.Number(
-        doc="Redshift of the slab; growth D(z) from pyccl. (Kinds grf, lognormal, 2lpt.)"
+        doc="Redshift of the slab; growth D(z) from pyccl. (Kinds grf, lognormal, 2lpt, pm.)"
     )
     noise = param.Number(
         doc="Standard deviation per pixel of the additive white noise, in units of the density "
-        "contrast (0: none). (Kinds grf, lognormal, 2lpt; kappa: see sigma_e and n_gal.)"
+        "contrast (0: none). (Kinds grf, lognormal, 2lpt, pm; kappa: see sigma_e and n_gal.)"
     )
     smoothing = param.Number(
         doc="Standard deviation of the Gaussian smoothing kernel in the map's length unit: "
@@ -171,6 +175,9 @@ class DataParams(FieldParams):
     )
     lpt_order = borrow(LPTParams, "lpt_order", _KIND_2LPT)
     axis = borrow(LPTParams, "axis", _KIND_2LPT)
+    steps = borrow(PMParams, "steps", _KIND_PM)
+    a_start = borrow(PMParams, "a_start", _KIND_PM)
+    mesh_ratio = borrow(PMParams, "mesh_ratio", _KIND_PM)
     fov = borrow(KappaParams, "fov", _KIND_KAPPA)
     distribution = borrow(KappaParams, "distribution", _KIND_KAPPA)
     lognormal_shift = borrow(KappaParams, "lognormal_shift", _KIND_KAPPA)

@@ -1,0 +1,698 @@
+r"""Particle-mesh (PM) N-body density fields, FastPM-style, batched in torch.
+
+Pipeline (one call of :func:`generate_volumes`, everything on the chosen device, float32 FFTs;
+array axes (z, y, x), lengths in Mpc/h, k in h/Mpc, δ dimensionless):
+
+1. **Initial conditions at a_start** (:func:`initial_conditions`). The Gaussian linear modes of
+   :func:`engine.physics.lpt.linear_modes` at the *output* redshift (pyccl amplitude
+   σ8² D(z)² P_lin; same seed ⇒ the same white noise, hence the same modes, as the ``2lpt`` kind
+   at that redshift) are scaled back to a_start by the growth ratio D(a_start)/D(a_out) of
+   step 3, so that linear growth lands exactly on pyccl's D(z_out)² P_lin. The 2LPT
+   displacements Ψ = Ψ1 + Ψ2 of :func:`engine.physics.lpt.displacement` (exact ik gradient,
+   D2/D1² of Bouchet et al. 1995, as the ``2lpt`` kind) give the particle positions x = q + Ψ
+   (one particle per cell of the N³ lattice, q at the cell centres), and the FastPM momenta
+
+       p = a² E(a) [f1(a) Ψ1 + f2(a) Ψ2]                (Mpc/h; p = a³ E dx/da),
+
+   with f1 = d ln D1/d ln a of step 3 and f2 = d ln D2/d ln a = 2 f1 + (3/143)(1 − Ω_m(a)), the
+   logarithmic derivative of the same Bouchet et al. (1995) fit D2 = −(3/7) D1² Ω_m(a)^(−1/143).
+   ``lpt_order=1`` starts from the Zel'dovich approximation (Ψ2 = 0).
+2. **Force** (:func:`pm_force`). The particles are deposited with cloud-in-cell
+   (:func:`engine.physics.mesh` deposit core; Hockney & Eastwood 1988) on the force mesh of
+   M = ``mesh_ratio``·N cells per side (cell c_m = L/M), δ = counts/n̄ − 1 with n̄ = N³/M³
+   (mass conserved exactly: periodic wrap, every particle deposits weight 1). In Fourier space
+
+       F̃_k = i k̃ δ_k / k²,     k̃_a = [8 sin(k_a c_m) − sin(2 k_a c_m)] / (6 c_m),
+
+   i.e. F̃ = −∇φ̃ with the exact Green's function of ∇²φ̃ = δ (φ̃_k = −δ_k/k², k = 0 removed) and
+   the fourth-order (4-point) central finite-difference gradient k̃ ≈ k (1 − k⁴c_m⁴/30), the
+   gradient of FastPM's finite-difference force kernels (Feng et al. 2016) and the default of
+   jaxpm (``jaxpm.kernels.gradient_kernel``). Chosen because (i) it is what the reference PM
+   codes do, so our spectra can be compared with theirs at equal mesh and steps (tests: 3e-5),
+   and (ii) it goes to zero at the mesh Nyquist frequency, damping the force where CIC aliasing
+   makes the mesh density unreliable (k ≳ k_N/2) instead of keeping it at full strength as i k
+   would. The force is read back at the particles with the same CIC weights (no deconvolution,
+   as FastPM and jaxpm), which with the odd gradient conserves momentum: Σ F = 0. The physical
+   force is F = (3/2) Ω_m F̃ (comoving Poisson equation in units H0 = 1, lengths Mpc/h): the
+   equations of motion in the scale factor are dx/da = p / (a³ E), dp/da = F / (a² E).
+3. **Time stepping** (:func:`evolve`): kick-drift-kick leapfrog on stages a_i linear in a from
+   a_start to a_out (``steps`` steps), half steps at a_{i+½} = √(a_i a_{i+1}) (as FastPM's
+   ``leapfrog``), with FastPM's modified factors (Feng et al. 2016, MNRAS 463, 2273,
+   arXiv:1603.00476, §2.3): a drift from a0 to a1 with p taken at a_c moves
+
+       Δx = p · [D(a1) − D(a0)] / G_f(a_c),          G_f(a) = a³ E(a) dD/da = a² E f D,
+
+   and a kick from a0 to a1 with F taken at a_c adds
+
+       Δp = F · [G_f(a1) − G_f(a0)] / (a_c² E(a_c) g_f(a_c)) = F̃ · [G_f(a1) − G_f(a0)] / D(a_c),
+
+   where g_f = dG_f/da = (3/2) Ω_m D / (a² E) by the linear growth equation
+   d(a³ E dD/da)/da = (3/2) Ω_m D / (a² E). In linear theory (x − q = D Ψ_0, p = G_f Ψ_0,
+   F̃ = D Ψ_0 for an exact force) both updates are exact, so linear growth is exact for any number
+   of steps; the two kicks around each force evaluation are merged into one.
+
+   Growth, rate and expansion are those of flat ΛCDM with radiation neglected (matter + Λ,
+   the same background as :func:`engine.physics.cosmology.omega_m_at`), in closed form, per
+   sample, in float64: E(a) = √(Ω_m a⁻³ + 1 − Ω_m),
+
+       D(a) = a ₂F₁(1/3, 1; 11/6; −a³ (1 − Ω_m)/Ω_m)       (Percival 2005, A&A 443, 819;
+                                                            Heath 1977, MNRAS 179, 351),
+       f(a) = 1 + (6/11) z ₂F₁(4/3, 2; 17/6; z) / ₂F₁(1/3, 1; 11/6; z),   z = −a³ (1 − Ω_m)/Ω_m,
+
+   normalised to D → a at early times (only ratios enter). For a ≥ 0.1 they agree with pyccl
+   (``ccl.growth_factor``, ``growth_rate``, ``h_over_h0``, which also integrate radiation) to
+   0.2 % in D(a)/D(0.1), f and E at Ω_m = 0.3 (0.6 % at Ω_m = 0.1; tests/test_pm.py).
+4. **Output**: the final particles deposited with CIC on the N³ mesh
+   (:func:`engine.physics.mesh.lattice_deposit`, the same mesh and window as the ``2lpt`` kind), so
+   δ on large scales is the linear spectrum times the CIC window W²(k), like 2LPT. 3D volumes
+   (B, N, N, N) or 2D slab maps (B, N, N) (:func:`engine.physics.mesh.project_slab`) with
+   smoothing and noise as :mod:`engine.physics.lpt`.
+
+What PM fields look like against theory (tests/test_pm.py; Ω_m = 0.3, σ8 = 0.8, 10 steps from
+a = 0.1):
+
+* Large scales: at z = 2 and k ≤ k_N/4 the CIC-deconvolved P(k) is D(z)² P_lin from pyccl
+  (χ² over seeded volumes, force mesh 2N); the ratio of large-scale spectra at two redshifts is
+  (D(z1)/D(z2))².
+* The force mesh: on the particle mesh (``mesh_ratio=1``) particles start on the mesh nodes and
+  the deposit of a small displacement is a central difference, so the force of a mode is
+  sin(kc)/(kc) × k̃/k of the exact one (c = L/N: −11 % at k_N/4); together with the CIC
+  smoothing later on, P(k) at z = 2 is 3 %, 7 % and 20 % below that of ``mesh_ratio=2`` at
+  k_N/8, k_N/4 and k_N/2 (64³ particles in 500 Mpc/h). ``mesh_ratio=2`` (FastPM's usual boost
+  of 2) is within 1 % of the exact force for k ≤ k_N/4.
+* Nonlinear scales, z = 0, 64³ in 256 Mpc/h, force mesh 128³: P / P_lin follows halofit
+  (pyccl) within a few per cent for 0.1–0.4 h/Mpc (k_N/8–k_N/2) and falls 10 % short at
+  k_N/2–3k_N/4 (mesh softening); with ``mesh_ratio=1`` it falls 4 %, 20 % and 40 % short of
+  halofit at 0.16, 0.3 and 0.5 h/Mpc; 2LPT from the same seed stays ~5 % below linear theory.
+* Against jaxpm (0.1.6) from the same initial particles, 32³ in 128 Mpc/h, z = 0, k ≤ k_N/2:
+  FastPM stepping with jaxpm's force and growth functions agrees to 3e-5 in P(k); jaxpm's
+  converged ODE integration (adaptive Dormand–Prince) is matched to better than 1 % by our 10
+  steps.
+
+Speed (one volume, 10 steps, CPU, torch 2 threads, ``python -m benchmarks`` rows
+``pm_64cube_10steps`` and ``pm_128cube_10steps``): 64³ particles 0.47 s, 128³ 4.2 s with
+``mesh_ratio=1`` (jaxpm with the same mesh and steps: 0.92 s and 9.8 s); ``mesh_ratio=2`` takes
+about 2.5× (64³: 1.0–1.2 s). Memory: about (128 + 32·mesh_ratio³) bytes per particle at the
+peak (measured 146 and 352).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import param
+import torch
+import xarray as xr
+from scipy.special import hyp2f1
+
+from engine.params import ConfigError, to_dict
+from engine.physics import slabs
+from engine.physics.cosmology import check_parameters, omega_m_at, second_order_growth_ratio
+from engine.physics.generation import generate_samples
+from engine.physics.lpt import (
+    LPTParams,
+    displacement,
+    linear_modes,
+    particle_positions,
+    slab_particles,
+)
+from engine.physics.lpt import check_settings as check_lpt_settings
+from engine.physics.lpt import to_dataarray as lpt_dataarray
+from engine.physics.mesh import _deposit, freq_int, gaussian_smooth, lattice_deposit, project_slab
+
+__all__ = [
+    "PMParams",
+    "binned_theory",
+    "check_settings",
+    "default_batch_size",
+    "drift_factor",
+    "evolve",
+    "generate",
+    "generate_batch",
+    "generate_displacements",
+    "generate_volumes",
+    "growth_d1",
+    "growth_rate_f1",
+    "hubble_e",
+    "initial_conditions",
+    "kick_factor",
+    "linear_twin",
+    "map_scale",
+    "momentum_growth",
+    "particle_positions",
+    "pm_force",
+    "settings_from_attrs",
+    "slab_particles",
+    "stages",
+    "theory_power",
+    "to_dataarray",
+]
+
+
+class PMParams(LPTParams):
+    """Settings of a batch of particle-mesh N-body density volumes or projected slab maps.
+
+    Inherits the cosmology, ``box_size``, ``thickness``, ``redshift`` (the output redshift),
+    ``smoothing``, ``noise``, ``seed``, ``count``, ``dim`` and ``axis`` of
+    :class:`~engine.physics.lpt.LPTParams` (same bounds and docs); ``lpt_order`` is the order of
+    the initial conditions at ``a_start``.
+    """
+
+    kind = param.Selector(
+        default="pm",
+        objects=["pm"],
+        constant=True,
+        doc="Field kind: particle-mesh N-body particles deposited on a mesh (fixed).",
+    )
+    size = param.Integer(
+        64,
+        bounds=(8, 1024),
+        doc="Particles per side (N): N³ particles, output density on an N³ mesh; the force "
+        "mesh has mesh_ratio·N cells per side. Memory grows as N³: about "
+        "(128 + 32 mesh_ratio³) bytes per particle at the peak.",
+    )
+    lpt_order = param.Integer(
+        2,
+        bounds=(1, 2),
+        doc="Order of the Lagrangian perturbation theory initial conditions at a_start: "
+        "1 = Zel'dovich approximation, 2 = 2LPT.",
+    )
+    steps = param.Integer(
+        10,
+        bounds=(1, 200),
+        doc="Number of kick-drift-kick steps, linear in the scale factor a, from a_start to the "
+        "output redshift (FastPM factors: linear growth is exact for any number; Feng et al. "
+        "2016). Cost grows linearly with it.",
+    )
+    a_start = param.Number(
+        0.1,
+        bounds=(0.01, 0.5),
+        step=0.01,
+        doc="Scale factor of the 2LPT initial conditions (dimensionless, z_start = 1/a_start − 1); "
+        "must be smaller than the output 1/(1 + redshift).",
+    )
+    mesh_ratio = param.Integer(
+        1,
+        bounds=(1, 2),
+        doc="Force-mesh cells per side over particles per side (1 or 2). 1 is fastest but its "
+        "force is weak near the mesh scale (P(k) 7 % low at k_N/4, 20 % at k_N/2 at z = 2); 2 "
+        "(FastPM's usual boost) follows linear theory to k_N/4 and halofit to about k_N/2 at "
+        "z = 0, for about 2.5× the time.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and the linear theory of the kind
+# ---------------------------------------------------------------------------------------------
+
+
+def output_scale_factor(settings: PMParams) -> float:
+    """a_out = 1 / (1 + redshift), dimensionless."""
+    return 1.0 / (1.0 + settings.redshift)
+
+
+def check_settings(settings: PMParams) -> None:
+    """Raise :class:`ConfigError` for settings no PM volume can be made with.
+
+    The checks of :func:`engine.physics.lpt.check_settings` (mesh k range inside the theory
+    table, slab inside the box) and ``a_start < 1/(1 + redshift)``.
+    """
+    check_lpt_settings(settings)
+    a_out = output_scale_factor(settings)
+    if not settings.a_start < a_out:
+        raise ConfigError(
+            f"a_start={settings.a_start:g} must be smaller than the output scale factor "
+            f"1/(1+redshift)={a_out:.4g} (redshift={settings.redshift:g}): lower a_start or the "
+            "redshift"
+        )
+
+
+def linear_twin(settings: PMParams) -> LPTParams:
+    """The ``2lpt`` settings with the same mesh, slab, redshift and cosmology.
+
+    PM and 2LPT maps share their linear theory (the linear spectrum at ``redshift`` through the
+    CIC windows of the N³ mesh, :mod:`engine.physics.slabs` eq. 1'), which
+    :func:`engine.physics.slabs.mesh_cells` applies to kind ``2lpt``.
+    """
+    names = set(LPTParams.param) - {"name", "kind"}
+    return LPTParams(**{k: v for k, v in to_dict(settings).items() if k in names})
+
+
+def theory_power(settings: PMParams, k, omega_m, sigma8) -> torch.Tensor:
+    """Expected P(k) of a PM slab map in (Mpc/h)² (linear theory): that of its
+    :func:`linear_twin` (:func:`engine.physics.slabs.theory_power`)."""
+    return slabs.theory_power(linear_twin(settings), k, omega_m, sigma8)
+
+
+def binned_theory(settings: PMParams, omega_m, sigma8, edges=None, deconvolved: bool = False):
+    """Binned linear theory of PM slab maps, CIC windows included: that of its
+    :func:`linear_twin` (:func:`engine.physics.slabs.binned_theory`; P in (Mpc/h)², k in h/Mpc).
+    Nonlinear growth makes PM maps exceed it at k ≳ 0.1 h/Mpc at low redshift."""
+    return slabs.binned_theory(linear_twin(settings), omega_m, sigma8, edges, deconvolved)
+
+
+def map_scale(settings: PMParams) -> float:
+    """Linear-theory standard deviation per pixel at the fiducial cosmology (dimensionless),
+    as for 2LPT (:func:`engine.physics.slabs.map_scale` of the :func:`linear_twin`)."""
+    return slabs.map_scale(linear_twin(settings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Background and growth (flat ΛCDM, radiation neglected), float64 numpy
+# ---------------------------------------------------------------------------------------------
+
+
+def _broadcast(a, omega_m):
+    a = np.asarray(a, dtype=np.float64)
+    om = np.asarray(torch.as_tensor(omega_m, dtype=torch.float64).cpu(), dtype=np.float64)
+    return a, om
+
+
+def hubble_e(a, omega_m) -> np.ndarray:
+    """E(a) = H(a)/H0 = √(Ω_m a⁻³ + 1 − Ω_m) of flat ΛCDM (dimensionless; numpy broadcasting)."""
+    a, om = _broadcast(a, omega_m)
+    return np.sqrt(om / a**3 + 1.0 - om)
+
+
+def growth_d1(a, omega_m) -> np.ndarray:
+    """Linear growth factor D(a) = a ₂F₁(1/3, 1; 11/6; −a³(1−Ω_m)/Ω_m) of flat ΛCDM, → a early.
+
+    The growing solution of d(a³ E dD/da)/da = (3/2) Ω_m D / (a² E) (Percival 2005, A&A 443, 819,
+    w = −1; Heath 1977). Dimensionless, normalised to D/a → 1 as a → 0; numpy broadcasting of
+    ``a`` and ``omega_m``.
+    """
+    a, om = _broadcast(a, omega_m)
+    return a * hyp2f1(1.0 / 3.0, 1.0, 11.0 / 6.0, -(a**3) * (1.0 - om) / om)
+
+
+def growth_rate_f1(a, omega_m) -> np.ndarray:
+    """f(a) = d ln D / d ln a of :func:`growth_d1` (dimensionless), from the derivative of ₂F₁:
+    f = 1 + (6/11) z ₂F₁(4/3, 2; 17/6; z) / ₂F₁(1/3, 1; 11/6; z), z = −a³(1−Ω_m)/Ω_m."""
+    a, om = _broadcast(a, omega_m)
+    z = -(a**3) * (1.0 - om) / om
+    return 1.0 + (6.0 / 11.0) * z * hyp2f1(4.0 / 3.0, 2.0, 17.0 / 6.0, z) / hyp2f1(
+        1.0 / 3.0, 1.0, 11.0 / 6.0, z
+    )
+
+
+def momentum_growth(a, omega_m) -> np.ndarray:
+    """G_f(a) = a³ E(a) dD/da = a² E f D: the momentum p = G_f Ψ_0 of a linear displacement
+    D Ψ_0 (FastPM's G_f; same normalisation as :func:`growth_d1`; numpy broadcasting)."""
+    a = np.asarray(a, dtype=np.float64)
+    return a**2 * hubble_e(a, omega_m) * growth_rate_f1(a, omega_m) * growth_d1(a, omega_m)
+
+
+def drift_factor(a0, a1, ac, omega_m) -> np.ndarray:
+    """FastPM drift factor [D(a1) − D(a0)] / G_f(a_c): Δx = factor · p(a_c) (dimensionless)."""
+    d1 = growth_d1(np.asarray([a0, a1]), np.asarray(omega_m)[..., None])
+    return (d1[..., 1] - d1[..., 0]) / momentum_growth(ac, omega_m)
+
+
+def kick_factor(a0, a1, ac, omega_m) -> np.ndarray:
+    """FastPM kick factor [G_f(a1) − G_f(a0)] / D(a_c): Δp = factor · F̃(a_c), F̃ = −∇∇⁻²δ
+    (the (3/2) Ω_m of the force cancels against g_f = dG_f/da = (3/2) Ω_m D / (a² E))."""
+    g = momentum_growth(np.asarray([a0, a1]), np.asarray(omega_m)[..., None])
+    return (g[..., 1] - g[..., 0]) / growth_d1(ac, omega_m)
+
+
+def stages(settings: PMParams) -> np.ndarray:
+    """Scale factors of the force evaluations: ``steps`` + 1 values linear in a from a_start to
+    1/(1+redshift) (float64)."""
+    return np.linspace(settings.a_start, output_scale_factor(settings), settings.steps + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial conditions
+# ---------------------------------------------------------------------------------------------
+
+
+def initial_conditions(
+    settings: PMParams,
+    omega_m: torch.Tensor,
+    sigma8: torch.Tensor,
+    generator: torch.Generator,
+    device=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2LPT displacements and FastPM momenta of the particle lattice at ``settings.a_start``.
+
+    Linear modes at ``settings.redshift`` (:func:`engine.physics.lpt.linear_modes`, pyccl)
+    scaled by D(a_start)/D(a_out), then Ψ1, Ψ = Ψ1 + Ψ2 (:func:`engine.physics.lpt.displacement`)
+    and p = a² E (f1 Ψ1 + f2 Ψ2) (module docstring, step 1).
+
+    Parameters
+    ----------
+    settings : PMParams
+    omega_m, sigma8 : torch.Tensor (B,)
+    generator : torch.Generator
+        On ``device``; consumed exactly as by :func:`engine.physics.lpt.generate_displacements`.
+    device : torch.device or str, optional
+        Default: the generator's device.
+
+    Returns
+    -------
+    psi, p : torch.Tensor (B, 3, N, N, N) float32 in Mpc/h (components along z, y, x).
+
+    Raises
+    ------
+    ConfigError
+        Parameters out of range, a cell size outside the theory table, a_start ≥ a_out.
+    """
+    device = torch.device(device) if device is not None else generator.device
+    check_settings(settings)
+    om = torch.as_tensor(omega_m, dtype=torch.float64).reshape(-1)
+    s8 = torch.as_tensor(sigma8, dtype=torch.float64).reshape(-1)
+    if om.shape != s8.shape:
+        raise ConfigError(
+            f"omega_m and sigma8 must hold one value per volume, got {om.numel()} and {s8.numel()}"
+        )
+    check_parameters(om.cpu(), s8.cpu())
+    om_np = om.cpu().numpy()
+    a0, a_out = settings.a_start, output_scale_factor(settings)
+    back = growth_d1(a0, om_np) / growth_d1(a_out, om_np)  # (B,)
+    delta_k = linear_modes(settings, om, s8, generator, device)
+    delta_k *= torch.as_tensor(back, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
+    psi1 = displacement(delta_k, settings.box_size, 1)
+    moment = a0**2 * hubble_e(a0, om_np)
+    f1 = growth_rate_f1(a0, om_np)
+
+    def per_volume(x):
+        return torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1, 1)
+
+    if settings.lpt_order == 1:
+        return psi1, psi1 * per_volume(moment * f1)
+    z0 = 1.0 / a0 - 1.0
+    psi = displacement(delta_k, settings.box_size, 2, second_order_growth_ratio(om, z0))
+    del delta_k
+    f2 = 2.0 * f1 + (3.0 / 143.0) * (1.0 - omega_m_at(om, z0).cpu().numpy())
+    # p = a²E (f1 Ψ1 + f2 (Ψ − Ψ1)) = a²E (f2 Ψ − (f2 − f1) Ψ1)
+    p = psi * per_volume(moment * f2)
+    p -= psi1 * per_volume(moment * (f2 - f1))
+    return psi, p
+
+
+# ---------------------------------------------------------------------------------------------
+# Force
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def force_kernels(m: int, box: float, device: torch.device):
+    """Fourier kernels of the force mesh of M³ cells of side L/M (cached per m, box, device).
+
+    Returns
+    -------
+    inv_k2 : torch.Tensor (M, M, M//2+1) complex64
+        1/k² in (Mpc/h)², 0 at k = 0 (the Green's function of ∇², sign in :func:`pm_force`).
+    ik : list of 3 torch.Tensor, broadcastable to (M, M, M//2+1), complex64
+        i k̃_a = i [8 sin(k_a c) − sin(2 k_a c)] / (6 c) in h/Mpc, c = L/M (4-point finite
+        difference; 0 on the Nyquist plane).
+    """
+    kf, c = 2 * math.pi / box, box / m
+    k2 = torch.zeros((), dtype=torch.float64)
+    ik = []
+    for a in range(3):
+        shape = [1, 1, 1]
+        shape[a] = -1
+        k = (kf * freq_int(m, last=a == 2).to(torch.float64)).reshape(shape)
+        k2 = k2 + k**2
+        fd = (8 * torch.sin(k * c) - torch.sin(2 * k * c)) / (6 * c)
+        ik.append((1j * fd).to(torch.complex64).to(device))
+    inv_k2 = torch.where(k2 > 0, 1.0 / k2.clamp(min=1e-300), 0.0)
+    return inv_k2.to(torch.complex64).to(device), ik
+
+
+def _mesh_cells(psi: torch.Tensor, box: float, ratio: int):
+    """CIC cells and offsets of the particles on the force mesh of M = ratio·N cells per side.
+
+    The particle of lattice cell i (per axis) sits at ratio·(i + ½) − ½ + Ψ M/L mesh cells from
+    the centre of mesh cell 0. Returns cell (B, 3, P) int64 in [0, M) (the mesh cell centre at or
+    below) and frac (B, 3, P) float32 in [0, 1).
+    """
+    batch, _, n = psi.shape[:3]
+    m = ratio * n
+    d = psi * (m / box)
+    d += 0.5 * (ratio - 1)
+    fl = torch.floor(d)
+    frac = d.sub_(fl)
+    for a in range(3):
+        shape = [1, 1, 1]
+        shape[a] = n
+        lattice = ratio * torch.arange(n, dtype=fl.dtype, device=fl.device).reshape(shape)
+        fl[:, a] = torch.remainder(fl[:, a] + lattice, m)
+    return fl.reshape(batch, 3, -1).long(), frac.reshape(batch, 3, -1)
+
+
+def pm_force(psi: torch.Tensor, box_size: float, mesh_ratio: int = 1) -> torch.Tensor:
+    """F̃ = −∇φ̃ with ∇²φ̃ = δ at the particles (Mpc/h): the PM force over (3/2) Ω_m.
+
+    CIC deposit of the particles x = q + Ψ on the force mesh of M = ``mesh_ratio``·N cells,
+    F̃_k = i k̃ δ_k / k² (exact 1/k² Green's function, 4-point finite-difference gradient k̃;
+    module docstring, step 2), inverse FFT, CIC read-out at the particles.
+
+    Parameters
+    ----------
+    psi : torch.Tensor (B, 3, N, N, N) float32
+        Displacements from the lattice of cell centres, Mpc/h.
+    box_size : float
+        Side L in Mpc/h.
+    mesh_ratio : {1, 2}
+
+    Returns
+    -------
+    torch.Tensor (B, 3, N, N, N) float32 in Mpc/h (components along z, y, x); in linear theory it
+    equals the linear displacement (up to the mesh kernels).
+    """
+    batch, _, n = psi.shape[:3]
+    m = mesh_ratio * n
+    cell, frac = _mesh_cells(psi, box_size, mesh_ratio)
+    counts = _deposit(cell, frac, m)
+    inv_k2, ik = force_kernels(m, float(box_size), psi.device)
+    # pot_k = −φ̃_k = δ_k / k², δ_k = counts_k / n̄ for k ≠ 0 (n̄ = N³/M³ particles per cell);
+    # k = 0 is removed by 1/k²
+    pot_k = torch.fft.rfftn(counts, dim=(1, 2, 3))
+    del counts
+    pot_k *= inv_k2
+    if mesh_ratio != 1:
+        pot_k *= float(mesh_ratio**3)
+    p = m + 1  # force on a periodically padded mesh: the 8 CIC corners are base + constants
+    mesh = torch.empty((batch, 3, p, p, p), dtype=torch.float32, device=psi.device)
+    for a in range(3):
+        mesh[:, a, :m, :m, :m] = torch.fft.irfftn(pot_k * ik[a], s=(m, m, m), dim=(1, 2, 3))
+    del pot_k
+    mesh[:, :, m, :m, :m] = mesh[:, :, 0, :m, :m]
+    mesh[:, :, :, m, :m] = mesh[:, :, :, 0, :m]
+    mesh[:, :, :, :, m] = mesh[:, :, :, :, 0]
+    flat = mesh.view(batch, 3, -1)
+    base = (cell[:, 0] * p + cell[:, 1]).mul_(p).add_(cell[:, 2])  # (B, P)
+    del cell
+    g = 1.0 - frac
+    out = torch.zeros((batch, 3, base.shape[1]), dtype=torch.float32, device=psi.device)
+    for cz, wz in ((0, g[:, 0]), (1, frac[:, 0])):
+        for cy, wy in ((0, g[:, 1]), (1, frac[:, 1])):
+            wzy = wz * wy
+            for cx, wx in ((0, g[:, 2]), (1, frac[:, 2])):
+                idx = (base + ((cz * p + cy) * p + cx)).unsqueeze(1).expand(batch, 3, -1)
+                out.addcmul_(torch.gather(flat, 2, idx), (wzy * wx).unsqueeze(1))
+    return out.view(batch, 3, n, n, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time stepping and generation
+# ---------------------------------------------------------------------------------------------
+
+
+def evolve(
+    psi: torch.Tensor, p: torch.Tensor, omega_m, settings: PMParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kick-drift-kick leapfrog from ``settings.a_start`` to 1/(1+redshift) (FastPM factors).
+
+    Stages a_i of :func:`stages`, half steps √(a_i a_{i+1}); at each stage i the force
+    F̃(a_i) (:func:`pm_force`) kicks p from its time to the next half step (to a_out after the
+    last stage) by :func:`kick_factor`, then p drifts Ψ to a_{i+1} by :func:`drift_factor`
+    (module docstring, step 3). ``steps`` + 1 force evaluations.
+
+    Parameters
+    ----------
+    psi, p : torch.Tensor (B, 3, N, N, N) float32
+        Displacements and momenta at a_start, Mpc/h (:func:`initial_conditions`); updated in place.
+    omega_m : torch.Tensor or array_like (B,)
+    settings : PMParams
+        a_start, steps, redshift, box_size, mesh_ratio.
+
+    Returns
+    -------
+    psi, p : torch.Tensor (B, 3, N, N, N) float32 at a_out, Mpc/h.
+    """
+    om = np.asarray(torch.as_tensor(omega_m, dtype=torch.float64).cpu().reshape(-1))
+    a = stages(settings)
+    half = np.sqrt(a[:-1] * a[1:])
+    kick_to = np.append(half, a[-1])
+    kick_from = np.insert(half, 0, a[0])
+
+    def per_volume(x):
+        return torch.as_tensor(x, dtype=torch.float32, device=psi.device).reshape(-1, 1, 1, 1, 1)
+
+    for i in range(len(a)):
+        force = pm_force(psi, settings.box_size, settings.mesh_ratio)
+        p.add_(force.mul_(per_volume(kick_factor(kick_from[i], kick_to[i], a[i], om))))
+        del force
+        if i + 1 < len(a):
+            psi.add_(p * per_volume(drift_factor(a[i], a[i + 1], half[i], om)))
+    return psi, p
+
+
+def generate_displacements(
+    settings: PMParams,
+    omega_m: torch.Tensor,
+    sigma8: torch.Tensor,
+    generator: torch.Generator,
+    device=None,
+) -> torch.Tensor:
+    """Final PM displacements Ψ(q) of the particle lattice, one field per (omega_m, sigma8) pair.
+
+    :func:`initial_conditions` then :func:`evolve`; the first step of :func:`generate_volumes`,
+    which consumes the generator identically (same seed ⇒ the particles of the same volume).
+
+    Returns
+    -------
+    torch.Tensor (B, 3, N, N, N) float32 in Mpc/h (components along z, y, x); positions
+    x = q + Ψ (:func:`engine.physics.lpt.particle_positions`, :func:`slab_particles`).
+
+    Raises
+    ------
+    ConfigError
+        Parameters out of range, a cell size outside the theory table, a_start ≥ a_out.
+    """
+    psi, p = initial_conditions(settings, omega_m, sigma8, generator, device)
+    psi, _ = evolve(psi, p, omega_m, settings)
+    return psi
+
+
+def generate_volumes(
+    settings: PMParams,
+    omega_m: torch.Tensor,
+    sigma8: torch.Tensor,
+    generator: torch.Generator,
+    device=None,
+) -> torch.Tensor:
+    """PM density contrast volumes, one per (omega_m, sigma8) pair (no smoothing, no noise).
+
+    Returns
+    -------
+    torch.Tensor (B, N, N, N) float32 on ``device``: δ = ρ/ρ̄ − 1 of the final particles (CIC on
+    the N³ mesh, not deconvolved), array axes (z, y, x), cell (i, j, l) centred at
+    ((i+½), (j+½), (l+½)) L/N; Σ (1 + δ) = N³.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`generate_displacements`.
+    """
+    psi = generate_displacements(settings, omega_m, sigma8, generator, device)
+    return lattice_deposit(psi, settings.box_size)
+
+
+def generate_batch(
+    settings: PMParams,
+    omega_m: torch.Tensor,
+    sigma8: torch.Tensor,
+    generator: torch.Generator,
+    device=None,
+) -> torch.Tensor:
+    """The output of :func:`generate` for one batch, as torch tensors (the training hot path).
+
+    :func:`generate_volumes`, then for ``dim=2`` :func:`engine.physics.mesh.project_slab`
+    (``thickness``, ``axis``), Gaussian smoothing exp(−k²σ_s²/2) (σ_s = ``smoothing`` Mpc/h) and
+    white noise of standard deviation ``noise`` per cell/pixel, as
+    :func:`engine.physics.lpt.generate_batch`.
+
+    Returns
+    -------
+    torch.Tensor (B, N, N, N) for ``dim=3`` or (B, N, N) for ``dim=2``, float32 on ``device``.
+    """
+    device = torch.device(device) if device is not None else generator.device
+    out = generate_volumes(settings, omega_m, sigma8, generator, device)
+    d = settings.dim
+    if d == 2:
+        out = project_slab(out, settings.thickness, settings.box_size, settings.axis)
+    if settings.smoothing > 0:
+        out = gaussian_smooth(out, settings.smoothing, settings.box_size, d)
+    if settings.noise > 0:
+        out = out + settings.noise * torch.randn(
+            out.shape, generator=generator, device=device, dtype=torch.float32
+        )
+    return out
+
+
+def default_batch_size(settings: PMParams) -> int:
+    """Volumes per torch call so that one batch needs ≲ 1 GiB (peak ≲ 128 + 32 r³ bytes per
+    particle, r = mesh_ratio; measured 146 and 352 bytes for r = 1, 2)."""
+    per_particle = 128 + 32 * settings.mesh_ratio**3
+    return max(1, min(64, (1 << 30) // (per_particle * settings.size**3)))
+
+
+def generate(
+    settings: PMParams,
+    omega_m=None,
+    sigma8=None,
+    device=None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+) -> xr.DataArray:
+    """Generate ``settings.count`` PM volumes or slab maps from ``settings.seed`` as a DataArray.
+
+    Parameters and output as :func:`engine.physics.lpt.generate` (dims (sample, z, y, x) for
+    ``dim=3``, else (sample, y, x); coords in Mpc/h), with kind="pm", the PM settings
+    (steps, a_start, mesh_ratio) and ``force_mesh`` (cells per side) in attrs.
+
+    Raises
+    ------
+    ConfigError
+        Bad parameter values, a cell size outside the theory table, a slab thicker than the box,
+        a_start ≥ 1/(1+redshift).
+    """
+    return generate_samples(
+        settings,
+        generate_batch,
+        to_dataarray,
+        omega_m=omega_m,
+        sigma8=sigma8,
+        device=device,
+        batch_size=batch_size or default_batch_size(settings),
+        progress=progress,
+        check=check_settings,
+        desc="pm",
+    )
+
+
+def to_dataarray(data: np.ndarray, settings: PMParams, omega_m, sigma8) -> xr.DataArray:
+    """Wrap the output of :func:`generate_batch` in the boundary DataArray of :func:`generate`.
+
+    As :func:`engine.physics.lpt.to_dataarray` (every setting in attrs, kind="pm"), plus
+    ``force_mesh`` = mesh_ratio·size and a PM ``long_name``.
+    """
+    da = lpt_dataarray(data, settings, omega_m, sigma8)
+    what = "volume" if settings.dim == 3 else "slab"
+    da.attrs.update(
+        force_mesh=settings.mesh_ratio * settings.size,
+        long_name=f"density contrast delta of a particle-mesh N-body {what}",
+    )
+    return da
+
+
+def settings_from_attrs(attrs: dict) -> PMParams:
+    """Rebuild the PMParams a DataArray was generated with, from its attrs.
+
+    Attrs that are not settings (grid, cosmology, units, …) are ignored; numpy scalars (netCDF)
+    become Python numbers.
+    """
+    names = set(PMParams.param) - {"name"}
+    return PMParams(
+        **{
+            k: (v.item() if isinstance(v, np.generic) else v)
+            for k, v in attrs.items()
+            if k in names
+        }
+    )
