@@ -252,7 +252,8 @@ class FieldLab(pn.viewable.Viewer):
         False, doc="True while a slow update (> BUSY_AFTER s) is computed: the page says so."
     )
     particles = param.Boolean(
-        False, doc="2LPT and PM: also show the particles inside the slab (rasterized by datashader)."
+        False,
+        doc="2LPT and PM: also show the particles inside the slab (rasterized by datashader).",
     )
 
     def __init__(self, settings: param.Parameterized | None = None, doc=None, **params):
