@@ -59,15 +59,17 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-#: (kind, map size) benchmarked: 256² maps; 2LPT offers at most 128 particles (and pixels) a side.
-CASES = (("grf", 256), ("lognormal", 256), ("kappa", 256), ("2lpt", 128))
+#: (kind, map size) benchmarked: 256² maps; 2LPT offers at most 128 particles (and pixels) a side;
+#: PM at the field lab's default, 64³ particles.
+CASES = (("grf", 256), ("lognormal", 256), ("kappa", 256), ("2lpt", 128), ("pm", 64))
 #: Kind-selector label of each kind (explorer.fieldlab_kinds.KIND_VIEWS titles).
-TITLES = {"grf": "GRF", "lognormal": "lognormal", "2lpt": "2LPT", "kappa": "κ WL"}
+TITLES = {"grf": "GRF", "lognormal": "lognormal", "2lpt": "2LPT", "pm": "PM N-body", "kappa": "κ WL"}
 #: Size buttons of each kind (explorer.fieldlab_kinds SIZES, LPT_SIZES, KAPPA_SIZES).
 SIZE_OPTIONS = {
     "grf": (64, 128, 256, 512),
     "lognormal": (64, 128, 256, 512),
     "2lpt": (32, 64, 128),
+    "pm": (32, 64, 128),
     "kappa": (128, 256, 512),
 }
 #: Ω_m and σ8 of the page when it opens, of the first map of a session, slider step.
