@@ -163,8 +163,9 @@ def box_plot(groups: pd.DataFrame, name: str, method_label: str) -> hv.Overlay:
 
 
 def gap_plots(gap: dict) -> list[hv.Overlay]:
-    """P(k) (log-log, mean ± 1σ over maps) and pixel PDF of the training kind and the target
-    data from :func:`engine.data.transfer.domain_gap`."""
+    """P(k) (log-log, mean ± 1σ over maps), the ratio of the mean P(k) (dataset / training
+    kind, 1 = no gap) and the pixel PDF of the training kind and the target data from
+    :func:`engine.data.transfer.domain_gap`."""
     kx = hv.Dimension("k", label="ℓ" if gap["k_units"] == "ell" else f"k ({gap['k_units']})")
     py = hv.Dimension("P", label=f"P ({gap['pk_units']})")
     series = (
@@ -195,10 +196,23 @@ def gap_plots(gap: dict) -> list[hv.Overlay]:
             ).opts(color=color, line_width=2)
         )
     opts = dict(frame_width=330, frame_height=240, show_grid=True, legend_position="bottom_left")
+    train = np.asarray(gap["pk_train_mean"], float)
+    target = np.asarray(gap["pk_target_mean"], float)
+    ok = (k > 0) & (train > 0) & (target > 0)
+    ratio = hv.Curve(
+        (k[ok], target[ok] / train[ok]), kx, hv.Dimension("ratio", label="P dataset / P training")
+    ).opts(color="#d62728", line_width=2)
+    one = hv.HLine(1.0).opts(color="black", line_dash="dashed", line_width=1)
     return [
         hv.Overlay(pk_layers).opts(
             title="Domain gap: power spectrum", logx=True, logy=True, tools=["hover"], **opts
         ),
+        hv.Overlay([ratio, one]).opts(
+            title="Domain gap: P(k) ratio",
+            logx=True,
+            tools=["hover"],
+            **{**opts, "legend_position": "top_left"},
+        ),  # fmt: skip
         hv.Overlay(pdf_layers).opts(title="Domain gap: pixel PDF", **opts),
     ]
 

@@ -389,6 +389,7 @@ class FieldLab(pn.viewable.Viewer):
             self.param.kind,
             **label("Field kind"),
             **look("primary", "outline"),
+            orientation="vertical",  # five kinds do not fit side by side in the 290 px column
             sizing_mode="stretch_width",
         )
         return {"kind": kind, **self._widgets[key]}

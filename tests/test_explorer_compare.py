@@ -155,7 +155,7 @@ def test_domain_gap_view_builds_for_network_rows_and_explains_others(page):
     assert gap["kind"] == "grf" and gap["target_kind"] == "folder" and gap["size"] == 16
     assert gap["n_target"] == compare.GAP_MAPS and len(gap["pdf_x"]) == 40
     plots = compare.gap_plots(gap)
-    assert len(plots) == 2 and all(isinstance(p, hv.Overlay) for p in plots)
+    assert len(plots) == 3 and all(isinstance(p, hv.Overlay) for p in plots)  # P, ratio, PDF
     assert isinstance(page._gap_view(), pn.Column)
     page.select_row(1)  # the 1000 Mpc/h network: not evaluated, and no gap (no checkpoint)
     assert page.predictions is None and page.examples == [] and page.gap is None
