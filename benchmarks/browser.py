@@ -63,7 +63,13 @@ CHROMIUM_ARGS = [
 #: PM at the field lab's default, 64³ particles.
 CASES = (("grf", 256), ("lognormal", 256), ("kappa", 256), ("2lpt", 128), ("pm", 64))
 #: Kind-selector label of each kind (explorer.fieldlab_kinds.KIND_VIEWS titles).
-TITLES = {"grf": "GRF", "lognormal": "lognormal", "2lpt": "2LPT", "pm": "PM N-body", "kappa": "κ WL"}
+TITLES = {
+    "grf": "GRF",
+    "lognormal": "lognormal",
+    "2lpt": "2LPT",
+    "pm": "PM N-body",
+    "kappa": "κ WL",
+}
 #: Size buttons of each kind (explorer.fieldlab_kinds SIZES, LPT_SIZES, KAPPA_SIZES).
 SIZE_OPTIONS = {
     "grf": (64, 128, 256, 512),
