@@ -58,6 +58,9 @@ from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
 RASTERIZE_ABOVE = 256
+#: Milliseconds after the map and P(k) that the PDF and peak counts are sent (served pages): the
+#: browser then paints the main views first (its repaint of four figures took ~40 ms a step).
+SECONDARY_AFTER_MS = 30
 #: Kinds made of particles: the page can show the particles inside the slab.
 PARTICLE_KINDS = ("2lpt", "pm")
 #: Seconds the readout table waits for the updates to pause before it follows (served pages):
@@ -373,9 +376,21 @@ class FieldLab(pn.viewable.Viewer):
         self._frame = frame
         self.param.update(**changes)  # a new style or size rebuilds the views from the result
         if len(changes) == 2 and self._figures is not None:
-            self._figures.show(frame)
+            doc = self._updates.doc
+            if doc is None:
+                self._figures.show(frame)
+            else:  # map and P(k) first; the PDF and peak counts in a message of their own
+                self._figures.show(frame, views.PRIMARY)
+                doc.add_timeout_callback(
+                    partial(self._show_secondary, self._figures, frame), SECONDARY_AFTER_MS
+                )
             if self._pipe is not None:
                 self._pipe.send(result)
+
+    def _show_secondary(self, figures, frame) -> None:
+        # only the frame still on screen (a newer one brings its own), on the figures it was for
+        if frame is self._frame and figures is self._figures:
+            figures.show(frame, views.SECONDARY)
 
     # -- widgets -----------------------------------------------------------------------------
 

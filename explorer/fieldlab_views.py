@@ -214,6 +214,11 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
     return frame
 
 
+#: Sources of the main views (map, spectrum against theory) and of the others (PDF, peaks).
+PRIMARY = ("map", "band", "theory", "noise", "measured", "markers")
+SECONDARY = ("pdf", "gauss", "peaks")
+
+
 class FieldFigures:
     """The Bokeh figures of one style, fed in place by :meth:`show` (zoom survives updates).
 
@@ -240,15 +245,21 @@ class FieldFigures:
         self.power = self._power_figure()
         self.pdf, self.peaks = self._pdf_figure(), self._peaks_figure()
 
-    def show(self, frame: dict) -> None:
-        """Replace every source's columns by those of ``frame`` (:func:`frame_data`)."""
+    def show(self, frame: dict, names: tuple[str, ...] | None = None) -> None:
+        """Replace the sources' columns by those of ``frame`` (:func:`frame_data`).
+
+        ``names``: only these sources (and the axis ranges and colour range that go with them;
+        :data:`PRIMARY`, :data:`SECONDARY`); default all.
+        """
         for name, source in self.sources.items():
-            source.data = frame[name]
+            if names is None or name in names:
+                source.data = frame[name]
         for name, (xr_, yr_) in frame["ranges"].items():
-            fig = getattr(self, name)
-            fig.x_range.update(start=xr_[0], end=xr_[1])
-            fig.y_range.update(start=yr_[0], end=yr_[1])
-        if "clim" in frame and self.map is not None:
+            if names is None or name in names:
+                fig = getattr(self, name)
+                fig.x_range.update(start=xr_[0], end=xr_[1])
+                fig.y_range.update(start=yr_[0], end=yr_[1])
+        if "clim" in frame and self.map is not None and (names is None or "map" in names):
             self.mapper.update(low=frame["clim"][0], high=frame["clim"][1])
 
     def panes(self) -> dict:

@@ -397,6 +397,24 @@ def test_readout_follows_when_updates_pause():
     assert "0.36" in lab._readout_pane.object and "0.35" not in lab._readout_pane.object
 
 
+def test_main_views_are_sent_before_the_pdf_and_peaks():
+    """Served, the map and P(k) change with the update; the PDF and peak counts follow in a
+    later message (and only for the frame still on screen)."""
+    doc, pool = FakeDoc(), FakePool()
+    lab = FieldLab(FieldParams(size=64), doc=doc)
+    lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab.__panel__().get_root(Document())
+    figures = lab._figures
+    pdf_before = figures.sources["pdf"].data["top"]
+    lab.settings.omega_m = 0.41
+    pool.run_one()
+    doc.tick()
+    np.testing.assert_array_equal(figures.sources["measured"].data["P"], lab.result.pk)
+    assert figures.sources["pdf"].data["top"] is pdf_before
+    doc.time_passes()
+    np.testing.assert_array_equal(figures.sources["pdf"].data["top"], lab.result.pdf_density)
+
+
 def test_views_update_in_place():
     """A new value replaces the figures' data; the figures (and so the zoom) stay."""
     lab = FieldLab(FieldParams(size=64))
