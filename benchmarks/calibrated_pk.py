@@ -31,6 +31,8 @@ from engine.data import open_spec
 from engine.evaluation.calibrated import (
     DEFAULT_MAX_BINS,
     fit_calibration,
+)
+from engine.evaluation.calibrated_use import (
     pk_calibrated_predict,
     training_maps,
 )

@@ -16,12 +16,14 @@ import torch
 
 from engine import cli
 from engine.data import open_spec
-from engine.evaluation import calibrated
+from engine.evaluation import calibrated, calibrated_use
 from engine.evaluation.calibrated import (
     Calibration,
-    calibrate,
     fit_calibration,
     hartlap_factor,
+)
+from engine.evaluation.calibrated_use import (
+    calibrate,
     load_calibration,
     pk_calibrated_predict,
 )
@@ -198,7 +200,7 @@ def test_stored_calibration_round_trips(grf, tmp_path):
 def test_calibrations_are_cached_by_spec_and_not_refitted(tmp_path, monkeypatch):
     folder = _folder(tmp_path / "maps", 40)
     spec = f"folder:{folder}?box_size=256"
-    calibrated._MEMORY.clear()
+    calibrated_use._MEMORY.clear()
     first = calibrate(spec)
     assert first.path and os.path.dirname(first.path) == os.environ[calibrated.CACHE_ENV]
     assert first.n_maps == 32 and first.spec == spec  # the train split: 80 % of the files
@@ -207,8 +209,8 @@ def test_calibrations_are_cached_by_spec_and_not_refitted(tmp_path, monkeypatch)
     def no_fit(*args, **kwargs):
         raise AssertionError("refitted")
 
-    monkeypatch.setattr(calibrated, "fit_calibration", no_fit)
-    calibrated._MEMORY.clear()
+    monkeypatch.setattr(calibrated_use, "fit_calibration", no_fit)
+    calibrated_use._MEMORY.clear()
     again = calibrate(spec)  # from the cache file
     assert again == first and again.path == first.path
     # the dataset changes on disk: the key changes, so it is fitted again

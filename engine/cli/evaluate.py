@@ -64,7 +64,7 @@ def _add_predict_parser(sub) -> None:
         metavar="DATASET_OR_FILE",
         help="pk-calibrated: a calibration .json file, or the dataset spec of labelled training "
         "maps of the same geometry to calibrate on (its train split; fitted once, then cached: "
-        "engine.evaluation.calibrated.cache_dir).",
+        "engine.evaluation.calibrated_use.cache_dir).",
     )
     p.add_argument(
         "--save-calibration",
@@ -154,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scale = {"box_size": args.box_size, "fov": args.fov}
         result = predict(load_maps(args.maps), args.checkpoint, device=args.device, scale=scale)
     elif method == "pk-calibrated":
-        from engine.evaluation.calibrated import pk_calibrated_predict, resolve_calibration
+        from engine.evaluation.calibrated_use import pk_calibrated_predict, resolve_calibration
 
         maps = load_maps(args.maps)  # the maps' errors before a (long) fit
         cal = resolve_calibration(args.calibration, k_max=args.k_max)

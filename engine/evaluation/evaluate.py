@@ -22,7 +22,7 @@ training data (the checkpoint's ``config["dataset"]``, or maps generated with it
 it was trained on the fly: :func:`engine.evaluation.predict.checkpoint_training_spec`), on the
 evaluated dataset's own train split without a checkpoint (a note says when the evaluated maps
 include it), or on ``calibration=`` (a file or a spec); fits are cached per training spec
-(:func:`engine.evaluation.calibrated.calibrate`). Its maps are those the network sees (after
+(:func:`engine.evaluation.calibrated_use.calibrate`). Its maps are those the network sees (after
 domain transfer: the network's grid, which is its training data's). ``python -m engine train`` runs :func:`evaluate` at
 the end of a completed run.
 
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.evaluation.calibrated import (
+from engine.evaluation.calibrated_use import (
     calibrate,
     pk_calibrated_predict,
     resolve_calibration,

@@ -352,30 +352,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_maps": 480,
         "log_every": 25,
     },
-    "pm64": {
-        # The geometry of 2lpt64 with particle-mesh N-body slabs (FastPM-style, 10 kick-drift-kick
-        # steps from a = 0.1, force mesh = particle grid): a dataset first on a CPU, as for
-        # 2lpt64 (docs/results.md): python -m engine dataset --kind pm --size 64 --box 128
-        # --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 3200 --split 0.75,0.1,0.15
-        # --seed 0 --chunk 64 --out data/pm64.zarr, then --set dataset=data/pm64.zarr.
-        "kind": "pm",
-        "size": 64,
-        "box_size": 128.0,
-        "thickness": 8.0,
-        "model": "hybrid_log",
-        "width": 8,
-        "batch_size": 64,
-        "steps_per_epoch": 150,
-        "epochs": 6,
-        "lr": 2e-3,
-        "warmup_steps": 100,
-        "ema_decay": 0.998,
-        "augment_flips": True,
-        "val_maps": 256,
-        "eval_maps": 480,
-        "log_every": 25,
-    },
 }
+# The geometry and network of 2lpt64 with particle-mesh N-body slabs (FastPM-style, 10
+# kick-drift-kick steps from a = 0.1, force mesh = particle grid): a dataset first on a CPU, as
+# for 2lpt64 (docs/results.md): python -m engine dataset --kind pm --size 64 --box 128
+# --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 2400 --split 0.75,0.1,0.15 --seed 0
+# --chunk 64 --out data/pm64.zarr, then --set dataset=data/pm64.zarr.
+PRESETS["pm64"] = {**PRESETS["2lpt64"], "kind": "pm"}
 
 
 def _apply_generated_spec(params: TrainBase) -> None:
