@@ -170,6 +170,31 @@ def _peek_kind(argv: Sequence[str]) -> str:
     return kind or "grf"
 
 
+def _peek_task(argv: Sequence[str]) -> str:
+    """The task of a ``train`` command line, to build its flags: ``--task``, else the ``task``
+    of ``--preset`` (:data:`engine.train.settings.PRESETS`), else with ``--resume`` the task
+    in ``--run-dir``'s config.json, else "regression".
+
+    Raises
+    ------
+    ConfigError
+        An unknown task.
+    """
+    from engine.tasks import get_task
+    from engine.train.settings import preset_task
+
+    task = _peek_option(argv, "--task")
+    if task is None and "--resume" in argv:
+        run_dir = _peek_option(argv, "--run-dir")
+        if run_dir:
+            from engine.runs import RunDir
+
+            task = (RunDir(run_dir).config() or {}).get("task")
+    if task is None:
+        task = preset_task(_peek_option(argv, "--preset") or "default")
+    return get_task(task or "regression").name
+
+
 def _add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-checkpoint",
@@ -179,10 +204,11 @@ def _add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
+def build_parser(fields_kind: str = "grf", task: str = "regression") -> argparse.ArgumentParser:
     """The ``argparse`` parser of all verbs (see the module docstring).
 
-    ``fields_kind`` selects the settings class whose flags the ``fields`` verb gets. Each verb
+    ``fields_kind`` selects the settings class whose flags the ``fields`` verb gets, ``task``
+    the task whose settings the ``train`` verb gets (:func:`_peek_task`). Each verb
     group's module adds its subparsers: :mod:`engine.cli.fields` (fields, dataset, sky),
     :mod:`engine.cli.train` (train), :mod:`engine.cli.evaluate` (predict, evaluate, compare).
 
@@ -203,7 +229,7 @@ def build_parser(fields_kind: str = "grf") -> argparse.ArgumentParser:
         metavar="{fields,dataset,sky,train,predict,evaluate,compare}",
     )
     fields.add_parsers(sub, fields_kind)
-    train.add_parser(sub)
+    train.add_parser(sub, task)
     evaluate.add_parsers(sub)
     return parser
 
@@ -233,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         kind = _peek_kind(argv) if argv[:1] in (["fields"], ["dataset"]) else "grf"
-        args = build_parser(get_kind(kind, FIELD_KINDS).name).parse_args(argv)
+        task = _peek_task(argv) if argv[:1] == ["train"] else "regression"
+        args = build_parser(get_kind(kind, FIELD_KINDS).name, task).parse_args(argv)
         return args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,9 +31,13 @@ PART_TITLES = {
 }
 
 
-def add_parser(sub) -> None:
-    """Add the ``train`` verb's subparser to ``sub`` (the verbs' ``add_subparsers`` object)."""
-    from engine.train.settings import PRESETS, TrainParams
+def add_parser(sub, task: str = "regression") -> None:
+    """Add the ``train`` verb's subparser to ``sub`` (the verbs' ``add_subparsers`` object),
+    with the settings of ``task`` as flags (:func:`engine.cli._peek_task` finds it in argv)."""
+    from engine.tasks import TASKS
+    from engine.train.settings import PRESETS, train_params_class
+
+    TrainParams = train_params_class(task)
 
     train_p = sub.add_parser(
         "train",
@@ -41,6 +45,15 @@ def add_parser(sub) -> None:
         description="Train a network (task: regression of (omega_m, sigma8) or of a dataset's "
         "labels) on maps generated on the fly on the training device or read from a dataset "
         "spec, in a run directory. Settings: preset < --config < flags < --set.",
+    )
+    train_p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=None,
+        help="The problem to train (engine.tasks): "
+        + ", ".join(TASKS)
+        + "; default: the preset's task, the run's task with --resume, else regression. "
+        "'train --task NAME --help' lists that task's settings.",
     )
     train_p.add_argument(
         "--preset",
@@ -123,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.runs import RunDir, new_run_id
     from engine.train.distributed import Distributed
     from engine.train.process import refuse_launch, run_training
-    from engine.train.settings import TrainParams, resolve_device, resolve_params
+    from engine.train.settings import resolve_device, resolve_params, train_params_class
 
     if args.run_dir is None and args.resume:
         raise ConfigError("--resume needs --run-dir DIR of the run to continue")
@@ -133,7 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         fresh = not run.path.exists()
         try:
             base = dist.on_main(check_run_dir, run, args.resume)
-            params = resolve_params(args.preset, *_layers(args, TrainParams), base=base)
+            task = _check_task(args, run, base)
+            params = resolve_params(
+                args.preset, *_layers(args, train_params_class(task)), base=base, task=task
+            )
             device = dist.device(resolve_device(params))
             # one trainer per run directory: the lock, then the checks again under it
             dist.on_main(lambda: stack.enter_context(run.lock()) and None)
@@ -155,6 +171,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         if dist.is_main and fresh and not run.has_run():
             _remove_empty_run_dir(run)
         return code
+
+
+def _check_task(args: argparse.Namespace, run, base) -> str:
+    """The task of a ``train`` command: ``--task``, else the preset's task, else regression;
+    on ``--resume`` the run's own task.
+
+    Raises
+    ------
+    ConfigError
+        ``--resume`` with a ``--task`` other than the run's.
+    """
+    if not args.resume:
+        from engine.train.settings import preset_task
+
+        return args.task or preset_task(args.preset) or "regression"
+    saved = (run.config() or {}).get("task", "regression")
+    if args.task is not None and args.task != saved:
+        raise ConfigError(
+            f"--task {args.task} does not match run {run.id!r}, a run of task {saved!r}; "
+            "leave --task out to resume it"
+        )
+    return saved
 
 
 def _remove_empty_run_dir(run) -> None:

@@ -88,7 +88,10 @@ class GeneratedMaps:
         self.low, self.high = [float(v) for v in low], [float(v) for v in high]
         self.device = torch.device(device)
         k = get_kind(kind)
-        self.scale = float(k.map_scale(settings))
+        fields = getattr(settings, "fields", None)
+        self.channels = len(str(fields).split(",")) if fields else 1
+        scale = k.map_scale(settings)
+        self.scale = float(scale) if isinstance(scale, float | int) else [float(v) for v in scale]
         self.pixel = k.pixel_size(settings)
         self.points = None
         if prior_points:
@@ -102,8 +105,8 @@ class GeneratedMaps:
 
         Returns
         -------
-        maps : torch.Tensor (n, 1, N, N) float32
-            Raw maps (map units), on the source's device.
+        maps : torch.Tensor (n, C, N, N) float32
+            Raw maps (map units), on the source's device (C = :attr:`channels`).
         y : torch.Tensor (n, 2) float32
             Labels normalised to the box, in [0, 1).
         """
@@ -116,7 +119,7 @@ class GeneratedMaps:
         maps = get_kind(self.kind).generate_batch(
             self.settings, theta[:, 0], theta[:, 1], generator, self.device
         )
-        return maps.unsqueeze(1), y
+        return (maps.unsqueeze(1) if maps.ndim == 3 else maps), y
 
     def describe(self) -> dict[str, Any]:
         """Plain summary for ``config.json``."""
@@ -128,7 +131,7 @@ class GeneratedMaps:
             "prior_high": self.high,
             "prior_points": 0 if self.points is None else len(self.points),
             "map_scale": self.scale,
-            "channels": 1,
+            "channels": self.channels,
         }
 
     def map_config(self) -> dict[str, Any]:

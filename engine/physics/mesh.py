@@ -11,7 +11,8 @@ along the last axis (N//2+1 modes).
   (:func:`kvectors`) and its |k| shells (:func:`mode_shells`), Gaussian smoothing
   (:func:`gaussian_smooth`).
 * Cloud-in-cell (CIC; Hockney & Eastwood 1988, *Computer Simulation Using Particles*): the
-  deposit of particles on a periodic N³ mesh (:func:`cic_deposit`, :func:`lattice_deposit`), its
+  deposit of particles on a periodic N³ mesh (:func:`cic_deposit`, :func:`lattice_deposit`;
+  per-particle weights such as velocities: :func:`lattice_paint`), its
   window W²(k) (:func:`cic_window`) and the deconvolution of a deposited field
   (:func:`deconvolve_cic`).
 * Slabs: the overlap weights of mesh cells along the line of sight (:func:`slab_weights`) and
@@ -263,14 +264,17 @@ def deconvolve_cic(field: torch.Tensor, dim: int = 2) -> torch.Tensor:
     return torch.fft.irfftn(torch.fft.rfftn(field, dim=axes) / window, s=shape, dim=axes)
 
 
-def _deposit(cell: torch.Tensor, frac: torch.Tensor, n: int) -> torch.Tensor:
+def _deposit(
+    cell: torch.Tensor, frac: torch.Tensor, n: int, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """CIC core for one batch of particles.
 
     ``cell`` (B, 3, M) int64: index in [0, N) of the cell centre at or below each particle along
     z, y, x; ``frac`` (B, 3, M) float32: offset from that centre in [0, 1) cells. Deposits on a
     mesh padded to (N+1)³, so the 8 corners are the base index plus a constant (no per-corner
     index arithmetic), then folds the padding back periodically. Returns counts (B, N, N, N)
-    float32 (one unit of mass per particle).
+    float32 (one unit of mass per particle), or with ``weight`` (B, M) float32 the CIC sum of
+    the particles' weights (e.g. a velocity component: the momentum density).
     """
     batch = cell.shape[0]
     p = n + 1
@@ -282,7 +286,7 @@ def _deposit(cell: torch.Tensor, frac: torch.Tensor, n: int) -> torch.Tensor:
         mesh = torch.zeros(p**3, dtype=torch.float32, device=frac.device)
         for cz, wz in ((0, g[0]), (1, f[0])):
             for cy, wy in ((0, g[1]), (1, f[1])):
-                wzy = wz * wy
+                wzy = wz * wy if weight is None else wz * wy * weight[b]
                 for cx, wx in ((0, g[2]), (1, f[2])):
                     off = (cz * p + cy) * p + cx
                     mesh[off:].scatter_add_(0, base, wzy * wx)
@@ -347,6 +351,14 @@ def lattice_deposit(psi: torch.Tensor, box_size: float) -> torch.Tensor:
     torch.Tensor (B, N, N, N) float32: δ = counts − 1 (mean density exactly one particle per
     cell), dimensionless.
     """
+    cell, frac = _lattice_cells(psi, box_size)
+    mesh = _deposit(cell, frac, psi.shape[2])
+    return mesh.sub_(1.0)
+
+
+def _lattice_cells(psi: torch.Tensor, box_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIC cells (B, 3, N³) int64 and offsets (B, 3, N³) float32 of the lattice particles
+    displaced by ``psi`` (as :func:`lattice_deposit`: lattice index + ⌊Ψ/c⌋, wrapped)."""
     batch, _, n = psi.shape[:3]
     d = psi * (n / box_size)
     fl = torch.floor(d)
@@ -356,8 +368,47 @@ def lattice_deposit(psi: torch.Tensor, box_size: float) -> torch.Tensor:
         shape[a] = n
         lattice = torch.arange(n, dtype=fl.dtype, device=fl.device).reshape(shape)
         fl[:, a] = torch.remainder(fl[:, a] + lattice, n)
-    mesh = _deposit(fl.reshape(batch, 3, -1).long(), frac.reshape(batch, 3, -1), n)
-    return mesh.sub_(1.0)
+    return fl.reshape(batch, 3, -1).long(), frac.reshape(batch, 3, -1)
+
+
+def lattice_paint(psi: torch.Tensor, box_size: float, weights: torch.Tensor) -> torch.Tensor:
+    """CIC sums of per-particle quantities of the displaced lattice particles (mass-weighted fields).
+
+    The particles of :func:`lattice_deposit` (the particle of cell (i, j, l) at
+    q = ((i+½), (j+½), (l+½)) c + Ψ) each deposit their weights with the same CIC kernel
+    (Hockney & Eastwood 1988), so that a weight v gives the mesh field Σ_p W(x − x_p) v_p =
+    (1 + δ) v̄ (one particle per cell on average): the density-weighted mean of v, defined in
+    empty cells too (it is 0 there), with no division by the density.
+
+    Parameters
+    ----------
+    psi : torch.Tensor (B, 3, N, N, N) float32
+        Displacements in Mpc/h.
+    box_size : float
+        Side L in Mpc/h.
+    weights : torch.Tensor (B, C, N, N, N) float32
+        C quantities per particle (e.g. C = 3 velocity components), any unit.
+
+    Returns
+    -------
+    torch.Tensor (B, C, N, N, N) float32 in the unit of ``weights`` (per particle-per-cell: the
+    mean number of particles per cell is 1).
+
+    Raises
+    ------
+    ConfigError
+        ``weights`` not of shape (B, C, N, N, N) matching ``psi``.
+    """
+    batch, n = psi.shape[0], psi.shape[2]
+    if weights.ndim != 5 or weights.shape[0] != batch or weights.shape[2:] != psi.shape[2:]:
+        raise ConfigError(
+            f"weights must have shape (B, C, N, N, N) = ({batch}, C, {n}, {n}, {n}), "
+            f"got {tuple(weights.shape)}"
+        )
+    cell, frac = _lattice_cells(psi, box_size)
+    flat = weights.reshape(batch, weights.shape[1], -1)
+    out = [_deposit(cell, frac, n, flat[:, c]) for c in range(weights.shape[1])]
+    return torch.stack(out, dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,13 +416,13 @@ def lattice_deposit(psi: torch.Tensor, box_size: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def slab_weights(n: int, thickness: float, box_size: float) -> torch.Tensor:
-    """Weight of each cell along the line of sight in the average through a slab [0, Δ).
+def slab_weights(n: int, thickness: float, box_size: float, start: float = 0.0) -> torch.Tensor:
+    """Weight of each cell along the line of sight in the average through a slab [s, s + Δ).
 
-    Cell j spans [j c, (j+1) c), c = L/N; its weight is the length of its overlap with [0, Δ)
-    divided by Δ, so the weights sum to 1 and the projected value is the exact mean over the
-    slab of the piecewise-constant (cell-averaged) field. Partially covered cells count with
-    their covered fraction.
+    Cell j spans [j c, (j+1) c), c = L/N; its weight is the length of its overlap with
+    [s, s + Δ) divided by Δ, so the weights sum to 1 and the projected value is the exact mean
+    over the slab of the piecewise-constant (cell-averaged) field. Partially covered cells count
+    with their covered fraction.
 
     Parameters
     ----------
@@ -381,6 +432,9 @@ def slab_weights(n: int, thickness: float, box_size: float) -> torch.Tensor:
         Slab thickness Δ in Mpc/h.
     box_size : float
         Side L in Mpc/h.
+    start : float
+        Lower face s of the slab in Mpc/h (default 0); the slab must lie inside the box,
+        0 <= s and s + Δ <= L (no periodic wrap).
 
     Returns
     -------
@@ -389,22 +443,30 @@ def slab_weights(n: int, thickness: float, box_size: float) -> torch.Tensor:
     Raises
     ------
     ConfigError
-        ``thickness`` not in (0, L].
+        ``thickness`` not in (0, L], or the slab [s, s + Δ) not inside [0, L].
     """
     if not 0 < thickness <= box_size * (1 + 1e-12):
         raise ConfigError(
             f"thickness={thickness} is out of range: allowed 0 < thickness <= box_size={box_size}"
         )
+    if not 0 <= start <= (box_size - thickness) + 1e-12 * box_size:
+        raise ConfigError(
+            f"slab start={start:g} Mpc/h is out of range: allowed 0 <= start <= box_size - "
+            f"thickness = {box_size - thickness:g} Mpc/h"
+        )
     c = box_size / n
     lo = torch.arange(n, dtype=torch.float64) * c
-    overlap = (torch.clamp(lo + c, max=thickness) - lo).clamp(min=0.0)
+    if start == 0:
+        overlap = (torch.clamp(lo + c, max=thickness) - lo).clamp(min=0.0)
+    else:
+        overlap = (torch.clamp(lo + c, max=start + thickness) - lo.clamp(min=start)).clamp(min=0.0)
     return overlap / overlap.sum()
 
 
 def project_slab(
-    volumes: torch.Tensor, thickness: float, box_size: float, axis: str = "z"
+    volumes: torch.Tensor, thickness: float, box_size: float, axis: str = "z", start: float = 0.0
 ) -> torch.Tensor:
-    """Average δ through the slab [0, Δ) along ``axis``: 2D maps of a projected slab.
+    """Average δ through the slab [s, s + Δ) along ``axis``: 2D maps of a projected slab.
 
     map = Σ_j w_j δ_j over the cells j along the axis with the overlap weights of
     :func:`slab_weights` (exact slab average of the cell values; Δ = L gives the mean through the
@@ -421,6 +483,8 @@ def project_slab(
     axis : {"z", "y", "x"}
         Line of sight. The map keeps the other two axes in order: (y, x) for "z", (z, x) for "y",
         (z, y) for "x".
+    start : float
+        Lower face s of the slab on the line of sight, Mpc/h (default 0); s + Δ ≤ L.
 
     Returns
     -------
@@ -429,16 +493,17 @@ def project_slab(
     Raises
     ------
     ConfigError
-        Unknown axis, thickness out of range, or volumes not of shape (B, N, N, N).
+        Unknown axis, thickness or start out of range, or volumes not of shape (B, N, N, N).
     """
     if axis not in AXES:
         raise ConfigError(f"axis={axis!r} is not allowed: axis must be one of 'z', 'y', 'x'")
     if volumes.ndim != 4 or len(set(volumes.shape[1:])) != 1:
         raise ConfigError(f"volumes must have shape (B, N, N, N), got {tuple(volumes.shape)}")
     n = volumes.shape[1]
-    w = slab_weights(n, thickness, box_size)
-    used = int((w > 0).sum())  # the slab starts at 0: only the first `used` cells contribute
-    w = w[:used].to(volumes.dtype).to(volumes.device)
+    w = slab_weights(n, thickness, box_size, start)
+    cells = torch.nonzero(w > 0).reshape(-1)  # a contiguous run of cells (0 … used−1 for s = 0)
+    first, used = int(cells[0]), len(cells)
+    w = w[first : first + used].to(volumes.dtype).to(volumes.device)
     dim = AXES[axis]
-    part = volumes.narrow(dim, 0, used)
+    part = volumes.narrow(dim, first, used)
     return torch.tensordot(part.movedim(dim, -1), w, dims=1)

@@ -201,6 +201,22 @@ class PMParams(LPTParams):
         "(FastPM's usual boost) follows linear theory to k_N/4 and halofit to about k_N/2 at "
         "z = 0, for about 2.5× the time.",
     )
+    fields = param.Selector(
+        default="delta",
+        objects=["delta", "delta,theta"],
+        doc="Channels of the output: 'delta' = the density contrast alone, maps (sample, y, x); "
+        "'delta,theta' adds the projected velocity divergence theta = -div[(1+delta) v]/(a H f) "
+        "of the same simulation (dimensionless, = delta in linear theory) as a second channel, "
+        "(sample, channel, y, x).",
+    )
+    slabs = param.Integer(
+        1,
+        bounds=(1, 1024),
+        doc="Slab maps cut from each simulated volume (dim=2): slab k of a simulation spans "
+        "[k L/slabs, k L/slabs + Delta) on the line of sight (evenly spaced, non-overlapping: "
+        "slabs*thickness <= box_size). count counts maps, so count/slabs simulations are run "
+        "(the last one gives fewer maps when count is not a multiple of slabs).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +242,19 @@ def check_settings(settings: PMParams) -> None:
             f"a_start={settings.a_start:g} must be smaller than the output scale factor "
             f"1/(1+redshift)={a_out:.4g} (redshift={settings.redshift:g}): lower a_start or the "
             "redshift"
+        )
+    s = settings.slabs
+    if s > 1 and settings.dim != 2:
+        raise ConfigError(
+            f"slabs={s} needs dim=2 (slab maps): a dim=3 output is the whole volume; allowed "
+            "slabs=1 with dim=3"
+        )
+    if s * settings.thickness > settings.box_size * (1 + 1e-12):
+        raise ConfigError(
+            f"slabs={s} slabs of thickness={settings.thickness:g} Mpc/h need "
+            f"{s * settings.thickness:g} Mpc/h > box_size={settings.box_size:g} Mpc/h: the "
+            f"slabs of a volume must not overlap; allowed slabs <= "
+            f"{max(1, math.floor(settings.box_size / settings.thickness + 1e-9))}"
         )
 
 

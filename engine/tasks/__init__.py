@@ -7,6 +7,9 @@ loop of :mod:`engine.train`.
   arguments) and the data (a kind generated on the fly, or a dataset spec); :func:`compose`.
 * :mod:`engine.tasks.regression` — regression of (omega_m, sigma8), or any labels of a
   dataset, with a Gaussian negative log-likelihood.
+* :mod:`engine.tasks.generative` — the base of conditional map generators (data, map
+  transform, sampling, validation FID); :mod:`engine.tasks.gan` (conditional GAN) and
+  :mod:`engine.tasks.diffusion` (conditional diffusion with diffusers).
 
 Adding a problem means one module here and one line in :data:`TASKS`; the loop, the run
 directory, the CLI verbs and the explorer's Training page work for it unchanged.
@@ -21,7 +24,11 @@ from typing import Any
 from engine.params import ConfigError
 
 #: Task name → ``module:class`` (imported lazily).
-TASKS = {"regression": "engine.tasks.regression:Regression"}
+TASKS = {
+    "regression": "engine.tasks.regression:Regression",
+    "gan": "engine.tasks.gan:ConditionalGAN",
+    "diffusion": "engine.tasks.diffusion:ConditionalDiffusion",
+}
 #: Names of tasks written by older engine versions.
 ALIASES = {"parameter_regression": "regression"}
 

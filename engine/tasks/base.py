@@ -13,6 +13,8 @@ Contract
   ``opt.step(name, loss)`` once per optimiser it updates (a GAN steps two); the loop's
   :class:`Stepper` does zero-grad, backward, clipping and the optimiser step. It returns the
   scalars to log (``loss`` first: the loop stops on a non-finite ``loss``).
+* :meth:`Task.optimizer_options` may set each network's learning-rate scale, Adam betas and
+  weight decay (default: the loop's settings for all).
 * :meth:`Task.validate` returns named metrics; :attr:`Task.selection` names the one that picks
   ``best.pt`` and whether lower (``"min"``) or higher (``"max"``) is better.
 * :meth:`Task.state` is the task's own state (prior box, normalisation, class names, noise
@@ -69,6 +71,16 @@ class Task(abc.ABC):
     sample_unit: ClassVar[str] = "maps"
     #: Networks whose weights the EMA averages (None: all of them).
     ema_networks: ClassVar[tuple[str, ...] | None] = None
+    #: The param class of the task's network settings (None:
+    #: :class:`engine.tasks.settings.ModelParams`, a model of the registry by name).
+    model_params_class: ClassVar[type[param.Parameterized] | None] = None
+
+    def optimizer_options(self, name: str) -> dict[str, Any]:
+        """Options of the AdamW optimiser of network ``name``: ``lr_scale`` (its learning rate
+        over the loop's ``lr``, default 1), ``betas`` (default torch's (0.9, 0.999)),
+        ``weight_decay`` (default the loop's). A GAN, e.g., gives its discriminator a larger
+        learning rate and β1 = 0 (two time-scale update rule, Heusel et al. 2017)."""
+        return {}
 
     def __init__(self, settings, device: torch.device):
         self.settings = settings

@@ -160,6 +160,11 @@ class Regression(Task):
         theta = theta.to(self.device, torch.float32)
         return (theta - self.low) / (self.high - self.low)
 
+    def encode(self, maps: torch.Tensor) -> torch.Tensor:
+        """Raw maps ``(B, C, N, N)`` (map units) → network inputs: divided by :attr:`scale`
+        (one global scale per channel, never per map)."""
+        return scale_maps(maps, self.scale)
+
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The augmentations of the settings on normalised maps ``x (B, C, N, N)``;
         ``augment_noise`` (map units) and ``augment_smoothing`` (length units) converted."""
@@ -185,7 +190,7 @@ class Regression(Task):
         if not isinstance(self.source, GeneratedMaps):
             raise ConfigError("sample() generates maps on the fly; this task reads a dataset")
         maps, y = self.source.draw(n, generator)
-        x = scale_maps(maps, self.scale)
+        x = self.encode(maps)
         return (self.augment(x, generator) if augment else x), y
 
     def _rows(self, start: int, n: int) -> torch.Tensor:
@@ -217,7 +222,7 @@ class Regression(Task):
             return self.sample(m, gen, augment=True)
         maps, theta = self.source.split("train")
         rows = self._rows(step * s.batch_size + index * m, m)
-        x = scale_maps(maps[rows].to(self.device), self.scale)
+        x = self.encode(maps[rows].to(self.device))
         return self.augment(x, gen), self.normalise(theta[rows])
 
     def train_batch(self, step: int, start: int = 0, stop: int | None = None):
@@ -269,7 +274,7 @@ class Regression(Task):
             maps, theta = self.source.split("val")
             return [
                 (
-                    scale_maps(maps[i : i + bs].to(self.device), self.scale),
+                    self.encode(maps[i : i + bs].to(self.device)),
                     self.normalise(theta[i : i + bs]),
                 )
                 for i in range(0, len(maps), bs)

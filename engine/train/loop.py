@@ -116,14 +116,7 @@ class Trainer:
             if params.ema_decay > 0
             else {}
         )
-        self.optimizers = {
-            name: torch.optim.AdamW(
-                param_groups(m, params.lr_decay if name == self.primary else 1.0),
-                lr=params.lr,
-                weight_decay=params.weight_decay,
-            )
-            for name, m in self.models.items()
-        }
+        self.optimizers = {name: self._optimizer(name, m) for name, m in self.models.items()}
         main = self.models[self.primary]
         self.frozen = frozen_parameters(main, list(params.freeze))
         self._stage_of = {n: s for s, names in model_stages(main) for n in names}
@@ -145,6 +138,19 @@ class Trainer:
             device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp
         )
         self.tensorboard = None
+
+    def _optimizer(self, name: str, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW of network ``name``: the loop's lr and weight decay, changed by the task's
+        :meth:`engine.tasks.base.Task.optimizer_options`; one group per stage (lr_decay on
+        the primary network)."""
+        params = self.params
+        options = dict(self.task.optimizer_options(name))
+        scale = float(options.pop("lr_scale", 1.0))
+        groups = param_groups(model, params.lr_decay if name == self.primary else 1.0)
+        for group in groups:
+            group["lr_scale"] *= scale
+        options.setdefault("weight_decay", params.weight_decay)
+        return torch.optim.AdamW(groups, lr=params.lr * scale, **options)
 
     # -- compatibility views of the primary network -------------------------------------------
 

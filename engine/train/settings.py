@@ -250,14 +250,15 @@ def train_params_class(task: str = "regression") -> type[TrainBase]:
         Unknown task.
     """
     cls = get_task(task)
+    model_cls = cls.model_params_class or ModelParams
     composed = compose(
         "TrainParams",
         LoopParams,
-        ModelParams,
+        model_cls,
         cls.params_class,
         DataParams,
         doc=f"Settings of a {cls.name} training run: loop ({LoopParams.__name__}), model "
-        f"({ModelParams.__name__}), task ({cls.params_class.__name__}) and data "
+        f"({model_cls.__name__}), task ({cls.params_class.__name__}) and data "
         f"({DataParams.__name__}).",
     )
     return type(
@@ -361,6 +362,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["pm64"] = {**PRESETS["2lpt64"], "kind": "pm"}
 
 
+def preset_task(preset: str) -> str | None:
+    """The task a preset is for (its ``"task"`` entry; None for the regression presets that
+    name none, or an unknown preset)."""
+    return PRESETS.get(preset, {}).get("task")
+
+
 def _apply_generated_spec(params: TrainBase) -> None:
     """A dataset spec naming a generated kind (``lognormal?size=64&omega_m=0.2:0.4``) becomes
     that kind with those settings (a prior range sets the prior box), maps on the fly."""
@@ -415,7 +422,7 @@ def resolve_params(
     flags: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
-    task: str = "regression",
+    task: str | None = None,
 ) -> TrainBase:
     """Build checked training settings: preset < config file < flags < ``--set`` overrides.
 
@@ -427,8 +434,9 @@ def resolve_params(
         ``{setting: value}`` layers, later ones win; string values are converted.
     base : mapping, optional
         Settings to start from instead of the preset (e.g. a run's saved settings on resume).
-    task : str
-        The task (:data:`engine.tasks.TASKS`).
+    task : str, optional
+        The task (:data:`engine.tasks.TASKS`); default: the preset's ``task`` entry, else
+        ``"regression"``.
 
     Raises
     ------
@@ -436,7 +444,6 @@ def resolve_params(
         Unknown preset, task or setting, bad value, or inconsistent settings (each part's
         ``check``).
     """
-    params = train_params_class(task)()
     if base is None:
         if preset not in PRESETS:
             raise ConfigError(
@@ -444,6 +451,15 @@ def resolve_params(
                 + ", ".join(map(repr, PRESETS))
             )
         base = PRESETS[preset]
+        named = preset_task(preset)
+        if task is not None and named is not None and get_task(task).name != named:
+            raise ConfigError(
+                f"preset={preset!r} is a preset of task {named!r}, not of task={task!r}; "
+                "choose one of that task's presets or leave --task out"
+            )
+        task = task or named
+    base = {k: v for k, v in base.items() if k != "task"}
+    params = train_params_class(task or "regression")()
     for layer in (base, config, flags, overrides):
         if layer:
             set_values(params, flatten_sections(layer))

@@ -1,0 +1,398 @@
+"""Conditional generators of maps (the base of :mod:`engine.tasks.gan` and
+:mod:`engine.tasks.diffusion`): data, the map transform, conditioning, sampling and the
+validation metrics every emulator shares.
+
+Data and splits are those of :class:`engine.tasks.regression.Regression` (any dataset spec with
+parameter labels, split by simulation, or a kind generated on the fly; the same reproducible
+batches): the labels the generator is conditioned on (``targets``) are normalised to the label
+box, ``y = (theta - low) / (high - low)`` in [0, 1].
+
+Map transform (:meth:`GenerativeTask.encode`, inverted by :meth:`GenerativeTask.decode`):
+channel ``c`` becomes ``u = ln(x + offset_c)`` for the channels modelled in log (a density
+contrast δ > −1 with offset 1, i.e. ln(1 + δ), the Gaussianising variable of a density field,
+Coles & Jones 1991; positive fields such as CAMELS' Mgas, HI or B with offset 0), clipped below at
+``ln(LOG_FLOOR)`` for empty pixels; then ``(u − mean_c) / std_c`` with the mean and standard
+deviation of the train split (of 256 maps drawn once from the run's seed on the fly). Fixed
+per-channel constants, saved in the task state, so generated maps come back in map units.
+
+Validation (:meth:`GenerativeTask.validate`): the generator draws one map for every validation
+map, at the same parameters, from a fixed seed; ``fid`` is the Fréchet distance (Heusel et al.
+2017, eq. 2, computed by torchmetrics) between the two sets in the space of
+:class:`SummaryFeatures` (per channel: log P(k) in 8 bins and 9 pixel quantiles of the
+transformed map) — a physics FID, not an Inception one; ``fid_floor`` is the same between the
+two halves of the validation set (the score of a perfect generator at that N: FID is biased at
+small N); ``pk_error`` is the mean over channels and k ≤ k_N/2 of |P_gen(k)/P_real(k) − 1| of the
+mean spectra (map units). ``fid`` selects ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import param
+import torch
+from torch import nn
+
+from engine.data.sources import STREAM_VAL, GeneratedMaps, derive_seed
+from engine.params import PARAM_NAMES, ConfigError
+from engine.tasks.regression import Regression, target_names
+
+#: Floor of ``x + offset`` before the logarithm of log channels (an empty pixel of δ = −1).
+LOG_FLOOR = 1e-3
+#: Maps drawn to fit the transform's constants when maps are generated on the fly.
+TRANSFORM_MAPS = 256
+#: Validation maps generated per validation (the first ones of the validation set).
+VAL_GENERATED_MAX = 512
+#: Seed key of the generator's validation draws (with STREAM_VAL).
+_VAL_SAMPLE_KEY = 7
+
+
+class GenerativeParams(param.Parameterized):
+    """Settings every conditional generator task shares."""
+
+    targets = param.String(
+        "omega_m,sigma8",
+        doc="Comma-separated labels the generator is conditioned on: omega_m,sigma8 (maps "
+        "generated on the fly have only these), any label coords of a dataset (e.g. the six "
+        "CAMELS parameters omega_m,sigma8,A_SN1,A_AGN1,A_SN2,A_AGN2), or 'all'.",
+    )
+    log_channels = param.String(
+        "auto",
+        doc="Channels modelled as ln(x + offset) before standardisation: 'auto' (a channel "
+        "named delta, or a single-channel density-contrast kind: ln(1 + delta); a channel whose "
+        "train maps are all positive: ln(x)), 'none', or comma-separated channel indices.",
+    )
+
+    def check(self) -> None:
+        """Raises ConfigError for targets other than omega_m,sigma8 without a dataset, or
+        noise/smoothing augmentations (a generator must learn the maps, not augmented ones)."""
+        names = target_names(self.targets)
+        if not getattr(self, "dataset", "") and names != PARAM_NAMES:
+            raise ConfigError(
+                f"targets={self.targets!r}: maps generated on the fly are labelled with "
+                "omega_m,sigma8 only; train on a dataset (dataset=SPEC) for other targets"
+            )
+        for name in ("augment_noise", "augment_smoothing"):
+            if getattr(self, name, 0) > 0:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} must be 0 for a generator (it would learn "
+                    "the augmented maps); augment_flips is allowed"
+                )
+        _parse_log_channels(self.log_channels)
+
+
+def _parse_log_channels(text: str) -> str | list[int]:
+    """``"auto"`` / ``"none"`` / ``"0,1"`` → "auto", [] or [0, 1].
+
+    Raises
+    ------
+    ConfigError
+        Anything else.
+    """
+    text = str(text).strip()
+    if text in ("auto", ""):
+        return "auto"
+    if text == "none":
+        return []
+    try:
+        out = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise ConfigError(
+            f"log_channels={text!r} must be 'auto', 'none' or comma-separated channel indices"
+        ) from None
+    if any(i < 0 for i in out):
+        raise ConfigError(f"log_channels={text!r}: channel indices must be ≥ 0")
+    return out
+
+
+class SummaryFeatures(nn.Module):
+    """Physics features of maps for a Fréchet distance: per channel, log P(k) in ``bins``
+    log-spaced bins from the fundamental mode to the Nyquist frequency (grid units) and the
+    ``quantiles`` of the pixel values.
+
+    Input ``(B, C, N, N)`` float (any units; the transformed maps of :class:`GenerativeTask`);
+    output ``(B, C·(bins + quantiles))`` float64. No weights: a fixed function.
+    """
+
+    def __init__(self, bins: int = 8, quantiles: int = 9):
+        super().__init__()
+        self.bins = bins
+        self.q = torch.linspace(0.1, 0.9, quantiles, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        b, c, n, _ = x.shape
+        f = torch.fft.rfftn(x - x.mean(dim=(-2, -1), keepdim=True), dim=(-2, -1))
+        power = f.real.square() + f.imag.square()
+        ky = torch.fft.fftfreq(n, device=x.device, dtype=torch.float64).abs()
+        kx = torch.fft.rfftfreq(n, device=x.device, dtype=torch.float64)
+        k = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) * n  # in units of the fundamental
+        edges = torch.logspace(0, math.log10(n / 2), self.bins + 1, dtype=torch.float64)
+        which = torch.bucketize(k.flatten(), edges.to(x.device)) - 1
+        ok = (which >= 0) & (which < self.bins)
+        idx = which[ok]
+        flat = power.flatten(-2)[..., ok]
+        sums = torch.zeros(b, c, self.bins, dtype=torch.float64, device=x.device)
+        sums.index_add_(2, idx, flat)
+        counts = torch.bincount(idx, minlength=self.bins).clamp(min=1)
+        logp = torch.log(sums / counts + 1e-30)
+        quant = torch.quantile(x.flatten(-2), self.q.to(x.device), dim=-1).permute(1, 2, 0)
+        return torch.cat([logp, quant], dim=-1).flatten(1)
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``(n, D)`` (Heusel et al.
+    2017, eq. 2), with torchmetrics' implementation (float64)."""
+    from torchmetrics.image.fid import _compute_fid
+
+    a, b = features_a.double(), features_b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    return float(_compute_fid(mu_a, cov_a, mu_b, cov_b))
+
+
+class GenerativeTask(Regression):
+    """Base of the conditional generator tasks (module docstring). Subclasses give the
+    networks, the training step, :meth:`sample_normalised` and their own ``state``."""
+
+    params_class = GenerativeParams
+    selection = ("fid", "min")
+    sample_unit = "maps"
+
+    def __init__(self, settings, device):
+        super().__init__(settings, device)
+        if settings is None:
+            return
+        self._fit_transform()
+
+    # -- the map transform ---------------------------------------------------------------------
+
+    def _channel_names(self) -> list[str]:
+        src = self.source
+        fields = getattr(src, "attrs", {}).get("fields") if hasattr(src, "attrs") else None
+        if fields is None and isinstance(src, GeneratedMaps):
+            fields = getattr(src.settings, "fields", None)
+        if isinstance(fields, str):
+            fields = [f.strip() for f in fields.split(",")]
+        names = list(fields) if fields is not None else []
+        if len(names) != self.channels:
+            names = ["delta"] if (self.channels == 1 and self._is_density()) else []
+            names += [f"channel_{i}" for i in range(len(names), self.channels)]
+        return [str(n) for n in names]
+
+    def _is_density(self) -> bool:
+        """True for the single-channel kinds whose maps are a density contrast δ > −1."""
+        return str(self.kind) in ("lognormal", "2lpt", "pm")
+
+    def _fit_transform(self) -> None:
+        """Channel names, log channels and offsets, and the per-channel mean/std of the
+        transformed train maps."""
+        if isinstance(self.source, GeneratedMaps):
+            gen = torch.Generator(device=self.device).manual_seed(
+                derive_seed(self.settings.seed, STREAM_VAL, 1)
+            )
+            maps = self.source.draw(TRANSFORM_MAPS, gen)[0].cpu()
+        else:
+            maps = self.source.split("train")[0][:2048]
+        self.channel_names = self._channel_names()
+        spec = _parse_log_channels(self.settings.log_channels)
+        offsets = []
+        for c, name in enumerate(self.channel_names):
+            low = float(maps[:, c].min())
+            if spec == "auto":
+                use = name == "delta" or (low > 0)
+                offsets.append((1.0 if name == "delta" else 0.0) if use else None)
+            else:
+                if any(i >= self.channels for i in spec):
+                    raise ConfigError(
+                        f"log_channels={self.settings.log_channels!r}: the maps have "
+                        f"{self.channels} channels (indices 0..{self.channels - 1})"
+                    )
+                offsets.append((1.0 if name == "delta" else 0.0) if c in spec else None)
+        self.log_offsets = offsets
+        u = self._forward_transform(maps.double())
+        self.u_mean = u.mean(dim=(0, 2, 3)).tolist()
+        self.u_std = u.std(dim=(0, 2, 3)).clamp(min=1e-12).tolist()
+
+    def _forward_transform(self, maps: torch.Tensor) -> torch.Tensor:
+        out = maps.clone()
+        for c, off in enumerate(self.log_offsets):
+            if off is not None:
+                out[:, c] = torch.log((maps[:, c] + off).clamp(min=LOG_FLOOR))
+        return out
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.tensor(self.u_mean, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.u_std, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+        return m, s
+
+    def encode(self, maps: torch.Tensor) -> torch.Tensor:
+        """Raw maps ``(B, C, N, N)`` (map units) → standardised network space (module doc)."""
+        u = self._forward_transform(maps.float())
+        m, s = self._stats(u)
+        return (u - m) / s
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Network-space maps ``(B, C, N, N)`` → maps in map units (inverse of :meth:`encode`
+        above the log floor), float32."""
+        m, s = self._stats(x)
+        u = x.float() * s + m
+        out = u.clone()
+        for c, off in enumerate(self.log_offsets):
+            if off is not None:
+                out[:, c] = torch.exp(u[:, c]) - off
+        return out
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def sample_normalised(
+        self, nets: Mapping[str, nn.Module], y: torch.Tensor, generator: torch.Generator, **options
+    ) -> torch.Tensor:
+        """Network-space maps ``(B, C, N, N)`` for normalised labels ``y (B, P)`` in [0, 1]
+        (subclasses)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(
+        self,
+        nets: Mapping[str, nn.Module],
+        theta,
+        generator: torch.Generator,
+        batch_size: int = 64,
+        progress=None,
+        **options,
+    ) -> torch.Tensor:
+        """Maps in map units at physical parameters ``theta``.
+
+        Parameters
+        ----------
+        nets : mapping of str to nn.Module
+            The task's networks (eval mode; EMA weights from a checkpoint's ``state``).
+        theta : array-like (B, P) float
+            Physical values of :attr:`names` (e.g. omega_m, sigma8), inside the label box.
+        generator : torch.Generator
+            On the task's device; same generator state ⇒ same maps.
+        batch_size : int
+            Maps per network call.
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each batch (or step, for diffusion).
+        **options
+            Task sampling options (diffusion: ``steps``).
+
+        Returns
+        -------
+        torch.Tensor (B, C, N, N) float32 on the task's device.
+
+        Raises
+        ------
+        ConfigError
+            theta of the wrong width or outside the label box.
+        """
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=self.device)
+        theta = theta.reshape(-1, len(self.names)) if theta.ndim < 2 else theta
+        if theta.shape[1] != len(self.names):
+            raise ConfigError(
+                f"theta has {theta.shape[1]} parameters per map; the generator is conditioned "
+                f"on {len(self.names)}: {', '.join(self.names)}"
+            )
+        y = self.normalise(theta)
+        bad = ((y < -1e-6) | (y > 1 + 1e-6)).any(dim=0)
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise ConfigError(
+                f"{self.names[j]} must be in [{float(self.low[j]):g}, {float(self.high[j]):g}] "
+                "(the generator's training box)"
+            )
+        for net in nets.values():
+            net.eval()
+        out = []
+        for i in range(0, len(y), batch_size):
+            x = self.sample_normalised(nets, y[i : i + batch_size], generator, **options)
+            out.append(self.decode(x))
+            if progress is not None:
+                progress(min(i + batch_size, len(y)), len(y))
+        return torch.cat(out)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def generator_nets(self, nets: Mapping[str, nn.Module]) -> Mapping[str, nn.Module]:
+        """The networks sampling needs (default: all)."""
+        return nets
+
+    @torch.no_grad()
+    def sample_metrics(self, nets, data, **options) -> dict[str, float]:
+        """``fid``, ``fid_floor`` and ``pk_error`` of generated against validation maps
+        (module docstring), on the first :data:`VAL_GENERATED_MAX` validation maps."""
+        xs, ys, n = [], [], 0
+        for x, y in data:
+            xs.append(x)
+            ys.append(y)
+            n += len(x)
+            if n >= VAL_GENERATED_MAX:
+                break
+        real = torch.cat(xs)[:VAL_GENERATED_MAX]
+        y = torch.cat(ys)[:VAL_GENERATED_MAX]
+        gen = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.settings.seed if self.settings else 0, STREAM_VAL, _VAL_SAMPLE_KEY)
+        )
+        nets = self.generator_nets(nets)
+        for net in nets.values():
+            net.eval()
+        bs = max(1, int(getattr(self.settings, "batch_size", 64)))
+        fake = torch.cat(
+            [
+                self.sample_normalised(nets, y[i : i + bs], gen, **options)
+                for i in range(0, len(y), bs)
+            ]
+        )
+        feats = SummaryFeatures()
+        f_real, f_fake = feats(real.cpu()), feats(fake.float().cpu())
+        half = len(real) // 2
+        out = {
+            "fid": frechet_distance(f_fake, f_real),
+            "fid_floor": frechet_distance(f_real[:half], f_real[half : 2 * half]),
+        }
+        out["pk_error"] = _pk_error(self.decode(fake.float()).cpu(), self.decode(real).cpu())
+        if not all(math.isfinite(v) for v in out.values()):
+            out = {k: (v if math.isfinite(v) else float("inf")) for k, v in out.items()}
+        return out
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The regression task's state plus the transform: ``channel_names``,
+        ``log_offsets`` (None: linear channel), ``u_mean``, ``u_std``."""
+        out = super().state()
+        out.update(
+            channel_names=list(self.channel_names),
+            log_offsets=list(self.log_offsets),
+            u_mean=list(self.u_mean),
+            u_std=list(self.u_std),
+        )
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], device):
+        """The task for sampling from a checkpoint's ``task_state`` (no data)."""
+        task = super().from_state(state, device)
+        task.channel_names = list(state["channel_names"])
+        task.log_offsets = [None if o is None else float(o) for o in state["log_offsets"]]
+        task.u_mean = [float(v) for v in state["u_mean"]]
+        task.u_std = [float(v) for v in state["u_std"]]
+        return task
+
+
+def _pk_error(gen: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean over channels and bins with k ≤ k_N/2 of |P̄_gen/P̄_real − 1| (grid units), maps
+    ``(B, C, N, N)``."""
+    feats = SummaryFeatures(bins=8, quantiles=1)
+    n = gen.shape[-1]
+    edges = torch.logspace(0, math.log10(n / 2), 9, dtype=torch.float64)
+    keep = edges[1:] <= n / 4 + 1e-9  # k_N/2 in units of the fundamental: N/4
+    c = gen.shape[1]
+    pg = feats(gen).view(len(gen), c, -1)[..., :8].exp().mean(0)
+    pr = feats(real).view(len(real), c, -1)[..., :8].exp().mean(0)
+    ratio = (pg / pr)[:, keep]
+    return float((ratio - 1).abs().mean())
