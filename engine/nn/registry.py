@@ -49,6 +49,7 @@ from engine.params import ConfigError
 
 __all__ = [
     "MODELS",
+    "NETWORKS",
     "build_model",
     "check_model_name",
     "count_parameters",
@@ -69,6 +70,24 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "hybrid_log": hybrid_log,
 }
 
+#: Networks of the other tasks (generators, discriminators, U-Nets), ``name → "module:attr"``,
+#: imported when built. They are not regression models (not choices of ``model``), but
+#: checkpoints rebuild them by name with :func:`build_model` all the same.
+NETWORKS: dict[str, str] = {
+    "gan_generator": "engine.nn.gan:Generator",
+    "gan_discriminator": "engine.nn.gan:Discriminator",
+    "diffusion_unet": "engine.nn.unet:ConditionalUNet",
+}
+
+
+def _constructor(name: str) -> Callable[..., nn.Module]:
+    if name in MODELS:
+        return MODELS[name]
+    import importlib
+
+    module, _, attr = NETWORKS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
 
 def check_model_name(name: str) -> None:
     """Check that ``name`` is registered in :data:`MODELS`.
@@ -83,7 +102,7 @@ def check_model_name(name: str) -> None:
     ConfigError
         Unknown ``name``; the one-line message lists the known ones.
     """
-    if name not in MODELS:
+    if name not in MODELS and name not in NETWORKS:
         raise ConfigError(
             f"model={name!r} is not allowed: model must be one of {', '.join(map(repr, MODELS))}"
         )
@@ -113,7 +132,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     """
     check_model_name(name)
     try:
-        return MODELS[name](**kwargs)
+        return _constructor(name)(**kwargs)
     except (TypeError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"model={name!r} cannot be built with {kwargs}: {msg}") from None
@@ -138,7 +157,7 @@ def model_options(name: str) -> dict[str, object]:
         Unknown ``name``.
     """
     check_model_name(name)
-    sig = inspect.signature(MODELS[name])
+    sig = inspect.signature(_constructor(name))
     return {k: p.default for k, p in sig.parameters.items() if p.default is not p.empty}
 
 
