@@ -44,6 +44,15 @@ Verbs
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the processes train one run with distributed data
     parallel; rank 0 alone checks and writes the run directory (see ``engine.train.loop``).
+    Other tasks (``engine.tasks``): ``--task gan`` / ``--task diffusion`` (map emulators), or
+    a preset of that task (``--preset gan_smoke``).
+
+``sample``
+    Draw maps from a trained emulator (GAN or diffusion checkpoint) at given parameters, as the
+    DataArrays of the kind it was trained on (``engine.evaluation.sampling``)::
+
+        python -m engine sample --checkpoint runs/gan --omega-m 0.3 --sigma8 0.8 \\
+            --count 64 --seed 1 --out gen.zarr
 
 ``predict``
     Infer (omega_m, sigma8) for every map of a file written by ``fields``, with the binned P(k)
@@ -217,7 +226,7 @@ def build_parser(fields_kind: str = "grf", task: str = "regression") -> argparse
     ConfigError
         Unknown ``fields_kind``.
     """
-    from engine.cli import evaluate, fields, train
+    from engine.cli import evaluate, fields, sample, train
 
     parser = _ArgumentParser(
         prog="cosmo-engine",
@@ -226,10 +235,11 @@ def build_parser(fields_kind: str = "grf", task: str = "regression") -> argparse
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{fields,dataset,sky,train,predict,evaluate,compare}",
+        metavar="{fields,dataset,sky,train,sample,predict,evaluate,compare}",
     )
     fields.add_parsers(sub, fields_kind)
     train.add_parser(sub, task)
+    sample.add_parser(sub)
     evaluate.add_parsers(sub)
     return parser
 

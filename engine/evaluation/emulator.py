@@ -360,7 +360,7 @@ class SummaryFeatures(torch.nn.Module):
         b, c, n = x.shape[0], x.shape[1], x.shape[-1]
         m = np.unique(np.round(np.geomspace(1, n // 2, self.n_bins + 1))) - 0.5
         x = x.to(torch.float64)
-        logp = torch.log(power_spectrum(x, float(n), edges=m).power.clamp_min(1e-300))
+        logp = torch.log(power_spectrum(x, 2 * math.pi, m, dim=2).power.clamp_min(1e-300))  # k = m
         flat = x.reshape(b, c, -1)
         z = (flat - flat.mean(-1, keepdim=True)) / flat.std(-1, keepdim=True).clamp_min(1e-30)
         idx = torch.tensor([round(q * (flat.shape[-1] - 1)) for q in self.levels], device=x.device)
@@ -417,8 +417,11 @@ def _features(x, feature, batch_size) -> torch.Tensor:
         f = torch.as_tensor(x).detach().to(torch.float64).cpu()
         if f.ndim != 2 or f.shape[0] < 2:
             raise ConfigError(f"features must be (B >= 2, D), got {tuple(f.shape)}")
-        return f
-    return extract_features(x, feature, batch_size)
+    else:
+        f = extract_features(x, feature, batch_size)
+    if not torch.isfinite(f).all():  # LAPACK aborts the process on NaN in FID's eigvals
+        raise ConfigError("features hold NaN or inf values (non-finite maps or extractor)")
+    return f
 
 
 def fid_kid(
@@ -558,8 +561,10 @@ def inception_fid(gen, real, batch_size: int = 32, device=None) -> dict:
 
     fids = []
     for c in range(g.shape[1]):
-        q = torch.quantile(_maps(r[:, c], "real")[:: max(1, len(r) // 64)].flatten().double(),
-                           torch.tensor([0.001, 0.999], dtype=torch.float64))
+        q = torch.quantile(
+            _maps(r[:, c], "real")[:: max(1, len(r) // 64)].flatten().double(),
+            torch.tensor([0.001, 0.999], dtype=torch.float64),
+        )
         scale = float(q[1] - q[0]) or 1.0
         sets = [((m[:, c : c + 1] - float(q[0])) / scale) for m in (g, r)]
         fids.append(fid_kid(*sets, feature=feature, batch_size=batch_size)["fid"])
@@ -718,3 +723,210 @@ def memorisation(
         "fraction_flagged": float(np.mean(dg < thr)),
         "n_train": len(t),
     }
+
+
+def score_point(
+    gen,
+    real,
+    box_size: float,
+    *,
+    theta=None,
+    predict_fn: Callable | None = None,
+    feature=None,
+    real_b=None,
+    train=None,
+    heldout=None,
+    pdf_log: bool = False,
+    peak_thresholds=None,
+    edges=None,
+    k_max: float | None = None,
+    inception: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Every metric of generated maps against real maps at one grid point.
+
+    Parameters
+    ----------
+    gen, real : array or torch.Tensor (B, C, N, N) or (B, N, N), float
+        Generated and simulator maps at the parameters ``theta``.
+    box_size : float
+        Side of the maps (Mpc/h or arcmin).
+    theta : array_like (P,), optional
+        Parameters of the point (recorded; needed for ``predict_fn``).
+    predict_fn : callable, optional
+        Regressor for :func:`conditioning_metrics` (skipped without it or ``theta``).
+    feature : torch.nn.Module, callable, None or False
+        Features of the FID/KID; None → :class:`SummaryFeatures`, False → no FID.
+    real_b : maps, optional
+        A second independent real set of the size of ``gen``: FID(gen, real) is compared with
+        the floor FID(real_b, real). Without it ``real`` is split in halves R1, R2 and FID(gen[:h],
+        R2) is compared with FID(R1, R2), h = min(B_real // 2, B_gen).
+    train, heldout : maps, optional
+        Training and held-out real maps for :func:`memorisation` (skipped without both).
+    pdf_log, peak_thresholds, edges, k_max
+        Passed to :func:`pdf_distances` (``log``), :func:`peak_count_distance`,
+        :func:`power_ratio` and :func:`cross_correlation`.
+    inception : bool
+        Also compute :func:`inception_fid` (slow on a CPU).
+    seed : int
+        Seed of the PDF subsample and the KID subsets.
+
+    Returns
+    -------
+    dict with ``theta``, ``n_gen``, ``n_real``, ``power``, ``cross``, ``pdf``, ``peaks``, ``fid``
+    ({``gen``, ``floor``: :func:`fid_kid` dicts, ``ratio`` = FID / floor, ``n``, ``feature``} or
+    None), ``inception``, ``conditioning``, ``memorisation`` (None when skipped); numpy arrays.
+
+    Raises
+    ------
+    ConfigError
+        Bad shapes, fewer than 2 maps (4 real maps without ``real_b``), as the metrics above.
+    """
+    g, r = _pair(gen, real)
+    out: dict[str, Any] = {
+        "theta": None if theta is None else np.asarray(theta, np.float64).reshape(-1),
+        "n_gen": len(g),
+        "n_real": len(r),
+        "power": power_ratio(g, r, box_size, edges, k_max),
+        "cross": cross_correlation(g, r, box_size, edges, k_max),
+        "pdf": pdf_distances(g, r, log=pdf_log, seed=seed),
+        "peaks": peak_count_distance(g, r, peak_thresholds),
+        "fid": None,
+        "inception": inception_fid(g, r) if inception else None,
+        "conditioning": None,
+        "memorisation": None,
+    }
+    if feature is not False:
+        feat = SummaryFeatures() if feature is None else feature
+        if real_b is not None:
+            rb = _pair(gen, real_b, ("gen", "real_b"))[1]
+            if len(rb) != len(g):
+                raise ConfigError(f"real_b has {len(rb)} maps, gen has {len(g)}: sizes must match")
+            gset, ref, other = g, r, rb
+        else:
+            h = min(len(r) // 2, len(g))
+            if h < 2:
+                raise ConfigError(f"FID floor: need 4 real maps (or real_b), got {len(r)}")
+            gset, ref, other = g[:h], r[h : 2 * h], r[:h]
+        fg, fr, fo = (extract_features(x, feat) for x in (gset, ref, other))
+        res = fid_kid(fg, fr, seed=seed)
+        floor = real_real_floor(fo, fr, seed=seed)
+        out["fid"] = {
+            "gen": res,
+            "floor": floor,
+            "ratio": res["fid"] / floor["fid"] if floor["fid"] > 0 else math.inf,
+            "n": len(gset),
+            "feature": type(feat).__name__,
+        }
+    if predict_fn is not None and theta is not None:
+        out["conditioning"] = conditioning_metrics(predict_fn, g, r, theta)
+    if train is not None and heldout is not None:
+        out["memorisation"] = memorisation(g, train, heldout)
+    return out
+
+
+#: Targets of :func:`score_grid`: name → (threshold, definition).
+TARGETS = {
+    "power": (TARGET_POWER, "grid mean of mean_{k<=k_N/2} |P_gen/P_real - 1|, every channel"),
+    "cross": (TARGET_CROSS, "grid mean of max_{k<=k_N/2} |r_gen - r_real|, every channel pair"),
+    "pdf_ks": (TARGET_KS, "grid mean of the pixel KS statistic, every channel"),
+    "conditioning": (
+        TARGET_BIAS,
+        "grid mean of |bias_gen - bias_real| / RMSE_real, every parameter",
+    ),
+    "fid": (TARGET_FID_FLOOR, "grid mean FID / grid mean real-real floor"),
+}
+
+
+def _grid_mean(points, get) -> np.ndarray | None:
+    vals = [get(p) for p in points]
+    vals = [np.asarray(v, np.float64) for v in vals if v is not None]
+    return np.mean(vals, axis=0) if vals else None
+
+
+def score_grid(points: Sequence[dict]) -> dict:
+    """Report of an emulator over a grid of parameters: per-point metrics, grid means, targets.
+
+    Parameters
+    ----------
+    points : sequence of dict
+        Results of :func:`score_point`, one per grid point.
+
+    Returns
+    -------
+    dict (JSON-clean: :func:`engine.evaluation.maps.clean_json`, non-finite → null) with
+    ``version``, ``n_points``, ``points`` (the inputs), ``means`` {``power_frac_error`` (C,),
+    ``cross_max_abs_delta`` (pairs,), ``pdf_ks`` (C,), ``pdf_wasserstein`` (C,), ``peak_chi2_dof``
+    (C,), ``fid``, ``fid_floor``, ``kid``, ``kid_floor``, ``conditioning_shift_ratio`` /
+    ``conditioning_bias_ratio`` {param: float}, ``memorisation_flagged``}, ``targets`` {name:
+    {``value``, ``threshold``, ``pass`` (None when not measured), ``definition``}} for the names of
+    :data:`TARGETS`, and ``passed`` (all measured targets pass; None when none was measured).
+
+    Raises
+    ------
+    ConfigError
+        No points.
+    """
+    from engine.evaluation.maps import clean_json
+
+    if not points:
+        raise ConfigError("score_grid: no grid points")
+
+    def fid_of(key, stat):
+        return _grid_mean(points, lambda p: p["fid"][key][stat] if p.get("fid") else None)
+
+    def cond(key):
+        names = list((points[0].get("conditioning") or {}).keys())
+        return {
+            n: _grid_mean(points, lambda p, n=n: (p.get("conditioning") or {}).get(n, {}).get(key))
+            for n in names
+        }
+
+    pk = _grid_mean(points, lambda p: p["power"]["frac_error"])
+    cr = _grid_mean(
+        points, lambda p: p["cross"]["max_abs_delta"] if len(p["cross"]["pairs"]) else None
+    )
+    ks = _grid_mean(points, lambda p: p["pdf"]["ks"])
+    fid, floor = fid_of("gen", "fid"), fid_of("floor", "fid")
+    shift = cond("shift_ratio")
+    means = {
+        "power_frac_error": pk,
+        "cross_max_abs_delta": cr,
+        "pdf_ks": ks,
+        "pdf_wasserstein": _grid_mean(points, lambda p: p["pdf"]["wasserstein"]),
+        "peak_chi2_dof": _grid_mean(
+            points, lambda p: np.asarray(p["peaks"]["chi2"]) / np.maximum(p["peaks"]["dof"], 1)
+        ),
+        "fid": fid,
+        "fid_floor": floor,
+        "kid": fid_of("gen", "kid_mean"),
+        "kid_floor": fid_of("floor", "kid_mean"),
+        "conditioning_shift_ratio": shift,
+        "conditioning_bias_ratio": cond("bias_ratio"),
+        "memorisation_flagged": _grid_mean(
+            points, lambda p: (p.get("memorisation") or {}).get("fraction_flagged")
+        ),
+    }
+    values = {
+        "power": pk,
+        "cross": cr,
+        "pdf_ks": ks,
+        "conditioning": np.array(list(shift.values())) if shift else None,
+        "fid": None if fid is None or not floor else fid / floor,
+    }
+    targets = {}
+    for name, (thr, definition) in TARGETS.items():
+        v = values[name]
+        ok = None if v is None else bool(np.all(np.asarray(v) <= thr))
+        targets[name] = {"value": v, "threshold": thr, "pass": ok, "definition": definition}
+    measured = [t["pass"] for t in targets.values() if t["pass"] is not None]
+    return clean_json(
+        {
+            "version": EMULATOR_REPORT_VERSION,
+            "n_points": len(points),
+            "points": list(points),
+            "means": means,
+            "targets": targets,
+            "passed": all(measured) if measured else None,
+        }
+    )

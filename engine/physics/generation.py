@@ -79,7 +79,9 @@ def generate_samples(
         Default: CUDA when available, else CPU. (Same seed ⇒ same samples on CPU; CUDA samples
         are reproducible on the same GPU but differ from CPU ones.)
     batch_size : int
-        Samples per call of ``batch``; the random stream is drawn batch by batch.
+        Samples per call of ``batch``; the random stream is drawn batch by batch. For settings
+        with ``slabs`` (maps per simulation, :class:`engine.physics.pm.PMParams`) it is rounded
+        up to a multiple of ``slabs``, so that every batch starts with a new simulation.
     progress : bool, optional
         tqdm progress bar; default only when stderr is a terminal and count > batch_size.
     check : callable, optional
@@ -106,6 +108,8 @@ def generate_samples(
     check_parameters(torch.from_numpy(om), torch.from_numpy(s8))
     if check is not None:
         check(settings)
+    per_simulation = int(getattr(settings, "slabs", 1))
+    batch_size = per_simulation * -(-int(batch_size) // per_simulation)
     gen = torch.Generator(device=device).manual_seed(int(settings.seed))
     if progress is None:
         progress = sys.stderr.isatty() and count > batch_size

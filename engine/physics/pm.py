@@ -120,7 +120,15 @@ from engine.physics.lpt import (
 )
 from engine.physics.lpt import check_settings as check_lpt_settings
 from engine.physics.lpt import to_dataarray as lpt_dataarray
-from engine.physics.mesh import _deposit, freq_int, gaussian_smooth, lattice_deposit, project_slab
+from engine.physics.mesh import (
+    _deposit,
+    freq_int,
+    gaussian_smooth,
+    kvectors,
+    lattice_deposit,
+    lattice_paint,
+    project_slab,
+)
 
 __all__ = [
     "PMParams",
@@ -623,6 +631,132 @@ def generate_volumes(
     return lattice_deposit(psi, settings.box_size)
 
 
+# ---------------------------------------------------------------------------------------------
+# The velocity-divergence channel
+# ---------------------------------------------------------------------------------------------
+
+
+def channel_names(settings: PMParams) -> tuple[str, ...]:
+    """The output channels of ``settings.fields``: ("delta",) or ("delta", "theta")."""
+    return tuple(settings.fields.split(","))
+
+
+def scaled_velocity(p: torch.Tensor, omega_m, a: float) -> torch.Tensor:
+    """u = v / (a H f) of FastPM momenta p at scale factor ``a``, in Mpc/h.
+
+    With p = a³ E dx/da (module docstring, step 1; H0 = 1, lengths in Mpc/h) the peculiar
+    velocity is v = a dx/dt = a² H dx/da = H0 p / a, so u = v / (a H f) = p / (a² E(a) f(a)),
+    the displacement-like velocity: in linear theory p = G_f Ψ_0 = a² E f D Ψ_0, hence u = Ψ, the
+    linear displacement (E, f of :func:`hubble_e`, :func:`growth_rate_f1`).
+
+    Parameters
+    ----------
+    p : torch.Tensor (B, 3, N, N, N) float32
+        Momenta at ``a`` in Mpc/h (:func:`evolve` returns them at a_out).
+    omega_m : torch.Tensor or array_like (B,)
+    a : float
+        Scale factor of the momenta (dimensionless).
+
+    Returns
+    -------
+    torch.Tensor (B, 3, N, N, N) float32 in Mpc/h (components along z, y, x).
+    """
+    om = np.asarray(torch.as_tensor(omega_m, dtype=torch.float64).cpu().reshape(-1))
+    factor = 1.0 / (a**2 * hubble_e(a, om) * growth_rate_f1(a, om))
+    return p * torch.as_tensor(factor, dtype=torch.float32, device=p.device).reshape(-1, 1, 1, 1, 1)
+
+
+def velocity_divergence(psi: torch.Tensor, u: torch.Tensor, box_size: float) -> torch.Tensor:
+    r"""θ = −∇·[(1 + δ) u] on the N³ output mesh (dimensionless): the theta channel.
+
+    The momentum density (1 + δ) u is painted with the CIC kernel of the density
+    (:func:`engine.physics.mesh.lattice_paint`: each particle deposits its u, no division by
+    the density, so empty cells are simply 0), and its divergence is taken in Fourier space with
+    the exact spectral derivative i k of the initial conditions
+    (:func:`engine.physics.mesh.kvectors`, k_a = 0 on the Nyquist plane of axis a, as
+    :func:`engine.physics.lpt.displacement`): θ_k = −Σ_a i k_a [(1+δ) u_a]_k. The force's
+    4-point k̃ is not used: it is chosen to damp the force near the mesh Nyquist frequency,
+    whereas θ should share δ's mesh response (then θ = δ on the mesh in linear theory).
+
+    Parameters
+    ----------
+    psi : torch.Tensor (B, 3, N, N, N) float32
+        Displacements of the lattice particles, Mpc/h.
+    u : torch.Tensor (B, 3, N, N, N) float32
+        Their scaled velocities v/(a H f), Mpc/h (:func:`scaled_velocity`).
+    box_size : float
+        Side L in Mpc/h.
+
+    Returns
+    -------
+    torch.Tensor (B, N, N, N) float32, dimensionless, array axes (z, y, x) as
+    :func:`engine.physics.mesh.lattice_deposit`.
+    """
+    n = psi.shape[2]
+    momentum = lattice_paint(psi, box_size, u)
+    _, _, ik, _ = kvectors(n, float(box_size), psi.device)
+    div_k = None
+    for a in range(3):
+        term = torch.fft.rfftn(momentum[:, a], dim=(1, 2, 3)).mul_(ik[a])
+        div_k = term if div_k is None else div_k.add_(term)
+    del momentum
+    return torch.fft.irfftn(div_k, s=(n, n, n), dim=(1, 2, 3)).neg_()
+
+
+# ---------------------------------------------------------------------------------------------
+# Several slabs per simulation, the hot path and the boundary
+# ---------------------------------------------------------------------------------------------
+
+
+def slab_starts(settings: PMParams) -> np.ndarray:
+    """Lower faces k L / slabs (k = 0 … slabs−1) of the slabs cut from one volume, Mpc/h
+    (float64 (slabs,)); slab k spans [k L/slabs, k L/slabs + Δ) on ``axis``."""
+    return np.arange(settings.slabs) * (settings.box_size / settings.slabs)
+
+
+def simulation_parameters(omega_m, sigma8, slabs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-simulation parameters of a batch of maps: those of maps 0, S, 2S, … (S = ``slabs``).
+
+    Parameters
+    ----------
+    omega_m, sigma8 : torch.Tensor (B,)
+        One value per map; the maps b S … b S + S − 1 are the slabs of simulation b and must
+        share their values (:func:`engine.data.store.draw_parameters` draws them so).
+    slabs : int
+
+    Returns
+    -------
+    omega_m, sigma8 : torch.Tensor (⌈B/S⌉,) of the input dtype.
+
+    Raises
+    ------
+    ConfigError
+        Maps of one simulation with different parameters.
+    """
+    om = torch.as_tensor(omega_m).reshape(-1)
+    s8 = torch.as_tensor(sigma8).reshape(-1)
+    if slabs == 1:
+        return om, s8
+    for name, v in (("omega_m", om), ("sigma8", s8)):
+        first = v[::slabs]
+        if not torch.equal(first.repeat_interleave(slabs)[: len(v)], v):
+            raise ConfigError(
+                f"slabs={slabs}: the {slabs} maps of a simulation share one {name}, but this "
+                f"batch gives them different values; repeat each simulation's value {slabs} times"
+            )
+    return om[::slabs], s8[::slabs]
+
+
+def _to_maps(volumes: torch.Tensor, settings: PMParams, count: int) -> torch.Tensor:
+    """Slab maps (count, N, N) of volumes (V, N, N, N): simulation-major, slab k of volume v at
+    index v·slabs + k (slabs=1: exactly :func:`engine.physics.mesh.project_slab`)."""
+    box, dz, axis = settings.box_size, settings.thickness, settings.axis
+    if settings.slabs == 1:
+        return project_slab(volumes, dz, box, axis)
+    maps = [project_slab(volumes, dz, box, axis, float(s)) for s in slab_starts(settings)]
+    return torch.stack(maps, dim=1).flatten(0, 1)[:count]
+
+
 def generate_batch(
     settings: PMParams,
     omega_m: torch.Tensor,
@@ -632,34 +766,74 @@ def generate_batch(
 ) -> torch.Tensor:
     """The output of :func:`generate` for one batch, as torch tensors (the training hot path).
 
-    :func:`generate_volumes`, then for ``dim=2`` :func:`engine.physics.mesh.project_slab`
-    (``thickness``, ``axis``), Gaussian smoothing exp(−k²σ_s²/2) (σ_s = ``smoothing`` Mpc/h) and
-    white noise of standard deviation ``noise`` per cell/pixel, as
-    :func:`engine.physics.lpt.generate_batch`.
+    :func:`initial_conditions` and :func:`evolve` for one volume per simulation
+    (:func:`simulation_parameters`: ⌈B/slabs⌉ volumes), δ of the final particles
+    (:func:`engine.physics.mesh.lattice_deposit`) and, with ``fields="delta,theta"``, θ of
+    :func:`velocity_divergence` from the momenta at a_out; then for ``dim=2``
+    :func:`engine.physics.mesh.project_slab` of every channel (``thickness``, ``axis``; with
+    ``slabs`` > 1 at each of :func:`slab_starts`), Gaussian smoothing exp(−k²σ_s²/2) of every
+    channel (σ_s = ``smoothing`` Mpc/h), and white noise of standard deviation ``noise`` per
+    cell/pixel added to δ only (``noise`` models the noise of a density map; θ stays noise-free,
+    and the generator is consumed exactly as for ``fields="delta"``), as
+    :func:`engine.physics.lpt.generate_batch`. The δ channel is bit-identical to the output of
+    ``fields="delta"`` from the same generator state.
+
+    Parameters
+    ----------
+    settings : PMParams
+    omega_m, sigma8 : torch.Tensor (B,)
+        One value per map (the slabs of one simulation share theirs).
+    generator : torch.Generator
+        On ``device``; consumes N³ normal draws per simulation (and B N² more with noise).
+    device : torch.device or str, optional
+        Default: the generator's device.
 
     Returns
     -------
-    torch.Tensor (B, N, N, N) for ``dim=3`` or (B, N, N) for ``dim=2``, float32 on ``device``.
+    torch.Tensor float32 on ``device``: (B, N, N) maps for ``dim=2`` or (B, N, N, N) volumes for
+    ``dim=3``; with ``fields="delta,theta"`` a channel axis after the batch, (B, 2, N, N) or
+    (B, 2, N, N, N), channel 0 = δ, 1 = θ. Maps b·slabs + k are slab k of simulation b.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`generate_volumes`, a slab thicker than the box, slabs that overlap, maps of a
+        simulation with different parameters.
     """
     device = torch.device(device) if device is not None else generator.device
-    out = generate_volumes(settings, omega_m, sigma8, generator, device)
+    count = int(torch.as_tensor(omega_m).numel())
+    om, s8 = simulation_parameters(omega_m, sigma8, settings.slabs)
+    psi, p = initial_conditions(settings, om, s8, generator, device)
+    psi, p = evolve(psi, p, om, settings)
+    box = settings.box_size
+    theta = None
+    if "theta" in channel_names(settings):
+        theta = velocity_divergence(psi, scaled_velocity(p, om, output_scale_factor(settings)), box)
+    del p
+    channels = [lattice_deposit(psi, box)]
+    del psi
+    if theta is not None:
+        channels.append(theta)
     d = settings.dim
-    if d == 2:
-        out = project_slab(out, settings.thickness, settings.box_size, settings.axis)
-    if settings.smoothing > 0:
-        out = gaussian_smooth(out, settings.smoothing, settings.box_size, d)
+    for c, out in enumerate(channels):
+        if d == 2:
+            out = _to_maps(out, settings, count)
+        if settings.smoothing > 0:
+            out = gaussian_smooth(out, settings.smoothing, box, d)
+        channels[c] = out
     if settings.noise > 0:
-        out = out + settings.noise * torch.randn(
-            out.shape, generator=generator, device=device, dtype=torch.float32
+        channels[0] = channels[0] + settings.noise * torch.randn(
+            channels[0].shape, generator=generator, device=device, dtype=torch.float32
         )
-    return out
+    return channels[0] if len(channels) == 1 else torch.stack(channels, dim=1)
 
 
 def default_batch_size(settings: PMParams) -> int:
-    """Volumes per torch call so that one batch needs ≲ 1 GiB (peak ≲ 128 + 32 r³ bytes per
-    particle, r = mesh_ratio; measured 146 and 352 bytes for r = 1, 2)."""
+    """Maps (or volumes) per torch call: ``slabs`` per volume, with as many volumes as keep one
+    batch ≲ 1 GiB (peak ≲ 128 + 32 r³ bytes per particle, r = mesh_ratio; measured 146 and 352
+    bytes for r = 1, 2; the θ channel's ~40 bytes per particle come after the force's peak)."""
     per_particle = 128 + 32 * settings.mesh_ratio**3
-    return max(1, min(64, (1 << 30) // (per_particle * settings.size**3)))
+    return settings.slabs * max(1, min(64, (1 << 30) // (per_particle * settings.size**3)))
 
 
 def generate(
@@ -674,13 +848,18 @@ def generate(
 
     Parameters and output as :func:`engine.physics.lpt.generate` (dims (sample, z, y, x) for
     ``dim=3``, else (sample, y, x); coords in Mpc/h), with kind="pm", the PM settings
-    (steps, a_start, mesh_ratio) and ``force_mesh`` (cells per side) in attrs.
+    (steps, a_start, mesh_ratio, fields, slabs) and ``force_mesh`` (cells per side) in attrs;
+    with ``fields="delta,theta"`` a ``channel`` dim after ``sample`` (:func:`to_dataarray`).
+    ``count`` counts maps: ⌈count/slabs⌉ simulations; per-map ``omega_m``/``sigma8`` arrays must
+    repeat each simulation's value ``slabs`` times; ``batch_size`` (maps) is rounded up to a
+    multiple of ``slabs``.
 
     Raises
     ------
     ConfigError
         Bad parameter values, a cell size outside the theory table, a slab thicker than the box,
-        a_start ≥ 1/(1+redshift).
+        a_start ≥ 1/(1+redshift), slabs that overlap or slabs > 1 with dim=3, maps of one
+        simulation with different parameters.
     """
     return generate_samples(
         settings,
@@ -696,18 +875,63 @@ def generate(
     )
 
 
+#: Units and descriptions of the output channels (attrs ``channel_units``, ``long_name``).
+CHANNEL_UNITS = {"delta": "dimensionless", "theta": "dimensionless"}
+CHANNEL_NAMES = {
+    "delta": "density contrast delta",
+    "theta": "velocity divergence theta = -div[(1+delta) v]/(a H f) (= delta in linear theory)",
+}
+
+
 def to_dataarray(data: np.ndarray, settings: PMParams, omega_m, sigma8) -> xr.DataArray:
     """Wrap the output of :func:`generate_batch` in the boundary DataArray of :func:`generate`.
 
     As :func:`engine.physics.lpt.to_dataarray` (every setting in attrs, kind="pm"), plus
-    ``force_mesh`` = mesh_ratio·size and a PM ``long_name``.
+    ``force_mesh`` = mesh_ratio·size and a PM ``long_name``. With ``fields="delta,theta"``:
+    DataArray "maps" of dims (sample, channel, y, x) (or (sample, channel, z, y, x)), coord
+    ``channel`` = ["delta", "theta"], attrs ``fields`` = "delta,theta" (a setting) and
+    ``channel_units`` = "dimensionless,dimensionless" (comma-separated, in channel order).
+    With ``slabs`` > 1: per-sample coords ``simulation`` (int64, index of the volume in this
+    output, map // slabs), ``slab`` (int64, map % slabs) and ``slab_start`` (float64, Mpc/h,
+    the slab's lower face on ``axis``).
+
+    Parameters
+    ----------
+    data : numpy.ndarray float32
+        (B, N, N), (B, N, N, N), (B, 2, N, N) or (B, 2, N, N, N) as :func:`generate_batch`.
+    settings : PMParams
+    omega_m, sigma8 : array_like (B,)
+
+    Returns
+    -------
+    xarray.DataArray float32 ("delta" for one channel, "maps" for two).
     """
-    da = lpt_dataarray(data, settings, omega_m, sigma8)
+    names = channel_names(settings)
     what = "volume" if settings.dim == 3 else "slab"
+    if len(names) == 1:
+        da = lpt_dataarray(data, settings, omega_m, sigma8)
+    else:
+        first = lpt_dataarray(data[:, 0], settings, omega_m, sigma8)
+        da = xr.DataArray(
+            np.asarray(data, dtype=np.float32),
+            dims=(first.dims[0], "channel", *first.dims[1:]),
+            coords={**first.coords, "channel": ("channel", np.asarray(names))},
+            name="maps",
+            attrs=first.attrs,
+        )
+        da.attrs["channel_units"] = ",".join(CHANNEL_UNITS[c] for c in names)
     da.attrs.update(
         force_mesh=settings.mesh_ratio * settings.size,
-        long_name=f"density contrast delta of a particle-mesh N-body {what}",
+        long_name=" and ".join(CHANNEL_NAMES[c] for c in names)
+        + f" of a particle-mesh N-body {what}",
     )
+    if settings.slabs > 1:
+        index = np.arange(da.sizes["sample"])
+        da = da.assign_coords(
+            simulation=("sample", (index // settings.slabs).astype(np.int64)),
+            slab=("sample", (index % settings.slabs).astype(np.int64)),
+            slab_start=("sample", slab_starts(settings)[index % settings.slabs], {"units": "Mpc/h"}),
+        )
     return da
 
 

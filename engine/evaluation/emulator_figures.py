@@ -1,0 +1,143 @@
+"""Figures of an emulator report (:func:`engine.evaluation.emulator.score_grid`): PNG files.
+
+* power_ratio: P_gen/P_real per grid point and channel, the 1σ band of a perfect generator
+  (mean over the points) and the ± :data:`~engine.evaluation.emulator.TARGET_POWER` lines;
+* cross: r(k) of every channel pair, real (solid) and generated (dashed), per grid point;
+* pdf: pixel PDFs, real (solid) and generated (dashed), per grid point and channel;
+* fid: FID of the generated set and the real–real floor per grid point, with the target line.
+
+matplotlib with the Agg canvas, the style of :mod:`engine.evaluation.figures`. File names:
+:data:`EMULATOR_FIGURES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.evaluation.figures import _floats, _save
+
+#: Figures of an emulator report (name → file name in the output directory).
+EMULATOR_FIGURES = {
+    "power_ratio": "emulator_power_ratio.png",
+    "cross": "emulator_cross.png",
+    "pdf": "emulator_pdf.png",
+    "fid": "emulator_fid.png",
+}
+
+
+def _figure(n_panels: int):
+    from matplotlib.figure import Figure  # lazily: a figure without pyplot uses the Agg canvas
+
+    fig = Figure(figsize=(max(5.0, 4.5 * n_panels), 4.5))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
+    return fig
+
+
+def _arr(values) -> np.ndarray:
+    """JSON lists (None for non-finite) → float array of any depth."""
+    a = np.array(values, dtype=object)
+    return np.where(a == None, np.nan, a).astype(float)  # noqa: E711
+
+
+def _colors(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def _label(p: Mapping, i: int) -> str:
+    th = p.get("theta")
+    return f"θ={', '.join(f'{v:.3g}' for v in th)}" if th else f"point {i}"
+
+
+def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
+    """Write the PNG figures of an emulator report into ``out_dir`` (created if missing).
+
+    Parameters
+    ----------
+    report : mapping
+        The JSON-clean report of :func:`engine.evaluation.emulator.score_grid`.
+    out_dir : str or Path
+        Directory of the PNG files (each written atomically).
+
+    Returns
+    -------
+    dict name → file name (relative to ``out_dir``) of the figures written; ``cross`` is left
+    out for one-channel maps and ``fid`` when no FID was computed.
+    """
+    from engine.evaluation.emulator import TARGET_FID_FLOOR, TARGET_POWER
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = report["points"]
+    colors = _colors(len(points))
+    written = {}
+
+    n_ch = len(points[0]["power"]["ratio"])
+    fig = _figure(n_ch)
+    for c in range(n_ch):
+        ax = fig.add_subplot(1, n_ch, c + 1)
+        bands = []
+        for i, p in enumerate(points):
+            pw = p["power"]
+            ax.plot(_floats(pw["k"]), _arr(pw["ratio"])[c], color=colors[i], label=_label(p, i))
+            bands.append(_arr(pw["band"])[c])
+        k = _floats(points[0]["power"]["k"])
+        band = np.nanmean(bands, axis=0)
+        ax.fill_between(k, 1 - band, 1 + band, color="0.8", label="1σ, perfect generator")
+        for s in (-1, 1):
+            ax.axhline(1 + s * TARGET_POWER, color="k", ls="--", lw=0.8)
+        ax.axvline(points[0]["power"]["k_max"], color="k", ls=":", lw=0.8)
+        ax.set(xscale="log", xlabel="k", ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=f"ch {c}")
+        ax.legend(fontsize=7)
+    _save(fig, out_dir / EMULATOR_FIGURES["power_ratio"])
+    written["power_ratio"] = EMULATOR_FIGURES["power_ratio"]
+
+    pairs = points[0]["cross"]["pairs"]
+    if pairs:
+        fig = _figure(len(pairs))
+        for j, pair in enumerate(pairs):
+            ax = fig.add_subplot(1, len(pairs), j + 1)
+            for i, p in enumerate(points):
+                cr, k = p["cross"], _floats(p["cross"]["k"])
+                ax.plot(k, _arr(cr["r_real"])[j], color=colors[i], label=_label(p, i))
+                ax.plot(k, _arr(cr["r_gen"])[j], color=colors[i], ls="--")
+            ax.set(xscale="log", xlabel="k", ylabel="r(k)", title=f"channels {pair}")
+            ax.legend(fontsize=7, title="solid: real, dashed: generated", title_fontsize=7)
+        _save(fig, out_dir / EMULATOR_FIGURES["cross"])
+        written["cross"] = EMULATOR_FIGURES["cross"]
+
+    fig = _figure(n_ch)
+    for c in range(n_ch):
+        ax = fig.add_subplot(1, n_ch, c + 1)
+        for i, p in enumerate(points):
+            pdf = p["pdf"]
+            x = _arr(pdf["centers"])[c]
+            ax.plot(x, _arr(pdf["pdf_real"])[c], color=colors[i], label=_label(p, i))
+            ax.plot(x, _arr(pdf["pdf_gen"])[c], color=colors[i], ls="--")
+        xlabel = "ln(1 + x)" if points[0]["pdf"]["log"] else "pixel value"
+        ax.set(yscale="log", xlabel=xlabel, ylabel="PDF", title=f"ch {c}")
+        ax.legend(fontsize=7, title="solid: real, dashed: generated", title_fontsize=7)
+    _save(fig, out_dir / EMULATOR_FIGURES["pdf"])
+    written["pdf"] = EMULATOR_FIGURES["pdf"]
+
+    if any(p.get("fid") for p in points):
+        fig = _figure(1)
+        ax = fig.add_subplot(1, 1, 1)
+        x = np.arange(len(points))
+        fid = _floats([(p.get("fid") or {}).get("gen", {}).get("fid") for p in points])
+        floor = _floats([(p.get("fid") or {}).get("floor", {}).get("fid") for p in points])
+        ax.plot(x, fid, "o-", label="FID (generated vs real)")
+        ax.plot(x, floor, "s-", color="k", label="real–real floor")
+        ax.plot(x, TARGET_FID_FLOOR * floor, "k--", lw=0.8, label=f"{TARGET_FID_FLOOR:g} × floor")
+        ax.set(xlabel="grid point", ylabel="FID (feature units²)", yscale="log")
+        ax.set_xticks(x, [_label(p, i) for i, p in enumerate(points)], fontsize=7, rotation=20)
+        ax.legend(fontsize=8)
+        _save(fig, out_dir / EMULATOR_FIGURES["fid"])
+        written["fid"] = EMULATOR_FIGURES["fid"]
+    return written
