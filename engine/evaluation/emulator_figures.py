@@ -2,7 +2,8 @@
 
 * power_ratio: P_gen/P_real per grid point and channel, the 1σ band of a perfect generator
   (mean over the points) and the ± :data:`~engine.evaluation.emulator.TARGET_POWER` lines;
-* cross: r(k) of every channel pair, real (solid) and generated (dashed), per grid point;
+* cross: r(k) of every channel pair, real (solid) and generated (dashed), per grid point, with
+  the 1σ band of Δr for a perfect generator around the mean real r(k);
 * pdf: pixel PDFs, real (solid) and generated (dashed), per grid point and channel;
 * fid: FID of the generated set and the real–real floor per grid point, with the target line.
 
@@ -29,11 +30,15 @@ EMULATOR_FIGURES = {
 }
 
 
+_K = "k (inverse unit of the box side: h/Mpc or 1/arcmin)"
+
+
 def _figure(n_panels: int):
     from matplotlib.figure import Figure  # lazily: a figure without pyplot uses the Agg canvas
 
-    fig = Figure(figsize=(max(5.0, 4.5 * n_panels), 4.5))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
+    fig = Figure(figsize=(max(6.5, 4.5 * n_panels), 4.5))
+    left = 0.08 if n_panels > 1 else 0.15
+    fig.subplots_adjust(left=left, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
     return fig
 
 
@@ -93,7 +98,7 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         for s in (-1, 1):
             ax.axhline(1 + s * TARGET_POWER, color="k", ls="--", lw=0.8)
         ax.axvline(points[0]["power"]["k_max"], color="k", ls=":", lw=0.8)
-        ax.set(xscale="log", xlabel="k", ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=f"ch {c}")
+        ax.set(xscale="log", xlabel=_K, ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=f"ch {c}")
         ax.legend(fontsize=7)
     _save(fig, out_dir / EMULATOR_FIGURES["power_ratio"])
     written["power_ratio"] = EMULATOR_FIGURES["power_ratio"]
@@ -103,11 +108,15 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         fig = _figure(len(pairs))
         for j, pair in enumerate(pairs):
             ax = fig.add_subplot(1, len(pairs), j + 1)
+            k = _floats(points[0]["cross"]["k"])
+            r_mean = np.nanmean([_arr(p["cross"]["r_real"])[j] for p in points], axis=0)
+            band = np.nanmean([_arr(p["cross"]["band"])[j] for p in points], axis=0)
+            ax.fill_between(k, r_mean - band, r_mean + band, color="0.85", label="1σ of Δr")
             for i, p in enumerate(points):
                 cr, k = p["cross"], _floats(p["cross"]["k"])
                 ax.plot(k, _arr(cr["r_real"])[j], color=colors[i], label=_label(p, i))
                 ax.plot(k, _arr(cr["r_gen"])[j], color=colors[i], ls="--")
-            ax.set(xscale="log", xlabel="k", ylabel="r(k)", title=f"channels {pair}")
+            ax.set(xscale="log", xlabel=_K, ylabel="r(k)", title=f"channels {pair}")
             ax.legend(fontsize=7, title="solid: real, dashed: generated", title_fontsize=7)
         _save(fig, out_dir / EMULATOR_FIGURES["cross"])
         written["cross"] = EMULATOR_FIGURES["cross"]

@@ -29,9 +29,11 @@ the end of a completed run.
 Tasks
 -----
 A checkpoint records its task; :data:`EVALUATORS` maps a task name to what evaluation does for
-it (:class:`Evaluator`: predict, evaluate). Today only ``"regression"`` (older checkpoints:
-``"parameter_regression"``) is known; :func:`evaluator_for` refuses a checkpoint of another
-task in one line, for the ``predict``, ``evaluate`` and ``compare`` verbs alike.
+it (:class:`Evaluator`: predict, evaluate): ``"regression"`` (older checkpoints:
+``"parameter_regression"``), and the map emulators ``"gan"`` and ``"diffusion"``
+(:func:`engine.evaluation.emulator_eval.evaluate_emulator`: the emulator report; ``predict``
+refuses them); :func:`evaluator_for` refuses a checkpoint of another task in one line, for the
+``predict``, ``evaluate`` and ``compare`` verbs alike.
 
 Domain transfer, and which methods run on which maps: :mod:`engine.evaluation.maps`.
 """
@@ -54,6 +56,7 @@ from engine.evaluation.calibrated_use import (
     resolve_calibration,
     training_spec,
 )
+from engine.evaluation.emulator_eval import evaluate_emulator, refuse_predict
 from engine.evaluation.figures import draw_figures
 from engine.evaluation.fisher import crb_sigma
 from engine.evaluation.likelihood import pk_likelihood_predict
@@ -600,4 +603,6 @@ def _write(report: dict[str, Any], out: Path | None, results, truth, t0: float) 
 #: The evaluations by task name (a checkpoint's ``task``; see :func:`evaluator_for`).
 EVALUATORS: dict[str, Evaluator] = {
     "regression": Evaluator(predict=predict_network, evaluate=evaluate_regression),
+    "gan": Evaluator(predict=refuse_predict, evaluate=evaluate_emulator),
+    "diffusion": Evaluator(predict=refuse_predict, evaluate=evaluate_emulator),
 }
