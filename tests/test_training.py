@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,13 @@ from engine.physics import slabs
 from engine.tasks.regression import Regression as ParameterRegression
 from engine.train.checkpoint import load_checkpoint
 from engine.train.schedule import epoch_of, lr_at
-from engine.train.settings import PRESETS, TrainParams, resolve_params
+from engine.train.settings import (
+    PRESETS,
+    TrainParams,
+    preset_task,
+    resolve_params,
+    train_params_class,
+)
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -44,8 +51,10 @@ def test_train_params_share_field_bounds_and_hide_per_map_settings():
         )
     assert TrainParams.param.omega_m_min.bounds == FieldParams.param.omega_m.bounds
     for name, preset in PRESETS.items():
-        assert set(preset) <= set(names), name
-        resolve_params(name)
+        cls = train_params_class(preset_task(name) or "regression")
+        assert set(preset) - {"task"} <= set(user_settings(cls)), name
+        missing = preset.get("dataset") and not Path(preset["dataset"]).exists()
+        resolve_params(name, overrides={"dataset": ""} if missing else None)
 
 
 def test_cnn_is_small_periodic_and_registered():

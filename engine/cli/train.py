@@ -23,12 +23,13 @@ from pathlib import Path
 from engine.cli import ALIASES, _add_config_arguments, _layers
 from engine.params import ConfigError, add_arguments
 
-#: Help-group titles of the parts of the training settings, by part class name.
-PART_TITLES = {
-    "LoopParams": "loop settings (optimiser, schedule, EMA, fine-tuning, devices, logging)",
-    "ModelParams": "model settings (network name and size)",
-    "DataParams": "data settings (kind and map settings on the fly, or --dataset SPEC)",
-}
+#: Help-group titles of the parts of the training settings (loop, model, task, data), in order.
+PART_TITLES = (
+    "loop settings (optimiser, schedule, EMA, fine-tuning, devices, logging)",
+    "model settings (the network of task {task})",
+    "task settings ({task})",
+    "data settings (kind and map settings on the fly, or --dataset SPEC)",
+)
 
 
 def add_parser(sub, task: str = "regression") -> None:
@@ -71,8 +72,8 @@ def add_parser(sub, task: str = "regression") -> None:
         help="Continue the run in --run-dir from checkpoints/last.pt, with its saved settings.",
     )
     _add_config_arguments(train_p)
-    for part in TrainParams.parts:
-        title = PART_TITLES.get(part.__name__, f"task settings ({TrainParams.task_name})")
+    for title, part in zip(PART_TITLES, TrainParams.parts, strict=True):
+        title = title.format(task=TrainParams.task_name)
         add_arguments(train_p.add_argument_group(title), part, aliases=ALIASES)
     train_p.set_defaults(func=cmd_train)
 

@@ -360,6 +360,96 @@ PRESETS: dict[str, dict[str, Any]] = {
 # --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 2400 --split 0.75,0.1,0.15 --seed 0
 # --chunk 64 --out data/pm64.zarr, then --set dataset=data/pm64.zarr.
 PRESETS["pm64"] = {**PRESETS["2lpt64"], "kind": "pm"}
+# Conditional GAN (engine.tasks.gan): a seconds-long CPU run of tiny networks on 16² Gaussian
+# maps (tests), and the emulator of 64², 2-channel (delta, theta) PM slabs. The emulator's
+# evaluation is separate (eval_maps 0).
+PRESETS["gan_smoke"] = {
+    "task": "gan",
+    "kind": "grf",
+    "size": 16,
+    "width": 4,
+    "d_width": 4,
+    "latent_dim": 8,
+    "embed_dim": 8,
+    "batch_size": 8,
+    "steps_per_epoch": 5,
+    "epochs": 2,
+    "lr": 2e-4,
+    "warmup_steps": 2,
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+    "val_maps": 16,
+    "eval_maps": 0,
+    "log_every": 2,
+}
+PRESETS["gan64"] = {
+    # Hinge loss, spectral-norm projection D, TTUR (D lr 3e-4, G 2e-4, betas (0, 0.9)), EMA of G,
+    # no weight decay or gradient clipping (Adam bounds each update); ~0.7 s per step of 64
+    # maps on 2 idle CPU cores (6000 steps: ~1.2 h).
+    "task": "gan",
+    "dataset": "data/pm2c64.zarr",
+    "width": 32,
+    "d_width": 32,
+    "latent_dim": 64,
+    "embed_dim": 64,
+    "batch_size": 64,
+    "steps_per_epoch": 250,
+    "epochs": 24,
+    "lr": 2e-4,
+    "d_lr_scale": 1.5,
+    "warmup_steps": 100,
+    "final_lr_fraction": 0.25,
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+    "ema_decay": 0.999,
+    "augment_flips": True,
+    "eval_maps": 0,
+    "log_every": 25,
+}
+# Conditional diffusion (engine.tasks.diffusion): a seconds-long CPU run of a tiny U-Net on 16²
+# Gaussian maps (tests), and the emulator of the 64², 2-channel (delta, theta) PM slabs of
+# data/pm2c64.zarr (benchmarks/emulator_data.py). diffusion64: a 1.1 M-parameter U-Net (levels
+# 64², 32², 16², 8², attention at 8²), v-prediction on the cosine schedule, EMA 0.999; ~1.3-2 s
+# per step of 32 maps on 2 loaded CPU cores (4000 steps: ~1.5-2 h) plus ~2 min per validation
+# (480 val maps sampled with 20 DDIM steps); the default U-Net (width 32, 2.8 M) is ~4x slower.
+PRESETS["diffusion_smoke"] = {
+    "task": "diffusion",
+    "kind": "grf",
+    "size": 16,
+    "width": 8,
+    "levels": 2,
+    "layers_per_block": 1,
+    "batch_size": 8,
+    "steps_per_epoch": 5,
+    "epochs": 2,
+    "lr": 2e-3,
+    "warmup_steps": 2,
+    "ema_decay": 0.99,
+    "val_maps": 16,
+    "sample_steps": 8,
+    "val_sample_steps": 4,
+    "eval_maps": 0,
+    "log_every": 5,
+}
+PRESETS["diffusion64"] = {
+    "task": "diffusion",
+    "dataset": "data/pm2c64.zarr",
+    "width": 16,
+    "levels": 4,
+    "layers_per_block": 1,
+    "attention": True,
+    "batch_size": 32,
+    "steps_per_epoch": 400,
+    "epochs": 10,
+    "lr": 5e-4,
+    "warmup_steps": 200,
+    "ema_decay": 0.999,
+    "augment_flips": True,
+    "sample_steps": 50,
+    "val_sample_steps": 20,
+    "eval_maps": 0,
+    "log_every": 25,
+}
 
 
 def preset_task(preset: str) -> str | None:
