@@ -38,6 +38,7 @@ format: install
 # (benchmarks/results/browser.json) where the Debian chromium is installed.
 bench: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.emulators
 	@if [ -x /usr/bin/chromium ]; then $(PY) -m benchmarks.browser; \
 	else echo "/usr/bin/chromium is missing: browser benchmark skipped"; fi
 

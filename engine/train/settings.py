@@ -360,6 +360,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 # --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 2400 --split 0.75,0.1,0.15 --seed 0
 # --chunk 64 --out data/pm64.zarr, then --set dataset=data/pm64.zarr.
 PRESETS["pm64"] = {**PRESETS["2lpt64"], "kind": "pm"}
+# The regressor of the emulators' conditioning test and domain FID (engine.evaluation.
+# emulator_eval): pm64's network on the delta channel of the 32² PM slabs the shipped emulators
+# are trained on (the same simulations as data/pm2c32.zarr, written with --fields delta: python
+# -m engine dataset --kind pm --size 32 --box 64 --thickness 8 --redshift 0 --steps 10
+# --a-start 0.1 --mesh-ratio 1 --fields delta --slabs 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0
+# --count 9600 --split 0.8,0.1,0.1 --seed 0 --device cpu --out data/pm32.zarr).
+PRESETS["pm32"] = {
+    **PRESETS["pm64"],
+    "size": 32,
+    "box_size": 64.0,
+    "dataset": "data/pm32.zarr",
+    "epochs": 8,
+}
 # Conditional GAN (engine.tasks.gan): a seconds-long CPU run of tiny networks on 16² Gaussian
 # maps (tests), and the emulator of 64², 2-channel (delta, theta) PM slabs. The emulator's
 # evaluation is separate (eval_maps 0).
@@ -409,9 +422,23 @@ PRESETS["gan64"] = {
 # Conditional diffusion (engine.tasks.diffusion): a seconds-long CPU run of a tiny U-Net on 16²
 # Gaussian maps (tests), and the emulator of the 64², 2-channel (delta, theta) PM slabs of
 # data/pm2c64.zarr (benchmarks/emulator_data.py). diffusion64: a 1.1 M-parameter U-Net (levels
-# 64², 32², 16², 8², attention at 8²), v-prediction on the cosine schedule, EMA 0.999; ~1.3-2 s
-# per step of 32 maps on 2 loaded CPU cores (4000 steps: ~1.5-2 h) plus ~2 min per validation
-# (480 val maps sampled with 20 DDIM steps); the default U-Net (width 32, 2.8 M) is ~4x slower.
+# 64², 32², 16², 8², attention at 8²), v-prediction on the cosine schedule, EMA 0.999. On the
+# project's 2 CPU cores shared with other jobs (load 4-8): 1.3-3.5 s per step of 32 maps (4000
+# steps: 1.5-4 h) and 1.4 maps/s sampled with 20 DDIM steps (each validation generates 256
+# maps: ~3 min); the default U-Net (width 32, levels 3, 2.8 M) is ~3-5x slower.
+# The shipped GAN (assets/models/gan32): gan64's networks and optimiser on 32², 2-channel PM
+# slabs (32³ particles in 64 Mpc/h, the same 2 Mpc/h pixels and 8 Mpc/h slabs), the size this
+# 2-core CPU could train in the time it had (4000 steps of 32 maps). Data: python -m engine dataset
+# --kind pm --size 32 --box 64 --thickness 8 --redshift 0 --steps 10 --a-start 0.1
+# --mesh-ratio 1 --fields delta,theta --slabs 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 9600
+# --split 0.8,0.1,0.1 --seed 0 --device cpu --out data/pm2c32.zarr
+PRESETS["gan32"] = {
+    **PRESETS["gan64"],
+    "dataset": "data/pm2c32.zarr",
+    "batch_size": 32,
+    "steps_per_epoch": 250,
+    "epochs": 16,
+}
 PRESETS["diffusion_smoke"] = {
     "task": "diffusion",
     "kind": "grf",
