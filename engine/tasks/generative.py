@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import param
 import torch
@@ -160,6 +160,9 @@ class GenerativeTask(Regression):
     params_class = GenerativeParams
     selection = ("fid", "min")
     sample_unit = "maps"
+    #: True when :meth:`sample_normalised` takes ``progress(step, total)`` and calls it per
+    #: sampling step (diffusion): :meth:`generate` then reports steps, not batches.
+    progress_per_step: ClassVar[bool] = False
 
     def __init__(self, settings, device):
         super().__init__(settings, device)
@@ -277,7 +280,9 @@ class GenerativeTask(Regression):
         batch_size : int
             Maps per network call.
         progress : callable, optional
-            Called as ``progress(done, total)`` after each batch (or step, for diffusion).
+            Called as ``progress(done, total)`` after each batch; with
+            :attr:`progress_per_step` (diffusion) after each sampling step, counting the steps
+            of all batches (``total`` = steps × batches).
         **options
             Task sampling options (diffusion: ``steps``).
 
@@ -308,10 +313,17 @@ class GenerativeTask(Regression):
         for net in nets.values():
             net.eval()
         out = []
-        for i in range(0, len(y), batch_size):
+        n_batches = -(-len(y) // batch_size)
+        for b, i in enumerate(range(0, len(y), batch_size)):
+            if progress is not None and self.progress_per_step:
+
+                def per_step(done, total, b=b):
+                    progress(b * total + done, n_batches * total)
+
+                options["progress"] = per_step
             x = self.sample_normalised(nets, y[i : i + batch_size], generator, **options)
             out.append(self.decode(x))
-            if progress is not None:
+            if progress is not None and not self.progress_per_step:
                 progress(min(i + batch_size, len(y)), len(y))
         return torch.cat(out)
 

@@ -477,6 +477,13 @@ PRESETS["diffusion64"] = {
     "eval_maps": 0,
     "log_every": 25,
 }
+# The shipped diffusion model (assets/models/diffusion32): diffusion64's U-Net with 3 levels
+# (32², 16², 8², attention at 8²) on the 32² PM slabs of data/pm2c32.zarr (see gan32).
+PRESETS["diffusion32"] = {
+    **PRESETS["diffusion64"],
+    "dataset": "data/pm2c32.zarr",
+    "levels": 3,
+}
 
 
 def preset_task(preset: str) -> str | None:
