@@ -13,7 +13,10 @@ lognormal  engine.params.FieldParams                lognormal slab maps δ (samp
 2lpt       engine.physics.lpt.LPTParams             1LPT/2LPT slabs (sample, y, x) or volumes
                                                     (sample, z, y, x), Mpc/h
 pm         engine.physics.pm.PMParams               particle-mesh N-body slabs (sample, y, x) or
-                                                    volumes (sample, z, y, x), Mpc/h
+                                                    volumes (sample, z, y, x), Mpc/h; with
+                                                    fields="delta,theta" a channel dim after
+                                                    sample (δ and the velocity divergence θ);
+                                                    slabs=S maps per simulation
 kappa      engine.physics.lensing.KappaParams       flat-sky convergence κ (sample, y, x), arcmin
 sky        engine.physics.sky.SkyParams             HEALPix convergence κ (sample, pixel), RING
 =========  =======================================  ==========================================
@@ -289,7 +292,8 @@ class Kind:
 
         Returns
         -------
-        torch.Tensor (B, N, N) float32 for flat maps ((B, N, N, N) for 2lpt and pm volumes, dim=3).
+        torch.Tensor (B, N, N) float32 for flat maps ((B, N, N, N) for 2lpt and pm volumes, dim=3;
+        pm with ``fields="delta,theta"``: (B, 2, N, N) or (B, 2, N, N, N), channels δ, θ).
 
         Raises
         ------
@@ -310,14 +314,17 @@ class Kind:
 
         Parameters
         ----------
-        maps : numpy.ndarray (B, N, N) (or (B, N, N, N) 2lpt/pm volumes, (B, npix) HEALPix skies)
+        maps : numpy.ndarray (B, N, N) (or (B, N, N, N) 2lpt/pm volumes, (B, npix) HEALPix skies,
+            (B, C, ...) pm with several ``fields``)
         settings : the kind's settings
         omega_m, sigma8 : array_like (B,)
 
         Returns
         -------
-        xarray.DataArray with dims (sample, y, x) / (sample, z, y, x) / (sample, pixel), coords
-        in :attr:`length_unit`, per-sample omega_m, sigma8 and every setting in attrs.
+        xarray.DataArray with dims (sample, y, x) / (sample, z, y, x) / (sample, pixel) (or
+        (sample, channel, …) for pm with several ``fields``), coords in :attr:`length_unit`,
+        per-sample omega_m, sigma8 (and simulation, slab, slab_start for pm with ``slabs`` > 1)
+        and every setting in attrs.
         """
         return self._fn(self.wrap, "DataArray wrapper")(maps, settings, omega_m, sigma8)
 

@@ -220,7 +220,9 @@ def field_chunks(kind: Kind, settings, theta, chunk: int, device=None, progress=
     theta : dict
         Optional per-sample ``omega_m`` / ``sigma8`` arrays (count,).
     chunk : int
-        Samples per DataArray.
+        Samples per DataArray (rounded up to a whole number of simulations for kinds with several
+        maps per simulation, ``slabs``; the ``simulation`` coord then counts from the first
+        chunk on).
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
     progress : bool, optional
@@ -251,6 +253,8 @@ def field_chunks(kind: Kind, settings, theta, chunk: int, device=None, progress=
     kind.check_settings(settings)
     device = default_device(None if device is None else str(device))
     batch = kind.default_batch_size(settings)
+    per = int(getattr(settings, "slabs", 1))
+    chunk = per * -(-int(chunk) // per)
     if progress is None:
         progress = sys.stderr.isatty() and count > batch
     return _chunks(kind, settings, om, s8, chunk, batch, device, progress)
@@ -262,7 +266,10 @@ def _chunks(kind: Kind, settings, om, s8, chunk, batch, device, progress):
     import torch
     from tqdm.auto import tqdm
 
+    from engine.data.store import maps_per_simulation as per_simulation
+
     count = len(om)
+    maps_per_simulation = per_simulation(settings)
     gen = torch.Generator(device=device).manual_seed(int(settings.seed))
     with tqdm(total=count, disable=not progress, desc=kind.name, unit="sample") as bar:
         for start in range(0, count, chunk):
@@ -273,7 +280,10 @@ def _chunks(kind: Kind, settings, om, s8, chunk, batch, device, progress):
                 om_b, s8_b = torch.from_numpy(om[sl]), torch.from_numpy(s8[sl])
                 maps.append(kind.generate_batch(settings, om_b, s8_b, gen, device).cpu().numpy())
                 bar.update(sl.stop - sl.start)
-            yield kind.to_dataarray(np.concatenate(maps), settings, om[start:stop], s8[start:stop])
+            da = kind.to_dataarray(np.concatenate(maps), settings, om[start:stop], s8[start:stop])
+            if "simulation" in da.coords:  # numbered from 0 in each chunk: make them global
+                da = da.assign_coords(simulation=da["simulation"] + start // maps_per_simulation)
+            yield da
 
 
 def _sizes(path) -> str:
@@ -302,8 +312,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     )
     counts = np.bincount(open_dataset(out)["split"].values, minlength=len(SPLITS))
     sizes = ", ".join(f"{c} {name}" for name, c in zip(SPLITS, counts, strict=True))
+    per = int(getattr(settings, "slabs", 1))
+    sims = f" from {-(-int(settings.count) // per)} simulations × {per} slabs" if per > 1 else ""
     print(
-        f"wrote dataset of {settings.count} {kind.name} samples ({sizes}; "
+        f"wrote dataset of {settings.count} {kind.name} samples{sims} ({sizes}; "
         f"{_describe_parameters(settings, ranges)}, seed {settings.seed}) to {out} on {device} "
         f"in {time.perf_counter() - t0:.2f} s"
     )

@@ -9,7 +9,11 @@
   ranges ``LO:HI`` (a plain number keeps that parameter fixed), drawn from the seed
   (:func:`draw_parameters`);
 * per-sample coord ``split`` (int8; CF ``flag_values`` 0, 1, 2 / ``flag_meanings`` "train val
-  test"): a fixed random assignment from the seed with the given fractions (:func:`split_labels`);
+  test"): a fixed random assignment from the seed with the given fractions (:func:`split_labels`),
+  made per *simulation*: kinds that cut several maps from one simulation (``pm`` with
+  ``--slabs S``: maps b S … b S + S − 1 are the slabs of simulation b, per-sample coords
+  ``simulation``, ``slab``, ``slab_start``) keep every simulation's maps in one split, and their
+  parameters are drawn per simulation (:func:`draw_parameters`); ``--count`` counts maps;
 * attrs of the kind plus ``seed`` (the dataset's), ``count``, ``chunk``, ``split_fractions``,
   ``omega_m_range`` and ``sigma8_range`` ([low, high], the prior box) and, for flat maps,
   ``map_scale`` (pixel std at Ω_m = 0.3, σ8 = 0.8 of the kind's theory: the fixed input
@@ -128,18 +132,36 @@ def draw_parameters(
 
     Uniform in ``ranges[name]`` for names given as ranges, drawn from ``seed`` (numpy
     ``SeedSequence([seed, stream])``, independent of the maps' random stream); the scalar
-    ``getattr(settings, name)`` for the others. Same seed ⇒ same parameters.
+    ``getattr(settings, name)`` for the others. Same seed ⇒ same parameters. For settings with
+    ``slabs`` = S > 1 (several maps per simulation, :class:`engine.physics.pm.PMParams`) one
+    value is drawn per simulation (⌈count/S⌉ of them) and repeated for its S maps
+    (:func:`maps_per_simulation`); S = 1 gives the draws of one value per map.
     """
+    per = maps_per_simulation(settings)
+    sims = -(-int(count) // per)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM_PARAMS]))
     out = {}
     for name in RANGE_SETTINGS:  # fixed order: the draws do not depend on which are ranges
-        u = rng.random(count)
+        u = rng.random(sims)
         if name in ranges:
             lo, hi = ranges[name]
-            out[name] = lo + (hi - lo) * u
+            out[name] = np.repeat(lo + (hi - lo) * u, per)[:count]
         else:
             out[name] = np.full(count, float(getattr(settings, name)))
     return out
+
+
+def maps_per_simulation(settings: param.Parameterized) -> int:
+    """Maps cut from one simulation: the ``slabs`` setting where the kind has it, else 1."""
+    return int(getattr(settings, "slabs", 1))
+
+
+def simulation_split(count: int, per_simulation: int, fractions, seed: int) -> np.ndarray:
+    """Split codes (count,) int8 of ``count`` maps, ``per_simulation`` consecutive maps per
+    simulation: :func:`split_labels` of the ⌈count/S⌉ simulations, repeated for their maps (so no
+    simulation has maps in two splits; S = 1 gives :func:`split_labels` of the maps)."""
+    sims = -(-int(count) // int(per_simulation))
+    return np.repeat(split_labels(sims, fractions, seed), per_simulation)[:count]
 
 
 def parse_split(text: str | Sequence[float]) -> tuple[float, float, float]:
@@ -212,7 +234,9 @@ def write_dataset(
         and moved into place when complete (:func:`engine.physics.slabs.save`).
     split : (train, val, test) fractions
     chunk : int
-        Samples generated and appended per step (also the zarr chunk along ``sample``).
+        Samples generated and appended per step (also the zarr chunk along ``sample``); rounded
+        up to a whole number of simulations (a multiple of ``slabs``) for kinds with several maps
+        per simulation.
     device : torch device, optional
         Default: CUDA when available, else CPU.
     progress : bool, optional
@@ -253,8 +277,10 @@ def write_dataset(
     )
     kind.check_settings(settings)
     count, seed = int(settings.count), int(settings.seed)
+    per = maps_per_simulation(settings)
+    chunk = per * -(-int(chunk) // per)
     theta = draw_parameters(settings, ranges, count, seed)
-    labels = split_labels(count, fractions, seed)
+    labels = simulation_split(count, per, fractions, seed)
     attrs = {
         "seed": seed,
         "count": count,
@@ -291,6 +317,9 @@ def _dataset_chunks(kind, settings, theta, labels, attrs, chunk, device, progres
         )
         if i == 0 and da.dims[1:] == ("y", "x") and kind.scale:
             attrs["map_scale"] = kind.map_scale(settings)
+        if "simulation" in da.coords:  # numbered from 0 in each chunk: make them global
+            first = start // maps_per_simulation(settings)
+            da = da.assign_coords(simulation=da["simulation"] + first)
         da.attrs.update(attrs)
         yield da.assign_coords(
             split=(
@@ -303,12 +332,15 @@ def _dataset_chunks(kind, settings, theta, labels, attrs, chunk, device, progres
 
 def sample_bytes(settings: param.Parameterized) -> int:
     """Bytes of one written sample of a flat kind's ``settings``: float32 pixels, ``size`` per
-    side in ``dim`` dimensions (2 unless the settings have ``dim``: 2lpt volumes), plus its
-    per-sample coords (omega_m, sigma8 float64, split int8).
+    side in ``dim`` dimensions (2 unless the settings have ``dim``: 2lpt volumes) times the
+    channels of ``fields`` (pm: "delta,theta" is 2), plus its per-sample coords (omega_m, sigma8
+    float64, split int8, and simulation, slab, slab_start 8 bytes each with ``slabs`` > 1).
 
     For the checks of :func:`engine.outputs.check_output` before anything is generated.
     """
-    return 4 * int(settings.size) ** int(getattr(settings, "dim", 2)) + 17
+    channels = len(str(getattr(settings, "fields", "delta")).split(","))
+    coords = 17 + (24 if maps_per_simulation(settings) > 1 else 0)
+    return 4 * channels * int(settings.size) ** int(getattr(settings, "dim", 2)) + coords
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ checkpoint (``regressor=``; ``"auto"`` picks the shipped ``assets/models/*`` reg
 whose training maps have the generator's kind and geometry, e.g. ``pm64`` for ``pm`` slabs of
 64² pixels over 128 Mpc/h, 8 Mpc/h thick, applied to the channel it was trained on: ``delta``).
 Its features for FID are the input of its head (the penultimate layer). Without a regressor the
-FID uses :class:`engine.nn.features.SummaryFeatures`-like physics features and the conditioning
+FID uses :class:`engine.nn.features.SummaryFeatures` (physics features) and the conditioning
 test is skipped, with a note.
 """
 

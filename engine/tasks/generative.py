@@ -11,15 +11,18 @@ Map transform (:meth:`GenerativeTask.encode`, inverted by :meth:`GenerativeTask.
 channel ``c`` becomes ``u = ln(x + offset_c)`` for the channels modelled in log (a density
 contrast δ > −1 with offset 1, i.e. ln(1 + δ), the Gaussianising variable of a density field,
 Coles & Jones 1991; positive fields such as CAMELS' Mgas, HI or B with offset 0), clipped below at
-``ln(LOG_FLOOR)`` for empty pixels; then ``(u − mean_c) / std_c`` with the mean and standard
+``ln(LOG_FLOOR)`` for empty pixels; ``u = asinh(x / s)`` for a signed heavy-tailed channel (the
+velocity divergence θ of N-body slabs, whose halo pixels reach ~100 standard deviations; s the
+robust standard deviation, so the core stays linear and the tails logarithmic); then ``(u − mean_c) / std_c`` with the mean and standard
 deviation of the train split (of 256 maps drawn once from the run's seed on the fly). Fixed
 per-channel constants, saved in the task state, so generated maps come back in map units.
 
 Validation (:meth:`GenerativeTask.validate`): the generator draws one map for every validation
 map, at the same parameters, from a fixed seed; ``fid`` is the Fréchet distance (Heusel et al.
 2017, eq. 2, computed by torchmetrics) between the two sets in the space of
-:class:`SummaryFeatures` (per channel: log P(k) in 8 bins and 9 pixel quantiles of the
-transformed map) — a physics FID, not an Inception one; ``fid_floor`` is the same between the
+:class:`engine.nn.features.SummaryFeatures` (per channel: ln P(k) in 8 bins and 7 quantiles
+of the standardised pixels of the transformed map; the features of the emulator report without
+a regressor) — a physics FID, not an Inception one; ``fid_floor`` is the same between the
 two halves of the validation set (the score of a perfect generator at that N: FID is biased at
 small N); ``pk_error`` is the mean over channels and k ≤ k_N/2 of |P_gen(k)/P_real(k) − 1| of the
 mean spectra (map units). ``fid`` selects ``best.pt``.
@@ -31,12 +34,15 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import param
 import torch
 from torch import nn
 
 from engine.data.sources import STREAM_VAL, GeneratedMaps, derive_seed
+from engine.nn.features import SummaryFeatures, frechet_distance
 from engine.params import PARAM_NAMES, ConfigError
+from engine.physics.stats import power_spectrum
 from engine.tasks.regression import Regression, target_names
 
 #: Floor of ``x + offset`` before the logarithm of log channels (an empty pixel of δ = −1).
@@ -62,7 +68,9 @@ class GenerativeParams(param.Parameterized):
         "auto",
         doc="Channels modelled as ln(x + offset) before standardisation: 'auto' (a channel "
         "named delta, or a single-channel density-contrast kind: ln(1 + delta); a channel whose "
-        "train maps are all positive: ln(x)), 'none', or comma-separated channel indices.",
+        "train maps are all positive: ln(x); any other channel with heavy tails, excess "
+        "kurtosis > 10, such as the velocity divergence theta: asinh(x / s), s = 1.4826 MAD), "
+        "'none', or comma-separated channel indices (log only).",
     )
 
     def check(self) -> None:
@@ -107,50 +115,22 @@ def _parse_log_channels(text: str) -> str | list[int]:
     return out
 
 
-class SummaryFeatures(nn.Module):
-    """Physics features of maps for a Fréchet distance: per channel, log P(k) in ``bins``
-    log-spaced bins from the fundamental mode to the Nyquist frequency (grid units) and the
-    ``quantiles`` of the pixel values.
-
-    Input ``(B, C, N, N)`` float (any units; the transformed maps of :class:`GenerativeTask`);
-    output ``(B, C·(bins + quantiles))`` float64. No weights: a fixed function.
-    """
-
-    def __init__(self, bins: int = 8, quantiles: int = 9):
-        super().__init__()
-        self.bins = bins
-        self.q = torch.linspace(0.1, 0.9, quantiles, dtype=torch.float64)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
-        b, c, n, _ = x.shape
-        f = torch.fft.rfftn(x - x.mean(dim=(-2, -1), keepdim=True), dim=(-2, -1))
-        power = f.real.square() + f.imag.square()
-        ky = torch.fft.fftfreq(n, device=x.device, dtype=torch.float64).abs()
-        kx = torch.fft.rfftfreq(n, device=x.device, dtype=torch.float64)
-        k = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) * n  # in units of the fundamental
-        edges = torch.logspace(0, math.log10(n / 2), self.bins + 1, dtype=torch.float64)
-        which = torch.bucketize(k.flatten(), edges.to(x.device)) - 1
-        ok = (which >= 0) & (which < self.bins)
-        idx = which[ok]
-        flat = power.flatten(-2)[..., ok]
-        sums = torch.zeros(b, c, self.bins, dtype=torch.float64, device=x.device)
-        sums.index_add_(2, idx, flat)
-        counts = torch.bincount(idx, minlength=self.bins).clamp(min=1)
-        logp = torch.log(sums / counts + 1e-30)
-        quant = torch.quantile(x.flatten(-2), self.q.to(x.device), dim=-1).permute(1, 2, 0)
-        return torch.cat([logp, quant], dim=-1).flatten(1)
+#: Excess kurtosis above which an 'auto' channel that is not a log channel is modelled as
+#: asinh(x / s): a heavy-tailed signed field (the velocity divergence θ of N-body slabs).
+HEAVY_TAIL_KURTOSIS = 10.0
 
 
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``(n, D)`` (Heusel et al.
-    2017, eq. 2), with torchmetrics' implementation (float64)."""
-    from torchmetrics.image.fid import _compute_fid
-
-    a, b = features_a.double(), features_b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    return float(_compute_fid(mu_a, cov_a, mu_b, cov_b))
+def _asinh_scale(x: torch.Tensor) -> float | None:
+    """The scale s of u = asinh(x / s) for a heavy-tailed channel ``x`` (any shape): the robust
+    standard deviation 1.4826 · MAD (exact for a Gaussian), so the core of the distribution
+    stays linear and the tails become logarithmic; None when the excess kurtosis is at most
+    :data:`HEAVY_TAIL_KURTOSIS` (a channel kept linear)."""
+    v = x.double().flatten()
+    z = (v - v.mean()) / v.std().clamp(min=1e-300)
+    if float(z.pow(4).mean()) - 3.0 <= HEAVY_TAIL_KURTOSIS:
+        return None
+    mad = float((v - v.median()).abs().median())
+    return 1.4826 * mad if mad > 0 else float(v.std())
 
 
 class GenerativeTask(Regression):
@@ -215,6 +195,10 @@ class GenerativeTask(Regression):
                     )
                 offsets.append((1.0 if name == "delta" else 0.0) if c in spec else None)
         self.log_offsets = offsets
+        self.asinh_scales = [
+            _asinh_scale(maps[:, c]) if (off is None and spec == "auto") else None
+            for c, off in enumerate(offsets)
+        ]
         u = self._forward_transform(maps.double())
         self.u_mean = u.mean(dim=(0, 2, 3)).tolist()
         self.u_std = u.std(dim=(0, 2, 3)).clamp(min=1e-12).tolist()
@@ -224,6 +208,9 @@ class GenerativeTask(Regression):
         for c, off in enumerate(self.log_offsets):
             if off is not None:
                 out[:, c] = torch.log((maps[:, c] + off).clamp(min=LOG_FLOOR))
+        for c, scale in enumerate(self.asinh_scales):
+            if scale is not None:
+                out[:, c] = torch.asinh(maps[:, c] / scale)
         return out
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,6 +233,9 @@ class GenerativeTask(Regression):
         for c, off in enumerate(self.log_offsets):
             if off is not None:
                 out[:, c] = torch.exp(u[:, c]) - off
+        for c, scale in enumerate(self.asinh_scales):
+            if scale is not None:
+                out[:, c] = torch.sinh(u[:, c]) * scale
         return out
 
     # -- sampling ------------------------------------------------------------------------------
@@ -375,11 +365,13 @@ class GenerativeTask(Regression):
 
     def state(self) -> dict[str, Any]:
         """The regression task's state plus the transform: ``channel_names``,
-        ``log_offsets`` (None: linear channel), ``u_mean``, ``u_std``."""
+        ``log_offsets`` (None: not a log channel), ``asinh_scales`` (None: not an asinh
+        channel), ``u_mean``, ``u_std``."""
         out = super().state()
         out.update(
             channel_names=list(self.channel_names),
             log_offsets=list(self.log_offsets),
+            asinh_scales=list(self.asinh_scales),
             u_mean=list(self.u_mean),
             u_std=list(self.u_std),
         )
@@ -391,20 +383,18 @@ class GenerativeTask(Regression):
         task = super().from_state(state, device)
         task.channel_names = list(state["channel_names"])
         task.log_offsets = [None if o is None else float(o) for o in state["log_offsets"]]
+        scales = state.get("asinh_scales") or [None] * len(task.log_offsets)
+        task.asinh_scales = [None if v is None else float(v) for v in scales]
         task.u_mean = [float(v) for v in state["u_mean"]]
         task.u_std = [float(v) for v in state["u_std"]]
         return task
 
 
 def _pk_error(gen: torch.Tensor, real: torch.Tensor) -> float:
-    """Mean over channels and bins with k ≤ k_N/2 of |P̄_gen/P̄_real − 1| (grid units), maps
-    ``(B, C, N, N)``."""
-    feats = SummaryFeatures(bins=8, quantiles=1)
+    """Mean over channels and bins with k ≤ k_N/2 of |P̄_gen/P̄_real − 1| (mean spectra of maps
+    ``(B, C, N, N)``; pixel units: bins of integer wavenumber index 1 … N/4)."""
     n = gen.shape[-1]
-    edges = torch.logspace(0, math.log10(n / 2), 9, dtype=torch.float64)
-    keep = edges[1:] <= n / 4 + 1e-9  # k_N/2 in units of the fundamental: N/4
-    c = gen.shape[1]
-    pg = feats(gen).view(len(gen), c, -1)[..., :8].exp().mean(0)
-    pr = feats(real).view(len(real), c, -1)[..., :8].exp().mean(0)
-    ratio = (pg / pr)[:, keep]
-    return float((ratio - 1).abs().mean())
+    edges = np.arange(1, n // 4 + 2) - 0.5
+    pg = power_spectrum(gen.double(), 2 * math.pi, edges, dim=2).power.mean(0)
+    pr = power_spectrum(real.double(), 2 * math.pi, edges, dim=2).power.mean(0)
+    return float((pg / pr - 1).abs().mean())
