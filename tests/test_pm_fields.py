@@ -303,7 +303,28 @@ def test_fields_verb_writes_slabs_with_global_simulation_ids(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["fields", "--kind", "pm", "--help"])
     text = capsys.readouterr().out
-    assert "--fields {delta,delta,theta}" in text and "--slabs INT" in text
+    assert "--fields" in text and "--slabs INT" in text
+
+
+def test_a_fields_file_of_slabs_is_split_by_simulation(tmp_path):
+    """A ``fields`` output has no split: a training reader splits it by its ``simulation``
+    coord, so the slabs of one simulation never sit in two splits."""
+    out = tmp_path / "s.zarr"
+    args = [
+        "fields", "--kind", "pm", "--slabs", "4", "--size", "8", "--box", "32",
+        "--thickness", "8", "--steps", "1", "--omega-m", "0.2:0.4", "--sigma8", "0.7:0.9",
+        "--count", "80", "--seed", "2", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    src = LabelledMaps(str(out))
+    sims = {}
+    for name in ("train", "val", "test"):
+        da = src._read(name)
+        sims[name] = set(da["simulation"].values.tolist())
+        assert da.sizes["sample"] == 4 * len(sims[name])  # whole simulations only
+    assert not (sims["train"] & sims["val"]) and not (sims["train"] & sims["test"])
+    assert not (sims["val"] & sims["test"])
+    assert len(sims["train"] | sims["val"] | sims["test"]) == 20
 
 
 def test_emulator_grid_is_a_reproducible_test_split(tmp_path, monkeypatch):

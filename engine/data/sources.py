@@ -257,7 +257,13 @@ class LabelledMaps:
             return self._head if name == "train" else self._open(_with_split(self._spec, name))
         from engine.data._common import split_groups
 
-        return self._head.isel(sample=split_groups(self._head.sizes["sample"], name))
+        head = self._head
+        if "simulation" in head.coords and head["simulation"].dims == ("sample",):
+            # maps cut from one simulation (e.g. the slabs of a pm run) stay in one split
+            sims, which = np.unique(head["simulation"].values, return_inverse=True)
+            keep = np.isin(which.reshape(-1), split_groups(len(sims), name))
+            return head.isel(sample=np.flatnonzero(keep))
+        return head.isel(sample=split_groups(head.sizes["sample"], name))
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw maps ``(n, C, N, N) float32`` and labels ``(n, P) float64`` of a split (CPU,
