@@ -100,6 +100,11 @@ def evaluate_run(params, run, device) -> str | None:
 
     if params.eval_maps <= 0:
         return None
+    from engine.tasks import get_task
+    from engine.tasks.generative import GenerativeTask
+
+    if issubclass(get_task(params.task_name), GenerativeTask):
+        return _evaluate_generator(params, run, device)
     spec = params.dataset or params.kind
     if params.dataset:
         spec = f"{spec}{'&' if '?' in spec else '?'}split=test"
@@ -114,6 +119,56 @@ def evaluate_run(params, run, device) -> str | None:
                 count=params.eval_maps,
                 seed=seed,
             )
+    except (Exception, KeyboardInterrupt) as exc:
+        msg = f"evaluation failed: {one_line(exc)}"
+        print(msg, file=sys.stderr)
+        return msg
+    return None
+
+
+#: Grid of the end-of-training evaluation of a generator on the fly: the centres of the four
+#: quarters of the prior box.
+EVAL_GRID_FRACTIONS = (0.25, 0.75)
+
+
+def _evaluate_generator(params, run, device) -> str | None:
+    """The emulator report of a completed generator run (:func:`engine.evaluation.emulator_eval.
+    evaluate_emulator`) into its run directory.
+
+    On the fly: ``eval_maps`` maps of the run's kind and map settings on a 2 × 2 grid (the
+    centres of the quarters of the prior box, :data:`EVAL_GRID_FRACTIONS`), generated on the CPU
+    from ``derive_seed(seed, STREAM_EVAL)``. On a dataset: its test split when it holds a grid
+    (≥ 4 maps per parameter point), else nothing (a note: evaluate on a grid with
+    ``python -m engine evaluate --checkpoint RUN --dataset GRID``).
+
+    Returns None on success, else ``"evaluation failed: <one line>"`` / the note.
+    """
+    import numpy as np
+
+    from engine.data.sources import STREAM_EVAL, derive_seed
+    from engine.evaluation.emulator_eval import evaluate_emulator
+    from engine.kinds import get_kind
+    from engine.train.process import StopSignals, one_line
+
+    try:
+        with StopSignals():
+            if params.dataset:
+                sep = "&" if "?" in params.dataset else "?"
+                data = f"{params.dataset}{sep}split=test"
+            else:
+                kind = get_kind(params.kind)
+                settings = params.map_settings()
+                per = max(4, params.eval_maps // 4)
+                lo = np.array([params.omega_m_min, params.sigma8_min])
+                hi = np.array([params.omega_m_max, params.sigma8_max])
+                f = np.array([(a, b) for a in EVAL_GRID_FRACTIONS for b in EVAL_GRID_FRACTIONS])
+                theta = np.repeat(lo + f * (hi - lo), per, axis=0)
+                settings.count = len(theta)
+                settings.seed = derive_seed(params.seed, STREAM_EVAL) % 2**62
+                data = kind.generate(
+                    settings, device="cpu", omega_m=theta[:, 0], sigma8=theta[:, 1]
+                )
+            evaluate_emulator(data, run.path, out_dir=run.path, device=str(device), count=None)
     except (Exception, KeyboardInterrupt) as exc:
         msg = f"evaluation failed: {one_line(exc)}"
         print(msg, file=sys.stderr)

@@ -155,8 +155,8 @@ def evaluate_emulator(
 
     Parameters
     ----------
-    dataset : str
-        A dataset spec (:func:`engine.data.open_spec`) whose maps sit on a few parameter points
+    dataset : str or xarray.DataArray
+        A dataset spec (:func:`engine.data.open_spec`), or labelled maps, whose maps sit on a few parameter points
         with at least 4 maps each (a held-out grid; a spec with ``split=test`` of a dataset
         drawn from a continuous prior has one map per point and is refused).
     checkpoint : str or Path
@@ -190,11 +190,16 @@ def evaluate_emulator(
         Unreadable checkpoint or dataset, maps of another shape or channel count, labels the
         generator does not know, too few maps per point, parameters outside its box.
     """
+    import xarray as xr
+
     from engine.data import open_spec
 
     t0 = time.perf_counter()
     em = Emulator(checkpoint, device)
-    da = open_spec(str(dataset), datasets_file=datasets_file)
+    if isinstance(dataset, xr.DataArray):
+        da, dataset = dataset, str(dataset.attrs.get("source", "maps generated for the report"))
+    else:
+        da = open_spec(str(dataset), datasets_file=datasets_file)
     maps = np.asarray(da.values, np.float32)
     maps = maps[:, None] if maps.ndim == 3 else maps
     size = em.map_config.get("size")
