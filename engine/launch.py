@@ -70,9 +70,12 @@ def train_command(
     overrides: Mapping[str, Any] | None = None,
     resume: bool = False,
     config_file: str | Path | None = None,
+    task: str | None = None,
 ) -> list[str]:
     """The argv of ``python -m engine train`` for these arguments (see :func:`launch_train`)."""
     cmd = [sys.executable, "-m", "engine", "train", "--preset", preset, "--run-dir", str(run_dir)]
+    if task is not None:
+        cmd += ["--task", str(task)]
     if config_file is not None:
         cmd += ["--config", str(config_file)]
     for key, value in (overrides or {}).items():
@@ -102,6 +105,7 @@ def launch_train(
     overrides: Mapping[str, Any] | None = None,
     resume: bool = False,
     config_file: str | Path | None = None,
+    task: str | None = None,
 ) -> subprocess.Popen:
     """Start ``python -m engine train`` for ``run_dir`` in a new session and return at once.
 
@@ -127,6 +131,9 @@ def launch_train(
         Continue the run in ``run_dir`` from ``checkpoints/last.pt``.
     config_file : str or Path, optional
         YAML/JSON config file passed as ``--config``.
+    task : str, optional
+        The task (``engine.tasks.TASKS``) passed as ``--task``; default: the preset's task
+        (regression for presets that name none), or the run's own task on ``resume``.
 
     Returns
     -------
@@ -150,7 +157,7 @@ def launch_train(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = train_command(run.path.resolve(), preset, overrides, resume, config_file)
+    cmd = train_command(run.path.resolve(), preset, overrides, resume, config_file, task)
     with open(run.log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,

@@ -1,4 +1,5 @@
-"""The explorer application: the field lab, sky, training and compare pages in one layout.
+"""The explorer application: the field lab, sky, training, generate and compare pages in one
+layout.
 
 :func:`create_app` builds a fresh layout for one browser session; ``explorer/main.py`` (the
 entry point of ``panel serve explorer``) calls it and marks the result servable.
@@ -14,6 +15,7 @@ from bokeh.core.validation.warnings import FIXED_SIZING_MODE
 
 from explorer.compare import ComparePage
 from explorer.fieldlab import FieldLab
+from explorer.generate import GeneratePage
 from explorer.sky import SkyPage
 from explorer.training import TrainingController, default_examples_root
 
@@ -36,7 +38,8 @@ def header() -> pn.pane.HTML:
     return pn.pane.HTML(
         "<div class='explorer-header'><h2>Cosmo map lab</h2>"
         "<p>Matter density, 2LPT and weak-lensing maps and skies, their spectra against theory, "
-        "and networks that infer Ω<sub>m</sub> and σ<sub>8</sub> from them.</p></div>",
+        "networks that infer Ω<sub>m</sub> and σ<sub>8</sub> from them, and emulators that "
+        "generate them.</p></div>",
         stylesheets=[CSS],
         sizing_mode="stretch_width",
     )
@@ -46,7 +49,7 @@ def create_app(
     runs_root: str | Path | None = None, examples_root: str | Path | None = None
 ) -> pn.viewable.Viewable:
     """Build the explorer for the current session: header plus Field lab / Sky / Training /
-    Compare tabs.
+    Generate / Compare tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
     and field-lab updates are computed in worker threads and shown through the session's document.
@@ -56,8 +59,8 @@ def create_app(
     runs_root : str or Path, optional
         Runs folder of the training page (default ``$EXPLORER_RUNS_DIR`` or ``runs/``).
     examples_root : str or Path, optional
-        Read-only example runs listed on the training page (default ``$EXPLORER_EXAMPLES_DIR``
-        or ``assets/models/``).
+        Read-only example runs listed on the training page, and shipped generators listed on
+        the generate page (default ``$EXPLORER_EXAMPLES_DIR`` or ``assets/models/``).
     """
     doc = (
         pn.state.curdoc if pn.state.curdoc is not None and pn.state.curdoc.session_context else None
@@ -78,13 +81,25 @@ def create_app(
     comparison = ComparePage(runs_root=runs_root, doc=doc, visible=False)
     if doc is not None:
         comparison.start()
-    tabs.extend([("Field lab", lab), ("Sky", sky), ("Training", trainer), ("Compare", comparison)])
+    # the Generate page loads its generator only once its tab is shown
+    generate = GeneratePage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
+    tabs.extend(
+        [
+            ("Field lab", lab),
+            ("Sky", sky),
+            ("Training", trainer),
+            ("Generate", generate),
+            ("Compare", comparison),
+        ]
+    )
+    generate_tab, compare_tab = len(tabs) - 2, len(tabs) - 1
 
-    compare_tab = len(tabs) - 1
-
-    def show_compare(event) -> None:
+    def show_tab(event) -> None:
         if event.new == compare_tab:
             comparison.visible = True
+        elif event.new == generate_tab:
+            generate.refresh_generators()  # runs trained since the page was opened
+            generate.visible = True
 
-    tabs.param.watch(show_compare, "active")
+    tabs.param.watch(show_tab, "active")
     return pn.Column(header(), tabs, sizing_mode="stretch_width")

@@ -7,12 +7,16 @@ open run's ``metrics.jsonl`` (:class:`engine.runs.MetricsTail`, by byte offset) 
 points into ``hv.streams.Buffer`` objects drawn as ``hv.DynamicMap`` curves; runs started from
 the CLI (or on a cluster, on a shared file system) show up in the same list.
 
-The launch form is generated from :class:`engine.train.settings.TrainParams` (bounds, defaults
-and docs are the engine's): a map setting shows only for the kinds whose settings class
-(:mod:`engine.kinds`) has it, and the chosen model's parameter count
-(:func:`engine.nn.registry.summary`) sits next to the model selector. When the open run has an
-evaluation (``report.json``, written by the engine when training ends) it appears below the
-curves (:class:`explorer.report.EvaluationPanel`).
+The launch form is generated from the composed settings of the chosen task
+(:func:`engine.train.settings.train_params_class`: regression, gan, diffusion, ...; bounds,
+defaults and docs are the engine's): the task's presets, the maps, the task's own model settings
+and task settings (:func:`control_groups`), and the loop's. A map setting shows only for the
+kinds whose settings class (:mod:`engine.kinds`) has it, and a registry model's parameter count
+(:func:`engine.nn.registry.summary`) sits next to the model selector. Train passes the task and
+the preset to the engine (``--task``, ``--preset``). When the open run has an evaluation
+(``report.json``, written by the engine when training ends) it appears below the curves
+(:class:`RunEvaluation`: the regression views of :class:`explorer.report.EvaluationPanel`, or,
+for an emulator report, its targets and figures).
 
 Shipped example runs (``assets/models/<name>/``, or ``$EXPLORER_EXAMPLES_DIR``) are listed after
 the runs as ``example: <name>``: read-only (no Stop or Resume; nothing is written there), so the
@@ -30,6 +34,7 @@ RMSEs of Ω_m and σ8 are in their physical, dimensionless, units).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -40,8 +45,9 @@ import param
 
 from engine.kinds import get_kind
 from engine.launch import launch_train, stop_run
-from engine.params import ConfigError, to_dict, user_settings
+from engine.params import ConfigError, set_values, to_dict, user_settings
 from engine.runs import REPO_ROOT, MetricsTail, RunDir, list_runs, new_run_id
+from engine.tasks import TASKS, get_task
 from explorer.curves import (
     BUFFER_LENGTH,
     CurvePlot,
@@ -51,6 +57,7 @@ from explorer.curves import (
     metric_pairs,
     metrics_frames,
 )
+from explorer.generate_views import emulator_report_view, emulator_summary, is_emulator_report
 from explorer.polling import SessionPolling
 from explorer.report import EvaluationPanel
 from explorer.widgets import label, look
@@ -61,7 +68,16 @@ from explorer.widgets import label, look
 # parts; flat names such as lr, width and kind stay valid). Every explorer module and test takes
 # these names from here (explorer.training.TrainParams, ...), so a move or rename is one edit.
 from engine.nn.registry import summary
-from engine.train.settings import PRESETS, TRAIN_KINDS, TrainParams, resolve_params
+from engine.tasks.settings import ModelParams
+from engine.train.settings import (
+    PRESETS,
+    TRAIN_KINDS,
+    TrainParams,
+    flatten_sections,
+    preset_task,
+    resolve_params,
+    train_params_class,
+)
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)
 
@@ -86,6 +102,11 @@ CONTROL_GROUPS = {
 TRAIN_CONTROLS = tuple(
     n for names in CONTROL_GROUPS.values() for n in names if n in TrainParams.param
 )
+#: The task of runs and presets that name none.
+REGRESSION = "regression"
+#: Settings of a task's own part that the form leaves out: ``targets`` differs from
+#: omega_m,sigma8 only with a dataset, which the form does not set.
+FORM_EXCLUDED = frozenset({"targets"})
 #: Colours of the run states in the status line.
 STATE_COLORS = {
     "queued": "#6c757d",
@@ -125,6 +146,112 @@ def setting_applies(name: str, kind: str) -> bool:
     if name == "kind" or not any(name in _kind_settings(k) for k in TRAIN_KINDS):
         return True
     return kind in TRAIN_KINDS and name in _kind_settings(kind)
+
+
+def task_available(task: str) -> bool:
+    """True if the module of ``task`` (:data:`engine.tasks.TASKS`) exists (checked without
+    importing it: a task's module may import heavy packages)."""
+    module = TASKS.get(task, "").partition(":")[0]
+    try:
+        return bool(module) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_tasks() -> list[str]:
+    """The tasks of :data:`engine.tasks.TASKS` whose module exists, in registry order."""
+    return [t for t in TASKS if task_available(t)]
+
+
+def presets_of(task: str) -> list[str]:
+    """Presets of ``task``: those whose ``task`` entry names it (the regression presets name
+    none), then ``default`` (the task's own defaults) when it is not among them."""
+    names = [p for p in PRESETS if (preset_task(p) or REGRESSION) == task]
+    return names if "default" in names else [*names, "default"]
+
+
+def _has_widget(par: param.Parameter) -> bool:
+    """True for the parameter types the form has a widget for."""
+    if isinstance(par, param.ClassSelector):
+        return False
+    return isinstance(par, param.Selector | param.Integer | param.Number | param.Boolean) or (
+        type(par) is param.String
+    )
+
+
+@functools.cache
+def control_groups(task: str = REGRESSION) -> dict[str, tuple[str, ...]]:
+    """Settings with widgets on the launch form of ``task``, by group, in display order.
+
+    ``Maps`` and ``Training``: the names of :data:`CONTROL_GROUPS`; ``Model``: ``model`` and
+    ``width`` for a task whose networks are registry models (:class:`ModelParams`), else every
+    setting of the task's own model settings class; ``Task``: the settings of the task's own
+    class (less :data:`FORM_EXCLUDED`), left out when empty.
+
+    Raises
+    ------
+    ConfigError, ImportError
+        Unknown task, or a task whose module cannot be imported.
+    """
+    cls = train_params_class(task)
+    spec = get_task(task)
+    model_cls = spec.model_params_class or ModelParams
+    if model_cls is ModelParams:
+        model = [n for n in CONTROL_GROUPS["Model"] if n in cls.param]
+    else:
+        model = [n for n in user_settings(model_cls) if _has_widget(cls.param[n])]
+    own = [
+        n
+        for n in user_settings(spec.params_class)
+        if n not in FORM_EXCLUDED and _has_widget(cls.param[n])
+    ]
+    groups = {
+        "Maps": tuple(n for n in CONTROL_GROUPS["Maps"] if n in cls.param),
+        "Model": tuple(model),
+        "Task": tuple(own),
+        "Training": tuple(n for n in CONTROL_GROUPS["Training"] if n in cls.param),
+    }
+    return {k: v for k, v in groups.items() if v}
+
+
+def task_controls(task: str = REGRESSION) -> tuple[str, ...]:
+    """All settings of :func:`control_groups` of ``task`` (:data:`TRAIN_CONTROLS` when the task
+    cannot be imported)."""
+    try:
+        return tuple(n for names in control_groups(task).values() for n in names)
+    except (ConfigError, ImportError):
+        return TRAIN_CONTROLS
+
+
+def uses_registry_model(settings: param.Parameterized) -> bool:
+    """True if ``settings`` pick their network from the model registry (``model``, ``width``
+    of :class:`ModelParams`), whose parameter count :func:`model_summary` shows."""
+    owner = getattr(type(settings), "owner", {})
+    return owner.get("model") is ModelParams and hasattr(settings, "model_kwargs")
+
+
+def preset_values(preset: str, task: str = REGRESSION) -> dict:
+    """Every setting of ``task`` with ``preset`` applied (:func:`engine.params.to_dict`).
+
+    The checked settings of :func:`resolve_params`; for a preset whose settings do not check
+    here (e.g. its data set is missing from this checkout), its values unchecked, so the form
+    still shows them (:meth:`TrainingController.train` then says why it cannot launch).
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset or task, or values outside their bounds.
+    """
+    try:
+        return to_dict(resolve_params(preset, task=task))
+    except ConfigError:
+        if preset not in PRESETS:
+            raise
+        params = train_params_class(task)()
+        set_values(
+            params, flatten_sections({k: v for k, v in PRESETS[preset].items() if k != "task"})
+        )
+        return to_dict(params)
 
 
 @functools.cache
@@ -205,19 +332,41 @@ def config_markdown(run: RunDir | None) -> str:
     settings = config.get("settings") or {}
     if not settings:
         return ""
-    lines = [
-        f"preset `{config.get('preset')}` · device `{config.get('device', '?')}`",
-        "",
-        "| setting | value |",
-        "|:--|--:|",
-    ]
+    task = str(config.get("task") or settings.get("task") or REGRESSION)
+    head = f"preset `{config.get('preset')}` · device `{config.get('device', '?')}`"
+    if task != REGRESSION:
+        head = f"task `{task}` · " + head
+    lines = [head, "", "| setting | value |", "|:--|--:|"]
     kind = settings.get("kind", "")
     lines += [
         f"| {n} | {settings[n]} |"
-        for n in TRAIN_CONTROLS
+        for n in task_controls(task)
         if n in settings and setting_applies(n, kind)
     ]
     return "\n".join(lines)
+
+
+class RunEvaluation(EvaluationPanel):
+    """:class:`explorer.report.EvaluationPanel` that also draws emulator reports.
+
+    An emulator report (:func:`explorer.generate_views.is_emulator_report`: the layout of
+    :func:`engine.evaluation.emulator.score_grid`, with ``targets``) shows its headline line,
+    a table of its targets (name, value, threshold, pass), its grid means and its
+    ``figures/*.png``; any other report is drawn by the base class.
+    """
+
+    def update(self, run: RunDir | None, status: dict | None = None) -> bool:
+        """As :meth:`EvaluationPanel.update`; an emulator report gets its own summary line."""
+        changed = super().update(run, status)
+        if changed and self.state == "ready" and is_emulator_report(self.report):
+            self.summary = emulator_summary(self.report)
+        return changed
+
+    @param.depends("report", "predictions", "state")
+    def _content(self):
+        if self.state == "ready" and is_emulator_report(self.report):
+            return emulator_report_view(self.report, self.run_path)
+        return super()._content()
 
 
 class TrainingController(SessionPolling, pn.viewable.Viewer):
@@ -241,12 +390,19 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
     examples_root = param.String(
         default="", doc="Folder holding read-only example runs ('': none)."
     )
+    task = param.Selector(
+        default=REGRESSION,
+        objects=list(TASKS),
+        doc="Task of the next run (engine.tasks.TASKS); the presets and the form follow it.",
+    )
     preset = param.Selector(
-        default="smoke", objects=list(PRESETS), doc="Preset in engine.train.settings.PRESETS."
+        default="smoke",
+        objects=list(PRESETS),
+        doc="Preset in engine.train.settings.PRESETS (those of the task: presets_of).",
     )
     settings = param.ClassSelector(
-        class_=param.Parameterized,  # the engine's TrainParams (its class may be made per task)
-        doc="Settings of the next run (resolve_params of the preset).",
+        class_=param.Parameterized,  # train_params_class(task): one settings class per task
+        doc="Settings of the next run (resolve_params of the preset and task).",
     )
     run_id = param.Selector(default=None, objects=[], allow_None=True, doc="Id of the open run.")
     status = param.Dict(default=None, allow_None=True, doc="status.json of the open run.")
@@ -259,7 +415,7 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
     can_stop = param.Boolean(False, doc="The open run has a live process that Stop can signal.")
     can_resume = param.Boolean(False, doc="The open run has ended and has a checkpoint.")
     evaluation = param.ClassSelector(
-        class_=EvaluationPanel, doc="Evaluation (report.json) of the open run."
+        class_=EvaluationPanel, doc="Evaluation (report.json) of the open run (RunEvaluation)."
     )
     curves = param.List(
         default=[], item_type=CurvePlot, doc="Plots of the open run's metrics (curve_plots)."
@@ -268,10 +424,25 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
     def __init__(self, runs_root: str | Path | None = None, **params):
         root = str(runs_root if runs_root is not None else default_runs_root())
         super().__init__(runs_root=root, **params)
+        self.param.task.objects = available_tasks() or [REGRESSION]
+        presets = presets_of(self.task)
+        self.param.preset.objects = presets
+        if self.preset not in presets:
+            with param.parameterized.discard_events(self):
+                self.preset = presets[0]
         if self.settings is None:
-            self.settings = resolve_params(self.preset)
+            self.settings = resolve_params(self.preset, task=self.task)
+        #: Settings object of each task the form has shown (edits survive a task switch).
+        self._by_task: dict[str, param.Parameterized] = {self.task: self.settings}
+        #: The preset last chosen for each task.
+        self._preset_of: dict[str, str] = {self.task: self.preset}
+        self._switching = False
+        #: Form widgets per settings object (made once each: see widgets()).
+        self._forms: dict[int, dict[str, pn.widgets.Widget]] = {}
+        self._selectors: dict[str, pn.widgets.Widget] | None = None
+        self._form_box = pn.Column(sizing_mode="stretch_width", margin=0)
         if self.evaluation is None:
-            self.evaluation = EvaluationPanel()
+            self.evaluation = RunEvaluation()
         #: One stream per plot key (:func:`plot_key`), made when its first metric arrives.
         self.buffers: dict[str, hv.streams.Buffer] = {}
         self._pairs: dict[tuple[str, str], None] = {}  # (split, name) pairs of the open run
@@ -304,13 +475,46 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
 
     def overrides(self) -> dict:
         """Settings that differ from the preset's values: ``{name: value}`` for ``--set``."""
-        base = to_dict(resolve_params(self.preset))
+        base = preset_values(self.preset, self.task)
         return {n: v for n, v in to_dict(self.settings).items() if base.get(n) != v}
 
     @param.depends("preset", watch=True)
     def _reset_settings(self) -> None:
         """Load the preset's values into the settings (widgets follow)."""
-        self.settings.param.update(**to_dict(resolve_params(self.preset)))
+        if self._switching:  # another task's form: its settings hold their values already
+            return
+        self._preset_of[self.task] = self.preset
+        try:
+            self.settings.param.update(**preset_values(self.preset, self.task))
+        except ConfigError as exc:
+            self.message = f"Preset {self.preset}: {exc}"
+
+    @param.depends("task", watch=True)
+    def _switch_task(self) -> None:
+        """Show the form of the new task: its settings object (made from its first preset on
+        first use) and its presets. A task that cannot be imported puts the old one back."""
+        task = self.task
+        presets = presets_of(task)
+        try:
+            settings = self._by_task.get(task) or resolve_params(presets[0], task=task)
+            control_groups(task)
+        except (ConfigError, ImportError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.message = f"Task {task} is not available: {text}"
+            previous = next((t for t, s in self._by_task.items() if s is self.settings), REGRESSION)
+            self.task = previous
+            return
+        self._by_task[task] = settings
+        # the task's settings hold the values of its last preset (and the user's edits)
+        preset = self._preset_of.get(task, presets[0])
+        self._switching = True
+        try:  # a preset selector on the page may snap to a new option: no reset meanwhile
+            self.settings = settings
+            self.param.preset.objects = presets
+            self.preset = preset
+        finally:
+            self._switching = False
+        self._preset_of[task] = preset
 
     def refresh_runs(self) -> None:
         """Re-read the runs folder into the run selector (labels show state and progress).
@@ -346,12 +550,21 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
 
     # -- actions -----------------------------------------------------------------------------
 
-    def train(self) -> RunDir:
-        """Launch a new engine run with the preset and :meth:`overrides`; open it."""
+    def train(self) -> RunDir | None:
+        """Launch a new engine run with the preset and :meth:`overrides`; open it.
+
+        Settings the engine would refuse (e.g. a preset's data set that is not there) are
+        reported in :attr:`message` instead, and nothing is launched (returns None).
+        """
+        try:
+            resolve_params(self.preset, overrides=self.overrides(), task=self.task)
+        except ConfigError as exc:
+            self.message = f"Cannot train: {exc}"
+            return None
         root = Path(self.runs_root)
         root.mkdir(parents=True, exist_ok=True)
         run = RunDir(root / new_run_id(self.preset))
-        proc = launch_train(run.path, self.preset, self.overrides())
+        proc = launch_train(run.path, self.preset, self.overrides(), task=self.task)
         _CHILDREN.append(proc)
         self.message = f"Started {run.id} (pid {proc.pid})."
         self.refresh_runs()
@@ -447,47 +660,89 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         return pn.Column(*(pn.Row(*panes[i : i + 2]) for i in range(0, len(panes), 2)))
 
     def widgets(self) -> dict[str, pn.widgets.Widget]:
-        """Preset selector plus one widget per setting in :data:`TRAIN_CONTROLS` (from TrainParams).
+        """Task and preset selectors plus one widget per setting of the current task's form
+        (:func:`control_groups`, from its settings class).
 
         Bounds, defaults and descriptions come from the settings' param objects; map settings
-        are visible only while the chosen kind uses them (:func:`setting_applies`).
+        are visible only while the chosen kind uses them (:func:`setting_applies`). The widgets
+        of a settings object are made once (the page shows the same ones).
         """
-        p = self.settings.param
-        out = {
-            "preset": pn.widgets.Select.from_param(
-                self.param.preset, **label("Preset"), sizing_mode="stretch_width"
-            )
-        }
-        for name in TRAIN_CONTROLS:
+        if self._selectors is None:
+            self._selectors = {
+                "task": pn.widgets.Select.from_param(
+                    self.param.task, **label("Task"), sizing_mode="stretch_width"
+                ),
+                "preset": pn.widgets.Select.from_param(
+                    self.param.preset, **label("Preset"), sizing_mode="stretch_width"
+                ),
+            }
+        key = id(self.settings)
+        if key not in self._forms:
+            self._forms[key] = self._setting_widgets(self.settings)
+        return {**self._selectors, **self._forms[key]}
+
+    def _setting_widgets(self, settings: param.Parameterized) -> dict[str, pn.widgets.Widget]:
+        p = settings.param
+        out = {}
+        for name in task_controls(getattr(settings, "task_name", REGRESSION)):
+            if name not in p:
+                continue
             par = p[name]
             text = name.replace("_", " ")
             if isinstance(par, param.Selector):
                 w = pn.widgets.Select.from_param(par, **label(text))
-            else:  # typed values may use the whole range (soft bounds are for sliders)
+            elif isinstance(par, param.Boolean):
+                w = pn.widgets.Checkbox.from_param(par, **label(text))
+            elif isinstance(par, param.Number):  # typed values may use the whole range
                 start, end = par.bounds or (None, None)
                 if isinstance(par, param.Integer):
                     end = end if (end or 0) < 2**53 else None
                     w = pn.widgets.IntInput.from_param(par, **label(text), start=start, end=end)
                 else:
                     w = pn.widgets.FloatInput.from_param(par, **label(text), start=start, end=end)
-            w.param.update(description=par.doc, width=150)
-            if any(not setting_applies(name, k) for k in TRAIN_KINDS):
+            else:
+                w = pn.widgets.TextInput.from_param(par, **label(text))
+            w.param.update(width=150)
+            if "description" in w.param:
+                w.description = par.doc
+            if "kind" in p and any(not setting_applies(name, k) for k in TRAIN_KINDS):
                 w.visible = pn.bind(setting_applies, name, p.kind)
             out[name] = w
         return out
 
     def model_info(self) -> pn.pane.Markdown:
         """The chosen model's parameter count (:func:`model_summary`), following the settings."""
-        p = self.settings.param
+        settings = self.settings
+        p = settings.param
+        if not uses_registry_model(settings):  # a task with networks of its own
+            return pn.pane.Markdown("", margin=(0, 5), visible=False)
 
         def text(*_values) -> str:
-            return f"**{model_summary(self.settings)}**"
+            return f"**{model_summary(settings)}**"
 
         return pn.pane.Markdown(
             pn.bind(text, p.model, p.width, p.circular_padding),
             margin=(0, 5),
             sizing_mode="stretch_width",
         )
+
+    def _form(self) -> list:
+        """The launch form of the current settings: one titled group per :func:`control_groups`."""
+        w = self.widgets()
+        form = []
+        groups = control_groups(getattr(self.settings, "task_name", REGRESSION))
+        for title, names in groups.items():
+            items = [w[n] for n in names if n in w]
+            if title == "Model":
+                items.append(self.model_info())
+            form += [pn.pane.Markdown(f"#### {title}", margin=(0, 5)), pn.FlexBox(*items)]
+        return form
+
+    @param.depends("settings", watch=True)
+    def _show_form(self) -> None:
+        """Put the form of the current settings on the page (another task: another form)."""
+        if getattr(self, "_view", None) is not None:
+            self._form_box[:] = self._form()
 
     @param.depends("status", "run_id", "maps_per_s")
     def _status_text(self) -> str:
@@ -555,16 +810,12 @@ class TrainingController(SessionPolling, pn.viewable.Viewer):
         )
         refresh = pn.widgets.Button(**label("⟳ Refresh list"), **look("light"))
         refresh.on_click(lambda _e: self.refresh_runs())
-        form = []
-        for title, names in CONTROL_GROUPS.items():
-            items = [w[n] for n in names if n in w]
-            if title == "Model":
-                items.append(self.model_info())
-            form += [pn.pane.Markdown(f"#### {title}", margin=(0, 5)), pn.FlexBox(*items)]
+        self._form_box[:] = self._form()
         controls = pn.Column(
             "### New run",
+            w["task"],
             w["preset"],
-            *form,
+            self._form_box,
             train,
             pn.pane.Markdown(self.param.message, margin=(0, 5)),
             pn.layout.Divider(),

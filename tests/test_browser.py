@@ -4,11 +4,13 @@ Uses the Debian Chromium at /usr/bin/chromium (no browser download); skipped whe
 One server (with EXPLORER_RUNS_DIR and EXPLORER_EXAMPLES_DIR in temporary folders, the latter
 holding one fake example run with an evaluation) and one browser serve the module; engine runs
 started by the tests are killed at the end. ``--screenshots`` saves
-assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png, training.png and compare.png.
+assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png, training.png, generate.png and
+compare.png.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -378,3 +380,66 @@ def test_slow_kind_says_updating_and_ends_on_the_last_value(page):
 # Whether a rendered text of the page (an HTML or Markdown model) contains ``text``.
 JS_TITLE_OR_TEXT = """(text) => [...Bokeh.documents[0].all_models]
   .some((m) => typeof m.text === "string" && m.text.includes(text) && m.visible !== false)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Map emulators: the Generate page and a GAN run launched from the Training page
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gan_generator(runs_dir) -> Path:
+    """A trained gan_smoke run in the server's runs folder (skipped without the GAN task)."""
+    from test_explorer_generate import _importable, train_generator
+
+    if not _importable("gan"):
+        pytest.skip("engine.tasks.gan is not there")
+    return train_generator(runs_dir / "20250101-000000-gan_smoke-test")
+
+
+def _console_errors(page) -> list[str]:
+    """Console errors of ``page`` from now on (a list that fills as they come)."""
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def test_generate_page_samples_a_generator_beside_the_simulator(page, request, gan_generator):
+    errors = _console_errors(page)
+    page.get_by_text("Generate", exact=True).first.click()
+    option = page.locator("option", has_text=f"{gan_generator.name} (gan)")  # listed by name
+    option.first.wait_for(state="attached")
+    page.get_by_text("Trained on").first.wait_for()  # the generator is loaded: its box
+    page.get_by_role("button", name="▶ Sample").click()
+    page.wait_for_function(JS_TITLE, arg="Generated channel_0 (gan)")
+    page.wait_for_function(JS_TITLE, arg="Simulator channel_0 (grf)")
+    page.wait_for_function(JS_TITLE, arg="P(k) ratio, generated / simulator")
+    page.locator("td", has_text="real–real floor").first.wait_for()  # the scores table
+    maps = _wait_until(lambda: page.evaluate(JS_SOURCES, ["image", "value"]))
+    assert len(maps) >= 2 and all(m["n"] == 1 for m in maps)  # generated and simulator maps
+    page.wait_for_timeout(500)
+    _screenshot(request, page, "generate.png")
+    assert not errors, errors
+
+
+def test_training_page_launches_a_gan_run_and_streams_its_losses(page, runs_dir):
+    if not importlib.util.find_spec("engine.tasks.gan"):
+        pytest.skip("engine.tasks.gan is not there")
+    errors = _console_errors(page)
+    page.get_by_text("Training", exact=True).first.click()
+    tasks = page.locator("select").filter(has=page.locator("option", has_text="regression"))
+    tasks.select_option("gan")
+    page.wait_for_function(  # the preset follows the task, the form shows the GAN's settings
+        "() => [...Bokeh.documents[0].all_models].some((m) => m.title === 'Preset' "
+        "&& m.value === 'gan_smoke')"
+    )
+    page.get_by_label("d width", exact=True).wait_for()
+    before = {r.id for r in list_runs(runs_dir)}
+    page.get_by_text("▶ Train").click()
+    page.get_by_text("running", exact=True).first.wait_for(timeout=60_000)
+    assert _wait_until(lambda: "loss_g (train)" in page.evaluate(JS_LEGEND), timeout=90)
+    (run,) = [r for r in list_runs(runs_dir) if r.id not in before]
+    assert "gan_smoke" in run.id and run.config()["task"] == "gan"
+    page.get_by_role("button", name="■ Stop").click()  # free the CPU for the other tests
+    assert not errors, errors
