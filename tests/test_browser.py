@@ -246,6 +246,7 @@ def test_training_run_streams_loss_into_page(page, request, runs_dir):
             ".some((m) => m.title === name && m.value === value)",
             arg=[name, value],
         )
+    before = {r.id for r in list_runs(runs_dir)}
     train.click()
     page.get_by_text("running", exact=True).first.wait_for(timeout=60_000)
 
@@ -259,7 +260,7 @@ def test_training_run_streams_loss_into_page(page, request, runs_dir):
     # one plot per group of the metric names the run wrote (none of them listed in the page)
     for title in ("Loss", "RMSE of the parameters", "grad_norm", "Learning rate", "Throughput"):
         page.wait_for_function(JS_TITLE, arg=title)
-    (run,) = list_runs(runs_dir)
+    (run,) = [r for r in list_runs(runs_dir) if r.id not in before]
     assert run.status()["state"] == "completed"
     settings = run.config()["settings"]
     assert (settings["epochs"], settings["steps_per_epoch"]) == (3, 8)
