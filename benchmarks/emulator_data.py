@@ -25,6 +25,13 @@ and the velocity divergence θ = −∇·[(1+δ)v]/(aHf) of the same simulation
   :mod:`engine.data.store` (readable by ``open_dataset``, ``data/pm2c64_grid.zarr?split=test``
   specs and :class:`engine.data.sources.LabelledMaps` readers of test splits).
 
+The shipped emulators (``assets/models/gan32``, ``diffusion32``) use the same geometry at half
+the size — 32³ particles in 64 Mpc/h (the same 2 Mpc/h pixels and 8 Mpc/h slabs), which this
+2-core CPU could train in the time it had: ``data/pm2c32.zarr`` (9600 maps, 1200 simulations;
+``--size 32 --box 64 --count 9600`` in the command above) and the grid
+``python -m benchmarks.emulator_data --size 32 --box 64 --sims 16 --out data/pm2c32_grid.zarr``
+(128 maps per point).
+
 Same seed ⇒ same maps on the CPU.
 """
 
@@ -225,13 +232,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(GRID_OUT), help="Output .zarr (default %(default)s).")
     parser.add_argument("--sims", type=int, default=8, help="Simulations per grid point.")
     parser.add_argument("--seed", type=int, default=GRID_SEED, help="Seed (default %(default)s).")
+    parser.add_argument(
+        "--size", type=int, default=64, help="Particles per side = map pixels (default 64)."
+    )
+    parser.add_argument(
+        "--box", type=float, default=128.0, help="Box side, Mpc/h (default 128; 64 for --size 32)."
+    )
     parser.add_argument("--device", default="cpu", help="Torch device (default cpu).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        settings = emulator_settings(size=args.size, box_size=args.box)
         out = write_grid(
-            args.out, sims=args.sims, seed=args.seed, device=args.device, overwrite=args.overwrite
+            args.out,
+            sims=args.sims,
+            seed=args.seed,
+            settings=settings,
+            device=args.device,
+            overwrite=args.overwrite,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
