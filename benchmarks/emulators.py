@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,14 +34,11 @@ MODELS = ROOT / "assets" / "models"
 
 
 def _rate(fn, count: int, repeat: int = 3) -> float:
-    """Median maps/s of ``fn()`` making ``count`` maps (one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return count / statistics.median(times)
+    """Median maps/s of ``fn()`` making ``count`` maps (one warm-up call;
+    :func:`benchmarks.__main__.timeit`)."""
+    from benchmarks.__main__ import timeit
+
+    return count / timeit(fn, repeat=repeat, warmup=1)
 
 
 def pm_rate(size: int, box: float, sims: int = 8) -> float:
