@@ -773,6 +773,19 @@ def _grid_mean(points, get):
     return np.mean(vals, axis=0) if vals else None
 
 
+def _grid_power_bias(points: Sequence[dict]) -> np.ndarray | None:
+    """(C,) mean over k ≤ k_max of |⟨R(k) − 1⟩_grid|: the P(k) ratio error averaged over the
+    grid points *before* its absolute value, so the scatter of a perfect generator averages down
+    with the number of points and what remains is a systematic error (None if the points' k
+    bins differ)."""
+    ks = [np.asarray(p["power"]["k"]) for p in points]
+    if any(k.shape != ks[0].shape or not np.allclose(k, ks[0]) for k in ks):
+        return None
+    mean = np.mean([np.asarray(p["power"]["ratio"], float) - 1 for p in points], axis=0)
+    use = ks[0] <= float(points[0]["power"]["k_max"]) + 1e-12
+    return np.abs(mean[:, use]).mean(axis=1)
+
+
 def score_grid(points: Sequence[dict]) -> dict:
     """Report of an emulator over a grid of parameters: per-point metrics, grid means, targets.
 
@@ -785,10 +798,12 @@ def score_grid(points: Sequence[dict]) -> dict:
     -------
     dict, JSON-clean (:func:`engine.evaluation.maps.clean_json`: non-finite → null): ``version``,
     ``n_points``, ``points``; ``means`` (grid means): ``power_frac_error``, ``power_floor``,
+    ``power_grid_bias`` (:func:`_grid_power_bias`),
     ``pdf_ks``, ``pdf_wasserstein``, ``peak_chi2_dof`` (C,), ``cross_max_abs_delta`` (pairs,),
     ``fid``, ``fid_floor``, ``kid``, ``kid_floor``, ``memorisation_flagged`` (float),
     ``conditioning_shift_ratio``, ``conditioning_bias_ratio`` ({param: float}); ``targets``:
     {name of :data:`TARGETS`: {``value``, ``threshold``, ``pass`` (None when not measured),
+    ``floor`` (what a perfect generator scores, where known: the power floor, FID ratio 1),
     ``definition``}}; ``passed``: every measured target passes (None when none was measured).
 
     Raises
@@ -810,12 +825,14 @@ def score_grid(points: Sequence[dict]) -> dict:
         return {n: _grid_mean(points, get(n)) for n in names}
 
     pk = _grid_mean(points, lambda p: p["power"]["frac_error"])
+    bias = _grid_power_bias(points)
     cr = _grid_mean(points, lambda p: p["cross"]["max_abs_delta"] if p["cross"]["pairs"] else None)
     ks = _grid_mean(points, lambda p: p["pdf"]["ks"])
     fid, floor, shift = fid_mean("gen", "fid"), fid_mean("floor", "fid"), cond("shift_ratio")
     means = {
         "power_frac_error": pk,
         "power_floor": _grid_mean(points, lambda p: p["power"]["frac_error_floor"]),
+        "power_grid_bias": bias,
         "cross_max_abs_delta": cr,
         "pdf_ks": ks,
         "pdf_wasserstein": _grid_mean(points, lambda p: p["pdf"]["wasserstein"]),
@@ -839,10 +856,12 @@ def score_grid(points: Sequence[dict]) -> dict:
         "conditioning": np.array(list(shift.values())) if shift else None,
         "fid": None if fid is None or not floor else fid / floor,
     }
+    floors = {"power": means["power_floor"], "fid": 1.0}
     targets = {}
     for name, (thr, definition) in TARGETS.items():
         ok = None if values[name] is None else bool(np.all(np.asarray(values[name]) <= thr))
         targets[name] = {"value": values[name], "threshold": thr, "pass": ok}
+        targets[name]["floor"] = floors.get(name)
         targets[name]["definition"] = definition
     measured = [t["pass"] for t in targets.values() if t["pass"] is not None]
     report = {"version": EMULATOR_REPORT_VERSION, "n_points": len(points), "points": list(points)}

@@ -335,11 +335,20 @@ def _write(report: dict[str, Any], out: Path) -> None:
 
 def summary_table(report: Mapping[str, Any]) -> str:
     """The report's targets as a text table (name, value, threshold, pass)."""
-    lines = [f"{'target':<28} {'value':>10} {'threshold':>10}  pass"]
-    for name, t in (report.get("targets") or {}).items():
-        value = t.get("value")
+
+    def fmt(value) -> str:
         values = value if isinstance(value, list) else [value]
-        text = ", ".join("n/a" if v is None else f"{v:.4g}" for v in values)
+        return ", ".join("n/a" if v is None else f"{v:.3g}" for v in values)
+
+    lines = [f"{'target':<14} {'value':>16} {'perfect generator':>18} {'threshold':>10}  pass"]
+    for name, t in (report.get("targets") or {}).items():
         ok = {True: "yes", False: "NO", None: "-"}[t.get("pass")]
-        lines.append(f"{name:<28} {text:>10} {t.get('threshold', float('nan')):>10.4g}  {ok}")
+        floor = "" if t.get("floor") is None else fmt(t["floor"])
+        lines.append(
+            f"{name:<14} {fmt(t.get('value')):>16} {floor:>18} "
+            f"{t.get('threshold', float('nan')):>10.4g}  {ok}"
+        )
+    bias = (report.get("means") or {}).get("power_grid_bias")
+    if bias is not None:
+        lines.append(f"P(k) ratio error averaged over the grid first (systematic): {fmt(bias)}")
     return "\n".join(lines)

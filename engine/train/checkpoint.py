@@ -150,7 +150,9 @@ def build_network(entry: Mapping[str, Any], device="cpu") -> nn.Module:
     try:
         model.load_state_dict(entry["state"])
     except RuntimeError as exc:
-        raise ConfigError(f"weights do not fit model {entry['name']!r}: {exc}") from None
+        text = " ".join(str(exc).split())  # torch's message spans lines: keep one
+        text = text if len(text) <= 240 else text[:237] + "..."
+        raise ConfigError(f"weights do not fit model {entry['name']!r}: {text}") from None
     return model.to(device).eval()
 
 
