@@ -281,6 +281,7 @@ def evaluate_emulator(
                 "dataset": str(dataset),
                 "names": list(em.names),
                 "channels": list(em.channel_names),
+                "length_unit": "arcmin" if em.map_config.get("fov") else "Mpc/h",
                 "n_points": len(points),
                 "maps_per_point": per_point,
                 "sample_steps": steps or em.default_steps,
@@ -348,7 +349,19 @@ def summary_table(report: Mapping[str, Any]) -> str:
             f"{name:<14} {fmt(t.get('value')):>16} {floor:>18} "
             f"{t.get('threshold', float('nan')):>10.4g}  {ok}"
         )
-    bias = (report.get("means") or {}).get("power_grid_bias")
-    if bias is not None:
-        lines.append(f"P(k) ratio error averaged over the grid first (systematic): {fmt(bias)}")
+    means = report.get("means") or {}
+    if means.get("power_grid_bias") is not None:
+        lines.append(
+            f"P(k) ratio error averaged over the grid first (systematic): "
+            f"{fmt(means['power_grid_bias'])}"
+        )
+    if means.get("fid") is not None:
+        lines.append(
+            f"FID {fmt(means['fid'])} against the real-real floor {fmt(means['fid_floor'])}"
+        )
+    if means.get("memorisation_flagged") is not None:
+        lines.append(
+            "memorisation: fraction of generated maps nearer to a training map than 99 % of "
+            f"held-out simulator maps are: {fmt(means['memorisation_flagged'])}"
+        )
     return "\n".join(lines)

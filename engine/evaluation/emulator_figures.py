@@ -38,7 +38,7 @@ def _figure(n_panels: int):
 
     fig = Figure(figsize=(max(6.5, 4.5 * n_panels), 4.5))
     left = 0.08 if n_panels > 1 else 0.15
-    fig.subplots_adjust(left=left, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
+    fig.subplots_adjust(left=left, right=0.98, bottom=0.22, top=0.9, wspace=0.25)
     return fig
 
 
@@ -55,9 +55,25 @@ def _colors(n: int):
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def _label(p: Mapping, i: int) -> str:
+_SYMBOLS = {"omega_m": "Ω_m", "sigma8": "σ8"}
+
+
+def _point_label(p: Mapping, i: int, names=None) -> str:
     th = p.get("theta")
-    return f"θ={', '.join(f'{v:.3g}' for v in th)}" if th else f"point {i}"
+    if not th:
+        return f"point {i}"
+    names = names or [f"p{j}" for j in range(len(th))]
+    return ", ".join(f"{_SYMBOLS.get(n, n)}={v:.3g}" for n, v in zip(names, th, strict=False))
+
+
+def _k_label(report: Mapping[str, Any]) -> str:
+    """The k axis label: h/Mpc for maps in Mpc/h, 1/arcmin for maps in arcmin."""
+    unit = str(report.get("length_unit") or "")
+    if unit == "Mpc/h":
+        return "k [h/Mpc]"
+    if unit == "arcmin":
+        return "k [1/arcmin]"
+    return _K
 
 
 def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
@@ -82,6 +98,10 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
     points = report["points"]
     colors = _colors(len(points))
     written = {}
+    names = report.get("names")
+    k_label = _k_label(report)
+    n_ch0 = len(points[0]["power"]["ratio"])
+    channels = list(report.get("channels") or [f"channel {c}" for c in range(n_ch0)])
 
     n_ch = len(points[0]["power"]["ratio"])
     fig = _figure(n_ch)
@@ -90,7 +110,12 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         bands = []
         for i, p in enumerate(points):
             pw = p["power"]
-            ax.plot(_floats(pw["k"]), _arr(pw["ratio"])[c], color=colors[i], label=_label(p, i))
+            ax.plot(
+                _floats(pw["k"]),
+                _arr(pw["ratio"])[c],
+                color=colors[i],
+                label=_point_label(p, i, names),
+            )
             bands.append(_arr(pw["band"])[c])
         k = _floats(points[0]["power"]["k"])
         band = np.nanmean(bands, axis=0)
@@ -98,8 +123,10 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         for s in (-1, 1):
             ax.axhline(1 + s * TARGET_POWER, color="k", ls="--", lw=0.8)
         ax.axvline(points[0]["power"]["k_max"], color="k", ls=":", lw=0.8)
-        ax.set(xscale="log", xlabel=_K, ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=f"ch {c}")
-        ax.legend(fontsize=7)
+        ax.set(
+            xscale="log", xlabel=k_label, ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=channels[c]
+        )
+        ax.legend(fontsize=6)
     _save(fig, out_dir / EMULATOR_FIGURES["power_ratio"])
     written["power_ratio"] = EMULATOR_FIGURES["power_ratio"]
 
@@ -114,9 +141,11 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
             ax.fill_between(k, r_mean - band, r_mean + band, color="0.85", label="1σ of Δr")
             for i, p in enumerate(points):
                 cr, k = p["cross"], _floats(p["cross"]["k"])
-                ax.plot(k, _arr(cr["r_real"])[j], color=colors[i], label=_label(p, i))
+                ax.plot(k, _arr(cr["r_real"])[j], color=colors[i], label=_point_label(p, i, names))
                 ax.plot(k, _arr(cr["r_gen"])[j], color=colors[i], ls="--")
-            ax.set(xscale="log", xlabel=_K, ylabel="r(k)", title=f"channels {pair}")
+            a, _, b = str(pair).partition("-")
+            title = f"{channels[int(a)]} × {channels[int(b)]}" if b.isdigit() else str(pair)
+            ax.set(xscale="log", xlabel=k_label, ylabel="r(k)", title=title)
             ax.legend(fontsize=7, title="solid: real, dashed: generated", title_fontsize=7)
         _save(fig, out_dir / EMULATOR_FIGURES["cross"])
         written["cross"] = EMULATOR_FIGURES["cross"]
@@ -127,10 +156,12 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         for i, p in enumerate(points):
             pdf = p["pdf"]
             x = _arr(pdf["centers"])[c]
-            ax.plot(x, _arr(pdf["pdf_real"])[c], color=colors[i], label=_label(p, i))
+            ax.plot(x, _arr(pdf["pdf_real"])[c], color=colors[i], label=_point_label(p, i, names))
             ax.plot(x, _arr(pdf["pdf_gen"])[c], color=colors[i], ls="--")
-        xlabel = "ln(1 + x)" if points[0]["pdf"]["log"] else "pixel value"
-        ax.set(yscale="log", xlabel=xlabel, ylabel="PDF", title=f"ch {c}")
+        logs = points[0]["pdf"]["log"]
+        log = logs[c] if isinstance(logs, list) else logs
+        xlabel = f"ln(1 + {channels[c]})" if log else channels[c]
+        ax.set(yscale="log", xlabel=xlabel, ylabel="PDF", title=channels[c])
         ax.legend(fontsize=7, title="solid: real, dashed: generated", title_fontsize=7)
     _save(fig, out_dir / EMULATOR_FIGURES["pdf"])
     written["pdf"] = EMULATOR_FIGURES["pdf"]
@@ -145,7 +176,13 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         ax.plot(x, floor, "s-", color="k", label="real–real floor")
         ax.plot(x, TARGET_FID_FLOOR * floor, "k--", lw=0.8, label=f"{TARGET_FID_FLOOR:g} × floor")
         ax.set(xlabel="grid point", ylabel="FID (feature units²)", yscale="log")
-        ax.set_xticks(x, [_label(p, i) for i, p in enumerate(points)], fontsize=7, rotation=20)
+        ax.set_xticks(
+            x,
+            [_point_label(p, i, names) for i, p in enumerate(points)],
+            fontsize=6,
+            rotation=60,
+            ha="right",
+        )
         ax.legend(fontsize=8)
         _save(fig, out_dir / EMULATOR_FIGURES["fid"])
         written["fid"] = EMULATOR_FIGURES["fid"]
