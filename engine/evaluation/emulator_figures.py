@@ -42,6 +42,14 @@ def _figure(n_panels: int):
     return fig
 
 
+def _log_k_axis(ax) -> None:
+    """Log k axis with labelled decades only (minor labels of a short range overlap)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _arr(values) -> np.ndarray:
     """JSON lists (None for non-finite) → float array of any depth."""
     a = np.array(values, dtype=object)
@@ -123,9 +131,8 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
         for s in (-1, 1):
             ax.axhline(1 + s * TARGET_POWER, color="k", ls="--", lw=0.8)
         ax.axvline(points[0]["power"]["k_max"], color="k", ls=":", lw=0.8)
-        ax.set(
-            xscale="log", xlabel=k_label, ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=channels[c]
-        )
+        ax.set(xlabel=k_label, ylabel=r"$P_{\rm gen}/P_{\rm real}$", title=channels[c])
+        _log_k_axis(ax)
         ax.legend(fontsize=6)
     _save(fig, out_dir / EMULATOR_FIGURES["power_ratio"])
     written["power_ratio"] = EMULATOR_FIGURES["power_ratio"]
@@ -145,7 +152,8 @@ def draw_emulator_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]:
                 ax.plot(k, _arr(cr["r_gen"])[j], color=colors[i], ls="--")
             a, _, b = str(pair).partition("-")
             title = f"{channels[int(a)]} × {channels[int(b)]}" if b.isdigit() else str(pair)
-            ax.set(xscale="log", xlabel=k_label, ylabel="r(k)", title=title)
+            ax.set(xlabel=k_label, ylabel="r(k)", title=title)
+            _log_k_axis(ax)
             ax.legend(fontsize=7, title="solid: real, dashed: generated", title_fontsize=7)
         _save(fig, out_dir / EMULATOR_FIGURES["cross"])
         written["cross"] = EMULATOR_FIGURES["cross"]
