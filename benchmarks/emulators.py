@@ -137,7 +137,7 @@ def main() -> int:
         steps = "-" if r["steps"] is None else str(r["steps"])
         print(
             f"{r['emulator']:<16} {r['size']:>5} {steps:>6} {r['maps_per_s']:>10.1f} "
-            f"{r['pm_maps_per_s']:>10.2f} {r["speed_up"]:>8.3g}×"
+            f"{r['pm_maps_per_s']:>10.2f} {r['speed_up']:>8.3g}×"
         )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     result = {
