@@ -57,7 +57,7 @@ COMPARE_DATASETS := grf lognormal \
 compare-samples: install
 	rm -rf assets/compare/predictions && mkdir -p assets/compare
 	$(PY) -m engine compare \
-		--checkpoints $(sort $(patsubst %/checkpoints/best.pt,%,$(wildcard assets/models/*/checkpoints/best.pt))) \
+		--checkpoints $(shell grep -L '"task": "\(gan\|diffusion\)"' $(wildcard assets/models/*/config.json) | xargs -n1 dirname | sort) \
 		--datasets $(COMPARE_DATASETS) --count 64 \
 		--out assets/compare/table.csv --predictions-dir assets/compare/predictions --overwrite
 

@@ -236,9 +236,21 @@ def bench_model(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _task(run: Path) -> str:
+    """The task of a shipped run directory (its config.json; regression when not said)."""
+    try:
+        return json.loads((run / "config.json").read_text()).get("task", "regression")
+    except (OSError, ValueError):
+        return "regression"
+
+
 def main() -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    dirs = sorted(p for p in MODELS_DIR.glob("*") if (p / "checkpoints" / "best.pt").is_file())
+    dirs = sorted(
+        p
+        for p in MODELS_DIR.glob("*")
+        if (p / "checkpoints" / "best.pt").is_file() and _task(p) == "regression"
+    )  # the map emulators (gan32, diffusion32) are measured by benchmarks.emulators
     if not dirs:
         print(f"no models in {MODELS_DIR}", file=sys.stderr)
         return 1

@@ -248,7 +248,21 @@ class _Pairs:
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
     def run(self, spec, ckpt, model, with_pk, with_cal=False):
-        """(report, relative predictions path or None) of one pair."""
+        """(report, relative predictions path or None) of one pair.
+
+        Raises ConfigError for a map emulator's checkpoint (compare scores parameter
+        inference; its report comes from ``evaluate``)."""
+        if ckpt is not None:
+            from engine.evaluation.predict import checkpoint_task
+            from engine.evaluation.sampling import GENERATOR_TASKS
+
+            task = checkpoint_task(ckpt)
+            if task in GENERATOR_TASKS:
+                raise ConfigError(
+                    f"checkpoint {str(ckpt)!r} is a map emulator (task {task!r}); compare scores "
+                    "parameter inference: score it with python -m engine evaluate --checkpoint "
+                    f"{ckpt} --dataset GRID"
+                )
         rep, results, truth, maps = run_evaluation(
             spec,
             ckpt,
