@@ -283,7 +283,8 @@ def add_arguments(
 
 def _metavar(p: param.Parameter) -> str:
     if isinstance(p, param.Selector):
-        return "{" + ",".join(str(o) for o in p.objects) + "}"
+        sep = "|" if any("," in str(o) for o in p.objects) else ","  # e.g. {delta|delta,theta}
+        return "{" + sep.join(str(o) for o in p.objects) + "}"
     if isinstance(p, param.Integer):
         return "INT"
     if isinstance(p, param.Number):
