@@ -1,0 +1,231 @@
+"""Named training settings (``--preset NAME``): a preset is a mapping of settings of the
+composed :class:`engine.train.settings.TrainParams` of its task (its ``"task"`` entry; the
+regression task when there is none), applied before config files, flags and ``--set``.
+
+The presets of the shipped models (``assets/models/NAME``) say how their data were made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Named settings; ``default`` is the parameter defaults of the task's settings class themselves.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "size": 32,
+        "batch_size": 32,
+        "steps_per_epoch": 20,
+        "epochs": 3,
+        "val_maps": 64,
+        "eval_maps": 64,
+        "lr": 2e-3,
+        "warmup_steps": 10,
+        "log_every": 5,
+        "width": 8,
+    },
+    "default": {},
+    # Issue #4 §6 results (docs/results.md): one preset per shipped model in assets/models/NAME,
+    # trained on this project's 2-core CPU; retrain with
+    # python -m engine train --preset NAME --run-dir assets/models/NAME
+    "grf64": {
+        # Gaussian slabs, 64² pixels of 15.6 Mpc/h, 100 Mpc/h thick (linear scales): the P(k)
+        # likelihood reaches the Cramér-Rao bound here (efficiency ~0.99 for both parameters).
+        "kind": "grf",
+        "size": 64,
+        "box_size": 1000.0,
+        "thickness": 100.0,
+        "model": "hybrid_std",
+        "width": 8,
+        "batch_size": 128,
+        "steps_per_epoch": 150,
+        "epochs": 4,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.998,
+        "augment_flips": True,
+        "val_maps": 1024,
+        "eval_maps": 1024,
+        "log_every": 25,
+    },
+    "lognormal64": {
+        # Lognormal slabs, 64² pixels of 2 Mpc/h, 5 Mpc/h thick (pixel std ~1.9, strongly
+        # non-Gaussian); hybrid_log sees ln(1 + δ), a Gaussian field for these maps.
+        "kind": "lognormal",
+        "size": 64,
+        "box_size": 128.0,
+        "thickness": 5.0,
+        "model": "hybrid_log",
+        "width": 8,
+        "batch_size": 128,
+        "steps_per_epoch": 150,
+        "epochs": 6,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.998,
+        "augment_flips": True,
+        "val_maps": 1024,
+        "eval_maps": 1024,
+        "log_every": 25,
+    },
+    "2lpt64": {
+        # 2LPT slabs at z = 0: 64³ particles in a 128 Mpc/h box (2 Mpc/h cells), a slab of
+        # 8 Mpc/h (4 cells) projected to 64² pixels; hybrid_log (ln(1 + δ), empty cells at
+        # ln 1e-3). On the fly this costs ~0.3 s per map on 2 CPU cores: on a CPU train on a
+        # dataset instead (docs/results.md): python -m engine dataset --kind 2lpt --size 64
+        # --box 128 --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 3200
+        # --split 0.75,0.1,0.15 --seed 0 --chunk 64 --out data/2lpt64.zarr, then add
+        # --set dataset=data/2lpt64.zarr to the train command.
+        "kind": "2lpt",
+        "size": 64,
+        "box_size": 128.0,
+        "thickness": 8.0,
+        "model": "hybrid_log",
+        "width": 8,
+        "batch_size": 64,
+        "steps_per_epoch": 150,
+        "epochs": 6,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.998,
+        "augment_flips": True,
+        "val_maps": 256,
+        "eval_maps": 480,
+        "log_every": 25,
+    },
+}
+# The geometry and network of 2lpt64 with particle-mesh N-body slabs (FastPM-style, 10
+# kick-drift-kick steps from a = 0.1, force mesh = particle grid): a dataset first on a CPU, as
+# for 2lpt64 (docs/results.md): python -m engine dataset --kind pm --size 64 --box 128
+# --thickness 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 2400 --split 0.75,0.1,0.15 --seed 0
+# --chunk 64 --out data/pm64.zarr, then --set dataset=data/pm64.zarr.
+PRESETS["pm64"] = {**PRESETS["2lpt64"], "kind": "pm"}
+# The regressor of the emulators' conditioning test and domain FID (engine.evaluation.
+# emulator_eval): pm64's network on the delta channel of the 32² PM slabs the shipped emulators
+# are trained on (the same simulations as data/pm2c32.zarr, written with --fields delta: python
+# -m engine dataset --kind pm --size 32 --box 64 --thickness 8 --redshift 0 --steps 10
+# --a-start 0.1 --mesh-ratio 1 --fields delta --slabs 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0
+# --count 9600 --split 0.8,0.1,0.1 --seed 0 --device cpu --out data/pm32.zarr).
+PRESETS["pm32"] = {
+    **PRESETS["pm64"],
+    "size": 32,
+    "box_size": 64.0,
+    "dataset": "data/pm32.zarr",
+    "epochs": 8,
+}
+# Conditional GAN (engine.tasks.gan): a seconds-long CPU run of tiny networks on 16² Gaussian
+# maps (tests), and the emulator of 64², 2-channel (delta, theta) PM slabs. The emulator's
+# evaluation is separate (eval_maps 0).
+PRESETS["gan_smoke"] = {
+    "task": "gan",
+    "kind": "grf",
+    "size": 16,
+    "width": 4,
+    "d_width": 4,
+    "latent_dim": 8,
+    "embed_dim": 8,
+    "batch_size": 8,
+    "steps_per_epoch": 5,
+    "epochs": 2,
+    "lr": 2e-4,
+    "warmup_steps": 2,
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+    "val_maps": 16,
+    "eval_maps": 0,
+    "log_every": 2,
+}
+PRESETS["gan64"] = {
+    # Hinge loss, spectral-norm projection D, TTUR (D lr 3e-4, G 2e-4, betas (0, 0.9)), EMA of G,
+    # no weight decay or gradient clipping (Adam bounds each update); ~0.7 s per step of 64
+    # maps on 2 idle CPU cores (6000 steps: ~1.2 h).
+    "task": "gan",
+    "dataset": "data/pm2c64.zarr",
+    "width": 32,
+    "d_width": 32,
+    "latent_dim": 64,
+    "embed_dim": 64,
+    "batch_size": 64,
+    "steps_per_epoch": 250,
+    "epochs": 24,
+    "lr": 2e-4,
+    "d_lr_scale": 1.5,
+    "warmup_steps": 100,
+    "final_lr_fraction": 0.25,
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+    "ema_decay": 0.999,
+    "augment_flips": True,
+    "eval_maps": 0,
+    "log_every": 25,
+}
+# The shipped GAN (assets/models/gan32): gan64's networks and optimiser on 32², 2-channel PM
+# slabs (32³ particles in 64 Mpc/h, the same 2 Mpc/h pixels and 8 Mpc/h slabs), the size this
+# 2-core CPU could train in the time it had (4000 steps of 32 maps). Data: python -m engine dataset
+# --kind pm --size 32 --box 64 --thickness 8 --redshift 0 --steps 10 --a-start 0.1
+# --mesh-ratio 1 --fields delta,theta --slabs 8 --omega-m 0.1:0.5 --sigma8 0.6:1.0 --count 9600
+# --split 0.8,0.1,0.1 --seed 0 --device cpu --out data/pm2c32.zarr
+PRESETS["gan32"] = {
+    **PRESETS["gan64"],
+    "dataset": "data/pm2c32.zarr",
+    "batch_size": 32,
+    "steps_per_epoch": 250,
+    "epochs": 16,
+}
+# Conditional diffusion (engine.tasks.diffusion): a seconds-long CPU run of a tiny U-Net on 16²
+# Gaussian maps (tests), and the emulator of the 64², 2-channel (delta, theta) PM slabs of
+# data/pm2c64.zarr (benchmarks/emulator_data.py). diffusion64: a 1.1 M-parameter U-Net (levels
+# 64², 32², 16², 8², attention at 8²), v-prediction on the cosine schedule, EMA 0.999. On the
+# project's 2 CPU cores shared with other jobs (load 4-8): 1.3-3.5 s per step of 32 maps (4000
+# steps: 1.5-4 h) and 1.4 maps/s sampled with 20 DDIM steps (each validation generates 256
+# maps: ~3 min); the default U-Net (width 32, levels 3, 2.8 M) is ~3-5x slower.
+PRESETS["diffusion_smoke"] = {
+    "task": "diffusion",
+    "kind": "grf",
+    "size": 16,
+    "width": 8,
+    "levels": 2,
+    "layers_per_block": 1,
+    "batch_size": 8,
+    "steps_per_epoch": 5,
+    "epochs": 2,
+    "lr": 2e-3,
+    "warmup_steps": 2,
+    "ema_decay": 0.99,
+    "val_maps": 16,
+    "sample_steps": 8,
+    "val_sample_steps": 4,
+    "eval_maps": 0,
+    "log_every": 5,
+}
+PRESETS["diffusion64"] = {
+    "task": "diffusion",
+    "dataset": "data/pm2c64.zarr",
+    "width": 16,
+    "levels": 4,
+    "layers_per_block": 1,
+    "attention": True,
+    "batch_size": 32,
+    "steps_per_epoch": 400,
+    "epochs": 10,
+    "lr": 5e-4,
+    "warmup_steps": 200,
+    "ema_decay": 0.999,
+    "augment_flips": True,
+    "sample_steps": 50,
+    "val_sample_steps": 20,
+    "eval_maps": 0,
+    "log_every": 25,
+}
+# The shipped diffusion model (assets/models/diffusion32): diffusion64's U-Net with 3 levels
+# (32², 16², 8², attention at 8²) on the 32² PM slabs of data/pm2c32.zarr (see gan32).
+PRESETS["diffusion32"] = {
+    **PRESETS["diffusion64"],
+    "dataset": "data/pm2c32.zarr",
+    "levels": 3,
+}
+
+
+def preset_task(preset: str) -> str | None:
+    """The task a preset is for (its ``"task"`` entry; None for the regression presets that
+    name none, or an unknown preset)."""
+    return PRESETS.get(preset, {}).get("task")
