@@ -202,6 +202,21 @@ def user_settings(cls: type[param.Parameterized]) -> list[str]:
     return [n for n in cls.param if n != "name" and not cls.param[n].constant]
 
 
+def from_attrs(cls: type[param.Parameterized], attrs: Mapping[str, Any]) -> param.Parameterized:
+    """An instance of settings class ``cls`` from a DataArray's attrs: attrs that are not its
+    settings (grid, cosmology, units, …) are ignored; numpy scalars (netCDF) become Python
+    numbers.
+
+    Raises
+    ------
+    ValueError
+        A value outside a setting's bounds (param's check).
+    """
+    names = set(cls.param) - {"name"}
+    values = {k: (v.item() if getattr(v, "ndim", None) == 0 else v) for k, v in attrs.items()}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
 def to_dict(obj: param.Parameterized) -> dict[str, Any]:
     """Plain-JSON dict of every user-facing setting of ``obj``."""
     return {n: getattr(obj, n) for n in user_settings(type(obj))}

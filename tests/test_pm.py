@@ -13,7 +13,7 @@ from test_lpt import deconvolved_power, one_line, pyccl_binned
 
 from engine.kinds import get_kind
 from engine.params import ConfigError, set_values
-from engine.physics import lpt, mesh, pm, slabs, stats
+from engine.physics import lpt, mesh, pm, pm_dynamics, slabs, stats
 from engine.physics.cosmology import ccl_cosmology
 
 OM, S8 = 0.3, 0.8
@@ -92,7 +92,7 @@ def test_growth_solves_the_growth_equation_and_fastpm_identities():
 def test_stepping_gives_exact_linear_growth_for_any_number_of_steps(steps, monkeypatch):
     """With the linear force F̃ = Ψ (exact for a curl-free linear displacement), kick-drift-kick with
     FastPM's factors moves Ψ ∝ D and p ∝ G_f exactly, whatever the number of steps."""
-    monkeypatch.setattr(pm, "pm_force", lambda psi, box, ratio: psi.clone())
+    monkeypatch.setattr(pm_dynamics, "pm_force", lambda psi, box, ratio: psi.clone())
     settings = pm.PMParams(size=8, box_size=100.0, steps=steps, redshift=0.5, a_start=0.05)
     om = np.array([0.25, 0.4])
     psi0 = torch.randn((2, 3, 2, 2, 2), generator=torch.Generator().manual_seed(0))

@@ -67,7 +67,7 @@ import torch
 import xarray as xr
 
 import engine
-from engine.params import ConfigError, FieldParams, to_dict
+from engine.params import ConfigError, FieldParams, from_attrs, to_dict
 from engine.physics.cosmology import (
     K_MAX,
     K_MIN,
@@ -569,11 +569,4 @@ def settings_from_attrs(attrs: dict) -> LPTParams:
     Attrs that are not settings (grid, cosmology, units, …) are ignored; numpy scalars (netCDF)
     become Python numbers.
     """
-    names = set(LPTParams.param) - {"name"}
-    return LPTParams(
-        **{
-            k: (v.item() if isinstance(v, np.generic) else v)
-            for k, v in attrs.items()
-            if k in names
-        }
-    )
+    return from_attrs(LPTParams, attrs)
