@@ -145,7 +145,7 @@ def _evaluate_generator(params, run, device) -> str | None:
     """
     import numpy as np
 
-    from engine.data.sources import STREAM_EVAL, derive_seed
+    from engine.data.sources import STREAM_EVAL, derive_seed, with_split
     from engine.evaluation.emulator_eval import evaluate_emulator
     from engine.kinds import get_kind
     from engine.train.process import StopSignals, one_line
@@ -153,8 +153,7 @@ def _evaluate_generator(params, run, device) -> str | None:
     try:
         with StopSignals():
             if params.dataset:
-                sep = "&" if "?" in params.dataset else "?"
-                data = f"{params.dataset}{sep}split=test"
+                data = with_split(params.dataset, "test")
             else:
                 kind = get_kind(params.kind)
                 settings = params.map_settings()

@@ -139,7 +139,8 @@ class GeneratedMaps:
         return {"kind": self.kind, **to_dict(self.settings)}
 
 
-def _with_split(spec: str, split: str) -> str:
+def with_split(spec: str, split: str) -> str:
+    """``spec`` with the option ``split=<split>`` added (``?`` or ``&``)."""
     return f"{spec}{'&' if '?' in spec else '?'}split={split}"
 
 
@@ -207,7 +208,7 @@ class LabelledMaps:
         self._split_by_map = False
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         try:
-            head = open_spec(_with_split(full, "train"))
+            head = open_spec(with_split(full, "train"))
         except ConfigError as exc:
             if "has no splits" not in str(exc):
                 raise
@@ -254,7 +255,7 @@ class LabelledMaps:
 
     def _read(self, name: str):
         if not self._split_by_map:
-            return self._head if name == "train" else self._open(_with_split(self._spec, name))
+            return self._head if name == "train" else self._open(with_split(self._spec, name))
         from engine.data._common import split_groups
 
         head = self._head

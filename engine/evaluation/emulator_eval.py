@@ -34,15 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.data.sources import derive_seed
+from engine.data.sources import derive_seed, with_split
 from engine.evaluation.emulator import score_grid, score_point
 from engine.evaluation.emulator_figures import draw_emulator_figures
 from engine.evaluation.maps import clean_json
+from engine.evaluation.predict import NETWORK_SETTINGS, same_setting
 from engine.evaluation.sampling import Emulator
 from engine.params import ConfigError
 
-#: Settings that must agree between a regressor's training maps and the generator's.
-GEOMETRY = ("kind", "size", "box_size", "fov", "thickness", "redshift", "smoothing", "noise")
 #: Seed key of the generator's draws at grid point i: derive_seed(seed, _GEN_KEY, i).
 _GEN_KEY = 11
 
@@ -71,7 +70,7 @@ class RegressorFeatures(torch.nn.Module):
 
 def find_regressor(map_config: Mapping[str, Any], root: Path | None = None) -> Path | None:
     """The shipped regression run (``assets/models/*``) trained on maps of the generator's kind
-    and geometry (:data:`GEOMETRY`), or None."""
+    and geometry (:data:`engine.evaluation.predict.NETWORK_SETTINGS`), or None."""
     from engine.runs import REPO_ROOT
 
     root = root or REPO_ROOT / "assets" / "models"
@@ -86,17 +85,9 @@ def find_regressor(map_config: Mapping[str, Any], root: Path | None = None) -> P
             from engine.train.checkpoint import checkpoint_map_settings
 
             trained = checkpoint_map_settings(ckpt)
-            if all(_same(trained.get(k), map_config.get(k)) for k in GEOMETRY):
+            if all(same_setting(trained.get(k), map_config.get(k)) for k in NETWORK_SETTINGS):
                 return ckpt
     return None
-
-
-def _same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
-    return str(a) == str(b)
 
 
 def _load_regressor(path, channel_names, device):
@@ -314,8 +305,7 @@ def _training_maps(em: Emulator, datasets_file) -> np.ndarray | None:
     if not spec:
         return None
     try:
-        sep = "&" if "?" in str(spec) else "?"
-        da = open_spec(f"{spec}{sep}split=train", datasets_file=datasets_file)
+        da = open_spec(with_split(str(spec), "train"), datasets_file=datasets_file)
     except ConfigError:
         return None
     x = np.asarray(da.values, np.float32)
