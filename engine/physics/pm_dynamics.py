@@ -2,14 +2,15 @@
 initial conditions at ``a_start``, the mesh force and the FastPM kick-drift-kick steps (Feng et
 al. 2016), on batches of volumes in torch. The kind itself — settings, checks, linear theory,
 the velocity-divergence channel, slabs and the boundary DataArrays — is :mod:`engine.physics.pm`
-(which re-exports these names); its docstring gives the equations and conventions.
+(which re-exports these names); its docstring gives the equations and conventions. Settings
+are :class:`engine.physics.pm.PMParams` (annotated as its base class, LPTParams, so this module
+does not import the kind's).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,20 +18,17 @@ from scipy.special import hyp2f1
 
 from engine.params import ConfigError
 from engine.physics.cosmology import check_parameters, omega_m_at, second_order_growth_ratio
+from engine.physics.lpt import LPTParams, displacement, linear_modes
 from engine.physics.lpt import check_settings as check_lpt_settings
-from engine.physics.lpt import displacement, linear_modes
 from engine.physics.mesh import _deposit, freq_int, lattice_deposit
 
-if TYPE_CHECKING:
-    from engine.physics.pm import PMParams
 
-
-def output_scale_factor(settings: PMParams) -> float:
+def output_scale_factor(settings: LPTParams) -> float:
     """a_out = 1 / (1 + redshift), dimensionless."""
     return 1.0 / (1.0 + settings.redshift)
 
 
-def check_settings(settings: PMParams) -> None:
+def check_settings(settings: LPTParams) -> None:
     """Raise :class:`ConfigError` for settings no PM volume can be made with.
 
     The checks of :func:`engine.physics.lpt.check_settings` (mesh k range inside the theory
@@ -117,7 +115,7 @@ def kick_factor(a0, a1, ac, omega_m) -> np.ndarray:
     return (g[..., 1] - g[..., 0]) / growth_d1(ac, omega_m)
 
 
-def stages(settings: PMParams) -> np.ndarray:
+def stages(settings: LPTParams) -> np.ndarray:
     """Scale factors of the force evaluations: ``steps`` + 1 values linear in a from a_start to
     1/(1+redshift) (float64)."""
     return np.linspace(settings.a_start, output_scale_factor(settings), settings.steps + 1)
@@ -129,7 +127,7 @@ def stages(settings: PMParams) -> np.ndarray:
 
 
 def initial_conditions(
-    settings: PMParams,
+    settings: LPTParams,
     omega_m: torch.Tensor,
     sigma8: torch.Tensor,
     generator: torch.Generator,
@@ -143,7 +141,7 @@ def initial_conditions(
 
     Parameters
     ----------
-    settings : PMParams
+    settings : LPTParams
     omega_m, sigma8 : torch.Tensor (B,)
     generator : torch.Generator
         On ``device``; consumed exactly as by :func:`engine.physics.lpt.generate_displacements`.
@@ -304,7 +302,7 @@ def pm_force(psi: torch.Tensor, box_size: float, mesh_ratio: int = 1) -> torch.T
 
 
 def evolve(
-    psi: torch.Tensor, p: torch.Tensor, omega_m, settings: PMParams
+    psi: torch.Tensor, p: torch.Tensor, omega_m, settings: LPTParams
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kick-drift-kick leapfrog from ``settings.a_start`` to 1/(1+redshift) (FastPM factors).
 
@@ -318,7 +316,7 @@ def evolve(
     psi, p : torch.Tensor (B, 3, N, N, N) float32
         Displacements and momenta at a_start, Mpc/h (:func:`initial_conditions`); updated in place.
     omega_m : torch.Tensor or array_like (B,)
-    settings : PMParams
+    settings : LPTParams
         a_start, steps, redshift, box_size, mesh_ratio.
 
     Returns
@@ -344,7 +342,7 @@ def evolve(
 
 
 def generate_displacements(
-    settings: PMParams,
+    settings: LPTParams,
     omega_m: torch.Tensor,
     sigma8: torch.Tensor,
     generator: torch.Generator,
@@ -371,7 +369,7 @@ def generate_displacements(
 
 
 def generate_volumes(
-    settings: PMParams,
+    settings: LPTParams,
     omega_m: torch.Tensor,
     sigma8: torch.Tensor,
     generator: torch.Generator,
