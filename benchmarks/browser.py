@@ -22,7 +22,8 @@ Prints a table and writes ``benchmarks/results/browser.json`` in the row format 
 serves a second tree (e.g. the previous version of ``explorer/``, with ``engine`` and ``assets``
 linked in) from its own server in the same run and reports it as the peer (ratio > 1: ours is
 faster). ``--trace DIR`` records a Chromium performance trace of the 1-session steps of each
-kind; ``--profile-server DIR`` runs the server under cProfile (written when it stops).
+kind (``--trace-js`` adds V8's CPU profile: self time per JavaScript function);
+``--profile-server DIR`` runs the server under cProfile (written when it stops).
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+#: Chromium trace categories of ``--trace`` (the timeline; ``--trace-js`` adds V8's sampling CPU
+#: profiler, self time per JavaScript function, which itself costs the page CPU).
+TRACE_CATEGORIES = [
+    "devtools.timeline",
+    "disabled-by-default-devtools.timeline",
+    "v8.execute",
+    "blink",
+    "cc",
+    "gpu",
+    "toplevel",
+]
+JS_PROFILER = "disabled-by-default-v8.cpu_profiler"
 #: (kind, map size) benchmarked: 256² maps; 2LPT offers at most 128 particles (and pixels) a side;
 #: PM at the field lab's default, 64³ particles.
 CASES = (("grf", 256), ("lognormal", 256), ("kappa", 256), ("2lpt", 128), ("pm", 64))
@@ -344,12 +357,19 @@ async def run_session(page, handle, plan: Plan, want, out: Samples, timeout, rng
         await asyncio.sleep(rng.uniform(0.3, 0.6))
 
 
-async def measure(browser, url, case, plans, want, timeout, trace: Path | None) -> Samples:
+async def measure(
+    browser, url, case, plans, want, timeout, trace: Path | None, js_profile: bool = False
+) -> Samples:
     """Open one session per plan, then run them all at once."""
     opened = [await open_session(browser, url, case, p, want[p.sigma8], timeout) for p in plans]
     out, rng = Samples(), random.Random(0)
     if trace is not None:
-        await browser.start_tracing(page=opened[0][1], path=str(trace), screenshots=False)
+        await browser.start_tracing(
+            page=opened[0][1],
+            path=str(trace),
+            screenshots=False,
+            categories=TRACE_CATEGORIES + [JS_PROFILER] * js_profile,
+        )
     try:
         await asyncio.gather(
             *(
@@ -434,7 +454,9 @@ async def measure_case(browser, urls: dict, case, plans: list[Plan], args, meta:
             trace = Path(args.trace) / f"{name}-{case[0]}.json"
         load = os.getloadavg()[0]
         try:
-            got[name] = await measure(browser, url, case, plans, want, args.timeout, trace)
+            got[name] = await measure(
+                browser, url, case, plans, want, args.timeout, trace, args.trace_js
+            )
         except RuntimeError as exc:  # a page that never showed its first map: no samples
             print(f"#   {name}: {exc}")
             got[name] = Samples(timeouts=len(plans))
@@ -451,13 +473,14 @@ async def run(args) -> list[dict]:
     """Every case, 1 session then ``args.sessions`` sessions, ours and (optionally) the peer."""
     from playwright.async_api import async_playwright
 
-    runs = [
-        _plans(1, args.steps, args.drags, args.presses),
-        _plans(args.sessions, args.steps5, args.drags5, args.presses),
-    ]
+    runs = [_plans(1, args.steps, args.drags, args.presses)]
+    if args.sessions > 1:  # --sessions 1: only the 1-session run (and its --trace)
+        runs.append(_plans(args.sessions, args.steps5, args.drags5, args.presses))
     apps = {"ours": REPO} | ({"peer": Path(args.peer).resolve()} if args.peer else {})
     logs = Path(tempfile.mkdtemp(prefix="bench-browser-"))
     prof = Path(args.profile_server) if args.profile_server else None
+    if prof is not None:
+        prof.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:
         urls = {
@@ -511,6 +534,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds a step may take")
     ap.add_argument("--peer", help="another tree with explorer/ to serve as the peer")
     ap.add_argument("--trace", help="folder for Chromium performance traces (1 session)")
+    ap.add_argument(
+        "--trace-js", action="store_true", help="add V8's CPU profile to the --trace files"
+    )
     ap.add_argument("--profile-server", help="folder for cProfile output of the servers")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)

@@ -13,6 +13,7 @@ import panel as pn
 from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import FIXED_SIZING_MODE
 
+from explorer import browser_fixes
 from explorer.compare import ComparePage
 from explorer.fieldlab import FieldLab
 from explorer.generate import GeneratePage
@@ -65,6 +66,8 @@ def create_app(
     doc = (
         pn.state.curdoc if pn.state.curdoc is not None and pn.state.curdoc.session_context else None
     )
+    if doc is not None:
+        browser_fixes.install(doc)
     lab = FieldLab(doc=doc)
     examples = examples_root if examples_root is not None else default_examples_root()
     trainer = TrainingController(runs_root=runs_root, examples_root=str(examples))

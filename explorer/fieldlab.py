@@ -58,14 +58,14 @@ from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
 RASTERIZE_ABOVE = 256
-#: Milliseconds after the map and P(k) that the PDF and peak counts are sent (served pages): the
-#: browser then paints the main views first (its repaint of four figures took ~40 ms a step).
-SECONDARY_AFTER_MS = 30
 #: Kinds made of particles: the page can show the particles inside the slab.
 PARTICLE_KINDS = ("2lpt", "pm")
-#: Seconds the readout table waits for the updates to pause before it follows (served pages):
-#: replacing its HTML cost the page ~20 ms and the server ~10 ms per update, and numbers that
-#: change ten times a second cannot be read anyway. Errors show at once.
+#: Seconds the secondary views — the PDF, the peak counts and the readout table — wait for the
+#: updates to pause before they follow the map and P(k), the live views (served pages; errors
+#: show at once). Replacing the table's HTML cost the page ~20 ms and the server ~10 ms per
+#: update, and repainting two more figures on every step of a key burst or a drag took page
+#: time that five tabs on two cores do not have (``benchmarks/browser.py``); numbers that change
+#: ten times a second cannot be read anyway.
 READOUT_AFTER = 0.25
 #: Height (px) of the readout table: room for the longest (κ: 18 rows) without scrolling.
 READOUT_HEIGHT = 600
@@ -275,9 +275,10 @@ class FieldLab(pn.viewable.Viewer):
         self._seconds: dict[tuple, float] = {}  # last update time per (kind, size)
         self._updates = LatestOnly(self._deliver, doc=doc)
         # fixed size: a table that changed size re-laid out the whole page (~30 ms per update)
-        self._readout_pane = pn.pane.Markdown(
-            "", width=280, height=READOUT_HEIGHT, margin=(0, 5), styles={"overflow-y": "auto"}
-        )
+        self._readout_pane = pn.pane.HTML(
+            "", width=280, height=READOUT_HEIGHT, margin=(0, 5), styles={"overflow-y": "auto"},
+            stylesheets=[views.READOUT_CSS],
+        )  # fmt: skip
         self._status = pn.pane.HTML("", height=22, margin=(0, 10), sizing_mode="stretch_width")
         self._particle_box = pn.Column(margin=0)
         for s in self._by_class.values():
@@ -379,10 +380,10 @@ class FieldLab(pn.viewable.Viewer):
             doc = self._updates.doc
             if doc is None:
                 self._figures.show(frame)
-            else:  # map and P(k) first; the PDF and peak counts in a message of their own
+            else:  # map and P(k) now; the PDF and peak counts once the updates pause
                 self._figures.show(frame, views.PRIMARY)
                 doc.add_timeout_callback(
-                    partial(self._show_secondary, self._figures, frame), SECONDARY_AFTER_MS
+                    partial(self._show_secondary, self._figures, frame), int(1e3 * READOUT_AFTER)
                 )
             if self._pipe is not None:
                 self._pipe.send(result)
@@ -521,10 +522,7 @@ class FieldLab(pn.viewable.Viewer):
 
     def _show_readout(self, *_) -> None:
         # the settings of the map on screen (they lag the widgets while an update is pending)
-        text = views.parameter_table(self.result) if self.result else ""
-        if self.error:
-            text = f"**⚠ {self.error}** (showing the last good map)\n\n" + text
-        self._readout_pane.object = text
+        self._readout_pane.object = views.parameter_table(self.result, self.error)
 
     def _show_status(self, *_) -> None:
         self._status.object = "<span style='color:#b35806'>⏳ updating…</span>" if self.busy else ""

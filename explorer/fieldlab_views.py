@@ -21,6 +21,7 @@ page when the readout table changed size (it now has a fixed size).
 
 from __future__ import annotations
 
+import html
 import math
 
 import holoviews as hv
@@ -74,8 +75,9 @@ def map_element(result: FieldLabResult) -> hv.Image:
     )
 
 
-def parameter_table(result: FieldLabResult) -> str:
-    """Markdown table of the settings of ``result`` (per kind), measured moments and timing."""
+def parameter_rows(result: FieldLabResult) -> list[tuple[str, str, str]]:
+    """(setting, value, unit) rows of the readout: the settings of ``result`` (per kind), the
+    kind's derived numbers, the measured moments and the update time (HTML in the names)."""
     s = result.settings
     view = kind_view(s["kind"])
     rows = [("kind", view.title, "")]
@@ -89,9 +91,35 @@ def parameter_table(result: FieldLabResult) -> str:
         ("skewness", f"{result.skewness:.3f}", "–"),
         ("update time", f"{1e3 * result.seconds:.0f}", "ms"),
     ]
-    lines = ["| setting | value | unit |", "|:--|--:|:--|"]
-    lines += [f"| {name} | {value} | {unit} |" for name, value, unit in rows]
-    return "\n".join(lines)
+    return rows
+
+
+#: Style of the readout table (:func:`parameter_table`), as Panel's Markdown tables look.
+READOUT_CSS = """
+table.readout { border-collapse: collapse; font-size: 13px; width: 100%; }
+table.readout th, table.readout td { padding: 2px 6px; border-bottom: 1px solid #e0e0e0; }
+table.readout th { text-align: left; border-bottom: 2px solid #bbb; }
+table.readout td.value { text-align: right; font-variant-numeric: tabular-nums; }
+"""
+
+
+def parameter_table(result: FieldLabResult, error: str = "") -> str:
+    """The readout as an HTML table (:func:`parameter_rows`), after ``error`` in bold if given.
+
+    Plain HTML, not Markdown: rendering a Markdown table cost the server ~19 ms per update
+    (``benchmarks/browser.py --profile-server``), building this string well under 1 ms.
+    """
+    head = f"<p><b>⚠ {html.escape(error)}</b> (showing the last good map)</p>" if error else ""
+    body = "".join(
+        f"<tr><td>{name}</td><td class='value'>{value}</td><td>{unit}</td></tr>"
+        for name, value, unit in (parameter_rows(result) if result is not None else ())
+    )
+    if not body:
+        return head
+    return (
+        f"{head}<table class='readout'><tr><th>setting</th><th>value</th><th>unit</th></tr>"
+        f"{body}</table>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +142,22 @@ TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 def _axis_label(label_: str, unit: str) -> str:
     return f"{label_} ({unit})" if unit else label_
+
+
+#: Mantissas of :func:`nice_ceil`.
+NICE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
+
+
+def nice_ceil(value: float) -> float:
+    """The smallest of 1, 1.5, 2, 3, 5, 7 × 10ⁿ that is ≥ ``value`` (1.0 for 0, negative or
+    non-finite values): a colour range that stays put while a map changes by a few per cent."""
+    if not (math.isfinite(value) and value > 0):
+        return 1.0
+    decade = 10.0 ** math.floor(math.log10(value))
+    for m in NICE:
+        if m * decade >= value * (1 - 1e-12):
+            return m * decade
+    return 10.0 * decade
 
 
 def colour_map(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -162,8 +206,10 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
     -------
     dict
         Source name → columns; ``"ranges"``: (x, y) axis ranges of the PDF and peak-count
-        figures; ``"clim"``: the symmetric colour range (−a, a) of the map at 99.5 % of |value|
-        (map units). The map goes as RGBA coloured over ``clim`` (column ``image``) and as
+        figures; ``"clim"``: the symmetric colour range (−a, a) of the map, ``a`` the 99.5 %
+        quantile of |value| rounded up to 1, 1.5, 2, 3, 5 or 7 × 10ⁿ (:func:`nice_ceil`; map
+        units): a step of a slider keeps the scale, so the map's contrast shows the change of
+        amplitude (and the colour bar is not redrawn). The map goes as RGBA coloured over ``clim`` (column ``image``) and as
         float32 values for the hover (column ``value``), row 0 at y = ½ pixel (Bokeh draws row 0
         at the bottom).
     """
@@ -200,7 +246,7 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
                   (0.0, 1.08 * np.nanmax(counts, initial=0.0) or 1.0)),
     }  # fmt: skip
     if with_map:
-        a = float(np.percentile(np.abs(result.map), 99.5)) or 1.0
+        a = nice_ceil(float(np.percentile(np.abs(result.map), 99.5)))
         values = np.ascontiguousarray(result.map, dtype=np.float32)
         frame["map"] = {
             "image": [colour_map(values, -a, a)],
@@ -217,6 +263,30 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
 #: Sources of the main views (map, spectrum against theory) and of the others (PDF, peaks).
 PRIMARY = ("map", "band", "theory", "noise", "measured", "markers")
 SECONDARY = ("pdf", "gauss", "peaks")
+
+
+def _same_columns(old: dict | None, new: dict) -> bool:
+    """Whether two column dicts hold equal columns (arrays compared by value)."""
+    if old is None or old.keys() != new.keys():
+        return False
+    for key, a in new.items():
+        b = old[key]
+        if a is b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b) or not all(_same_values(x, y) for x, y in zip(a, b, strict=True)):
+                return False
+        elif not _same_values(a, b):
+            return False
+    return True
+
+
+def _same_values(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        nan = a.dtype.kind in "fc"  # equal_nan only for numbers
+        return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=nan)
+    return a == b
 
 
 class FieldFigures:
@@ -244,6 +314,7 @@ class FieldFigures:
         self.map = self._map_figure(zoom) if with_map else None
         self.power = self._power_figure()
         self.pdf, self.peaks = self._pdf_figure(), self._peaks_figure()
+        self._shown: dict[str, dict] = {}  # columns last sent per source (unchanged: not resent)
 
     def show(self, frame: dict, names: tuple[str, ...] | None = None) -> None:
         """Replace the sources' columns by those of ``frame`` (:func:`frame_data`).
@@ -252,8 +323,11 @@ class FieldFigures:
         :data:`PRIMARY`, :data:`SECONDARY`); default all.
         """
         for name, source in self.sources.items():
-            if names is None or name in names:
+            if (names is None or name in names) and not _same_columns(
+                self._shown.get(name), frame[name]
+            ):
                 source.data = frame[name]
+                self._shown[name] = frame[name]
         for name, (xr_, yr_) in frame["ranges"].items():
             if names is None or name in names:
                 fig = getattr(self, name)

@@ -218,8 +218,12 @@ def _wait_until(predicate, timeout: float = 60.0, interval: float = 0.25):
 def test_omega_m_slider_updates_power_spectrum(page, request):
     before = _measured_pk(page)
     assert len(before) > 10
-    # the parameter readout (a Markdown table in the page) shows Ω_m
+    # the parameter readout (an HTML table in the page) shows Ω_m
     page.locator("td", has_text="0.300").first.wait_for()
+    # explorer.browser_fixes: Bokeh's style sheets keep their text when it is unchanged
+    assert page.evaluate(
+        "() => Bokeh.require('core/dom').InlineStyleSheet.prototype.__same_css_fix === true"
+    )
     handle = page.locator(".noUi-handle").first  # the first slider is Ω_m
     handle.focus()
     for _ in range(10):

@@ -30,7 +30,7 @@ from engine.runs import RunDir, is_alive, process_start
 from engine.train.settings import PRESETS
 from explorer import fieldlab, fieldlab_kinds, training
 from explorer.fieldlab import FieldLab, compute
-from explorer.fieldlab_views import parameter_table
+from explorer.fieldlab_views import parameter_rows, parameter_table
 from explorer.training import TrainingController
 
 
@@ -93,12 +93,19 @@ def test_smoothing_and_noise_follow_theory(base):
 
 def test_parameter_table_shows_values_with_units(base):
     settings = FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3, smoothing=1.5)
-    text = parameter_table(compute(settings))
-    for expected in ("Ω<sub>m</sub> | 0.300", "σ<sub>8</sub> | 0.800", "1.50 | Mpc/h"):
-        assert expected in text
+    result = compute(settings)
+    rows = parameter_rows(result)
+    pairs = {(name, value) for name, value, _ in rows}
+    assert {("Ω<sub>m</sub>", "0.300"), ("σ<sub>8</sub>", "0.800")} <= pairs
+    assert ("1.50", "Mpc/h") in {(value, unit) for _, value, unit in rows}
+    text = parameter_table(result)
     for unit in ("Mpc/h", "h/Mpc", "pixels", "δ per pixel"):
         assert unit in text
-    assert "| setting | value | unit |" in text.splitlines()[0]
+    assert text.startswith("<table") and "<th>setting</th><th>value</th><th>unit</th>" in text
+    assert text.count("<tr>") == len(rows) + 1
+    assert parameter_table(result, error="size <3> too big").startswith(
+        "<p><b>⚠ size &lt;3&gt; too big</b>"
+    )
 
 
 def test_fieldlab_recomputes_on_parameter_change():
@@ -199,7 +206,7 @@ def test_lpt_compute_at_32():
     assert 0.55 < growth < 0.66
     assert high_z.sigma / r.sigma == pytest.approx(growth, rel=0.15)
     assert high_z.skewness < r.skewness
-    assert "order | 2LPT" in parameter_table(r)
+    assert ("order", "2LPT") in {(name, value) for name, value, _ in parameter_rows(r)}
 
 
 @pytest.mark.parametrize("axis", ["z", "x"])
@@ -385,6 +392,7 @@ def test_readout_follows_when_updates_pause():
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(FieldParams(size=64), doc=doc)
     lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab._seconds[("grf", 64)] = 0.01  # fast (a cold first map may not be): no settling
     first = lab._readout_pane.object
     assert "0.3" in first
     for om in (0.35, 0.36):
@@ -403,6 +411,7 @@ def test_main_views_are_sent_before_the_pdf_and_peaks():
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(FieldParams(size=64), doc=doc)
     lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab._seconds[("grf", 64)] = 0.01  # fast (a cold first map may not be): no settling
     lab.__panel__().get_root(Document())
     figures = lab._figures
     pdf_before = figures.sources["pdf"].data["top"]
@@ -431,6 +440,30 @@ def test_views_update_in_place():
     assert rgba.dtype == np.uint32 and rgba.shape == values.shape
     lab.settings.box_size = 128.0  # another extent: new figures
     assert lab._figures is not figures
+
+
+def test_colour_range_is_nice_and_unchanged_sources_are_not_resent():
+    """The map's colour range is a round number that a small step keeps; columns equal to those
+    on screen are not sent again."""
+    from explorer.fieldlab_views import FieldFigures, frame_data, nice_ceil
+
+    assert [nice_ceil(v) for v in (0.0123, 0.3, 1.0, 1.01, 2.9, 6.99, 7.01)] == pytest.approx(
+        [0.015, 0.3, 1.0, 1.5, 3.0, 7.0, 10.0]
+    )
+    assert nice_ceil(0.0) == nice_ceil(float("nan")) == 1.0
+    a = compute(FieldParams(size=64, sigma8=0.80, seed=2))
+    b = compute(FieldParams(size=64, sigma8=0.81, seed=2))
+    fa, fb = frame_data(a), frame_data(b)
+    assert fa["clim"][1] >= np.percentile(np.abs(a.map), 99.5)
+    assert fa["clim"] == fb["clim"]  # a 1 % step of σ8 keeps the colour scale
+    figures = FieldFigures(a.style)
+    figures.show(fa)
+    sent = {name: source.data for name, source in figures.sources.items()}
+    figures.show(frame_data(a))  # the same numbers again (new arrays)
+    assert all(figures.sources[name].data is sent[name] for name in sent)
+    figures.show(fb)
+    assert figures.sources["measured"].data is not sent["measured"]
+    np.testing.assert_array_equal(figures.sources["measured"].data["P"], b.pk)
 
 
 def test_colour_map_matches_bokeh_linear_mapper():
@@ -481,7 +514,7 @@ def test_open_patch_in_field_lab():
     r = lab.result
     assert r.map.shape == (64, 64) and r.style.value_unit == "mK" and r.style.k == "ell"
     assert np.isfinite(r.pk).sum() > 5 and np.all(np.isnan(r.pk_theory))  # real map: no theory
-    assert "centre lon | 120.00" in parameter_table(r)
+    assert ("centre lon", "120.00") in {(name, value) for name, value, _ in parameter_rows(r)}
 
 
 # ---------------------------------------------------------------------------------------------
