@@ -5,30 +5,39 @@ written DataArray), training and the explorer use to go from a kind name to code
 caller branches on kind names. Modules are imported lazily so that ``python -m engine --help``
 stays fast.
 
-=========  =======================================  ==========================================
-kind       settings                                 output
-=========  =======================================  ==========================================
-grf        engine.params.FieldParams                Gaussian slab maps δ (sample, y, x), Mpc/h
-lognormal  engine.params.FieldParams                lognormal slab maps δ (sample, y, x), Mpc/h
-2lpt       engine.physics.lpt.LPTParams             1LPT/2LPT slabs (sample, y, x) or volumes
-                                                    (sample, z, y, x), Mpc/h
-pm         engine.physics.pm.PMParams               particle-mesh N-body slabs (sample, y, x) or
-                                                    volumes (sample, z, y, x), Mpc/h; with
-                                                    fields="delta,theta" a channel dim after
-                                                    sample (δ and the velocity divergence θ);
-                                                    slabs=S maps per simulation
-kappa      engine.physics.lensing.KappaParams       flat-sky convergence κ (sample, y, x), arcmin
-sky        engine.physics.sky.SkyParams             HEALPix convergence κ (sample, pixel), RING
-=========  =======================================  ==========================================
+===========  =======================================  ==========================================
+kind         settings                                 output
+===========  =======================================  ==========================================
+grf          engine.params.FieldParams                Gaussian slab maps δ (sample, y, x), Mpc/h
+lognormal    engine.params.FieldParams                lognormal slab maps δ (sample, y, x), Mpc/h
+2lpt         engine.physics.lpt.LPTParams             1LPT/2LPT slabs (sample, y, x) or volumes
+                                                      (sample, z, y, x), Mpc/h
+pm           engine.physics.pm.PMParams               particle-mesh N-body slabs (sample, y, x) or
+                                                      volumes (sample, z, y, x), Mpc/h; with
+                                                      fields="delta,theta" a channel dim after
+                                                      sample (δ and the velocity divergence θ);
+                                                      slabs=S maps per simulation
+kappa        engine.physics.lensing.KappaParams       flat-sky convergence κ (sample, y, x), arcmin
+sky          engine.physics.sky.SkyParams             HEALPix convergence κ (sample, pixel), RING
+strong_lens  engine.physics.strong_lens.              strong-lens images (sample, y, x), arcsec,
+             StrongLensParams                         e⁻/s per pixel; coord substructure
+===========  =======================================  ==========================================
 
 Families: ``density`` (grf, lognormal, 2lpt, pm: lengths in Mpc/h, k in h/Mpc, 2D P(k) in
-(Mpc/h)²) and ``convergence`` (kappa, sky: angles in arcmin, k = ℓ, C_ℓ in sr).
+(Mpc/h)²), ``convergence`` (kappa, sky: angles in arcmin, k = ℓ, C_ℓ in sr) and
+``strong_lens`` (images of lensed galaxies in e⁻/s per pixel, angles in arcsec; no spectrum).
 
 Kinds of flat maps also name their torch hot path (:meth:`Kind.generate_batch`: ``(B, N, N)``
 maps on the device from a ``torch.Generator``), their settings check, their fixed input
 normalisation (:meth:`Kind.map_scale`) and their binned theory (:meth:`Kind.binned_theory`).
 :meth:`Kind.generate` is the one generation loop of every flat kind
 (:func:`engine.physics.generation.generate_samples`).
+
+Kinds generated on the CPU sample by sample (``strong_lens``) name instead their chunked
+generator (:meth:`Kind.generate_chunks`: each sample from its own seed, so chunks do not change
+the samples), the bytes of one written sample and the samples a dataset keeps in one split:
+the ``fields`` and ``dataset`` verbs write every kind of :data:`WRITE_KINDS` this way or
+through the torch hot path, without branching on kind names.
 """
 
 from __future__ import annotations
@@ -73,11 +82,13 @@ class Kind:
     scale : str
         ``(settings) -> float``: expected pixel std at the fiducial cosmology ("": none).
     family : str
-        "density" (δ of matter) or "convergence" (weak-lensing κ).
+        "density" (δ of matter), "convergence" (weak-lensing κ) or "strong_lens" (images).
     length_unit : str
-        Unit of map coordinates and of :meth:`extent`: "Mpc/h", "arcmin", or "" (HEALPix).
+        Unit of map coordinates and of :meth:`extent`: "Mpc/h", "arcmin", "arcsec"
+        (strong_lens), or "" (HEALPix).
     map_units : str
-        What the pixel values are, in words: "density contrast" or "convergence".
+        What the pixel values are, in words: "density contrast", "convergence" or
+        "e-/s per pixel".
     k_unit, power_unit : str
         Units of the binned spectrum of a map: "h/Mpc" and "(Mpc/h)^2", or "" (ℓ) and "sr".
     extent_fn : str
@@ -109,6 +120,15 @@ class Kind:
         Name of the number of distinct cosmologies the theory caches for generation on the fly
         ("": no limit): the most fixed prior points training may draw maps from (κ: one pyccl
         C_ℓ each, :data:`engine.physics.limber.CL_CACHE_SIZE`).
+    chunks : str
+        ``(settings, chunk, progress) -> iterator of xarray.DataArray``: the ``settings.count``
+        samples of a kind without torch hot path, in DataArrays of ``chunk`` samples, each
+        sample from its own seed (the same samples for any ``chunk``) ("": none).
+    sample_bytes_fn : str
+        ``(settings) -> int``: bytes of one written sample, for the output checks ("": the
+        flat-map estimate :func:`engine.data.store.sample_bytes`).
+    split_group_fn : str
+        ``(settings) -> int``: consecutive samples a dataset keeps in one split ("": 1).
     """
 
     name: str
@@ -134,6 +154,9 @@ class Kind:
     gaussian_fn: str = ""
     sigma8_exact: bool = False
     max_cosmologies: str = ""
+    chunks: str = ""
+    sample_bytes_fn: str = ""
+    split_group_fn: str = ""
 
     def _fn(self, ref: str, what: str):
         if not ref:
@@ -328,13 +351,35 @@ class Kind:
         """
         return self._fn(self.wrap, "DataArray wrapper")(maps, settings, omega_m, sigma8)
 
+    def generate_chunks(self, settings, chunk: int, progress: bool | None = None):
+        """The ``settings.count`` samples of a kind with :attr:`chunks` as consecutive
+        DataArrays of ``chunk`` samples, generated lazily; concatenated they equal
+        :meth:`generate`.
+
+        Raises
+        ------
+        ConfigError
+            The kind has no chunked generator, or bad settings (before any work).
+        """
+        return self._fn(self.chunks, "chunked generator")(settings, chunk, progress)
+
+    def sample_bytes(self, settings) -> int | None:
+        """Bytes of one written sample from :attr:`sample_bytes_fn`, or None when the kind
+        leaves it to the flat-map estimate (:func:`engine.data.store.sample_bytes`)."""
+        return int(self._fn(self.sample_bytes_fn, "")(settings)) if self.sample_bytes_fn else None
+
+    def split_group(self, settings) -> int:
+        """Consecutive samples a dataset keeps in one split (e.g. one image of each class)."""
+        return int(self._fn(self.split_group_fn, "")(settings)) if self.split_group_fn else 1
+
     def generate(self, settings, device=None, **kwargs):
         """``settings.count`` samples from ``settings.seed`` as an xarray.DataArray.
 
         Flat kinds go through the one generation loop
         :func:`engine.physics.generation.generate_samples` (batches of :meth:`generate_batch`,
         then :meth:`to_dataarray`; bit-identical to the module's ``generate``); ``sky`` is
-        synthesized by healpy on the CPU (:func:`engine.physics.sky.generate`).
+        synthesized by healpy on the CPU (:func:`engine.physics.sky.generate`), ``strong_lens``
+        by lenstronomy in worker processes (:func:`engine.physics.strong_lens.generate`).
 
         Parameters
         ----------
@@ -342,14 +387,15 @@ class Kind:
         device : str or torch.device, optional
             Default: CUDA when available, else CPU (ignored for ``sky``).
         **kwargs
-            ``omega_m``, ``sigma8`` (scalar or (count,) arrays), ``batch_size``, ``progress``.
+            ``omega_m``, ``sigma8`` (scalar or (count,) arrays), ``batch_size``, ``progress``
+            (only ``progress`` for ``strong_lens``).
 
         Raises
         ------
         ConfigError
             Bad settings or parameters.
         """
-        if not self.batch:  # healpy synthesis runs on the CPU
+        if not self.batch:  # healpy synthesis and lenstronomy images run on the CPU
             return importlib.import_module(self.module).generate(settings, **kwargs)
         from engine.physics.generation import generate_samples
 
@@ -456,12 +502,30 @@ KINDS: dict[str, Kind] = {
             "full-sky HEALPix weak-lensing convergence",
             **_CONVERGENCE,
         ),
+        Kind(
+            "strong_lens",
+            "engine.physics.strong_lens",
+            "StrongLensParams",
+            "galaxy-galaxy strong-lens images (lenstronomy) with dark-matter substructure",
+            check="check_settings",
+            family="strong_lens",
+            length_unit="arcsec",
+            map_units="e-/s per pixel",
+            wrap="",
+            chunks="generate_chunks",
+            sample_bytes_fn="sample_bytes",
+            split_group_fn="split_group",
+        ),
     )
 }
 
 
-#: Kinds of flat maps and volumes (the ``fields`` verb); ``sky`` has a verb of its own.
+#: Kinds of flat maps and volumes with a torch hot path (the explorer's field lab, training on
+#: the fly); ``sky`` has a verb of its own.
 FIELD_KINDS = tuple(k for k, v in KINDS.items() if v.batch)
+#: Kinds the ``fields`` and ``dataset`` verbs write: :data:`FIELD_KINDS` and the kinds with a
+#: chunked CPU generator (:attr:`Kind.chunks`).
+WRITE_KINDS = tuple(k for k, v in KINDS.items() if v.batch or v.chunks)
 
 
 def get_kind(name: str, allowed=tuple(KINDS)) -> Kind:

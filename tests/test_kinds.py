@@ -24,6 +24,7 @@ def test_units_family_and_extent():
         "pm": ("density", "Mpc/h", "density contrast"),
         "kappa": ("convergence", "arcmin", "convergence"),
         "sky": ("convergence", "", "convergence"),
+        "strong_lens": ("strong_lens", "arcsec", "e-/s per pixel"),
     }
     assert FIELD_KINDS == ("grf", "lognormal", "2lpt", "pm", "kappa")
     grf = get_kind("grf").new_settings()

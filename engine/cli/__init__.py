@@ -104,7 +104,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from engine.kinds import FIELD_KINDS, get_kind
+from engine.kinds import WRITE_KINDS, get_kind
 from engine.params import (
     ConfigError,
     from_namespace,
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kind = _peek_kind(argv) if argv[:1] in (["fields"], ["dataset"]) else "grf"
         task = _peek_task(argv) if argv[:1] == ["train"] else "regression"
-        args = build_parser(get_kind(kind, FIELD_KINDS).name, task).parse_args(argv)
+        args = build_parser(get_kind(kind, WRITE_KINDS).name, task).parse_args(argv)
         return args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

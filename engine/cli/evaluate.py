@@ -32,7 +32,9 @@ def _add_predict_parser(sub) -> None:
         description="Infer (omega_m, sigma8) for every map of a .zarr/.nc file written by "
         "'fields' (or of a dataset spec such as folder:DIR), with the binned P(k) likelihood, "
         "the simulation-calibrated P(k) likelihood or a trained network, and write one CSV "
-        "row per map: sample, true values (when the maps carry them), posterior mean and std.",
+        "row per map: sample, true values (when the maps carry them), posterior mean and std. "
+        "A classifier checkpoint (task classification) writes sample, the true class (when "
+        "known) and p_<class> per class instead.",
     )
     p.add_argument(
         "--method",
@@ -153,6 +155,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predict = evaluator_for(args.checkpoint, "predict").predict
         scale = {"box_size": args.box_size, "fov": args.fov}
         result = predict(load_maps(args.maps), args.checkpoint, device=args.device, scale=scale)
+        if "probs" in result:  # a classifier: class probabilities per image
+            return _write_class_predictions(out, result, t0)
     elif method == "pk-calibrated":
         from engine.evaluation.calibrated_use import pk_calibrated_predict, resolve_calibration
 
@@ -183,6 +187,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"wrote {len(result['mean'])} predictions ({method}{summary}) to {out} "
         f"in {time.perf_counter() - t0:.2f} s"
+    )
+    return 0
+
+
+def _write_class_predictions(out: Path, result: dict, t0: float) -> int:
+    """Write a classifier's predictions (:func:`engine.evaluation.classification.
+    write_class_predictions`) and print a summary line (the accuracy when the true classes are
+    known)."""
+    import numpy as np
+
+    from engine.evaluation.classification import write_class_predictions
+
+    write_class_predictions(out, result)
+    for note in result.get("notes") or []:
+        print(f"note: {note}")
+    summary = ""
+    if "truth" in result:
+        predicted = np.asarray(result["classes"])[np.argmax(result["probs"], axis=1)]
+        summary = f"; accuracy {float(np.mean(predicted == np.asarray(result['truth']))):.4g}"
+    print(
+        f"wrote {len(result['probs'])} class probabilities ({', '.join(result['classes'])}"
+        f"{summary}) to {out} in {time.perf_counter() - t0:.2f} s"
     )
     return 0
 
@@ -381,8 +407,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from engine.evaluation.predict import checkpoint_task
         from engine.evaluation.sampling import GENERATOR_TASKS
 
-        if checkpoint_task(args.checkpoint) in GENERATOR_TASKS:
+        task = checkpoint_task(args.checkpoint)
+        if task in GENERATOR_TASKS:
             return _evaluate_emulator(args)
+        if task == "classification":
+            return _evaluate_classifier(args)
     report = evaluate(
         args.dataset,
         args.checkpoint,
@@ -402,6 +431,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         f"evaluated {report['n_maps']} maps of {report['dataset']} in {report['seconds']:.2f} s; "
         f"wrote {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def _evaluate_classifier(args: argparse.Namespace) -> int:
+    """``evaluate`` of a classifier checkpoint: the classification report; prints its metrics."""
+    from engine.evaluation.classification import evaluate_classifier, summary_lines
+
+    report = evaluate_classifier(
+        args.dataset,
+        args.checkpoint,
+        out_dir=args.out,
+        device=args.device,
+        count=args.count,
+        datasets_file=args.datasets,
+    )[0]
+    print("\n".join(summary_lines(report)))
+    for note in report.get("notes") or []:
+        print(f"note: {note}")
+    print(
+        f"evaluated {report['n_maps']} images of {report['dataset']} in "
+        f"{report['seconds']:.2f} s; wrote {Path(args.out) / 'report.json'}"
     )
     return 0
 

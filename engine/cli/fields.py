@@ -2,6 +2,13 @@
 
 See the ``engine.cli`` module docstring for examples; the flags of ``fields`` and ``dataset``
 depend on ``--kind`` (generated from the kind's settings class).
+
+Kinds with a torch hot path (:data:`engine.kinds.FIELD_KINDS`) are generated batch by batch on
+the device; kinds with a chunked CPU generator (:attr:`engine.kinds.Kind.chunks`, e.g.
+``strong_lens``: each sample from its own seed, in worker processes) are written chunk by chunk
+from :meth:`engine.kinds.Kind.generate_chunks`, and their datasets keep the consecutive samples
+of :meth:`engine.kinds.Kind.split_group` in one split (one image of each substructure class for
+``strong_lens --substructure all``, so every split is balanced).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from engine.cli import (
     _layers,
     _output,
 )
-from engine.kinds import FIELD_KINDS, KINDS, Kind, get_kind
+from engine.kinds import KINDS, WRITE_KINDS, Kind, get_kind
 from engine.outputs import add_overwrite_argument, check_output
 from engine.params import ConfigError, add_arguments, set_values
 
@@ -52,7 +59,7 @@ def add_parsers(sub, fields_kind: str = "grf") -> None:
         help="Map kind: "
         + "; ".join(f"{k.name}: {k.doc}" for k in KINDS.values() if k.name != "sky"),
     )
-    fields_cls = get_kind(fields_kind, FIELD_KINDS).settings_class()
+    fields_cls = get_kind(fields_kind, WRITE_KINDS).settings_class()
     add_arguments(fields_p, fields_cls, aliases=ALIASES, skip=("kind",))
     _add_checkpoint_argument(fields_p)
     _add_output_arguments(fields_p)
@@ -70,7 +77,7 @@ def add_parsers(sub, fields_kind: str = "grf") -> None:
         "--kind: see 'dataset --kind KIND --help'.",
     )
     dataset_p.add_argument(
-        "--kind", default=fields_kind, choices=list(FIELD_KINDS), help="Map kind (see fields)."
+        "--kind", default=fields_kind, choices=list(WRITE_KINDS), help="Map kind (see fields)."
     )
     add_arguments(dataset_p, fields_cls, aliases=ALIASES, skip=("kind",))
     dataset_p.add_argument(
@@ -134,11 +141,12 @@ def _map_settings(kind: Kind, args: argparse.Namespace):
     replaces an earlier range), returned as ``{name: (low, high)}``
     (:func:`engine.data.store.pop_ranges`).
     """
-    from engine.data.store import pop_ranges
+    from engine.data.store import RANGE_SETTINGS, pop_ranges
     from engine.params import user_settings
 
     settings = kind.new_settings()
     cls = type(settings)
+    range_names = [n for n in RANGE_SETTINGS if n in user_settings(cls)]  # none for strong_lens
     layers = list(_layers(args, cls))
     if getattr(args, "from_checkpoint", None):
         from engine.train.checkpoint import checkpoint_map_settings
@@ -148,7 +156,7 @@ def _map_settings(kind: Kind, args: argparse.Namespace):
         layers.insert(0, {k: v for k, v in values.items() if k in names})
     ranges: dict[str, tuple[float, float]] = {}
     for layer in layers:
-        plain, found = pop_ranges(cls, layer)
+        plain, found = pop_ranges(cls, layer, range_names)
         for key in plain:
             ranges.pop(key.replace("-", "_"), None)
         ranges.update(found)
@@ -176,7 +184,9 @@ def cmd_fields(args: argparse.Namespace) -> int:
     from engine.data.store import draw_parameters, sample_bytes
     from engine.physics import slabs
 
-    kind = get_kind(args.kind, FIELD_KINDS)
+    kind = get_kind(args.kind, WRITE_KINDS)
+    if kind.chunks:
+        return _chunked_fields(kind, args)
     settings, ranges = _map_settings(kind, args)
     out, device = _output(args)
     count, per_sample = int(settings.count), sample_bytes(settings)
@@ -202,6 +212,87 @@ def cmd_fields(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - t0:.2f} s"
     )
     return 0
+
+
+def _chunked_fields(kind: Kind, args: argparse.Namespace) -> int:
+    """``fields`` of a kind with a chunked CPU generator: .zarr chunk by chunk
+    (:data:`CHUNK_BYTES`), .nc in memory; the same samples either way."""
+    from engine.physics import slabs
+
+    settings, _ = _map_settings(kind, args)
+    out, _ = _output(args)
+    count, per_sample = int(settings.count), kind.sample_bytes(settings)
+    chunk = max(1, CHUNK_BYTES // per_sample)
+    held = count * IN_MEMORY_FACTOR if out.suffix == ".nc" else min(chunk, count) * CHUNK_FACTOR
+    check_output(
+        out,
+        overwrite=args.overwrite,
+        disk_bytes=count * per_sample,
+        memory_bytes=held * per_sample,
+    )
+    t0 = time.perf_counter()
+    if out.suffix == ".nc":
+        data = kind.generate(settings)
+    else:
+        data = kind.generate_chunks(settings, chunk)
+    slabs.save(data, out, overwrite=args.overwrite)
+    print(
+        f"wrote {count} {kind.name} samples ({_sizes(out)}; seed {settings.seed}) to {out} "
+        f"in {time.perf_counter() - t0:.2f} s"
+    )
+    return 0
+
+
+def write_chunked_dataset(
+    kind: Kind, settings, out, split, chunk: int, overwrite: bool = False, progress=None
+):
+    """A dataset (.zarr) of a kind with a chunked CPU generator: its ``settings.count`` samples
+    (:meth:`~engine.kinds.Kind.generate_chunks`, ``chunk`` per step) with the ``split`` coord of
+    :func:`engine.data.store.write_dataset` (int8 codes of :data:`engine.data.store.SPLITS`,
+    fixed by the seed) made per group of :meth:`~engine.kinds.Kind.split_group` consecutive
+    samples, and attrs ``seed``, ``count``, ``chunk``, ``split_fractions``. Written atomically
+    (:func:`engine.physics.slabs.save`).
+
+    Raises
+    ------
+    ConfigError
+        Not a .zarr output, chunk < 1, bad split or settings, or an output refused by
+        :func:`engine.outputs.check_output` (all before any work).
+    """
+    from pathlib import Path
+
+    from engine.data.store import SPLITS, parse_split, simulation_split
+    from engine.physics import slabs
+
+    out = Path(out)
+    if out.suffix != ".zarr":
+        raise ConfigError(f"--out {str(out)!r} must end in .zarr (datasets are zarr stores)")
+    if chunk < 1:
+        raise ConfigError(f"--chunk {chunk} must be >= 1")
+    fractions = parse_split(split)
+    count, seed = int(settings.count), int(settings.seed)
+    per_sample = kind.sample_bytes(settings)
+    check_output(
+        out,
+        overwrite=overwrite,
+        disk_bytes=count * per_sample,
+        memory_bytes=CHUNK_FACTOR * min(chunk, count) * per_sample,
+    )
+    labels = simulation_split(count, kind.split_group(settings), fractions, seed)
+    attrs = {"seed": seed, "count": count, "chunk": int(chunk), "split_fractions": list(fractions)}
+    parts = kind.generate_chunks(settings, chunk, progress)  # checks the settings first
+
+    def with_split():
+        start = 0
+        for da in parts:
+            stop = start + da.sizes["sample"]
+            da.attrs.update(attrs)
+            flags = {"flag_values": [0, 1, 2], "flag_meanings": " ".join(SPLITS)}
+            yield da.assign_coords(split=("sample", labels[start:stop], flags))
+            start = stop
+
+    slabs.save(with_split(), out, overwrite=overwrite)
+    return out
 
 
 def field_chunks(kind: Kind, settings, theta, chunk: int, device=None, progress=None):
@@ -303,21 +394,35 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
     from engine.data.store import SPLITS, open_dataset, write_dataset
 
-    kind = get_kind(args.kind, FIELD_KINDS)
+    kind = get_kind(args.kind, WRITE_KINDS)
     settings, ranges = _map_settings(kind, args)
     out, device = _output(args)
     t0 = time.perf_counter()
-    write_dataset(
-        kind.name, settings, ranges, out, args.split, args.chunk, device, overwrite=args.overwrite
-    )
+    if kind.chunks:
+        write_chunked_dataset(kind, settings, out, args.split, args.chunk, args.overwrite)
+    else:
+        write_dataset(
+            kind.name,
+            settings,
+            ranges,
+            out,
+            args.split,
+            args.chunk,
+            device,
+            overwrite=args.overwrite,
+        )
     counts = np.bincount(open_dataset(out)["split"].values, minlength=len(SPLITS))
     sizes = ", ".join(f"{c} {name}" for name, c in zip(SPLITS, counts, strict=True))
     per = int(getattr(settings, "slabs", 1))
     sims = f" from {-(-int(settings.count) // per)} simulations × {per} slabs" if per > 1 else ""
+    where = f" on {device}"
+    if kind.chunks:
+        described, where = "", ""
+    else:
+        described = f"{_describe_parameters(settings, ranges)}, "
     print(
         f"wrote dataset of {settings.count} {kind.name} samples{sims} ({sizes}; "
-        f"{_describe_parameters(settings, ranges)}, seed {settings.seed}) to {out} on {device} "
-        f"in {time.perf_counter() - t0:.2f} s"
+        f"{described}seed {settings.seed}) to {out}{where} in {time.perf_counter() - t0:.2f} s"
     )
     return 0
 

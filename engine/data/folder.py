@@ -1,6 +1,7 @@
 r"""A folder of 2D maps in ``.npy`` / ``.npz`` / ``.fits`` files with a labels CSV.
 
-Spec: ``folder:/d/maps?box_size=25`` (slab maps, Mpc/h) or ``folder:/d/maps?fov=5`` (κ, degrees).
+Spec: ``folder:/d/maps?box_size=25`` (slab maps, Mpc/h), ``folder:/d/maps?fov=5`` (κ, degrees)
+or ``folder:/d/lenses?pixel_scale=0.1`` (images, arcsec per pixel).
 
 Layout
 ------
@@ -13,25 +14,38 @@ Layout
       c.fits            primary-HDU (or first image HDU) 2D/3D image
 
 * ``labels.csv`` (or ``labels=PATH``): a header row with a ``file`` column (paths relative to the
-  folder) and numeric label columns, renamed by :func:`engine.data._common.label_name`
-  (``Omega_m`` → ``omega_m``, ``sigma_8`` → ``sigma8``, …); one row per map, in the order of the
-  samples. An optional integer ``simulation`` column groups maps of one simulation for the
-  splits (default: each file its own group).
+  folder) and label columns, renamed by :func:`engine.data._common.label_name` (``Omega_m`` →
+  ``omega_m``, ``sigma_8`` → ``sigma8``, …); one row per map, in the order of the samples. A
+  column whose values are all numbers is numeric (float64); any other column is text, e.g. the
+  class names of ``file,substructure`` (``none``, ``cdm``, ``vortex``: the labels of a classifier,
+  :mod:`engine.tasks.classification`). An optional integer ``simulation`` column groups maps of
+  one simulation for the splits (default: each file its own group).
 * Without a labels file (and no ``labels=`` option) every map file of the folder is read in
   name order, unlabelled.
-* All maps must share one shape: (H, H) gives dims (sample, y, x); (C, H, H) gives (sample,
-  channel, y, x).
+* All maps must share one shape: (H, H) gives dims (sample, y, x); (C, H, H) with C > 1 gives
+  (sample, channel, y, x). A (1, H, H) array is read as the (H, H) map it holds.
+
+DeepLense layouts (ML4SCI DeepLense strong-lens sets)
+-----------------------------------------------------
+``.npy`` files holding a plain (H, W) image, a (1, H, W) image, or an ``[image, label]`` pair
+saved as a NumPy object array (or pickled). The pair layout can only be read with Python's
+pickle, which runs code stored in the file: it is refused unless the spec says ``pickle=true``
+(``folder:DIR?pickle=true``; for files you trust), and only files whose ``.npy`` header says
+"object array" (or that are not ``.npy`` at all) are ever unpickled. The pair's image is read
+(its label is not: the class comes from ``labels.csv``).
 
 Pixel scale
 -----------
 ``box_size=L`` (Mpc/h: slab maps) or ``fov=θ`` (degrees: κ patches) gives the side of every map
-and so its pixel scale (attrs ``box_size`` or ``fov``; x/y coords in Mpc/h or arcmin). Without
-either the maps carry pixel-index coords and no scale, and
+and so its pixel scale (attrs ``box_size`` or ``fov``; x/y coords in Mpc/h or arcmin);
+``pixel_scale=s`` (arcsec per pixel: strong-lens images) gives attr ``pixel_scale`` and x/y coords
+in arcsec centred on the image centre (as the ``strong_lens`` kind's). Without any of them the
+maps carry pixel-index coords and no scale, and
 :func:`engine.data.transfer.match_resolution` (domain transfer) refuses them, saying to give one.
 
 Output: ``xarray.DataArray "maps"`` float32 (loaded: folder datasets are small), per-sample coord
 ``file`` and the label columns; attrs ``kind="folder"``, ``units`` (``units=`` option, default
-"dimensionless"), ``size``, ``box_size`` or ``fov``, ``labels_file``, ``split``.
+"dimensionless"), ``size``, ``box_size``, ``fov`` or ``pixel_scale``, ``labels_file``, ``split``.
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ import xarray as xr
 
 import engine
 from engine.data._common import (
+    as_bool,
     as_count,
     as_float,
     as_split,
@@ -60,28 +75,90 @@ from engine.data._common import (
 from engine.params import ConfigError
 
 #: Options of :func:`open`.
-OPTIONS = ("labels", "box_size", "fov", "split", "count", "key", "units")
+OPTIONS = ("labels", "box_size", "fov", "pixel_scale", "split", "count", "key", "units", "pickle")
 #: Map file suffixes read.
 SUFFIXES = (".npy", ".npz", ".fits", ".fit", ".fits.gz")
 #: Default labels file name.
 LABELS_NAME = "labels.csv"
 
 
-def read_map(path: Path, key: str | None = None) -> np.ndarray:
-    """One map file → float32 array (H, W) or (C, H, W).
+def _npy_is_object(path: Path) -> bool | None:
+    """True when the ``.npy`` header of ``path`` says dtype object (an array only pickle can
+    load), False for a plain array, None when the file has no ``.npy`` header (e.g. a pickle);
+    reads the header only, never unpickles."""
+    try:
+        with builtins.open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            _shape, _fortran, dtype = read(f)
+    except (ValueError, OSError):
+        return None
+    return bool(dtype.hasobject)
+
+
+def _pair_image(path: Path, where: str) -> np.ndarray:
+    """The image of a DeepLense ``[image, label]`` pair file (unpickled: callers allow it)."""
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except Exception as exc:  # numpy / pickle raise many kinds on bad files
+        raise ConfigError(f"{where} is not readable: {first_line(exc)}") from None
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        items = list(obj.reshape(-1)) if obj.ndim else [obj.item()]
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        items = []
+    if len(items) != 2:
+        raise ConfigError(
+            f"{where} holds a pickled object that is not an [image, label] pair "
+            f"({type(obj).__name__}{getattr(obj, 'shape', '')})"
+        )
+    try:
+        return np.asarray(items[0], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: the first item of its pair is not a number image") from None
+
+
+def read_map(path: Path, key: str | None = None, allow_pickle: bool = False) -> np.ndarray:
+    """One map file → float32 array (H, W) or (C, H, W) (a (1, H, W) array as (H, W)).
+
+    Parameters
+    ----------
+    path : Path
+    key : str, optional
+        Array name inside an ``.npz``.
+    allow_pickle : bool
+        Read DeepLense ``[image, label]`` pairs (``.npy`` object arrays or pickles; module
+        docstring): unpickling runs code from the file, so only with the spec's ``pickle=true``.
 
     Raises
     ------
     ConfigError
-        Missing or unreadable file, no such ``key`` in an .npz, an image that is not 2D/3D
-        float/int, or NaN/inf values (one line naming the file).
+        Missing or unreadable file, no such ``key`` in an .npz, a pickled pair without
+        ``allow_pickle`` (the message says why and how), an image that is not 2D/3D float/int,
+        or NaN/inf values (one line naming the file).
     """
     where = f"map file {str(path)!r}"
     if not path.is_file():
         raise ConfigError(f"{where} does not exist")
     name = path.name.lower()
     try:
-        if name.endswith(".npy"):
+        kind = _npy_is_object(path) if name.endswith(".npy") else False
+        if kind is None and allow_pickle:  # not .npy: maybe a plain pickle of the pair
+            arr = _pair_image(path, where)
+        elif kind:
+            if not allow_pickle:
+                raise ConfigError(
+                    f"{where} is a pickled object array (the [image, label] pair layout of "
+                    "DeepLense): reading it runs Python's pickle, which can execute code; add "
+                    "pickle=true to the spec (folder:DIR?pickle=true) for files you trust"
+                )
+            arr = _pair_image(path, where)
+        elif name.endswith(".npy"):
             arr = np.load(path, allow_pickle=False)
         elif name.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
@@ -117,22 +194,27 @@ def read_map(path: Path, key: str | None = None) -> np.ndarray:
             f"{where} must hold a (H, W) or (C, H, W) number array, got {arr.dtype} {arr.shape}"
         )
     arr = arr.astype(np.float32)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
     check_finite(arr[None], where, 0)
     return arr
 
 
 def read_labels(path: Path, folder: Path) -> tuple[list[Path], dict[str, np.ndarray]]:
-    """Files and numeric label columns of a labels CSV (module docstring).
+    """Files and label columns of a labels CSV (module docstring).
 
     Returns
     -------
     files : list of Path (S,)
-    labels : dict name → numpy.ndarray (S,) float64 (``simulation`` as int64)
+    labels : dict name → numpy.ndarray (S,)
+        float64 for columns of numbers (``simulation`` as int64), str for text columns (class
+        names).
 
     Raises
     ------
     ConfigError
-        Missing or unreadable file, no ``file`` column, no rows, non-numeric or NaN labels.
+        Missing or unreadable file, no ``file`` column, no rows, NaN/inf numbers, empty text
+        values, or a non-integer ``simulation`` column.
     """
     where = f"labels file {str(path)!r}"
     if not path.is_file():
@@ -153,13 +235,19 @@ def read_labels(path: Path, folder: Path) -> tuple[list[Path], dict[str, np.ndar
     for col in header:
         if col == "file" or not col:
             continue
+        name = label_name(col)
         try:
             vals = np.array([float(r[col]) for r in rows], dtype=np.float64)
-        except ValueError:
-            raise ConfigError(f"{where}: column {col!r} is not numeric") from None
+        except ValueError:  # a text column: class names
+            if name == "simulation":
+                raise ConfigError(f"{where}: column {col!r} must hold integers") from None
+            text = np.array([r[col] for r in rows], dtype=str)
+            if (text == "").any():
+                raise ConfigError(f"{where}: column {col!r} has empty values") from None
+            labels[name] = text
+            continue
         if not np.all(np.isfinite(vals)):
             raise ConfigError(f"{where}: column {col!r} holds NaN or inf")
-        name = label_name(col)
         labels[name] = vals.astype(np.int64) if name == "simulation" else vals
     return files, labels
 
@@ -169,21 +257,32 @@ class _Options(NamedTuple):
 
     box: float | None
     fov: float | None
+    pixel_scale: float | None
     split: str
     n_keep: int | None
+    pickle: bool
 
 
-def _options(folder: Path, where: str, box_size, fov, split, count) -> _Options:
-    """Check the folder exists and the ``box_size``/``fov``, ``split`` and ``count`` options."""
+def _options(
+    folder: Path, where: str, box_size, fov, split, count, pixel_scale=None, pickle=None
+) -> _Options:
+    """Check the folder exists and the ``box_size``/``fov``/``pixel_scale``, ``split``,
+    ``count`` and ``pickle`` options."""
     if not folder.is_dir():
         raise ConfigError(f"{where} is not a folder")
-    if box_size is not None and fov is not None:
-        raise ConfigError(f"{where}: give box_size (Mpc/h) or fov (degrees), not both")
+    if sum(v is not None for v in (box_size, fov, pixel_scale)) > 1:
+        raise ConfigError(
+            f"{where}: give one of box_size (Mpc/h), fov (degrees) or pixel_scale (arcsec/pixel)"
+        )
     return _Options(
         box=None if box_size is None else as_float(box_size, "box_size", where, 0.0),
         fov=None if fov is None else as_float(fov, "fov", where, 0.0, 180.0),
+        pixel_scale=None
+        if pixel_scale is None
+        else as_float(pixel_scale, "pixel_scale", where, 0.0),
         split=as_split(split, where),
         n_keep=as_count(count, where),
+        pickle=False if pickle is None else as_bool(pickle, "pickle", where),
     )
 
 
@@ -214,11 +313,13 @@ def _select(n_files: int, label_cols: dict[str, np.ndarray], opts: _Options, whe
     return index
 
 
-def _load_maps(files: list[Path], index: np.ndarray, key: str | None) -> np.ndarray:
+def _load_maps(
+    files: list[Path], index: np.ndarray, key: str | None, allow_pickle: bool = False
+) -> np.ndarray:
     """Read the selected maps, all of one square shape, stacked: (R, [C,] H, H) float32."""
     maps = []
     for i in index:
-        arr = read_map(files[i], key)
+        arr = read_map(files[i], key, allow_pickle)
         if maps and arr.shape != maps[0].shape:
             raise ConfigError(
                 f"map file {str(files[i])!r} has shape {arr.shape}, the first {maps[0].shape}"
@@ -238,6 +339,9 @@ def _pixel_scale(n: int, opts: _Options) -> tuple[np.ndarray, str, dict[str, Any
         centres, cunits = (np.arange(n) + 0.5) * opts.fov * 60.0 / n, "arcmin"
         pixel = opts.fov * 60.0 / n
         return centres, cunits, dict(fov=opts.fov, pixel_size=pixel, coordinate_units=cunits)
+    if opts.pixel_scale is not None:
+        centres, cunits = (np.arange(n) - (n - 1) / 2) * opts.pixel_scale, "arcsec"
+        return centres, cunits, dict(pixel_scale=opts.pixel_scale, coordinate_units=cunits)
     centres, cunits = np.arange(n) + 0.5, "pixel"
     return centres, cunits, dict(coordinate_units=cunits)
 
@@ -262,6 +366,8 @@ def open(  # noqa: A001 - the reader interface of engine.data
     count: str | None = None,
     key: str | None = None,
     units: str = "dimensionless",
+    pixel_scale: str | None = None,
+    pickle: str | None = None,
     **unknown: str,
 ) -> xr.DataArray:
     """Maps of a folder with a labels CSV (module docstring for layout and output).
@@ -286,6 +392,13 @@ def open(  # noqa: A001 - the reader interface of engine.data
         Array name inside ``.npz`` files (default: the first).
     units : str
         Units of the map values, stored in attrs (default "dimensionless").
+    pixel_scale : str, optional
+        Arcsec per pixel of every image (strong-lens images). Only one of ``box_size``, ``fov``
+        and ``pixel_scale``.
+    pickle : str, optional
+        ``true``: read DeepLense ``[image, label]`` pair files, which needs Python's pickle
+        (runs code from the files: only for files you trust). Default false: such files are
+        refused.
 
     Returns
     -------
@@ -295,15 +408,16 @@ def open(  # noqa: A001 - the reader interface of engine.data
     ------
     ConfigError
         Unknown option or bad value; missing folder, labels file or map file; unreadable files;
-        maps of different shapes or not square; NaN/inf values; an empty split.
+        a pickled pair file without ``pickle=true``; maps of different shapes or not square;
+        NaN/inf values; an empty split.
     """
     folder = Path(target)
     where = f"folder {str(folder)!r}"
     reject_unknown(where, unknown, OPTIONS)
-    opts = _options(folder, where, box_size, fov, split, count)
+    opts = _options(folder, where, box_size, fov, split, count, pixel_scale, pickle)
     lpath, files, label_cols = _list_maps(folder, labels, where)
     index = _select(len(files), label_cols, opts, where)
-    data = _load_maps(files, index, key)
+    data = _load_maps(files, index, key, opts.pickle)
     n = data.shape[-1]
     dims = ("sample", "y", "x") if data.ndim == 3 else ("sample", "channel", "y", "x")
     centres, cunits, scale_attrs = _pixel_scale(n, opts)

@@ -250,8 +250,8 @@ class _Pairs:
     def run(self, spec, ckpt, model, with_pk, with_cal=False):
         """(report, relative predictions path or None) of one pair.
 
-        Raises ConfigError for a map emulator's checkpoint (compare scores parameter
-        inference; its report comes from ``evaluate``)."""
+        Raises ConfigError for a map emulator's or a classifier's checkpoint (compare scores
+        parameter inference; their reports come from ``evaluate``)."""
         if ckpt is not None:
             from engine.evaluation.predict import checkpoint_task
             from engine.evaluation.sampling import GENERATOR_TASKS
@@ -262,6 +262,12 @@ class _Pairs:
                     f"checkpoint {str(ckpt)!r} is a map emulator (task {task!r}); compare scores "
                     "parameter inference: score it with python -m engine evaluate --checkpoint "
                     f"{ckpt} --dataset GRID"
+                )
+            if task == "classification":
+                raise ConfigError(
+                    f"checkpoint {str(ckpt)!r} is a classifier; compare scores parameter "
+                    "inference: score it with python -m engine evaluate --checkpoint "
+                    f"{ckpt} --dataset SPEC"
                 )
         rep, results, truth, maps = run_evaluation(
             spec,

@@ -32,7 +32,9 @@ A checkpoint records its task; :data:`EVALUATORS` maps a task name to what evalu
 it (:class:`Evaluator`: predict, evaluate): ``"regression"`` (older checkpoints:
 ``"parameter_regression"``), and the map emulators ``"gan"`` and ``"diffusion"``
 (:func:`engine.evaluation.emulator_eval.evaluate_emulator`: the emulator report; ``predict``
-refuses them); :func:`evaluator_for` refuses a checkpoint of another task in one line, for the
+refuses them), and ``"classification"``
+(:mod:`engine.evaluation.classification`: class probabilities, accuracy, ROC AUC, confusion
+matrix, calibration); :func:`evaluator_for` refuses a checkpoint of another task in one line, for the
 ``predict``, ``evaluate`` and ``compare`` verbs alike.
 
 Domain transfer, and which methods run on which maps: :mod:`engine.evaluation.maps`.
@@ -56,6 +58,7 @@ from engine.evaluation.calibrated_use import (
     resolve_calibration,
     training_spec,
 )
+from engine.evaluation.classification import evaluate_classifier, predict_classifier
 from engine.evaluation.emulator_eval import evaluate_emulator, refuse_predict
 from engine.evaluation.figures import draw_figures
 from engine.evaluation.fisher import crb_sigma
@@ -121,7 +124,8 @@ class Evaluator:
     predict : callable
         ``predict(maps, checkpoint, device=..., strict=...) -> {"mean", "std"[, "truth"]}``:
         per-map predictions, (B, P) float64 arrays (:func:`engine.evaluation.predict.
-        predict_network` for regression).
+        predict_network` for regression); a classifier's gives ``{"probs", "classes"[,
+        "truth"]}`` instead (:func:`engine.evaluation.classification.predict_classifier`).
     evaluate : callable
         ``evaluate(dataset, checkpoint, **options) -> (report, results, truth, maps)``: the
         report of :mod:`engine.evaluation.schema` and what :mod:`engine.evaluation.compare`
@@ -605,4 +609,5 @@ EVALUATORS: dict[str, Evaluator] = {
     "regression": Evaluator(predict=predict_network, evaluate=evaluate_regression),
     "gan": Evaluator(predict=refuse_predict, evaluate=evaluate_emulator),
     "diffusion": Evaluator(predict=refuse_predict, evaluate=evaluate_emulator),
+    "classification": Evaluator(predict=predict_classifier, evaluate=evaluate_classifier),
 }

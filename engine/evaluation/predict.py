@@ -372,6 +372,38 @@ def _load_regression(checkpoint, device):
     return model, predictor, ckpt
 
 
+def load_task_network(checkpoint, device, task: str):
+    """(network in eval mode, task rebuilt for inference, checkpoint dict) of a checkpoint of
+    task ``task`` (e.g. ``"classification"``; :func:`engine.tasks.task_from_checkpoint`).
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        A ``.pt`` file or a run directory (:func:`checkpoint_path`).
+    device : str or torch.device
+    task : str
+        The task the checkpoint must be of.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable checkpoint, one of another task, or unusable weights or task state
+        (one line).
+    """
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    name = task_name(ckpt)
+    if name != task:
+        raise ConfigError(f"checkpoint {str(checkpoint)!r} is of task {name!r}, not {task!r}")
+    try:
+        model = build_network(next(iter(ckpt["networks"].values())), device)
+        predictor = task_from_checkpoint(ckpt, device)
+    except Exception as exc:  # a damaged checkpoint fails in many ways; report one line
+        text = str(exc).strip()
+        msg = text.splitlines()[0] if text else type(exc).__name__
+        raise ConfigError(f"checkpoint {str(checkpoint)!r} holds no usable model: {msg}") from None
+    return model.eval(), predictor, ckpt
+
+
 def _check_settings(attrs: dict[str, Any], trained: dict[str, Any]) -> None:
     """Refuse maps whose :data:`NETWORK_SETTINGS` differ from the network's (one line)."""
     bad = [

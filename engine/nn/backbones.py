@@ -11,6 +11,10 @@ BasicBlock.
 Multi-channel input: every network here takes ``in_channels`` = C and maps ``(B, C, H, W)``; the
 channels are mixed from the first convolution on, and :func:`~engine.nn.heads.amplitude_features`
 adds ``2C`` features (mean and log-std of each channel) to the head.
+
+Outputs: ``head="gaussian"`` (default) gives ``(B, 2 * n_params)`` means and log-stds
+(regression); ``head="logits"`` gives ``(B, n_params)`` class logits (classification,
+``n_params`` = number of classes; :func:`engine.nn.heads.make_head`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from engine.nn.blocks import (
     conv2d,
     norm_layer,
 )
-from engine.nn.heads import GaussianHead, amplitude_features
+from engine.nn.heads import amplitude_features, head_outputs, make_head
 
 __all__ = ["CNN", "BasicBlock", "ResNet", "cnn_features", "resnet18", "resnet_cbam"]
 
@@ -90,11 +94,13 @@ class CNN(nn.Module):
         Feed :func:`~engine.nn.heads.amplitude_features` of the input to the head. Off by default
         (the original baseline), in which case the output is blind to the overall amplitude of
         the maps.
+    head : {"gaussian", "logits"}
+        Output ``(B, 2 * n_params)`` means and log-stds, or ``(B, n_params)`` class logits.
 
     Raises
     ------
     ValueError
-        ``in_channels``, ``n_params`` or ``width`` not a positive integer.
+        ``in_channels``, ``n_params`` or ``width`` not a positive integer; unknown ``head``.
 
     Notes
     -----
@@ -111,9 +117,11 @@ class CNN(nn.Module):
         hidden: int = 64,
         circular_padding: bool = True,
         amplitude_features: bool = False,
+        head: str = "gaussian",
     ):
         super().__init__()
         check_model_args(in_channels, n_params, width)
+        n_out = head_outputs(head, n_params)
         self.n_params = n_params
         self.amplitude_features = amplitude_features
         #: Downsampling factor from input to the last feature map (pixels).
@@ -123,11 +131,12 @@ class CNN(nn.Module):
         self.features = cnn_features(in_channels, width, stages, circular_padding)
         c = width * 2 ** (stages - 1) + (2 * in_channels if amplitude_features else 0)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, 2 * n_params)
+            nn.Flatten(), nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, n_out)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) float32`` normalised maps → ``(B, 2 * n_params)`` means and log-stds."""
+        """``(B, C, H, W) float32`` normalised maps → ``(B, 2 * n_params)`` means and log-stds
+        (``head="logits"``: ``(B, n_params)`` logits)."""
         h = self.features(x).mean(dim=(-2, -1), keepdim=True)
         if self.amplitude_features:
             h = torch.cat([h.flatten(1), amplitude_features(x).to(h.dtype)], dim=1)
@@ -248,12 +257,16 @@ class ResNet(nn.Module):
     amplitude_features : bool
         Concatenate per-channel mean and log-std of the input maps (``2C`` features) to the
         pooled features (the normalisation layers otherwise remove the map amplitude).
+    head : {"gaussian", "logits"}
+        :class:`~engine.nn.heads.GaussianHead`, output ``(B, 2 * n_params)`` means and log-stds
+        (regression), or :class:`~engine.nn.heads.LogitsHead`, output ``(B, n_params)`` class
+        logits (classification: ``n_params`` is the number of classes).
 
     Raises
     ------
     ValueError
-        Non-positive ``in_channels``/``n_params``/``width``, bad ``blocks``, unknown ``stem`` or
-        ``norm``.
+        Non-positive ``in_channels``/``n_params``/``width``, bad ``blocks``, unknown ``stem``,
+        ``norm`` or ``head``.
 
     Notes
     -----
@@ -273,9 +286,11 @@ class ResNet(nn.Module):
         cbam_reduction: int = 16,
         hidden: int = 128,
         amplitude_features: bool = True,
+        head: str = "gaussian",
     ):
         super().__init__()
         check_model_args(in_channels, n_params, width)
+        head_outputs(head, n_params)  # refuse an unknown head before building anything
         blocks = list(blocks)
         if not blocks or any(not isinstance(b, int) or b < 1 for b in blocks):
             raise ValueError(f"blocks={blocks!r} must be a non-empty list of positive integers")
@@ -297,10 +312,11 @@ class ResNet(nn.Module):
                 c_in = c_out
         self.layers = nn.Sequential(*layers)
         n_features = c_in + (2 * in_channels if amplitude_features else 0)
-        self.head = GaussianHead(n_features, n_params, hidden)
+        self.head = make_head(head, n_features, n_params, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) float32`` normalised maps → ``(B, 2 * n_params)`` means and log-stds."""
+        """``(B, C, H, W) float32`` normalised maps → ``(B, 2 * n_params)`` means and log-stds
+        (``head="logits"``: ``(B, n_params)`` logits)."""
         h = self.layers(self.stem(x)).mean(dim=(-2, -1))
         if self.amplitude_features:
             h = torch.cat([h, amplitude_features(x).to(h.dtype)], dim=1)
@@ -316,13 +332,14 @@ def resnet18(
     norm: str = "group",
     hidden: int = 128,
     amplitude_features: bool = True,
+    head: str = "gaussian",
 ) -> ResNet:
     """ResNet-18 (He et al. 2016): BasicBlocks [2, 2, 2, 2], channels ``width·(1, 2, 4, 8)``.
 
     Parameters
     ----------
-    in_channels, n_params, width, circular_padding, stem, norm, hidden, amplitude_features
-        As for :class:`ResNet`.
+    in_channels, n_params, width, circular_padding, stem, norm, hidden, amplitude_features, head
+        As for :class:`ResNet` (``head="logits"``: ``(B, n_params)`` class logits).
 
     Returns
     -------
@@ -346,6 +363,7 @@ def resnet18(
         cbam=False,
         hidden=hidden,
         amplitude_features=amplitude_features,
+        head=head,
     )
 
 
@@ -359,6 +377,7 @@ def resnet_cbam(
     cbam_reduction: int = 16,
     hidden: int = 128,
     amplitude_features: bool = True,
+    head: str = "gaussian",
 ) -> ResNet:
     """ResNet-18 with a CBAM module (Woo et al. 2018, ECCV) in each of its eight BasicBlocks.
 
@@ -366,7 +385,7 @@ def resnet_cbam(
     ----------
     in_channels, n_params, width, circular_padding, stem, norm
         As for :class:`ResNet`.
-    cbam_reduction, hidden, amplitude_features
+    cbam_reduction, hidden, amplitude_features, head
         As for :class:`ResNet`.
 
     Returns
@@ -391,4 +410,5 @@ def resnet_cbam(
         cbam_reduction=cbam_reduction,
         hidden=hidden,
         amplitude_features=amplitude_features,
+        head=head,
     )

@@ -4,6 +4,9 @@ Every model maps a batch of maps ``(B, C, H, W) float32`` (already divided by a 
 scale) to ``(B, 2 * n_params) float32``: the first ``n_params`` columns are the posterior means,
 the last ``n_params`` the log standard deviations, both in normalised parameter units (each
 parameter scaled to [0, 1] by its prior box; see ``engine.tasks.regression.Regression``).
+The models of :data:`CLASSIFIERS` also take ``head="logits"``: then the output is ``(B,
+n_params)`` class logits, ``n_params`` being the number of classes
+(``engine.tasks.classification``).
 
 Models are built by name with :func:`build_model` from plain keyword arguments, so a checkpoint
 that stores ``(model_name, model_kwargs, model_state)`` rebuilds its model without code. Every
@@ -32,6 +35,12 @@ registered constructor takes the same four keyword arguments (``in_channels``, `
 ``hybrid_log``
     ``hybrid_std`` on the log density ln(1 + δ) instead of δ (:func:`engine.nn.hybrid.hybrid_log`),
     for lognormal and N-body-like maps.
+``vit_small``
+    A small Vision Transformer (Dosovitskiy et al. 2021, ICLR, arXiv:2010.11929): ``patch_size``
+    × ``patch_size`` patches (default 8) embedded to ``4·width`` dimensions, a class token, fixed
+    2-D sine-cosine position embeddings, ``depth`` (default 6) pre-norm transformer blocks, MLP
+    head on the class token (:func:`engine.nn.vit.vit_small`). Map sides must be multiples of
+    ``patch_size``; ``circular_padding`` changes nothing (no padding).
 
 Every model takes any number of input channels ``C >= 1``.
 """
@@ -45,9 +54,11 @@ from torch import nn
 
 from engine.nn.backbones import CNN, resnet18, resnet_cbam
 from engine.nn.hybrid import HybridPk, hybrid_log, hybrid_std
+from engine.nn.vit import vit_small
 from engine.params import ConfigError
 
 __all__ = [
+    "CLASSIFIERS",
     "MODELS",
     "NETWORKS",
     "build_model",
@@ -68,7 +79,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "hybrid": HybridPk,
     "hybrid_std": hybrid_std,
     "hybrid_log": hybrid_log,
+    "vit_small": vit_small,
 }
+
+#: Models of :data:`MODELS` that take ``head="logits"`` (class logits ``(B, n_params)``): the
+#: networks of the classification task.
+CLASSIFIERS: tuple[str, ...] = ("resnet18", "resnet_cbam", "cnn", "vit_small")
 
 #: Networks of the other tasks (generators, discriminators, U-Nets), ``name → "module:attr"``,
 #: imported when built. They are not regression models (not choices of ``model``), but

@@ -10,6 +10,8 @@ loop of :mod:`engine.train`.
 * :mod:`engine.tasks.generative` — the base of conditional map generators (data, map
   transform, sampling, validation FID); :mod:`engine.tasks.gan` (conditional GAN) and
   :mod:`engine.tasks.diffusion` (conditional diffusion with diffusers).
+* :mod:`engine.tasks.classification` — classification of images into discrete classes (the
+  dark-matter substructure of strong-lens images, after ML4SCI DeepLense) with cross-entropy.
 
 Adding a problem means one module here and one line in :data:`TASKS`; the loop, the run
 directory, the CLI verbs and the explorer's Training page work for it unchanged.
@@ -28,6 +30,7 @@ TASKS = {
     "regression": "engine.tasks.regression:Regression",
     "gan": "engine.tasks.gan:ConditionalGAN",
     "diffusion": "engine.tasks.diffusion:ConditionalDiffusion",
+    "classification": "engine.tasks.classification:Classification",
 }
 #: Names of tasks written by older engine versions.
 ALIASES = {"parameter_regression": "regression"}
