@@ -71,10 +71,11 @@ def add_parsers(sub, fields_kind: str = "grf") -> None:
     dataset_p = sub.add_parser(
         "dataset",
         help="Write a training dataset (.zarr): parameters from a prior box, fixed split.",
-        description=f"Generate --count samples of kind {fields_kind!r} with per-sample omega_m "
-        "and sigma8 uniform in ranges LO:HI (drawn from --seed) and a fixed train/val/test "
-        "split, and write them to a .zarr store chunk by chunk (atomically). Flags depend on "
-        "--kind: see 'dataset --kind KIND --help'.",
+        description=f"Generate --count samples of kind {fields_kind!r} and a fixed "
+        "train/val/test split, and write them to a .zarr store chunk by chunk (atomically). "
+        "Map kinds: per-sample omega_m and sigma8 uniform in ranges LO:HI (drawn from --seed); "
+        "strong_lens: the substructure classes none, cdm, vortex in equal numbers in every "
+        "split. Flags depend on --kind: see 'dataset --kind KIND --help'.",
     )
     dataset_p.add_argument(
         "--kind", default=fields_kind, choices=list(WRITE_KINDS), help="Map kind (see fields)."
