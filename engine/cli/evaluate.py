@@ -326,6 +326,22 @@ def _add_evaluate_parsers(sub) -> None:
         "default): the shipped model trained on the generator's kind and geometry; 'none': skip.",
     )
     e.add_argument(
+        "--classifier",
+        default="auto",
+        metavar="PATH",
+        help="Class-conditional generators (e.g. strong-lens diffusion by substructure): the "
+        "classification checkpoint of the domain FID/KID and the accuracies; 'auto' (the "
+        "default): the shipped classifier of the generator's image kind, size and pixel scale; "
+        "'none': FID on summary features, no accuracies.",
+    )
+    e.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="W",
+        help="Class-conditional diffusion: classifier-free guidance weight (default: the model's).",
+    )
+    e.add_argument(
         "--steps", type=int, default=None, help="Diffusion sampling steps (default: the model's)."
     )
     e.add_argument(
@@ -462,6 +478,7 @@ def _evaluate_emulator(args: argparse.Namespace) -> int:
     from engine.evaluation.emulator_eval import evaluate_emulator, summary_table
 
     regressor = None if str(args.regressor).lower() == "none" else args.regressor
+    classifier = None if str(args.classifier).lower() == "none" else args.classifier
     report = evaluate_emulator(
         args.dataset,
         args.checkpoint,
@@ -474,10 +491,19 @@ def _evaluate_emulator(args: argparse.Namespace) -> int:
         memorisation=args.memorisation,
         steps=args.steps,
         inception=args.inception,
+        classifier=classifier,
+        guidance=args.guidance,
     )[0]
     print(summary_table(report))
     for note in report.get("notes") or []:
         print(f"note: {note}")
+    if report.get("per_class") is not None:
+        print(
+            f"evaluated {report['task']} generator on {report['n_points']} classes × "
+            f"{report['maps_per_point']} images of {report['dataset']} in "
+            f"{report['seconds']:.1f} s; wrote {Path(args.out) / 'report.json'}"
+        )
+        return 0
     print(
         f"evaluated {report['task']} emulator on {report['n_points']} points × "
         f"{report['maps_per_point']} maps of {report['dataset']} in {report['seconds']:.1f} s; "

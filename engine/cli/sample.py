@@ -5,9 +5,13 @@
     python -m engine sample --checkpoint assets/models/gan64 --omega-m 0.3 --sigma8 0.8 \\
         --count 64 --seed 1 --out gen.zarr
     python -m engine sample --checkpoint runs/camels-diffusion --param A_SN1=1.2 ... --steps 50
+    python -m engine sample --checkpoint runs/lens_diffusion --substructure cdm --count 16 \
+        --seed 1 --out gen.zarr
 
 The maps are written as the training kind's DataArray (:mod:`engine.evaluation.sampling`),
-with a progress bar over batches (GAN) or diffusion steps.
+with a progress bar over batches (GAN) or diffusion steps. A class-conditional diffusion model
+takes its class with ``--label CLASS`` (aliases ``--class``, ``--substructure``: the same flag
+whatever the model's class coord is called) and optionally ``--guidance W``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ def add_parser(sub) -> None:
     """Add the ``sample`` subparser to ``sub``."""
     p = sub.add_parser(
         "sample",
-        help="Draw maps from a trained emulator (GAN or diffusion checkpoint) at given parameters.",
+        help="Draw maps from a trained emulator (GAN or diffusion checkpoint) at given parameters "
+        "or of a given class.",
         description="Draw --count maps from a trained conditional generator at one point of "
-        "its parameters and write them (.zarr or .nc) with the dims, coords and attrs of the "
-        "kind it was trained on.",
+        "its parameters (a class-conditional one: of one class, --label) and write them (.zarr "
+        "or .nc) with the dims, coords and attrs of the data it was trained on.",
     )
     p.add_argument(
         "--checkpoint",
@@ -44,6 +49,24 @@ def add_parser(sub) -> None:
         metavar="NAME=VALUE",
         help="Any other parameter the generator is conditioned on (repeatable), e.g. "
         "--param A_SN1=1.2 for a CAMELS generator.",
+    )
+    p.add_argument(
+        "--label",
+        "--class",
+        "--substructure",
+        dest="label",
+        default=None,
+        metavar="CLASS",
+        help="Class of a class-conditional generator (e.g. none, cdm or vortex for strong-lens "
+        "substructure); required for such a model, refused for others.",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="W",
+        help="Classifier-free guidance weight w >= 0 of a class-conditional diffusion model "
+        "trained with p_uncond > 0 (default: its guidance_scale setting, usually 0).",
     )
     p.add_argument("--count", type=int, default=16, help="Number of maps (default 16).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the latent draws (default 0).")
@@ -102,6 +125,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size} must be in [1, 65536]")
     out, device = _output(args)
     em = Emulator(args.checkpoint, device)
+    label = em.check_label(args.label)
+    if args.guidance is not None:
+        if not em.classes:
+            raise ConfigError(
+                "--guidance applies to class-conditional diffusion models only "
+                "(classifier-free guidance)"
+            )
+        em.task.check_guidance(args.guidance)
     theta = em.theta(parameter_values(args), args.count)
     n = em.map_config.get("size") or 64
     per_map = 4 * len(em.channel_names) * int(n) ** 2
@@ -135,12 +166,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
             steps=args.steps,
             batch_size=args.batch_size,
             progress=progress,
+            label=label,
+            guidance=args.guidance,
         )
     finally:
         if bar is not None:
             bar.close()
     slabs.save(da, out, overwrite=args.overwrite)
-    point = ", ".join(f"{k}={v:g}" for k, v in zip(em.names, theta[0], strict=True))
+    parts = [f"{k}={v:g}" for k, v in zip(em.names, theta[0], strict=True)]
+    if label is not None:
+        parts.insert(0, f"{em.label}={label}")
+    point = ", ".join(parts)
     print(
         f"wrote {args.count} maps of {em.task_name} generator {em.path} ({point}, seed "
         f"{args.seed}) to {out} on {device} in {time.perf_counter() - t0:.2f} s"

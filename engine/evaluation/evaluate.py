@@ -31,8 +31,10 @@ Tasks
 A checkpoint records its task; :data:`EVALUATORS` maps a task name to what evaluation does for
 it (:class:`Evaluator`: predict, evaluate): ``"regression"`` (older checkpoints:
 ``"parameter_regression"``), and the map emulators ``"gan"`` and ``"diffusion"``
-(:func:`engine.evaluation.emulator_eval.evaluate_emulator`: the emulator report; ``predict``
-refuses them), and ``"classification"``
+(:func:`engine.evaluation.emulator_eval.evaluate_emulator`: the emulator report; for a
+class-conditional diffusion checkpoint, e.g. strong-lens images by substructure, the per-class
+report of :func:`engine.evaluation.lens_eval.evaluate_class_emulator`, which it dispatches to;
+``predict`` refuses them), and ``"classification"``
 (:mod:`engine.evaluation.classification`: class probabilities, accuracy, ROC AUC, confusion
 matrix, calibration); :func:`evaluator_for` refuses a checkpoint of another task in one line, for the
 ``predict``, ``evaluate`` and ``compare`` verbs alike.

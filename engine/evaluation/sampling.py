@@ -12,6 +12,20 @@ kind's own ``to_dataarray`` when it is one of :mod:`engine.kinds`, e.g. ``pm`` s
 channels delta and theta; else dims ``(sample, channel, y, x)`` with pixel coords from the
 training data's attrs), plus ``generator`` (the checkpoint), ``generator_task``,
 ``generator_step``, ``sample_steps`` (diffusion) and ``seed`` in attrs.
+
+A class-conditional diffusion model (trained with ``label=``, e.g. strong-lens images by
+substructure) samples one class at a time::
+
+    em = Emulator.from_checkpoint("runs/lens_diffusion")
+    images = em.sample(count=16, seed=1, label="cdm")        # xarray.DataArray "image"
+
+Its images are written as its training images were (the layout saved in the checkpoint: the
+DataArray's name, its dims ``(sample, y, x)`` — ``(sample, channel, y, x)`` with several channels
+—, pixel coords ``x``, ``y`` with their attrs, and every scalar attr of the training data, e.g.
+kind ``strong_lens``, ``pixel_scale`` in arcsec, ``units`` e-/s per pixel), with the class coord
+(``substructure``) set on every sample and the continuous labels it is conditioned on, if any;
+per-sample physical parameters of the real images that the generator does not draw (θ_E,
+subhalo counts…) are absent.
 """
 
 from __future__ import annotations
@@ -93,6 +107,54 @@ class Emulator:
         self.low = [float(v) for v in self.task.low.tolist()]
         self.high = [float(v) for v in self.task.high.tolist()]
         self.channel_names = list(self.task.channel_names)
+        #: Class names of a class-conditional model (empty tuple otherwise).
+        self.classes: tuple[str, ...] = tuple(getattr(self.task, "classes", ()) or ())
+        #: The class coord of its data (e.g. ``"substructure"``; "" without classes).
+        self.label = str(getattr(self.task, "label", "") or "")
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | Path, device: str | torch.device = "cpu"
+    ) -> Emulator:
+        """The emulator of a checkpoint ``.pt`` or run directory: ``Emulator(checkpoint,
+        device)``.
+
+        Raises
+        ------
+        ConfigError
+            As :class:`Emulator`.
+        """
+        return cls(checkpoint, device)
+
+    def check_label(self, label: str | None) -> str | None:
+        """``label`` checked against the model: a class name of :attr:`classes` for a
+        class-conditional model (required), None otherwise.
+
+        Raises
+        ------
+        ConfigError
+            A class-conditional model without a label, a name that is not one of its classes,
+            or a label for a model without classes (one line each).
+        """
+        if not self.classes:
+            if label is not None:
+                raise ConfigError(
+                    f"class {label!r} given, but this generator has no classes: it is "
+                    f"conditioned on {', '.join(self.names)} (give those instead)"
+                )
+            return None
+        if label is None or not str(label).strip():
+            raise ConfigError(
+                f"this generator is conditioned on its {self.label!r} class: give one of "
+                f"{', '.join(self.classes)} (engine sample --label CLASS)"
+            )
+        label = str(label).strip()
+        if label not in self.classes:
+            raise ConfigError(
+                f"class {label!r} is not one of this generator's {self.label!r} classes: "
+                f"{', '.join(self.classes)}"
+            )
+        return label
 
     @property
     def default_steps(self) -> int | None:
@@ -142,17 +204,28 @@ class Emulator:
 
     def sample_tensor(
         self,
-        theta: np.ndarray,
+        theta: np.ndarray | None,
         seed: int = 0,
         steps: int | None = None,
         batch_size: int = 64,
         progress: Callable[[int, int], None] | None = None,
+        labels=None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """Maps ``(B, C, N, N) float32`` in map units at physical ``theta (B, P)`` (checked with
-        :meth:`theta` first); same seed ⇒ same maps on the same device.
+        :meth:`theta` first) and, for a class-conditional model, classes ``labels`` (B,) (class
+        names or indices into :attr:`classes`); same seed ⇒ same maps on the same device.
 
         ``steps``: diffusion sampling steps (default: the model's ``sample_steps``); refused for
-        a GAN. ``progress(done, total)`` is called per batch (GAN) or per diffusion step.
+        a GAN. ``guidance``: classifier-free guidance weight w ≥ 0 (default the model's
+        ``guidance_scale``; only models trained with ``p_uncond > 0``). ``progress(done,
+        total)`` is called per batch (GAN) or per diffusion step.
+
+        Raises
+        ------
+        ConfigError
+            Bad parameters or classes, steps or guidance given for a GAN, guidance for a model
+            without a null class.
         """
         options: dict[str, Any] = {}
         if steps is not None:
@@ -163,6 +236,22 @@ class Emulator:
             if not 1 <= int(steps) <= 1000:
                 raise ConfigError(f"steps={steps} must be in [1, 1000]")
             options["steps"] = int(steps)
+        if guidance is not None:
+            if self.task_name != "diffusion" or not self.classes:
+                raise ConfigError(
+                    "--guidance applies to class-conditional diffusion models only "
+                    "(classifier-free guidance)"
+                )
+            options["guidance"] = float(guidance)
+        if labels is not None or self.classes:
+            if not self.classes:
+                raise ConfigError(
+                    "a class was given, but this generator has no classes: it is conditioned "
+                    f"on {', '.join(self.names)}"
+                )
+            options["labels"] = labels
+            if not self.names:
+                theta = None
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         return self.task.generate(
             self.nets, theta, gen, batch_size=batch_size, progress=progress, **options
@@ -170,28 +259,66 @@ class Emulator:
 
     def sample(
         self,
-        values: Mapping[str, float] | np.ndarray,
+        values: Mapping[str, float] | np.ndarray | None = None,
         count: int = 1,
         seed: int = 0,
         steps: int | None = None,
         batch_size: int = 64,
         progress: Callable[[int, int], None] | None = None,
+        label: str | None = None,
+        guidance: float | None = None,
     ) -> xr.DataArray:
-        """``count`` maps at ``values`` (:meth:`theta`) as the training kind's DataArray
-        (module docstring), with per-sample parameter coords and the generator in attrs.
+        """``count`` maps at ``values`` (:meth:`theta`) and, for a class-conditional model, of
+        class ``label``, as the training data's DataArray (module docstring), with per-sample
+        parameter (and class) coords and the generator in attrs.
+
+        Parameters
+        ----------
+        values : mapping {name: value} or array (P,) / (count, P), optional
+            Physical parameters; None (or {}) for a model conditioned on a class only.
+        count : int
+            Number of maps (≥ 1).
+        seed : int
+            Seed of the initial noise (same seed ⇒ same maps on the same device).
+        steps : int, optional
+            Diffusion sampling steps (default the model's ``sample_steps``).
+        batch_size : int
+            Maps per network call.
+        progress : callable, optional
+            ``progress(done, total)`` per batch (GAN) or diffusion step.
+        label : str, optional
+            Class name (one of :attr:`classes`); required for a class-conditional model,
+            refused for another.
+        guidance : float, optional
+            Classifier-free guidance weight (:meth:`sample_tensor`).
+
+        Returns
+        -------
+        xarray.DataArray (sample, y, x) or (sample, channel, y, x) float32, map units.
 
         Raises
         ------
         ConfigError
-            Bad parameters, count < 1, or steps given for a GAN.
+            Bad parameters, a missing, unknown or unexpected class, count < 1, steps given for
+            a GAN, or bad guidance.
         """
         if int(count) < 1:
             raise ConfigError(f"count={count} must be at least 1")
-        theta = self.theta(values, int(count))
+        if values is not None and not isinstance(values, Mapping) and np.ndim(values) == 0:
+            raise ConfigError(
+                f"values={values!r} must be a mapping {{name: value}} or an array of parameters; "
+                "give count= and seed= by keyword"
+            )
+        label = self.check_label(label)
+        theta = self.theta({} if values is None else values, int(count))
+        labels = None if label is None else [label] * int(count)
         t0 = time.perf_counter()
-        maps = self.sample_tensor(theta, seed, steps, batch_size, progress).cpu().numpy()
+        maps = self.sample_tensor(
+            theta, seed, steps, batch_size, progress, labels=labels, guidance=guidance
+        )
+        maps = maps.cpu().numpy()
         elapsed = time.perf_counter() - t0
-        da = self.to_dataarray(maps, theta)
+        da = self.to_dataarray(maps, theta, labels)
         da.attrs.update(
             generator=str(self.path),
             generator_task=self.task_name,
@@ -202,12 +329,30 @@ class Emulator:
         )
         if self.task_name == "diffusion":
             da.attrs["sample_steps"] = int(steps or self.default_steps or 0)
+        if self.classes:
+            da.attrs["generator_class"] = label
+            da.attrs["guidance"] = float(self.task.check_guidance(guidance))
         return da
 
-    def to_dataarray(self, maps: np.ndarray, theta: np.ndarray) -> xr.DataArray:
-        """Maps ``(B, C, N, N)`` and their ``theta (B, P)`` as a DataArray like the real kind's."""
+    def sample_class(self, label: str, count: int = 1, seed: int = 0, **options) -> xr.DataArray:
+        """``count`` images of class ``label`` of a class-conditional model: :meth:`sample`
+        with ``label=label`` (``options``: ``values``, ``steps``, ``batch_size``,
+        ``progress``, ``guidance``).
+
+        Raises
+        ------
+        ConfigError
+            As :meth:`sample`.
+        """
+        return self.sample(count=count, seed=seed, label=label, **options)
+
+    def to_dataarray(self, maps: np.ndarray, theta: np.ndarray, labels=None) -> xr.DataArray:
+        """Maps ``(B, C, N, N)``, their ``theta (B, P)`` and, for a class-conditional model,
+        their class names ``labels (B,)`` as a DataArray like the real data's."""
         from engine.kinds import KINDS, get_kind
 
+        if self.classes:
+            return self._class_dataarray(maps, theta, labels)
         kind = str(self.map_config.get("kind", ""))
         cols = {n: theta[:, j] for j, n in enumerate(self.names)}
         if kind in KINDS and {"omega_m", "sigma8"} <= set(cols):
@@ -221,6 +366,35 @@ class Emulator:
                         da = da.assign_coords({n: ("sample", v)})
                 return da
         return self._generic(maps, cols)
+
+    def _class_dataarray(self, maps: np.ndarray, theta: np.ndarray, labels) -> xr.DataArray:
+        """Images of a class-conditional model in the layout of its training data (module
+        docstring)."""
+        layout = dict(getattr(self.task, "layout", None) or {})
+        n = maps.shape[-1]
+        pixel = float(self.map_config.get("pixel_scale") or 1.0)
+        centres = (np.arange(n) - (n - 1) / 2) * pixel
+        coords: dict[str, Any] = {}
+        for axis in ("y", "x"):
+            values = np.asarray(layout.get(axis) or centres, np.float64)
+            if len(values) != n:
+                values = centres
+            coords[axis] = (axis, values, dict(layout.get(f"{axis}_attrs") or {}))
+        names = np.array([str(v) for v in (labels or [])], dtype=object)
+        coords[self.label] = ("sample", names, {"flag_meanings": " ".join(self.classes)})
+        for j, name in enumerate(self.names):
+            coords[name] = ("sample", np.asarray(theta[:, j], np.float64))
+        attrs = dict(layout.get("attrs") or {})
+        attrs.pop("source", None)
+        data = maps.astype(np.float32)
+        if data.shape[1] == 1:
+            data, dims = data[:, 0], ("sample", "y", "x")
+        else:
+            dims = ("sample", "channel", "y", "x")
+            coords["channel"] = list(self.channel_names)
+        return xr.DataArray(
+            data, dims=dims, coords=coords, name=layout.get("name") or "image", attrs=attrs
+        )
 
     def _generic(self, maps: np.ndarray, cols: Mapping[str, np.ndarray]) -> xr.DataArray:
         n = maps.shape[-1]

@@ -13,7 +13,11 @@ contrast δ > −1 with offset 1, i.e. ln(1 + δ), the Gaussianising variable of
 Coles & Jones 1991; positive fields such as CAMELS' Mgas, HI or B with offset 0), clipped below at
 ``ln(LOG_FLOOR)`` for empty pixels; ``u = asinh(x / s)`` for a signed heavy-tailed channel (the
 velocity divergence θ of N-body slabs, whose halo pixels reach ~100 standard deviations; s the
-robust standard deviation, so the core stays linear and the tails logarithmic); then ``(u − mean_c) / std_c`` with the mean and standard
+robust standard deviation, so the core stays linear and the tails logarithmic; forced for the
+channels of the setting ``asinh_channels``, e.g. ``all`` for strong-lens images, positive with
+noise that can make pixels slightly negative: s = 1.4826 MAD ≈ the noise level, so the noise stays
+Gaussian and the arcs are compressed logarithmically, the stretch of Lupton, Gunn & Szalay 1999,
+AJ 118, 1406); then ``(u − mean_c) / std_c`` with the mean and standard
 deviation of the train split (of 256 maps drawn once from the run's seed on the fly). Fixed
 per-channel constants, saved in the task state, so generated maps come back in map units.
 
@@ -72,23 +76,71 @@ class GenerativeParams(param.Parameterized):
         "kurtosis > 10, such as the velocity divergence theta: asinh(x / s), s = 1.4826 MAD), "
         "'none', or comma-separated channel indices (log only).",
     )
+    asinh_channels = param.String(
+        "auto",
+        doc="Channels modelled as asinh(x / s) before standardisation, s = 1.4826 MAD of the "
+        "train pixels (the noise level of mostly-empty images: noise stays linear, bright "
+        "features become logarithmic; positive images with noise such as strong-lens images): "
+        "'auto' (the heavy-tailed channels of log_channels=auto), 'all', 'none', or "
+        "comma-separated channel indices (these are never log channels).",
+    )
 
     def check(self) -> None:
         """Raises ConfigError for targets other than omega_m,sigma8 without a dataset, or
-        noise/smoothing augmentations (a generator must learn the maps, not augmented ones)."""
+        noise/smoothing augmentations (a generator must learn the maps, not augmented ones), or
+        bad channel transforms (:meth:`check_maps`)."""
         names = target_names(self.targets)
         if not getattr(self, "dataset", "") and names != PARAM_NAMES:
             raise ConfigError(
                 f"targets={self.targets!r}: maps generated on the fly are labelled with "
                 "omega_m,sigma8 only; train on a dataset (dataset=SPEC) for other targets"
             )
+        GenerativeParams.check_maps(self)
+
+    def check_maps(self) -> None:
+        """The checks of :meth:`check` that are not about the targets: no noise or smoothing
+        augmentation, valid ``log_channels`` and ``asinh_channels`` that share no channel.
+
+        Raises
+        ------
+        ConfigError
+            As :meth:`check`.
+        """
         for name in ("augment_noise", "augment_smoothing"):
             if getattr(self, name, 0) > 0:
                 raise ConfigError(
                     f"{name}={getattr(self, name)} must be 0 for a generator (it would learn "
                     "the augmented maps); augment_flips is allowed"
                 )
-        _parse_log_channels(self.log_channels)
+        log = _parse_log_channels(self.log_channels)
+        asinh = _parse_asinh_channels(getattr(self, "asinh_channels", "auto"))
+        if isinstance(log, list) and log and asinh not in ("auto", []):
+            both = set(log) if asinh == "all" else set(log) & set(asinh)
+            if both:
+                raise ConfigError(
+                    f"channel {min(both)} is in both log_channels={self.log_channels!r} and "
+                    f"asinh_channels={self.asinh_channels!r}: a channel has one transform"
+                )
+
+
+def _parse_asinh_channels(text: str) -> str | list[int]:
+    """``"auto"`` / ``"none"`` / ``"all"`` / ``"0,1"`` → "auto", [], "all" or [0, 1].
+
+    Raises
+    ------
+    ConfigError
+        Anything else.
+    """
+    text = str(text).strip()
+    if text == "all":
+        return "all"
+    try:
+        return _parse_log_channels(text)
+    except ConfigError:
+        raise ConfigError(
+            f"asinh_channels={text!r} must be 'auto', 'none', 'all' or comma-separated channel "
+            "indices"
+        ) from None
 
 
 def _parse_log_channels(text: str) -> str | list[int]:
@@ -120,6 +172,18 @@ def _parse_log_channels(text: str) -> str | list[int]:
 HEAVY_TAIL_KURTOSIS = 10.0
 
 
+def robust_scale(x: torch.Tensor) -> float:
+    """The robust standard deviation 1.4826 · MAD of the values of ``x`` (any shape, map
+    units; exact for a Gaussian), or their standard deviation when the MAD is 0 (1.0 when both
+    are 0): the scale s of u = asinh(x / s)."""
+    v = x.double().flatten()
+    mad = float((v - v.median()).abs().median())
+    if mad > 0:
+        return 1.4826 * mad
+    std = float(v.std()) if v.numel() > 1 else 0.0
+    return std if std > 0 else 1.0
+
+
 def _asinh_scale(x: torch.Tensor) -> float | None:
     """The scale s of u = asinh(x / s) for a heavy-tailed channel ``x`` (any shape): the robust
     standard deviation 1.4826 · MAD (exact for a Gaussian), so the core of the distribution
@@ -129,8 +193,7 @@ def _asinh_scale(x: torch.Tensor) -> float | None:
     z = (v - v.mean()) / v.std().clamp(min=1e-300)
     if float(z.pow(4).mean()) - 3.0 <= HEAVY_TAIL_KURTOSIS:
         return None
-    mad = float((v - v.median()).abs().median())
-    return 1.4826 * mad if mad > 0 else float(v.std())
+    return robust_scale(v)
 
 
 class GenerativeTask(Regression):
@@ -181,10 +244,20 @@ class GenerativeTask(Regression):
             maps = self.source.split("train")[0][:2048]
         self.channel_names = self._channel_names()
         spec = _parse_log_channels(self.settings.log_channels)
+        forced = _parse_asinh_channels(getattr(self.settings, "asinh_channels", "auto"))
+        if forced == "all":
+            forced = list(range(self.channels))
+        if isinstance(forced, list) and any(i >= self.channels for i in forced):
+            raise ConfigError(
+                f"asinh_channels={self.settings.asinh_channels!r}: the maps have "
+                f"{self.channels} channels (indices 0..{self.channels - 1})"
+            )
         offsets = []
         for c, name in enumerate(self.channel_names):
             low = float(maps[:, c].min())
-            if spec == "auto":
+            if isinstance(forced, list) and c in forced:
+                offsets.append(None)
+            elif spec == "auto":
                 use = name == "delta" or (low > 0)
                 offsets.append((1.0 if name == "delta" else 0.0) if use else None)
             else:
@@ -196,7 +269,11 @@ class GenerativeTask(Regression):
                 offsets.append((1.0 if name == "delta" else 0.0) if c in spec else None)
         self.log_offsets = offsets
         self.asinh_scales = [
-            _asinh_scale(maps[:, c]) if (off is None and spec == "auto") else None
+            robust_scale(maps[:, c])
+            if isinstance(forced, list) and c in forced
+            else _asinh_scale(maps[:, c])
+            if (off is None and spec == "auto" and forced == "auto")
+            else None
             for c, off in enumerate(offsets)
         ]
         u = self._forward_transform(maps.double())
@@ -285,6 +362,18 @@ class GenerativeTask(Regression):
         ConfigError
             theta of the wrong width or outside the label box.
         """
+        y = self.normalised_parameters(theta)
+        return self.generate_normalised(nets, y, generator, batch_size, progress, **options)
+
+    def normalised_parameters(self, theta) -> torch.Tensor:
+        """Physical parameters ``theta (B, P)`` (array-like; ``(P,)`` is one map) → normalised
+        ``y (B, P)`` float32 on the task's device, checked against the label box.
+
+        Raises
+        ------
+        ConfigError
+            theta of the wrong width or outside the label box.
+        """
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self.device)
         theta = theta.reshape(-1, len(self.names)) if theta.ndim < 2 else theta
         if theta.shape[1] != len(self.names):
@@ -292,7 +381,7 @@ class GenerativeTask(Regression):
                 f"theta has {theta.shape[1]} parameters per map; the generator is conditioned "
                 f"on {len(self.names)}: {', '.join(self.names)}"
             )
-        y = self.normalise(theta)
+        y = Regression.normalise(self, theta)
         bad = ((y < -1e-6) | (y > 1 + 1e-6)).any(dim=0)
         if bad.any():
             j = int(bad.nonzero()[0])
@@ -300,6 +389,21 @@ class GenerativeTask(Regression):
                 f"{self.names[j]} must be in [{float(self.low[j]):g}, {float(self.high[j]):g}] "
                 "(the generator's training box)"
             )
+        return y
+
+    @torch.no_grad()
+    def generate_normalised(
+        self,
+        nets: Mapping[str, nn.Module],
+        y: torch.Tensor,
+        generator: torch.Generator,
+        batch_size: int = 64,
+        progress=None,
+        **options,
+    ) -> torch.Tensor:
+        """Maps in map units ``(B, C, N, N)`` float32 for conditioning ``y (B, ·)`` in network
+        form (normalised parameters, and what a subclass appends), in batches of
+        ``batch_size``; ``progress`` and ``options`` as :meth:`generate`."""
         for net in nets.values():
             net.eval()
         out = []
