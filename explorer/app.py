@@ -1,5 +1,5 @@
-"""The explorer application: the field lab, sky, training, generate and compare pages in one
-layout.
+"""The explorer application: the field lab, sky, training, generate, lensing and compare pages
+in one layout.
 
 :func:`create_app` builds a fresh layout for one browser session; ``explorer/main.py`` (the
 entry point of ``panel serve explorer``) calls it and marks the result servable.
@@ -17,6 +17,7 @@ from explorer import browser_fixes
 from explorer.compare import ComparePage
 from explorer.fieldlab import FieldLab
 from explorer.generate import GeneratePage
+from explorer.lensing import LensingPage
 from explorer.sky import SkyPage
 from explorer.training import TrainingController, default_examples_root
 
@@ -50,7 +51,7 @@ def create_app(
     runs_root: str | Path | None = None, examples_root: str | Path | None = None
 ) -> pn.viewable.Viewable:
     """Build the explorer for the current session: header plus Field lab / Sky / Training /
-    Generate / Compare tabs.
+    Generate / Lensing / Compare tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
     and field-lab updates are computed in worker threads and shown through the session's document.
@@ -60,8 +61,9 @@ def create_app(
     runs_root : str or Path, optional
         Runs folder of the training page (default ``$EXPLORER_RUNS_DIR`` or ``runs/``).
     examples_root : str or Path, optional
-        Read-only example runs listed on the training page, and shipped generators listed on
-        the generate page (default ``$EXPLORER_EXAMPLES_DIR`` or ``assets/models/``).
+        Read-only example runs listed on the training page, shipped generators listed on the
+        generate page, and the classifiers and lens generators of the lensing page (default
+        ``$EXPLORER_EXAMPLES_DIR`` or ``assets/models/``).
     """
     doc = (
         pn.state.curdoc if pn.state.curdoc is not None and pn.state.curdoc.session_context else None
@@ -86,23 +88,27 @@ def create_app(
         comparison.start()
     # the Generate page loads its generator only once its tab is shown
     generate = GeneratePage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
-    tabs.extend(
-        [
-            ("Field lab", lab),
-            ("Sky", sky),
-            ("Training", trainer),
-            ("Generate", generate),
-            ("Compare", comparison),
-        ]
-    )
-    generate_tab, compare_tab = len(tabs) - 2, len(tabs) - 1
+    # the Lensing page computes its first image and finds its classifier once its tab is shown
+    lensing = LensingPage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
+    pages = [
+        ("Field lab", lab),
+        ("Sky", sky),
+        ("Training", trainer),
+        ("Generate", generate),
+        ("Lensing", lensing),
+        ("Compare", comparison),
+    ]
+    tabs.extend(pages)
+    index = {title: i for i, (title, _) in enumerate(pages)}
 
     def show_tab(event) -> None:
-        if event.new == compare_tab:
+        if event.new == index["Compare"]:
             comparison.visible = True
-        elif event.new == generate_tab:
+        elif event.new == index["Generate"]:
             generate.refresh_generators()  # runs trained since the page was opened
             generate.visible = True
+        elif event.new == index["Lensing"]:
+            lensing.visible = True
 
     tabs.param.watch(show_tab, "active")
     return pn.Column(header(), tabs, sizing_mode="stretch_width")

@@ -4,8 +4,8 @@ Uses the Debian Chromium at /usr/bin/chromium (no browser download); skipped whe
 One server (with EXPLORER_RUNS_DIR and EXPLORER_EXAMPLES_DIR in temporary folders, the latter
 holding one fake example run with an evaluation) and one browser serve the module; engine runs
 started by the tests are killed at the end. ``--screenshots`` saves
-assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png, training.png, generate.png and
-compare.png.
+assets/screenshots/fieldlab.png, fieldlab_kappa.png, sky.png, training.png, generate.png,
+lensing.png and compare.png.
 """
 
 from __future__ import annotations
@@ -447,4 +447,60 @@ def test_training_page_launches_a_gan_run_and_streams_its_losses(page, runs_dir)
     (run,) = [r for r in list_runs(runs_dir) if r.id not in before]
     assert "gan_smoke" in run.id and run.config()["task"] == "gan"
     page.get_by_role("button", name="■ Stop").click()  # free the CPU for the other tests
+    assert not errors, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The Lensing page
+# ---------------------------------------------------------------------------------------------
+
+# Sum of the lens image's pixels (its source has a "counts" column), or null before it is shown.
+JS_LENS_SUM = """() => {
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.data_source && m.glyph && "counts" in m.data_source.data) {
+      const a = m.data_source.data.counts[0];
+      if (!a) return null;
+      let s = 0;
+      for (const v of a) s += v;
+      return s;
+    }
+  }
+  return null;
+}"""
+
+# Median distance from the centre of the critical-curve points drawn (columns cx, cy), or null.
+JS_CURVE_RADIUS = """() => {
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.data_source && m.glyph && "cx" in m.data_source.data) {
+      const r = [];
+      const {cx, cy} = m.data_source.data;
+      for (let i = 0; i < cx.length; i++)
+        for (let j = 0; j < cx[i].length; j++) r.push(Math.hypot(cx[i][j], cy[i][j]));
+      if (!r.length) return null;
+      r.sort((a, b) => a - b);
+      return r[Math.floor(r.length / 2)];
+    }
+  }
+  return null;
+}"""
+
+
+def test_lensing_tab_theta_e_slider_moves_the_image_and_its_critical_curve(page, request):
+    errors = _console_errors(page)
+    page.get_by_text("Lensing", exact=True).first.click()
+    before = _wait_until(lambda: page.evaluate(JS_LENS_SUM))
+    radius = _wait_until(lambda: page.evaluate(JS_CURVE_RADIUS))
+    assert 0.8 < radius < 1.2  # θ_E = 1 arcsec
+    page.get_by_text("update computed in").first.wait_for()  # the measured time is shown
+    slider = page.locator(".bk-input-group", has_text="Einstein radius").first
+    handle = slider.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(20):
+        handle.press("ArrowRight")  # step 0.01 arcsec
+    slider.locator(".bk-slider-value", has_text="1.20").wait_for()
+    moved = _wait_until(lambda: (r := page.evaluate(JS_CURVE_RADIUS)) > radius + 0.15 and r)
+    assert moved == pytest.approx(radius + 0.2, abs=0.06)
+    assert page.evaluate(JS_LENS_SUM) != before
+    page.wait_for_timeout(500)
+    _screenshot(request, page, "lensing.png")
     assert not errors, errors
