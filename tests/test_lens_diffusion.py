@@ -35,6 +35,7 @@ from engine.physics import slabs
 from engine.runs import REPO_ROOT, RunDir
 from engine.train.checkpoint import load_checkpoint
 from engine.train.settings import resolve_params
+from tests import lens_toys
 
 CLASSES = ("none", "cdm", "vortex")
 PIXEL_SCALE = 0.2  # arcsec per pixel
@@ -44,58 +45,13 @@ FAST = {"num_threads": 1, "device": "cpu"}
 
 
 def synthetic_lenses(n: int, size: int = SIZE, seed: int = 0) -> xr.DataArray:
-    """``n`` labelled synthetic lens images (module docstring), classes in turn, with a split
-    coord (70/15/15 %) and the attrs of the strong_lens kind."""
-    rng = np.random.default_rng(seed)
-    c = (size - 1) / 2
-    yy, xx = np.mgrid[0:size, 0:size] - c
-    r = np.hypot(yy, xx)
-
-    def blob(y0, x0):
-        return 2.0 * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / 1.0)
-
-    images, names = [], []
-    for i in range(n):
-        k = i % 3
-        img = 3.0 * np.exp(-((r - rng.uniform(4.0, 5.0)) ** 2) / (2 * 0.8**2))
-        if k == 1:
-            for _ in range(2):
-                rr, a = rng.uniform(2, 6), rng.uniform(0, 2 * np.pi)
-                img += blob(rr * np.sin(a), rr * np.cos(a))
-        elif k == 2:
-            a = rng.uniform(0, np.pi)
-            for t in np.linspace(-5, 5, 5):
-                img += blob(t * np.sin(a), t * np.cos(a))
-        images.append((img + 0.1 * rng.standard_normal((size, size))).astype(np.float32))
-        names.append(CLASSES[k])
-    n_train, n_val = int(0.7 * n), int(0.15 * n)
-    split = rng.permutation(
-        np.repeat(np.array([0, 1, 2], np.int8), [n_train, n_val, n - n_train - n_val])
-    )
-    coords = (np.arange(size) - c) * PIXEL_SCALE
-    return xr.DataArray(
-        np.stack(images),
-        dims=("sample", "y", "x"),
-        name="image",
-        coords={
-            "y": ("y", coords, {"units": "arcsec"}),
-            "x": ("x", coords, {"units": "arcsec"}),
-            "substructure": ("sample", np.array(names, dtype=object)),
-            "theta_e": ("sample", rng.uniform(0.8, 1.2, n)),
-            "split": (
-                "sample",
-                split,
-                {"flag_values": [0, 1, 2], "flag_meanings": "train val test"},
-            ),
-        },
-        attrs={
-            "kind": "strong_lens",
-            "pixel_scale": PIXEL_SCALE,
-            "preset": "synthetic",
-            "size": size,
-            "units": "e-/s per pixel",
-        },
-    )
+    """``n`` labelled synthetic lens images (tests/lens_toys.py): small bright rings at this
+    module's size and pixel scale, with a theta_e coord."""
+    return lens_toys.synthetic_lenses(
+        n, size, seed, pixel_scale=PIXEL_SCALE, ring=(4.0, 5.0), ring_width=0.8, ring_amp=3.0,
+        blob_amp=2.0, blob_var=1.0, blob_r=(2.0, 6.0), line=(5.0, 5), noise=0.1,
+        units="e-/s per pixel", theta_e=True,
+    )  # fmt: skip
 
 
 def _sets(overrides: dict) -> list[str]:
