@@ -47,6 +47,37 @@ def derive_seed(seed: int, *keys: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
+def epoch_rows(
+    perms: dict[int, torch.Tensor], seed: int, count: int, start: int, n: int
+) -> torch.Tensor:
+    """Rows of a split of ``count`` samples for global sample positions ``start .. start+n-1``
+    of a training stream: each pass over the split is a permutation seeded with
+    ``derive_seed(seed, STREAM_DATA, pass)``, so a resumed run continues the same order.
+
+    Parameters
+    ----------
+    perms : dict
+        Cache pass → permutation ``(count,) int64``, updated in place (at most three kept).
+    seed, count, start, n : int
+
+    Returns
+    -------
+    torch.Tensor (n,) int64
+    """
+    pos = torch.arange(start, start + n)
+    passes = pos // count
+    rows = torch.empty(n, dtype=torch.long)
+    for e in passes.unique().tolist():
+        if e not in perms:
+            if len(perms) > 2:
+                perms.pop(min(perms))
+            gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_DATA, e))
+            perms[e] = torch.randperm(count, generator=gen)
+        sel = passes == e
+        rows[sel] = perms[e][pos[sel] % count]
+    return rows
+
+
 def scale_maps(maps: torch.Tensor, scale) -> torch.Tensor:
     """``maps (B, C, N, N)`` divided by ``scale``: a float, or a (C,) sequence, one per channel."""
     if isinstance(scale, float | int):

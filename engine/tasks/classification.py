@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.data.augment import augment_maps
-from engine.data.sources import STREAM_DATA, STREAM_TRAIN, derive_seed, with_split
+from engine.data.sources import STREAM_TRAIN, derive_seed, epoch_rows, with_split
 from engine.nn.registry import CLASSIFIERS, build_model
 from engine.params import ConfigError, user_settings
 from engine.tasks.base import Stepper, Task
@@ -548,18 +548,7 @@ class Classification(Task):
         """Train-split rows of global sample positions ``start .. start+n-1``: each pass over
         the split is a permutation seeded with ``derive_seed(seed, STREAM_DATA, pass)``."""
         count = len(self.labels["train"])
-        pos = torch.arange(start, start + n)
-        passes = pos // count
-        rows = torch.empty(n, dtype=torch.long)
-        for e in passes.unique().tolist():
-            if e not in self._perms:
-                if len(self._perms) > 2:
-                    self._perms.pop(min(self._perms))
-                gen = torch.Generator().manual_seed(derive_seed(self.settings.seed, STREAM_DATA, e))
-                self._perms[e] = torch.randperm(count, generator=gen)
-            sel = passes == e
-            rows[sel] = self._perms[e][pos[sel] % count]
-        return rows
+        return epoch_rows(self._perms, self.settings.seed, count, start, n)
 
     def shard(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Shard ``index`` of the training batch of step ``step``: network inputs ``(m, C, N,
