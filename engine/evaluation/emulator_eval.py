@@ -41,6 +41,7 @@ import torch
 
 from engine.data.sources import derive_seed, with_split
 from engine.evaluation.emulator import score_grid, score_point
+from engine.evaluation.emulator_features import HeadFeatures
 from engine.evaluation.emulator_figures import draw_emulator_figures
 from engine.evaluation.lens_eval import evaluate_class_emulator, lens_summary_lines
 from engine.evaluation.maps import clean_json
@@ -52,26 +53,10 @@ from engine.params import ConfigError
 _GEN_KEY = 11
 
 
-class RegressorFeatures(torch.nn.Module):
-    """The penultimate layer of a regression network: the input of its ``head`` module.
-
-    Input ``(B, C, N, N)`` maps in map units of the regressor's channel; output ``(B, D)``.
-    """
-
-    def __init__(self, model: torch.nn.Module, task):
-        super().__init__()
-        if not hasattr(model, "head"):
-            raise ConfigError("the regressor has no 'head' module to take its features from")
-        self.model, self.task = model, task
-        self._captured: list[torch.Tensor] = []
-        model.head.register_forward_pre_hook(lambda _m, args: self._captured.append(args[0]))
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._captured.clear()
-        self.model.eval()
-        self.model(self.task.encode(x.to(self.task.device, torch.float32)))
-        return self._captured[-1].flatten(1).float()
+def RegressorFeatures(model: torch.nn.Module, task) -> HeadFeatures:  # noqa: N802
+    """The penultimate layer of a regression network (:class:`HeadFeatures`): input ``(B, C, N,
+    N)`` maps in map units of the regressor's channel; output ``(B, D)`` float32."""
+    return HeadFeatures(model, task, role="regressor")
 
 
 def find_regressor(map_config: Mapping[str, Any], root: Path | None = None) -> Path | None:

@@ -336,3 +336,46 @@ def memorisation(
         "fraction_flagged": float(np.mean(dg < thr)),
         "n_train": len(t),
     }
+
+
+class HeadFeatures(torch.nn.Module):
+    """The penultimate layer of a trained network (a regressor or a classifier): the input of
+    its ``head`` module, captured by a forward pre-hook (the domain features of FID/KID).
+
+    Input ``(B, C, N, N)`` raw maps or images in the network's input units (normalised with the
+    task's saved normalisation, ``task.encode``); output ``(B, D)`` float32. Only the last
+    captured input is kept.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network, with a ``head`` module.
+    task
+        Its task (``encode`` and ``device``).
+    role : str
+        What the network is, for the error message ("regressor", "classifier").
+
+    Raises
+    ------
+    ConfigError
+        A network without a ``head`` module.
+    """
+
+    def __init__(self, model: torch.nn.Module, task, role: str = "network"):
+        super().__init__()
+        if not hasattr(model, "head"):
+            raise ConfigError(f"the {role} has no 'head' module to take its features from")
+        self.model, self.task = model, task
+        self._captured: list[torch.Tensor] = []
+        model.head.register_forward_pre_hook(self._keep)
+
+    def _keep(self, _module, args) -> None:
+        self._captured[:] = [args[0]]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, D)`` float32 of ``x (B, C, N, N)`` in the network's input units."""
+        self._captured.clear()
+        self.model.eval()
+        self.model(self.task.encode(x.to(self.task.device, torch.float32)))
+        return self._captured[-1].flatten(1).float()

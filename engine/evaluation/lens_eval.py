@@ -51,6 +51,7 @@ import torch
 
 from engine.data.sources import derive_seed
 from engine.evaluation.emulator_features import (
+    HeadFeatures,
     extract_features,
     fid_kid,
     inception_fid,
@@ -85,10 +86,9 @@ MIN_REAL = 4
 IMAGE_SETTINGS = ("kind", "size", "pixel_scale")
 
 
-class ClassifierFeatures(torch.nn.Module):
-    """The penultimate layer of a classification network: the input of its ``head`` module.
-
-    Input ``(B, C, N, N)`` raw images in the classifier's image units (normalised with its saved
+def ClassifierFeatures(model: torch.nn.Module, task) -> HeadFeatures:  # noqa: N802
+    """The penultimate layer of a classification network (:class:`HeadFeatures`): input ``(B,
+    C, N, N)`` raw images in the classifier's image units (normalised with its saved
     normalisation, :meth:`engine.tasks.classification.Classification.encode`); output ``(B, D)``
     float32.
 
@@ -97,26 +97,7 @@ class ClassifierFeatures(torch.nn.Module):
     ConfigError
         A network without a ``head`` module.
     """
-
-    def __init__(self, model: torch.nn.Module, task):
-        super().__init__()
-        if not hasattr(model, "head"):
-            raise ConfigError("the classifier has no 'head' module to take its features from")
-        self.model, self.task = model, task
-        self._captured: list[torch.Tensor] = []
-        # only the last input is kept (the classifier also predicts through this network)
-        model.head.register_forward_pre_hook(self._keep)
-
-    def _keep(self, _module, args) -> None:
-        self._captured[:] = [args[0]]
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features ``(B, D)`` float32 of raw images ``x (B, C, N, N)`` (image units)."""
-        self._captured.clear()
-        self.model.eval()
-        self.model(self.task.encode(x.to(self.task.device, torch.float32)))
-        return self._captured[-1].flatten(1).float()
+    return HeadFeatures(model, task, role="classifier")
 
 
 def find_classifier(map_config: Mapping[str, Any], root: Path | None = None) -> Path | None:
