@@ -43,12 +43,21 @@ _emulators: OrderedDict[tuple, Emulator] = OrderedDict()
 _simulations: OrderedDict[tuple, tuple[np.ndarray, float]] = OrderedDict()
 
 
+def class_label(config: dict) -> str:
+    """The class coordinate a run's generator is conditioned on (its ``label`` setting, e.g.
+    ``substructure`` for the strong-lens diffusion model), or "" for a generator of maps
+    conditioned on continuous parameters."""
+    settings = config.get("settings") if isinstance(config.get("settings"), dict) else {}
+    return str(settings.get("label") or config.get("label") or "").strip()
+
+
 def generator_task(path: str | Path) -> str | None:
     """Task of the run directory ``path`` from its ``config.json`` (``task``, else
-    ``settings.task``), if it is a generator task with a checkpoint file; else None."""
+    ``settings.task``), if it is a generator of maps (continuous parameters; class-conditional
+    ones are the Lensing page's, :func:`class_label`) with a checkpoint file; else None."""
     config = read_json(Path(path) / "config.json") or {}
     task = config.get("task") or (config.get("settings") or {}).get("task")
-    if task not in GENERATOR_TASKS:
+    if task not in GENERATOR_TASKS or class_label(config):
         return None
     ckpts = Path(path) / "checkpoints"
     if not any(

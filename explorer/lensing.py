@@ -52,6 +52,7 @@ from engine.runs import list_runs, read_json
 from explorer.fieldlab import LatestOnly
 from explorer.generate import executor as generate_executor
 from explorer.generate import one_line
+from explorer.generate_compute import class_label
 from explorer.lensing_compute import (
     ClassifierInfo,
     LensResult,
@@ -116,31 +117,15 @@ curve bend it into small loops — the signal substructure classifiers look for.
 # ---------------------------------------------------------------------------------------------
 
 
-def _mentions(obj, keys: tuple[str, ...], depth: int = 0) -> bool:
-    """Whether a JSON object holds one of ``keys`` as a key, or the text "strong_lens"."""
-    if depth > 4:
-        return False
-    if isinstance(obj, Mapping):
-        return any(k in keys for k in obj) or any(
-            _mentions(v, keys, depth + 1) for v in obj.values()
-        )
-    if isinstance(obj, list | tuple):
-        return any(_mentions(v, keys, depth + 1) for v in obj)
-    return obj == "strong_lens"
-
-
 def lens_generator_path(path: str | Path) -> bool:
     """Whether run directory ``path`` holds a class-conditional diffusion model (task
-    ``diffusion``, a checkpoint, and a config with a class ``label`` setting, class names or
-    the ``strong_lens`` kind)."""
+    ``diffusion``, a checkpoint, and a class ``label`` setting:
+    :func:`explorer.generate_compute.class_label`)."""
     path = Path(path)
     config = read_json(path / "config.json") or {}
     if run_task(config) != "diffusion" or checkpoint_file(path) is None:
         return False
-    settings = config.get("settings") if isinstance(config.get("settings"), Mapping) else {}
-    if str(settings.get("label") or config.get("label") or "").strip():
-        return True
-    return _mentions(config, ("classes", "class_names"))
+    return bool(class_label(config))
 
 
 def list_lens_generators(*roots) -> dict[str, str]:

@@ -222,3 +222,25 @@ def test_generate_panel_without_and_with_a_lens_generator(tmp_path, monkeypatch)
         lensing.sample_lenses(object(), "cdm", 2, 1)
     assert "No `report.json`" in report_markdown(None)
     assert samples_figure(np.ones((5, 8, 8)), "t").frame_width > 0
+
+
+def test_class_conditional_generators_go_to_the_lensing_page(tmp_path):
+    """A diffusion run with a class label is listed by the Lensing page, not by Generate (whose
+    sliders are continuous parameters); a map diffusion run the other way round."""
+
+    from explorer.generate_compute import class_label, generator_task
+    from explorer.lensing import lens_generator_path
+
+    def run(name: str, settings: dict) -> Path:
+        path = tmp_path / name
+        (path / "checkpoints").mkdir(parents=True)
+        (path / "checkpoints" / "best.pt").write_bytes(b"x")
+        config = {"task": "diffusion", "settings": {"task": "diffusion", **settings}}
+        (path / "config.json").write_text(json.dumps(config))
+        return path
+
+    lens = run("lens", {"label": "substructure", "classes": ""})
+    maps = run("maps", {"label": "", "classes": ""})
+    assert class_label(json.loads((lens / "config.json").read_text())) == "substructure"
+    assert lens_generator_path(lens) and generator_task(lens) is None
+    assert not lens_generator_path(maps) and generator_task(maps) == "diffusion"
