@@ -364,3 +364,26 @@ def test_tensorboard_missing_or_present(tmp_path, monkeypatch):
     tags = {s[0] for s in scalars if s != "closed"}
     assert {"train/loss", "train/lr", "val/loss", "val/rmse_sigma8"} <= tags
     assert scalars[-1] == "closed"
+
+
+def test_inference_checkpoint_drops_optimiser_state_and_refuses_resume(tmp_path):
+    """``python -m engine.train.checkpoint --inference``: what a shipped model keeps (the EMA
+    weights used for inference) predicts the same; resuming from it is one line."""
+    from engine.runs import RunDir
+    from engine.train.checkpoint import for_inference, main
+
+    t = _trainer(tmp_path, "full", ema_decay=0.9)
+    assert t.fit() == "completed"
+    path = RunDir(tmp_path / "full").checkpoint_dir / "last.pt"
+    full = load_checkpoint(path)
+    size = path.stat().st_size
+    assert main(["--inference", str(path)]) == 0
+    slim = load_checkpoint(path)
+    assert slim["inference_only"] and slim["optimizers"] == {} and path.stat().st_size < size / 2
+    for k, v in full["networks"]["model"]["state"].items():
+        assert torch.equal(v, slim["networks"]["model"]["state"][k])
+    assert "raw_state" not in slim["networks"]["model"]
+    assert for_inference(full)["networks"]["model"].keys() == slim["networks"]["model"].keys()
+    again = _trainer(tmp_path, "full", ema_decay=0.9)
+    with pytest.raises(ConfigError, match="inference only"):
+        again.restore()

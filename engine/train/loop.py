@@ -281,6 +281,11 @@ class Trainer:
             than the settings ask for.
         """
         ckpt = load_checkpoint(path or self.run.checkpoint_dir / "last.pt", self.device)
+        if ckpt.get("inference_only"):
+            raise ConfigError(
+                "cannot resume: the checkpoint is for inference only (a shipped model, without "
+                "optimiser state); start a new run with --set init_from=CHECKPOINT to fine-tune"
+            )
         self._check_networks(ckpt, "cannot resume", self.models)
         for name, model in self.models.items():
             entry = ckpt["networks"][name]
