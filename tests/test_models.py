@@ -324,9 +324,22 @@ def test_shipped_checkpoints_load_strictly():
 
             em = Emulator(path)
             steps = 2 if em.task_name == "diffusion" else None
-            maps = em.sample({"omega_m": 0.3, "sigma8": 0.8}, count=2, seed=0, steps=steps)
+            if em.classes:  # class-conditional (lens_diffusion): one class at a time
+                maps = em.sample(count=2, seed=0, steps=steps, label=em.classes[-1])
+            else:
+                maps = em.sample({"omega_m": 0.3, "sigma8": 0.8}, count=2, seed=0, steps=steps)
             size = em.map_config["size"]
             assert maps.shape[-2:] == (size, size) and np.isfinite(maps.values).all(), path
+            continue
+        if ck.get("format") == 2 and ck.get("task") == "classification":  # lens_resnet
+            from engine.train.checkpoint import load_network
+
+            net, ckpt = load_network(path)
+            assert ckpt["task_state"]["classes"] == ["none", "cdm", "vortex"], path
+            size = ckpt["map_settings"]["size"]
+            with torch.no_grad():
+                out = net.eval()(_maps(2, 1, size))
+            assert out.shape == (2, 3) and torch.isfinite(out).all(), path
             continue
         if ck.get("format") == 2:  # written by this engine (pm64, pm32): read as it is
             from engine.train.checkpoint import load_network
