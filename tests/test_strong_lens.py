@@ -264,3 +264,32 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys, flags, message
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
     assert not out.exists()
+
+
+def test_subhalo_fraction_sets_the_projected_mass_fraction():
+    """subhalo_fraction = f: over many cdm draws the subhalo mass inside subhalo_radius θ_E is
+    f of the SIS mass there (π Σ_crit θ_E R), within 4 standard errors of the sample mean; the
+    mean mass of the power law matches a numerical integral (also at slope −2)."""
+    from scipy import integrate
+
+    from engine.physics.strong_lens_model import lens_cosmo, mean_power_law_mass
+
+    for slope in (-1.9, -2.0, -1.5):
+        lo, hi = np.log(1e6), np.log(1e10)  # ∫ f(m) dm = ∫ f(e^u) e^u du
+        num = integrate.quad(lambda u, a=slope: np.exp(u) ** (a + 2), lo, hi)[0]
+        den = integrate.quad(lambda u, a=slope: np.exp(u) ** (a + 1), lo, hi)[0]
+        assert mean_power_law_mass(1e6, 1e10, slope) == pytest.approx(num / den, rel=1e-6)
+    s = sl.StrongLensParams(subhalo_fraction=0.01, subhalo_mass_max=1e9)
+    sigma = lens_cosmo(s.z_lens, s.z_source).sigma_crit_angle
+    ratios = []
+    for i in range(300):
+        p = sl.draw_parameters(s, i, substructure="cdm")
+        inside = math.pi * sigma * p["theta_e"] * s.subhalo_radius * p["theta_e"]
+        ratios.append(p["subhalo_mass_total"] / inside)
+    ratios = np.array(ratios)
+    se = ratios.std(ddof=1) / math.sqrt(len(ratios))
+    assert se < 0.1 * 0.01  # the test resolves a 40 % error in f
+    assert abs(ratios.mean() - 0.01) < 4 * se
+    default = sl.StrongLensParams()  # subhalo_fraction 0: the mean number is subhalo_mean
+    n = [sl.draw_parameters(default, i, substructure="cdm")["n_subhalo"] for i in range(200)]
+    assert abs(np.mean(n) - 25.0) < 4 * math.sqrt(25.0 / 200)

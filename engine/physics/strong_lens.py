@@ -235,7 +235,18 @@ class StrongLensParams(param.Parameterized):
         1.5, bounds=(0.01, 10.0), doc="Largest lens-light half-light radius, arcsec."
     )
     subhalo_mean = param.Number(
-        25.0, bounds=(0.0, 10000.0), doc="Mean number of subhaloes (Poisson) of a cdm image."
+        25.0,
+        bounds=(0.0, 10000.0),
+        doc="Mean number of subhaloes (Poisson) of a cdm image (DeepLense's 25; used when "
+        "subhalo_fraction is 0).",
+    )
+    subhalo_fraction = param.Number(
+        0.0,
+        bounds=(0.0, 0.5),
+        doc="Projected mass fraction f_sub of the subhaloes within subhalo_radius theta_E "
+        "(of the SIS mass there); > 0 sets the Poisson mean number of each image from it "
+        "(measured f_sub ~ 0.008, Vegetti et al. 2014, MNRAS 442, 2017; 25 subhaloes of the "
+        "default mass function give ~0.0002). 0: subhalo_mean.",
     )
     subhalo_mass_min = param.Number(
         1e6, bounds=(1e3, 1e13), doc="Lightest subhalo mass, Msun (M_200c for tnfw)."

@@ -175,6 +175,30 @@ def power_law_masses(
     return (lo + (hi - lo) * gen.uniform(0.0, 1.0, n)) ** (1.0 / a)
 
 
+def mean_power_law_mass(m_min: float, m_max: float, slope: float) -> float:
+    """Mean mass [M☉] of dN/dm ∝ m^slope on [m_min, m_max] (slope ≠ −1):
+    ⟨m⟩ = ∫ m^(slope+1) dm / ∫ m^slope dm."""
+    a, b = slope + 1.0, slope + 2.0
+    norm = (m_max**a - m_min**a) / a
+    first = math.log(m_max / m_min) if abs(b) < 1e-12 else (m_max**b - m_min**b) / b
+    return first / norm
+
+
+def subhalo_number_mean(settings, theta_e: float) -> float:
+    """Poisson mean of the number of subhaloes of a ``cdm`` image of Einstein radius
+    ``theta_e`` [arcsec]: ``settings.subhalo_mean``, or with ``subhalo_fraction`` f > 0,
+    f · M_SIS(< R) / ⟨m⟩ with R = ``subhalo_radius`` θ_E and M_SIS(< R) = π Σ_crit θ_E R (the
+    projected mass of an SIS inside R; Σ_crit in M☉/arcsec² from lenstronomy's LensCosmo) and
+    ⟨m⟩ from :func:`mean_power_law_mass`."""
+    s = settings
+    if not s.subhalo_fraction:
+        return float(s.subhalo_mean)
+    sigma = lens_cosmo(s.z_lens, s.z_source).sigma_crit_angle
+    mass_inside = math.pi * sigma * theta_e * (s.subhalo_radius * theta_e)
+    mean = mean_power_law_mass(s.subhalo_mass_min, s.subhalo_mass_max, s.subhalo_slope)
+    return float(s.subhalo_fraction * mass_inside / mean)
+
+
 def draw_parameters(settings, index: int, substructure: str | None = None) -> dict:
     """Every random parameter of image ``index`` (no ray tracing).
 
@@ -234,7 +258,7 @@ def draw_parameters(settings, index: int, substructure: str | None = None) -> di
     sub = rng(s.seed, index, 1)
     masses, xs, ys = np.zeros(0), np.zeros(0), np.zeros(0)
     if cls == "cdm":
-        n = int(sub.poisson(s.subhalo_mean))
+        n = int(sub.poisson(subhalo_number_mean(s, theta_e)))
         masses = power_law_masses(sub, n, s.subhalo_mass_min, s.subhalo_mass_max, s.subhalo_slope)
         xs, ys = _disk(sub, s.subhalo_radius * theta_e, n)
         xs, ys = xs + lens_x, ys + lens_y
