@@ -149,8 +149,9 @@ NICE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
 
 
 def nice_ceil(value: float) -> float:
-    """The smallest of 1, 1.5, 2, 3, 5, 7 × 10ⁿ that is ≥ ``value`` (1.0 for 0, negative or
-    non-finite values): a colour range that stays put while a map changes by a few per cent."""
+    """The smallest of 1, 1.5, 2, 3, 5, 7 × 10ⁿ that is ≥ ``value`` (same units; 1.0 for 0,
+    negative or non-finite values, never raises): a colour range that stays put while a map
+    changes by a few per cent."""
     if not (math.isfinite(value) and value > 0):
         return 1.0
     decade = 10.0 ** math.floor(math.log10(value))

@@ -22,7 +22,6 @@ import xarray as xr
 
 from engine import cli
 from engine.evaluation.classification import (
-    LITERATURE,
     accuracy,
     auroc,
     classification_metrics,
@@ -31,6 +30,7 @@ from engine.evaluation.classification import (
     reliability,
     roc_curves,
 )
+from engine.evaluation.classification_eval import LITERATURE
 from engine.nn.registry import build_model
 from engine.params import ConfigError
 from engine.physics import slabs

@@ -16,7 +16,7 @@ import pytest
 from engine import cli, outputs
 from engine.cli import fields as cli_fields
 from engine.data import samples
-from engine.evaluation import evaluate
+from engine.evaluation import evaluate, regression_eval
 from engine.kinds import Kind, get_kind
 from engine.params import ConfigError
 from engine.physics import slabs
@@ -235,7 +235,7 @@ def _fail_figures(monkeypatch):
         assert (Path(out_dir) / "predictions.csv").exists()  # the new predictions are written
         raise OSError("disk died while drawing the figures")
 
-    monkeypatch.setattr(evaluate, "draw_figures", fail)
+    monkeypatch.setattr(regression_eval, "draw_figures", fail)
 
 
 def test_interrupted_evaluate_keeps_the_old_report_and_predictions(tmp_path, capsys, monkeypatch):

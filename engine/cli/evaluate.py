@@ -192,12 +192,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _write_class_predictions(out: Path, result: dict, t0: float) -> int:
-    """Write a classifier's predictions (:func:`engine.evaluation.classification.
+    """Write a classifier's predictions (:func:`engine.evaluation.classification_eval.
     write_class_predictions`) and print a summary line (the accuracy when the true classes are
     known)."""
     import numpy as np
 
-    from engine.evaluation.classification import write_class_predictions
+    from engine.evaluation.classification_eval import write_class_predictions
 
     write_class_predictions(out, result)
     for note in result.get("notes") or []:
@@ -453,7 +453,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_classifier(args: argparse.Namespace) -> int:
     """``evaluate`` of a classifier checkpoint: the classification report; prints its metrics."""
-    from engine.evaluation.classification import evaluate_classifier, summary_lines
+    from engine.evaluation.classification_eval import evaluate_classifier, summary_lines
 
     report = evaluate_classifier(
         args.dataset,

@@ -7,7 +7,7 @@
 * reliability: top-1 accuracy against mean confidence per confidence bin (Guo et al. 2017, ICML,
   fig. 1), the diagonal of perfect calibration, and the number of images per bin below.
 
-File names: :data:`engine.evaluation.classification.CLASS_FIGURES`; metrics:
+File names: :data:`engine.evaluation.classification_eval.CLASS_FIGURES`; metrics:
 :mod:`engine.evaluation.classification`.
 """
 

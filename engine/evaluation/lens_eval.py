@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.data.classes import encode_labels, label_values
 from engine.data.sources import derive_seed
 from engine.evaluation.emulator_features import (
     HeadFeatures,
@@ -68,7 +69,6 @@ from engine.evaluation.maps import clean_json
 from engine.evaluation.predict import load_task_network, same_setting
 from engine.nn.features import SummaryFeatures
 from engine.params import ConfigError
-from engine.tasks.classification import encode_labels, label_values
 
 __all__ = [
     "ClassifierFeatures",

@@ -9,7 +9,10 @@ loop of :mod:`engine.train`.
   dataset, with a Gaussian negative log-likelihood.
 * :mod:`engine.tasks.generative` — the base of conditional map generators (data, map
   transform, sampling, validation FID); :mod:`engine.tasks.gan` (conditional GAN) and
-  :mod:`engine.tasks.diffusion` (conditional diffusion with diffusers).
+  :mod:`engine.tasks.diffusion` (conditional diffusion with diffusers; its settings, sampling loop and
+  class-labelled data in ``diffusion_settings``, ``diffusion_sampling``, ``diffusion_classes``).
+* :mod:`engine.tasks.classification` — classification of images by a class coordinate (strong-lens
+  substructure); the labelled data and class names are in :mod:`engine.data.classes`.
 * :mod:`engine.tasks.classification` — classification of images into discrete classes (the
   dark-matter substructure of strong-lens images, after ML4SCI DeepLense) with cross-entropy.
 

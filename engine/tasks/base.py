@@ -122,6 +122,22 @@ class Task(abc.ABC):
     def from_state(cls, state: Mapping[str, Any], device: torch.device) -> Task:
         """A task for inference from a checkpoint's ``task_state`` (no training data)."""
 
+    def train_batch(self, step: int, start: int = 0, stop: int | None = None):
+        """Rows ``[start, stop)`` of the training batch of step ``step`` (default: all) as
+        ``(inputs, targets)`` tensors: the same batch for any split into row ranges (DDP), made
+        of the task's shards ``self.shard(step, j)`` of ``batch_size // batch_shards`` rows
+        (only the overlapping shards are made). For tasks that define ``shard``."""
+        s = self.settings
+        stop = s.batch_size if stop is None else stop
+        m = s.batch_size // s.batch_shards
+        xs, ys = [], []
+        for j in range(start // m, (stop - 1) // m + 1):
+            x, y = self.shard(step, j)
+            a, b = max(start - j * m, 0), min(stop - j * m, m)
+            xs.append(x[a:b])
+            ys.append(y[a:b])
+        return torch.cat(xs), torch.cat(ys)
+
     def describe(self) -> dict[str, Any]:
         """Plain summary of the data for ``config.json``."""
         return {}

@@ -74,293 +74,71 @@ Defaults and why
   Ho et al. 2020 (0.9999 there), as the raw weights of small-batch training fluctuate from
   step to step.
 
-Sampling (:meth:`ConditionalDiffusion.sample_normalised`): DDIM (Song, Meng & Ermon 2021,
-"Denoising diffusion implicit models", ICLR, eq. 12 with η = 0: deterministic given x_T) from
-``x_T ~ N(0, 1)`` drawn with the caller's generator, ``sample_steps`` steps with "trailing"
-spacing (the first step at t = T − 1, where x_T is drawn; Lin et al. 2024, "Common diffusion
-noise schedules and sample steps are flawed", WACV, §3.3), no clipping of x̂_0 (the maps are
-standardised, not in [−1, 1]), the last step to ᾱ = 1 (x̂_0 itself). ``sampler=dpm``:
-DPM-Solver++ (2nd-order multistep; Lu et al. 2022, arXiv:2211.01095), diffusers'
-``DPMSolverMultistepScheduler``, often as good in fewer steps. Both schedulers are built from
-the training scheduler's config (diffusers' configs round-trip between schedulers), which is
-saved in the task state; no scheduler holds weights.
+Sampling (:meth:`ConditionalDiffusion.sample_normalised`): DDIM (η = 0, trailing spacing) or
+DPM-Solver++ from ``x_T ~ N(0, 1)``, optionally with classifier-free guidance; details in
+:mod:`engine.tasks.diffusion_sampling`.
+
+Modules
+-------
+* :mod:`engine.tasks.diffusion` (this one) — the task :class:`ConditionalDiffusion`: set-up,
+  the U-Net's specs, the denoising objective, the training step, validation, class labels at
+  generation, and the task state.
+* :mod:`engine.tasks.diffusion_settings` — :class:`DiffusionParams`, :class:`UNetModelParams`,
+  :func:`make_scheduler` (the training noise schedule) and :func:`no_targets`.
+* :mod:`engine.tasks.diffusion_sampling` — :class:`DiffusionSampling`, the task's sampling
+  methods (samplers' schedulers, the sampling loop, classifier-free guidance), and
+  :data:`SAMPLERS`.
+* :mod:`engine.tasks.diffusion_classes` — :class:`ClassConditionedMaps`, the class-labelled
+  data source of class-conditional runs.
+
+Every name of those modules listed here is importable from :mod:`engine.tasks.diffusion`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import param
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.data.classes import class_names
 from engine.data.sources import STREAM_TRAIN, STREAM_VAL, derive_seed
 from engine.nn.registry import build_model
 from engine.params import ConfigError
 from engine.tasks.base import Task
-from engine.tasks.classification import (
-    ClassificationParams,
-    ClassMaps,
-    choose_classes,
-    class_names,
-    encode_labels,
+from engine.tasks.diffusion_classes import ClassConditionedMaps
+from engine.tasks.diffusion_sampling import SAMPLERS, DiffusionSampling
+from engine.tasks.diffusion_settings import (
+    DiffusionParams,
+    UNetModelParams,
+    _max_levels,
+    make_scheduler,
+    no_targets,
 )
-from engine.tasks.generative import GenerativeParams, GenerativeTask
+from engine.tasks.generative import GenerativeTask
 from engine.tasks.regression import target_names
-from engine.tasks.settings import ModelParams, borrow
 
 __all__ = [
+    "SAMPLERS",
     "ClassConditionedMaps",
     "ConditionalDiffusion",
     "DiffusionParams",
+    "DiffusionSampling",
     "UNetModelParams",
     "make_scheduler",
     "no_targets",
 ]
+
 
 #: Seed key (with STREAM_TRAIN and the step) of the time steps and noise of a training batch;
 #: above any shard index of the data (batch_shards ≤ 65536).
 NOISE_KEY = 1 << 20
 #: Seed key (with STREAM_VAL) of the fixed time steps and noise of the validation loss.
 _VAL_NOISE_KEY = 11
-#: The samplers of :meth:`ConditionalDiffusion.sample_normalised`.
-SAMPLERS = ("ddim", "dpm")
-
-
-class DiffusionParams(GenerativeParams):
-    """Settings of the conditional diffusion task (module docstring)."""
-
-    train_timesteps = param.Integer(
-        1000,
-        bounds=(10, 10_000),
-        doc="Number T of diffusion time steps of training (the discretisation of the noise "
-        "schedule; samplers take fewer steps through them).",
-    )
-    beta_schedule = param.Selector(
-        default="squaredcos_cap_v2",
-        objects=["squaredcos_cap_v2", "linear"],
-        doc="Noise schedule: squaredcos_cap_v2 (cosine, Nichol & Dhariwal 2021) or linear "
-        "(beta from 1e-4 to 0.02, Ho et al. 2020).",
-    )
-    prediction_type = param.Selector(
-        default="v_prediction",
-        objects=["v_prediction", "epsilon"],
-        doc="What the U-Net predicts: v_prediction (the velocity sqrt(abar) eps - sqrt(1 - "
-        "abar) x0, Salimans & Ho 2022) or epsilon (the noise, Ho et al. 2020; needs "
-        "beta_schedule=linear).",
-    )
-    sampler = param.Selector(
-        default="ddim",
-        objects=list(SAMPLERS),
-        doc="Sampler of generated maps: ddim (deterministic DDIM, eta = 0, Song et al. 2021) or "
-        "dpm (DPM-Solver++ 2nd-order multistep, Lu et al. 2022).",
-    )
-    sample_steps = param.Integer(
-        50,
-        bounds=(1, 1000),
-        doc="Sampler steps per generated map by default (engine sample --steps overrides it); "
-        "at most train_timesteps.",
-    )
-    val_sample_steps = param.Integer(
-        20,
-        bounds=(1, 1000),
-        doc="Sampler steps of the maps generated at each validation (fid, pk_error); fewer "
-        "than sample_steps to keep validation cheap.",
-    )
-
-    val_generated = param.Integer(
-        256,
-        bounds=(2, 100_000),
-        doc="Maps generated at each validation for fid, fid_floor and pk_error: one per "
-        "validation map, the first ones of the validation set (at most 512); sampling costs "
-        "val_sample_steps network calls per map.",
-    )
-    label = param.String(
-        "",
-        doc="Class conditioning: the dataset's per-sample class coord (e.g. substructure of "
-        "strong-lens images: none, cdm, vortex), read as the classification task does; empty: "
-        "no classes (conditioning on the continuous targets only). With a label, targets=none "
-        "conditions on the class alone.",
-    )
-    classes = borrow(
-        ClassificationParams,
-        "classes",
-        "(Diffusion: the order of the class embeddings; label only.)",
-    )
-    p_uncond = param.Number(
-        0.0,
-        bounds=(0.0, 0.5),
-        doc="Classifier-free guidance (Ho & Salimans 2022): probability that a training map's "
-        "class is replaced by the null class (0: no null class, no guidance possible; label "
-        "only).",
-    )
-    guidance_scale = param.Number(
-        0.0,
-        bounds=(0.0, 20.0),
-        doc="Classifier-free guidance weight w of sampling by default: prediction (1 + w) "
-        "f(x, c) - w f(x, null) (0: the plain conditional model; needs p_uncond > 0; engine "
-        "sample --guidance overrides it).",
-    )
-
-    def check(self) -> None:
-        """The generator checks (:meth:`GenerativeParams.check`; with a ``label`` the targets
-        may be ``none``), then the schedule's and the classes'.
-
-        Raises
-        ------
-        ConfigError
-            Sampling steps above ``train_timesteps``, ``prediction_type=epsilon`` with the
-            cosine schedule (module docstring), bad ``classes``,
-            ``p_uncond`` or ``guidance_scale`` without a label, guidance without ``p_uncond``.
-        """
-        label = str(self.label).strip()
-        if label:  # a missing dataset is refused when the task is built (presets resolve)
-            class_names(self.classes)
-        else:
-            for name in ("p_uncond", "guidance_scale"):
-                if getattr(self, name) > 0:
-                    raise ConfigError(
-                        f"{name}={getattr(self, name)} is for class-conditional models: set "
-                        "label=NAME (the dataset's class coord) or leave it at 0"
-                    )
-            if str(self.classes).strip():
-                raise ConfigError(f"classes={self.classes!r} needs label=NAME (the class coord)")
-        if self.guidance_scale > 0 and self.p_uncond <= 0:
-            raise ConfigError(
-                f"guidance_scale={self.guidance_scale} needs a null class: train with "
-                "p_uncond > 0 (e.g. 0.1)"
-            )
-        if label and no_targets(self.targets):
-            GenerativeParams.check_maps(self)
-        else:
-            GenerativeParams.check(self)
-        for name in ("sample_steps", "val_sample_steps"):
-            if getattr(self, name) > self.train_timesteps:
-                raise ConfigError(
-                    f"{name}={getattr(self, name)} must be at most "
-                    f"train_timesteps={self.train_timesteps}"
-                )
-        _check_schedule(self.prediction_type, self.beta_schedule)
-
-
-def no_targets(text: str) -> bool:
-    """True when ``targets`` names no continuous label: empty or ``none`` (allowed with a class
-    ``label`` only)."""
-    return str(text).strip().lower() in ("", "none")
-
-
-def _check_schedule(prediction_type: str, beta_schedule: str) -> None:
-    if prediction_type == "epsilon" and beta_schedule == "squaredcos_cap_v2":
-        raise ConfigError(
-            "prediction_type='epsilon' is ill-conditioned with beta_schedule='squaredcos_cap_v2' "
-            "(zero signal at t = T); use prediction_type='v_prediction' or beta_schedule='linear'"
-        )
-
-
-class UNetModelParams(param.Parameterized):
-    """The denoising U-Net (:class:`engine.nn.unet.ConditionalUNet`, registry name
-    ``diffusion_unet``); its channels, size and parameters come from the data."""
-
-    width = param.Integer(
-        32,
-        bounds=(4, 512),
-        doc="Channels of the U-Net's first level (width*(1, 2, 4, 4, ...) per level; time "
-        "embedding 4*width).",
-    )
-    levels = param.Integer(
-        3,
-        bounds=(1, 6),
-        doc="Resolution levels of the U-Net (N, N/2, ...); the map size must be a multiple of "
-        "2**(levels-1).",
-    )
-    layers_per_block = param.Integer(
-        1, bounds=(1, 4), doc="Residual blocks per level of the U-Net (one more going up)."
-    )
-    attention = param.Boolean(
-        True, doc="Self-attention at the U-Net's lowest resolution (and in its middle block)."
-    )
-    circular_padding = borrow(
-        ModelParams,
-        "circular_padding",
-        "Strong-lens images are not periodic: refused on kind strong_lens (the lens_diffusion "
-        "presets set it off).",
-    )
-
-    def check(self) -> None:
-        """Maps generated on the fly: their ``size`` must be a multiple of ``2**(levels-1)``
-        (a dataset's size is checked when the task reads it).
-
-        Raises
-        ------
-        ConfigError
-            ``levels`` too many for ``size``.
-        """
-        size = getattr(self, "size", None)
-        if not getattr(self, "dataset", "") and size and size % 2 ** (self.levels - 1):
-            raise ConfigError(
-                f"levels={self.levels} needs a map size that is a multiple of "
-                f"{2 ** (self.levels - 1)}; size={size} (allowed: levels ≤ {_max_levels(size)})"
-            )
-
-    def unet_kwargs(
-        self, channels: int, size: int, n_params: int, n_classes: int = 0, null_class: bool = False
-    ) -> dict[str, Any]:
-        """Keyword arguments of ``build_model("diffusion_unet", ...)`` (plain values; the class
-        arguments only with ``n_classes > 0``, so the kwargs of map emulators are unchanged)."""
-        out: dict[str, Any] = {
-            "channels": int(channels),
-            "size": int(size),
-            "n_params": int(n_params),
-            "width": int(self.width),
-            "levels": int(self.levels),
-            "layers_per_block": int(self.layers_per_block),
-            "attention": bool(self.attention),
-            "circular_padding": bool(self.circular_padding),
-        }
-        if n_classes:
-            out.update(n_classes=int(n_classes), null_class=bool(null_class))
-        return out
-
-
-def _max_levels(size: int) -> int:
-    """The most U-Net levels a map of ``size`` pixels allows (1 + the power of 2 in size)."""
-    return (int(size) & -int(size)).bit_length()
-
-
-def make_scheduler(train_timesteps: int, beta_schedule: str, prediction_type: str):
-    """diffusers' ``DDPMScheduler`` of training: ``train_timesteps`` steps of ``beta_schedule``,
-    predicting ``prediction_type``, no clipping of x̂_0 (the maps are standardised, not in
-    [−1, 1]).
-
-    Raises
-    ------
-    ConfigError
-        An unknown schedule or prediction type, or epsilon with the cosine schedule.
-    """
-    from diffusers import DDPMScheduler
-
-    if beta_schedule not in DiffusionParams.param.beta_schedule.objects:
-        raise ConfigError(
-            f"beta_schedule={beta_schedule!r} is not allowed: one of "
-            + ", ".join(map(repr, DiffusionParams.param.beta_schedule.objects))
-        )
-    if prediction_type not in DiffusionParams.param.prediction_type.objects:
-        raise ConfigError(
-            f"prediction_type={prediction_type!r} is not allowed: one of "
-            + ", ".join(map(repr, DiffusionParams.param.prediction_type.objects))
-        )
-    _check_schedule(prediction_type, beta_schedule)
-    return DDPMScheduler(
-        num_train_timesteps=int(train_timesteps),
-        beta_schedule=beta_schedule,
-        prediction_type=prediction_type,
-        clip_sample=False,
-    )
 
 
 def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -380,166 +158,10 @@ def _first_maps(data, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _plain_value(value):
-    """An attr value as a plain JSON/pickle-safe scalar (numpy scalars unwrapped), or None for
-    anything else (arrays, dicts)."""
-    value = value.item() if getattr(value, "ndim", None) == 0 else value
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    return None
-
-
-class ClassConditionedMaps(ClassMaps):
-    """Images of a dataset with a per-sample class coord, and optional continuous labels, by
-    split: the data of class-conditional diffusion (module docstring, "Classes").
-
-    The images, splits and class names are read as the classification task reads them
-    (:class:`engine.tasks.classification.ClassMaps`, :func:`~engine.tasks.classification.
-    choose_classes`, :func:`~engine.tasks.classification.encode_labels`); :meth:`split` gives
-    what :class:`engine.tasks.regression.Regression` expects of a source.
-
-    Parameters
-    ----------
-    spec : str
-        A dataset spec without a ``split`` option.
-    label : str
-        The class coord (e.g. ``substructure``).
-    names : sequence of str
-        Continuous label coords conditioned on besides the class (may be empty).
-    classes : sequence of str, optional
-        The class order (the ``classes`` setting); None: the label's declared order
-        (substructure: none, cdm, vortex) restricted to the train split's classes.
-
-    Attributes
-    ----------
-    classes : tuple of str
-    names : tuple of str
-    low, high : list of float
-        Min and max of each continuous label on the train split (physical units).
-    scale : float or list of float
-        Standard deviation of the train pixels (per channel with several), image units.
-    pixel : float
-        Pixel side (the ``pixel_scale`` attr in arcsec, else the x-coordinate spacing).
-
-    Raises
-    ------
-    ConfigError
-        As :class:`~engine.tasks.classification.ClassMaps`; unknown class names in the train or
-        val split, one class only, a missing or constant continuous label.
-    """
-
-    def __init__(self, spec: str, label: str, names=(), classes=None, datasets_file=None):
-        self.names = tuple(names)
-        self._theta: dict[str, np.ndarray] = {}
-        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        super().__init__(spec, label, datasets_file)
-        where = f"dataset={spec!r}"
-        self.classes = choose_classes(self.values("train"), self.label, classes, where)
-        maps = self.maps("train")
-        theta = self._theta["train"]
-        self.low, self.high = [], []
-        for j, name in enumerate(self.names):
-            lo, hi = float(theta[:, j].min()), float(theta[:, j].max())
-            if not lo < hi:
-                raise ConfigError(
-                    f"{where} does not vary {name} (range [{lo:g}, {hi:g}]); it cannot be "
-                    "conditioned on"
-                )
-            self.low.append(lo)
-            self.high.append(hi)
-        std = maps.double().std(dim=(0, 2, 3)).tolist()
-        self.scale = float(std[0]) if self.channels == 1 else [float(v) for v in std]
-        x = np.asarray(self._head["x"].values, np.float64) if "x" in self._head.coords else []
-        spacing = abs(float(x[1] - x[0])) if len(x) > 1 else 1.0
-        self.pixel = self.pixel_scale or spacing
-        self.split("val")
-
-    def _load(self, name: str):
-        maps, values = super()._load(name)
-        if not self.names:
-            self._theta[name] = np.zeros((len(values), 0))
-            return maps, values
-        da = self._read(name)
-        have = [
-            str(c)
-            for c, v in da.coords.items()
-            if v.dims == ("sample",) and np.issubdtype(v.dtype, np.number)
-        ]
-        missing = [n for n in self.names if n not in have]
-        if missing:
-            raise ConfigError(
-                f"dataset={self.dataset!r} has no label {missing[0]!r} (set targets=none to "
-                f"condition on the class {self.label!r} alone); its labels: "
-                + (", ".join(have) or "none")
-            )
-        theta = np.stack([np.asarray(da[n].values, np.float64) for n in self.names], axis=1)
-        if not np.all(np.isfinite(theta)):
-            raise ConfigError(f"dataset={self.dataset!r}: split {name!r} holds NaN labels")
-        self._theta[name] = theta
-        return maps, values
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw images ``(n, C, N, N) float32`` and conditioning ``(n, P + 1) float64`` of split
-        ``name`` (CPU, loaded once): the P continuous labels (physical units) and, last, the
-        class index in [0, K) as a float.
-
-        Raises
-        ------
-        ConfigError
-            An empty split, or class names outside :attr:`classes`.
-        """
-        if name not in self._tensors:
-            values = self.values(name)
-            where = f"dataset={self.dataset!r} ({name} split)"
-            index = encode_labels(values, self.classes, where).double()[:, None]
-            theta = torch.from_numpy(self._theta[name])
-            self._tensors[name] = (self.maps(name), torch.cat([theta, index], dim=1))
-        return self._tensors[name]
-
-    def layout(self) -> dict[str, Any]:
-        """How the images are written, for generated ones to match (plain values): ``name``
-        (the DataArray's name), ``attrs`` (the train split's scalar attrs), ``x``, ``y`` (the
-        pixel coords, e.g. arcsec) and their ``x_attrs``, ``y_attrs``."""
-        head = self._head
-        out: dict[str, Any] = {"name": str(head.name) if head.name is not None else "image"}
-        attrs = {str(k): _plain_value(v) for k, v in head.attrs.items()}
-        out["attrs"] = {k: v for k, v in attrs.items() if v is not None}
-        for axis in ("x", "y"):
-            coord = head.coords.get(axis)
-            values = np.asarray(coord.values if coord is not None else [], np.float64)
-            out[axis] = [float(v) for v in values]
-            plain = {
-                str(k): _plain_value(v)
-                for k, v in (coord.attrs if coord is not None else {}).items()
-            }
-            out[f"{axis}_attrs"] = {k: v for k, v in plain.items() if v is not None}
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        """Plain summary for ``config.json``: kind, dataset, label, classes, images per class and
-        split, continuous names and their box, channels, size, pixel scale."""
-        counts = {}
-        for split, (_maps, cond) in self._tensors.items():
-            idx = cond[:, -1].long()
-            counts[split] = {c: int((idx == i).sum()) for i, c in enumerate(self.classes)}
-        return {
-            "kind": self.kind,
-            "dataset": self.dataset,
-            "label": self.label,
-            "classes": list(self.classes),
-            "images": counts,
-            "names": list(self.names),
-            "prior_low": list(self.low),
-            "prior_high": list(self.high),
-            "map_scale": self.scale,
-            "channels": self.channels,
-            "size": self.size,
-            "pixel_scale": self.pixel_scale,
-        }
-
-
-class ConditionalDiffusion(GenerativeTask):
-    """Conditional denoising diffusion of maps (module docstring).
+class ConditionalDiffusion(DiffusionSampling, GenerativeTask):
+    """Conditional denoising diffusion of maps (module docstring); the sampling methods
+    (:meth:`sample_normalised`, :meth:`sampling_scheduler`, :meth:`check_guidance`) come from
+    :class:`~engine.tasks.diffusion_sampling.DiffusionSampling`.
 
     Parameters
     ----------
@@ -792,129 +414,6 @@ class ConditionalDiffusion(GenerativeTask):
         return out
 
     # -- sampling ------------------------------------------------------------------------------
-
-    def sampling_scheduler(self, sampler: str | None = None):
-        """A fresh sampling scheduler (no state shared between calls) from the training
-        scheduler's config: DDIM (η = 0, trailing spacing, no clipping, final ᾱ = 1) or
-        DPM-Solver++ (module docstring).
-
-        Raises
-        ------
-        ConfigError
-            An unknown sampler.
-        """
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-        sampler = sampler or self.sampler
-        config = dict(self.scheduler.config)
-        if sampler == "ddim":
-            return DDIMScheduler.from_config(
-                config,
-                clip_sample=False,
-                set_alpha_to_one=True,
-                steps_offset=0,
-                timestep_spacing="trailing",
-            )
-        if sampler == "dpm":
-            return DPMSolverMultistepScheduler.from_config(
-                config,
-                algorithm_type="dpmsolver++",
-                solver_order=2,
-                timestep_spacing="trailing",
-                thresholding=False,
-            )
-        raise ConfigError(f"sampler={sampler!r} is not allowed: one of {', '.join(SAMPLERS)}")
-
-    @torch.no_grad()
-    def sample_normalised(
-        self,
-        nets: Mapping[str, nn.Module],
-        y: torch.Tensor,
-        generator: torch.Generator,
-        steps: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        sampler: str | None = None,
-        guidance: float | None = None,
-    ) -> torch.Tensor:
-        """Maps in network space sampled at normalised parameters (and classes).
-
-        Parameters
-        ----------
-        nets : mapping of str to nn.Module
-            ``{"unet": ConditionalUNet}`` (eval mode: EMA weights from a checkpoint).
-        y : torch.Tensor (B, P) float
-            Normalised parameters in [0, 1]; with classes ``(B, P + 1)``, the class index (a
-            float holding an integer in [0, K)) last.
-        generator : torch.Generator
-            On the task's device; draws x_T (and nothing else with DDIM: same generator state
-            ⇒ same maps).
-        steps : int, optional
-            Sampler steps (default :attr:`sample_steps`), 1 ≤ steps ≤ train_timesteps.
-        progress : callable, optional
-            ``progress(step, steps)`` after each step (step = 1 … steps).
-        sampler : {"ddim", "dpm"}, optional
-            Default: the task's ``sampler`` setting.
-        guidance : float, optional
-            Classifier-free guidance weight w ≥ 0 (default :attr:`guidance_scale`): the
-            prediction ``(1 + w) f(x_t, c) − w f(x_t, ∅)`` (Ho & Salimans 2022, eq. 6, written
-            for the network's output, ε or v: both are linear in ε at fixed x_t); w = 0 is the
-            plain conditional model (one network call per step, no null class needed).
-
-        Returns
-        -------
-        torch.Tensor (B, C, N, N) float32 on the task's device (decode with :meth:`decode`).
-
-        Raises
-        ------
-        ConfigError
-            ``steps`` out of range, an unknown sampler, or guidance > 0 for a model without
-            a null class.
-        """
-        unet = nets["unet"]
-        unet = getattr(unet, "module", unet)  # DDP
-        n_train = int(self.scheduler.config.num_train_timesteps)
-        steps = int(self.sample_steps if steps is None else steps)
-        if not 1 <= steps <= n_train:
-            raise ConfigError(f"steps={steps} must be in [1, {n_train}] (train_timesteps)")
-        w = self.check_guidance(guidance)
-        sched = self.sampling_scheduler(sampler)
-        sched.set_timesteps(steps)  # on the CPU: the schedulers index their CPU tables with t
-        y = y.to(self.device, torch.float32)
-        shape = (len(y), unet.channels, unet.size, unet.size)
-        x = torch.randn(shape, generator=generator, device=self.device)
-        timesteps = [int(t) for t in sched.timesteps]
-        if w > 0:
-            y2 = torch.cat([y, y])
-            drop = torch.arange(2 * len(y), device=self.device) >= len(y)
-        for i, t in enumerate(timesteps):
-            if w > 0:
-                tt = torch.full((2 * len(y),), t, device=self.device)
-                cond, uncond = self._net(unet, torch.cat([x, x]), tt, y2, drop).float().chunk(2)
-                out = (1 + w) * cond - w * uncond
-            else:
-                out = self._net(unet, x, torch.full((len(y),), t, device=self.device), y).float()
-            x = sched.step(out, t, x).prev_sample
-            if progress is not None:
-                progress(i + 1, len(timesteps))
-        return x
-
-    def check_guidance(self, guidance: float | None) -> float:
-        """The guidance weight to use: ``guidance``, or :attr:`guidance_scale` when None.
-
-        Raises
-        ------
-        ConfigError
-            A negative or non-finite weight, or w > 0 for a model trained without a null class.
-        """
-        w = self.guidance_scale if guidance is None else float(guidance)
-        if not (math.isfinite(w) and w >= 0):
-            raise ConfigError(f"guidance={guidance!r} must be a number >= 0")
-        if w > 0 and self.p_uncond <= 0:
-            raise ConfigError(
-                f"guidance={w:g} needs a model trained with a null class (p_uncond > 0; "
-                "classifier-free guidance); this one has none: use guidance 0"
-            )
-        return w
 
     @torch.no_grad()
     def generate(

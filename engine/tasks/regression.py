@@ -214,20 +214,6 @@ class Regression(Task):
         x = self.encode(maps[rows].to(self.device))
         return self.augment(x, gen), self.normalise(theta[rows])
 
-    def train_batch(self, step: int, start: int = 0, stop: int | None = None):
-        """Rows ``[start, stop)`` of the training batch of step ``step`` (default: all); the
-        same batch for any split into row ranges (DDP): only the overlapping shards are made."""
-        s = self.settings
-        stop = s.batch_size if stop is None else stop
-        m = s.batch_size // s.batch_shards
-        xs, ys = [], []
-        for j in range(start // m, (stop - 1) // m + 1):
-            x, y = self.shard(step, j)
-            a, b = max(start - j * m, 0), min(stop - j * m, m)
-            xs.append(x[a:b])
-            ys.append(y[a:b])
-        return torch.cat(xs), torch.cat(ys)
-
     # -- objective -----------------------------------------------------------------------------
 
     def split(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
