@@ -25,6 +25,11 @@ def test_pip_and_conda_dependencies_agree():
         for d in env["dependencies"]
         if isinstance(d, str) and _name(d) not in ("python", "pip")
     }
+    # packages that conda-forge lacks are installed by pip inside the conda environment
+    pip_section = [d for d in env["dependencies"] if isinstance(d, dict)]
+    conda_deps |= {
+        _name(r) for d in pip_section for r in d.get("pip", []) if not r.startswith("-e")
+    }
     assert pip_deps == conda_deps, (
         f"only in pyproject: {sorted(pip_deps - conda_deps)}; "
         f"only in environment.yml: {sorted(conda_deps - pip_deps)}"
