@@ -135,6 +135,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     method = _predict_method(args)
     out = Path(args.out)
+    if method == "network" and _is_delenser(args.checkpoint):
+        return _predict_delenser(args)
     if out.suffix != ".csv":
         raise ConfigError(f"--out {str(out)!r} must end in .csv")
     prior = _parse_prior(args.prior)
@@ -188,6 +190,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"wrote {len(result['mean'])} predictions ({method}{summary}) to {out} "
         f"in {time.perf_counter() - t0:.2f} s"
     )
+    return 0
+
+
+def _is_delenser(checkpoint) -> bool:
+    """Whether ``checkpoint`` is of the delensing task (its output is FITS maps)."""
+    from engine.evaluation.predict import checkpoint_task
+
+    return bool(checkpoint) and checkpoint_task(checkpoint) == "delensing"
+
+
+def _predict_delenser(args: argparse.Namespace) -> int:
+    """``predict`` with a delensing checkpoint: delensed Q/U as HEALPix FITS maps."""
+    from engine.evaluation.delensing_eval import predict_delenser
+
+    t0 = time.perf_counter()
+    if not (
+        str(args.maps).startswith(("folder:",)) or Path(str(args.maps).partition("?")[0]).exists()
+    ):
+        raise ConfigError(f"maps file {str(args.maps)!r} does not exist")
+    files = predict_delenser(
+        args.maps, args.checkpoint, args.out, device=args.device, overwrite=args.overwrite
+    )
+    where = str(files[0]) if len(files) == 1 else f"{files[0]} … {files[-1].name}"
+    print(f"wrote {len(files)} delensed sky(ies) to {where} in {time.perf_counter() - t0:.2f} s")
     return 0
 
 
@@ -428,6 +454,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return _evaluate_emulator(args)
         if task == "classification":
             return _evaluate_classifier(args)
+        if task == "delensing":
+            return _evaluate_delenser(args)
     report = evaluate(
         args.dataset,
         args.checkpoint,
@@ -447,6 +475,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         f"evaluated {report['n_maps']} maps of {report['dataset']} in {report['seconds']:.2f} s; "
         f"wrote {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def _evaluate_delenser(args: argparse.Namespace) -> int:
+    """``evaluate`` of a delensing checkpoint: A_res, r and the baselines; prints them."""
+    from engine.evaluation.delensing_eval import evaluate_delenser, summary_lines
+
+    report = evaluate_delenser(
+        args.dataset, args.checkpoint, out_dir=args.out, device=args.device, count=args.count,
+        seed=args.seed,
+    )[0]  # fmt: skip
+    print("\n".join(summary_lines(report)))
+    for note in report.get("notes") or []:
+        print(f"note: {note}")
+    print(
+        f"evaluated {sum(report['n_skies'].values())} skies of {report['dataset']} in "
+        f"{report['seconds']:.2f} s; wrote {Path(args.out) / 'report.json'}"
     )
     return 0
 

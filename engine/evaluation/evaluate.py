@@ -36,7 +36,8 @@ class-conditional diffusion checkpoint, e.g. strong-lens images by substructure,
 report of :func:`engine.evaluation.lens_eval.evaluate_class_emulator`, which it dispatches to;
 ``predict`` refuses them), and ``"classification"``
 (:mod:`engine.evaluation.classification`: class probabilities, accuracy, ROC AUC, confusion
-matrix, calibration); :func:`evaluator_for` refuses a checkpoint of another task in one line, for the
+matrix, calibration), and ``"delensing"`` (:mod:`engine.evaluation.delensing_eval`: A_res, r
+and the baselines on full skies); :func:`evaluator_for` refuses a checkpoint of another task in one line, for the
 ``predict``, ``evaluate`` and ``compare`` verbs alike.
 
 Domain transfer, and which methods run on which maps: :mod:`engine.evaluation.maps`. The
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.evaluation.classification_eval import evaluate_classifier, predict_classifier
+from engine.evaluation.delensing_eval import evaluate_delenser
 from engine.evaluation.emulator_eval import evaluate_emulator, refuse_predict
 from engine.evaluation.maps import (
     SYNTHETIC_KINDS,
@@ -246,4 +248,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "gan": Evaluator(predict=refuse_predict, evaluate=evaluate_emulator),
     "diffusion": Evaluator(predict=refuse_predict, evaluate=evaluate_emulator),
     "classification": Evaluator(predict=predict_classifier, evaluate=evaluate_classifier),
+    # predict of a delenser writes FITS maps (engine.evaluation.delensing_eval.predict_delenser,
+    # called by the predict verb directly); this entry refuses per-map arrays
+    "delensing": Evaluator(predict=refuse_predict, evaluate=evaluate_delenser),
 }

@@ -13,8 +13,8 @@ loop of :mod:`engine.train`.
   class-labelled data in ``diffusion_settings``, ``diffusion_sampling``, ``diffusion_classes``).
 * :mod:`engine.tasks.classification` — classification of images by a class coordinate (strong-lens
   substructure); the labelled data and class names are in :mod:`engine.data.classes`.
-* :mod:`engine.tasks.classification` — classification of images into discrete classes (the
-  dark-matter substructure of strong-lens images, after ML4SCI DeepLense) with cross-entropy.
+* :mod:`engine.tasks.delensing` — CMB delensing: lensed Q/U → unlensed Q/U with a U-Net on the
+  HEALPix faces (:mod:`engine.nn.healpix`), spin-2 rotations as augmentation.
 
 Adding a problem means one module here and one line in :data:`TASKS`; the loop, the run
 directory, the CLI verbs and the explorer's Training page work for it unchanged.
@@ -34,6 +34,7 @@ TASKS = {
     "gan": "engine.tasks.gan:ConditionalGAN",
     "diffusion": "engine.tasks.diffusion:ConditionalDiffusion",
     "classification": "engine.tasks.classification:Classification",
+    "delensing": "engine.tasks.delensing:Delensing",
 }
 #: Names of tasks written by older engine versions.
 ALIASES = {"parameter_regression": "regression"}

@@ -333,6 +333,48 @@ PRESETS["lens_diffusion"] = {
     "log_every": 25,
 }
 
+# CMB delensing on HEALPix skies (engine.tasks.delensing; issue 14 §2). delens_smoke: a seconds-long
+# CPU run of a tiny U-Net for tests (give --set dataset=... : skies of nside >= 32). delens512:
+# the reference setting (nside 512, 5' beam, 2 uK-arcmin): make the skies with
+# python -m engine sky --kind cmb --nside 512 --noise 2 --beam 5 --r 0.01 --count 40 --workers 2
+# --seed 1 --out data/cmb512.zarr; windows of 256² face pixels with a 64-pixel margin from the
+# neighbouring faces, one pool sky replaced every 4 steps by a rotated one with fresh noise.
+PRESETS["delens_smoke"] = {
+    "task": "delensing",
+    "width": 4,
+    "levels": 2,
+    "crop": 16,
+    "batch_size": 4,
+    "steps_per_epoch": 6,
+    "epochs": 2,
+    "pool": 2,
+    "rotate_every": 2,
+    "val_crops": 8,
+    "lr": 2e-3,
+    "warmup_steps": 2,
+    "eval_maps": 4,
+    "log_every": 2,
+}
+PRESETS["delens512"] = {
+    "task": "delensing",
+    "dataset": "data/cmb512.zarr",
+    "width": 16,
+    "levels": 4,
+    "crop": 256,
+    "batch_size": 4,
+    "steps_per_epoch": 100,
+    "epochs": 30,
+    "pool": 8,
+    "rotate_every": 4,
+    "val_crops": 24,
+    "lr": 1e-3,
+    "warmup_steps": 100,
+    "ema_decay": 0.999,
+    "patience": 0,
+    "eval_maps": 4,
+    "log_every": 10,
+}
+
 
 def preset_task(preset: str) -> str | None:
     """The task a preset is for (its ``"task"`` entry; None for the regression presets that

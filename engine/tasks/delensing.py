@@ -1,0 +1,405 @@
+r"""CMB delensing on the sphere: a HEALPix U-Net maps lensed, beamed, noisy Q/U to the unlensed Q/U
+at the same beam (issue 14 §2).
+
+Data
+----
+The training skies are a file of ``python -m engine sky --kind cmb`` (:class:`engine.data.cmb.
+CMBSkies`; setting ``dataset``), split by sky (80/10/10 %). Input: the observed Q, U (µK);
+target: ``Q_unlensed``, ``U_unlensed`` (µK, same beam, no noise). Both are divided by one fixed
+scale, the RMS of the observed Q of the first training sky (saved in the checkpoint), so the
+network works with numbers of order one. Masks are ignored in training (the files hold every
+pixel); evaluation applies them.
+
+Network
+-------
+:class:`engine.nn.healpix.HealpixUNet`: a 2-D U-Net on the 12 NESTED base faces, each padded
+with a margin ``m`` from its neighbouring faces (no interpolation, no seams), residual (output =
+input + correction, so the untrained network is "no delensing"). Training runs on random
+``crop`` × ``crop`` windows of the padded faces (with their margin: what the network sees at the
+edges is the true neighbouring sky, as in full-face inference); the loss is the mean squared
+error on the window's centre in scaled units.
+
+Augmentation that respects spin 2
+---------------------------------
+A pool of ``pool`` skies is held in memory as padded faces. Every ``rotate_every`` steps one slot
+is replaced by a training sky rotated by a uniformly random rotation of the sphere on its E/B
+harmonic coefficients (:func:`engine.data.cmb.rotate_qu`: lensed and unlensed skies get the same
+rotation; Q/U pixel values are never moved), with a fresh white-noise realisation added to the
+rotated lensed sky at the file's noise level. Slot contents are a function of the step only
+(content ``c`` comes from ``derive_seed(seed, STREAM_DATA, c)``), so a resumed run rebuilds the
+same pool. The first ``pool`` contents are the first training skies as stored.
+
+Validation: fixed windows of the val skies (as stored): ``loss`` (MSE) beside ``loss_identity``
+(the MSE of the input itself, i.e. no delensing) and their ratio ``loss_ratio``; ``best.pt`` by
+``loss``. The physics metrics (residual lensing B power A_res, r) are computed on full skies by
+``python -m engine evaluate`` (:mod:`engine.evaluation.delensing_eval`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import param
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.data.cmb import CMBSkies, random_euler, rotate_qu, white_noise
+from engine.data.sources import STREAM_DATA, STREAM_TRAIN, STREAM_VAL, derive_seed
+from engine.nn.healpix import crop_padded, nest_to_faces, nest_to_ring, pad_faces, ring_to_nest
+from engine.nn.registry import build_model
+from engine.params import ConfigError
+from engine.tasks.base import Stepper, Task
+
+#: Input and target channels.
+INPUTS = ("Q", "U")
+TARGETS = ("Q_unlensed", "U_unlensed")
+
+
+class DelensingParams(param.Parameterized):
+    """Settings of the delensing task (module docstring)."""
+
+    crop = param.Integer(
+        128,
+        bounds=(16, 2048),
+        doc="Side of the training windows cut from the HEALPix faces, pixels (a multiple of "
+        "2**levels, at most nside); the window's margin comes from the neighbouring sky.",
+    )
+    pool = param.Integer(
+        8,
+        bounds=(1, 256),
+        doc="Skies held in memory as padded faces; windows are drawn from them.",
+    )
+    rotate_every = param.Integer(
+        4,
+        bounds=(0, 100_000),
+        doc="Every this many steps one pool sky is replaced by a randomly rotated training sky "
+        "(rotation of its E/B harmonic coefficients) with fresh noise; 0: no augmentation.",
+    )
+    val_crops = param.Integer(
+        48,
+        bounds=(1, 100_000),
+        doc="Windows of the val skies in the fixed validation set.",
+    )
+
+    def check(self) -> None:
+        """Nothing to check alone (the crop is checked against nside and levels when the task
+        is built)."""
+
+
+class DelenserModelParams(param.Parameterized):
+    """The delensing network: :class:`engine.nn.healpix.HealpixUNet`."""
+
+    model = param.Selector(
+        default="healpix_unet",
+        objects=["healpix_unet"],
+        doc="Network: healpix_unet, a U-Net on the 12 HEALPix base faces padded from their "
+        "neighbours (engine.nn.healpix).",
+    )
+    width = param.Integer(
+        16, bounds=(1, 256), doc="Channels of the first level (doubling per level)."
+    )
+    levels = param.Integer(4, bounds=(1, 8), doc="Number of 2x2 poolings of the U-Net.")
+    margin = param.Integer(
+        0,
+        bounds=(0, 1024),
+        doc="Padding of every face from its neighbours, pixels (a multiple of 2**levels); 0: "
+        "4 * 2**levels.",
+    )
+
+    def model_kwargs(self, in_channels: int, n_outputs: int) -> dict[str, Any]:
+        """Keyword arguments of ``build_model("healpix_unet", ...)`` (plain values)."""
+        kwargs: dict[str, Any] = {
+            "in_channels": int(in_channels),
+            "out_channels": int(n_outputs),
+            "width": int(self.width),
+            "levels": int(self.levels),
+            "residual": True,
+        }
+        if int(self.margin):
+            kwargs["margin"] = int(self.margin)
+        return kwargs
+
+
+def _faces(maps: np.ndarray) -> torch.Tensor:
+    """``(C, npix)`` RING maps → ``(12, C, n, n)`` float32 NESTED faces."""
+    x = ring_to_nest(torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)))
+    return nest_to_faces(x).transpose(0, 1).contiguous()
+
+
+class Delensing(Task):
+    """The delensing task (module docstring).
+
+    Parameters
+    ----------
+    settings : engine.train.settings.TrainParams or None
+        Task ``delensing``; None only through :meth:`from_state`.
+    device : torch.device
+
+    Raises
+    ------
+    ConfigError
+        No dataset or not a CMB sky file, empty train or val split, an nside the network cannot
+        pool (not a multiple of 2**levels), or a crop that is not a multiple of 2**levels or
+        exceeds nside.
+    """
+
+    name = "delensing"
+    params_class = DelensingParams
+    model_params_class = DelenserModelParams
+    selection = ("loss", "min")
+    sample_unit = "windows"
+
+    def __init__(self, settings, device):
+        super().__init__(settings, device)
+        if settings is None:
+            return
+        s = settings
+        if not s.dataset:
+            raise ConfigError(
+                "task delensing trains on CMB skies: set dataset=PATH (a .zarr of python -m "
+                "engine sky --kind cmb --count N --out PATH)"
+            )
+        self.source = CMBSkies(s.dataset)
+        where = f"dataset={s.dataset!r}"
+        self.train_rows = self.source.rows("train")
+        self.val_rows = self.source.rows("val")
+        if self.train_rows.size == 0 or self.val_rows.size == 0:
+            raise ConfigError(
+                f"{where}: {self.source.ds.sizes['sample']} skies leave an empty train or val "
+                "split (80/10/10 %): write at least 10 skies"
+            )
+        nside = self.source.nside
+        stride = 2 ** int(s.levels)
+        if nside % stride:
+            raise ConfigError(f"{where}: nside={nside} is not a multiple of 2**levels={stride}")
+        if s.crop % stride or s.crop > nside:
+            raise ConfigError(
+                f"crop={s.crop} must be a multiple of 2**levels={stride} and at most nside={nside}"
+            )
+        q = self.source.sky(int(self.train_rows[0]), ("Q",))["Q"]
+        scale = float(np.sqrt(np.mean(q.astype(np.float64) ** 2)))
+        if not math.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"{where}: the first training sky's Q is zero or not finite")
+        self._setup(scale, nside, dict(self.source.attrs))
+        self._slots: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * int(s.pool)
+        self._slot_ids: list[int] = [-1] * int(s.pool)
+
+    def _setup(self, scale: float, nside: int, attrs: Mapping[str, Any]) -> None:
+        self.scale = float(scale)
+        self.nside = int(nside)
+        self.sky_attrs = {
+            k: (v.item() if hasattr(v, "item") else v)
+            for k, v in attrs.items()
+            if isinstance(v, (int, float, str, bool, np.generic))
+        }
+
+    # -- networks ------------------------------------------------------------------------------
+
+    def network_specs(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """``{"model": ("healpix_unet", kwargs)}``: 2 channels in (Q, U), 2 out."""
+        kwargs = DelenserModelParams.model_kwargs(self.settings, len(INPUTS), len(TARGETS))
+        return {"model": (self.settings.model, kwargs)}
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        """One network ``model``: NESTED skies ``(B, 2, npix) → (B, 2, npix)``."""
+        name, kwargs = self.network_specs()["model"]
+        return {"model": build_model(name, **kwargs)}
+
+    def _margin(self) -> int:
+        """Face padding m, pixels (the network's default 4·2**levels unless set)."""
+        s = self.settings
+        if s is None:
+            return self.margin
+        stride = 2 ** int(s.levels)
+        return min(int(s.margin) or 4 * stride, self.nside)
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _content(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool content ``c`` (module docstring): padded input faces ``(12, 2, n+2m, n+2m)``
+        and target faces ``(12, 2, n, n)``, scaled, float32 on the CPU."""
+        s = self.settings
+        pool = int(s.pool)
+        rows = self.train_rows
+        if c < pool:
+            sky = self.source.sky(int(rows[c % rows.size]), INPUTS + TARGETS)
+            x = np.stack([sky[n] for n in INPUTS])
+            y = np.stack([sky[n] for n in TARGETS])
+        else:
+            rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
+            row = int(rows[rng.integers(rows.size)])
+            sky = self.source.sky(row, ("Q_lensed", "U_lensed") + TARGETS)
+            euler = random_euler(rng)
+            ql, ul = rotate_qu(sky["Q_lensed"], sky["U_lensed"], euler)
+            qu, uu = rotate_qu(sky["Q_unlensed"], sky["U_unlensed"], euler)
+            x = np.stack([ql, ul]) + white_noise(self.source.noise, self.nside, rng)
+            y = np.stack([qu, uu])
+        m = self._margin()
+        xs = torch.from_numpy(np.ascontiguousarray(x / self.scale, dtype=np.float32))
+        padded = pad_faces(ring_to_nest(xs)[None], m)  # (12, 2, n+2m, n+2m)
+        return padded, _faces(y / self.scale)
+
+    def _pool_at(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The pool at step ``step``: slot i holds the latest content c ≡ i (mod pool) with
+        c < pool + (step // rotate_every) refreshes (module docstring)."""
+        s = self.settings
+        pool = int(s.pool)
+        made = pool + (step // int(s.rotate_every) if int(s.rotate_every) else 0)
+        for i in range(pool):
+            c = i + pool * ((made - 1 - i) // pool)
+            if self._slot_ids[i] != c:
+                self._slots[i] = self._content(c)
+                self._slot_ids[i] = c
+        return self._slots  # type: ignore[return-value]
+
+    def shard(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shard ``index`` of the batch of step ``step``: windows ``(k, 2, crop+2m, crop+2m)``
+        and their target centres ``(k, 2, crop, crop)``, from random pool skies and faces."""
+        s = self.settings
+        k = s.batch_size // s.batch_shards
+        gen = torch.Generator().manual_seed(derive_seed(s.seed, STREAM_TRAIN, step, index))
+        slots = self._pool_at(step)
+        pick = torch.randint(0, len(slots) * 12, (k,), generator=gen)
+        xs = torch.stack([slots[int(p) // 12][0][int(p) % 12] for p in pick])
+        ys = torch.stack([slots[int(p) // 12][1][int(p) % 12] for p in pick])
+        x, y = crop_padded(
+            xs, int(s.crop), self._margin(), ys, generator=gen, align=2 ** int(s.levels)
+        )
+        return x.to(self.device), y.to(self.device)
+
+    # -- objective -----------------------------------------------------------------------------
+
+    def training_step(self, step, rows, nets, opt: Stepper) -> dict[str, torch.Tensor]:
+        """Mean squared error (scaled units) of the delensed window centres; one step of
+        ``model``. Logs ``loss``, ``loss_identity`` (the same for the input: no delensing) and
+        ``grad_norm``."""
+        x, y = self.train_batch(step, *rows)
+        with opt.autocast:
+            pred = nets["model"].forward_faces(opt.prepare(x), self._margin())
+        loss = F.mse_loss(pred.float(), y)
+        grad_norm = opt.step("model", loss)
+        m = self._margin()
+        ident = F.mse_loss(x[:, :, m:-m, m:-m] if m else x, y)
+        return {"loss": loss.detach(), "loss_identity": ident.detach(), "grad_norm": grad_norm}
+
+    def validation_data(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed windows of the val skies as stored: ``val_crops`` of them, cycling over skies
+        and faces, in batches of ``batch_size``."""
+        s = self.settings
+        gen = torch.Generator().manual_seed(derive_seed(s.seed, STREAM_VAL))
+        xs, ys = [], []
+        per_sky = math.ceil(int(s.val_crops) / self.val_rows.size)
+        for row in self.val_rows:
+            sky = self.source.sky(int(row), INPUTS + TARGETS)
+            x = torch.from_numpy(np.stack([sky[n] for n in INPUTS]) / self.scale).float()
+            y = np.stack([sky[n] for n in TARGETS]) / self.scale
+            padded = pad_faces(ring_to_nest(x)[None], self._margin())
+            faces = _faces(y)
+            pick = torch.randint(0, 12, (per_sky,), generator=gen)
+            xc, yc = crop_padded(
+                padded[pick], int(s.crop), self._margin(), faces[pick], generator=gen,
+                align=2 ** int(s.levels),
+            )  # fmt: skip
+            xs.append(xc)
+            ys.append(yc)
+        x, y = torch.cat(xs)[: int(s.val_crops)], torch.cat(ys)[: int(s.val_crops)]
+        bs = int(s.batch_size)
+        return [
+            (x[i : i + bs].to(self.device), y[i : i + bs].to(self.device))
+            for i in range(0, len(x), bs)
+        ]
+
+    @torch.no_grad()
+    def validate(self, nets, data, autocast=None) -> dict[str, float]:
+        """``loss`` (MSE of the delensed windows, scaled units), ``loss_identity`` (of the
+        input, no delensing) and ``loss_ratio`` = loss / loss_identity (< 1: better than no
+        delensing)."""
+        model = nets["model"]
+        model.eval()
+        m = self._margin()
+        se = si = n = 0.0
+        for x, y in data:
+            with self.autocast_or_null(autocast):
+                pred = model.forward_faces(x, m)
+            se += float(F.mse_loss(pred.float(), y, reduction="sum"))
+            si += float(F.mse_loss(x[:, :, m:-m, m:-m] if m else x, y, reduction="sum"))
+            n += y.numel()
+        loss, ident = se / n, si / n
+        return {"loss": loss, "loss_identity": ident, "loss_ratio": loss / ident}
+
+    # -- state and inference -------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """``scale`` (µK), ``nside``, ``margin``, ``inputs``/``targets`` (channel names) and
+        ``sky_attrs`` (the training skies' settings: noise, beam, r, lmax_unlensed, …)."""
+        return {
+            "scale": self.scale,
+            "nside": self.nside,
+            "margin": self._margin(),
+            "inputs": list(INPUTS),
+            "targets": list(TARGETS),
+            "sky_attrs": dict(self.sky_attrs),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], device) -> Delensing:
+        """The task's prediction path from a checkpoint's ``task_state``."""
+        task = cls(None, device)
+        task._setup(state["scale"], state["nside"], state.get("sky_attrs", {}))
+        task.margin = int(state["margin"])
+        return task
+
+    def describe(self) -> dict[str, Any]:
+        """Plain summary for ``config.json``: dataset, skies per split, nside, scale, sky
+        settings."""
+        return {
+            "kind": "cmb",
+            "dataset": self.source.spec,
+            "skies": {"train": int(self.train_rows.size), "val": int(self.val_rows.size)},
+            "nside": self.nside,
+            "scale_uK": self.scale,
+            "sky": dict(self.sky_attrs),
+        }
+
+    def map_config(self) -> dict[str, Any]:
+        """``{"kind": "cmb", ...}``: the training skies' settings."""
+        return {"kind": "cmb", **self.sky_attrs}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, q: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Delens one sky.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The trained :class:`~engine.nn.healpix.HealpixUNet` (eval mode).
+        q, u : numpy.ndarray
+            ``(npix,)`` observed Q, U in RING ordering, µK, at the training nside.
+
+        Returns
+        -------
+        (q, u) : ``(npix,) float32`` delensed Q, U (RING, µK).
+
+        Raises
+        ------
+        ConfigError
+            Maps of another nside than the network's training skies.
+        """
+        import healpy as hp
+
+        npix = int(np.asarray(q).size)
+        if npix != hp.nside2npix(self.nside) or np.asarray(u).size != npix:
+            got = hp.npix2nside(npix) if hp.isnpixok(npix) else f"{npix} pixels"
+            raise ConfigError(
+                f"maps have nside {got}; the delenser was trained at nside {self.nside}"
+            )
+        device = next(model.parameters()).device
+        x = torch.from_numpy(np.stack([q, u]).astype(np.float32) / self.scale)
+        x = ring_to_nest(x)[None].to(device)
+        out = model(x)[0].float().cpu()
+        y = nest_to_ring(out).numpy() * self.scale
+        return y[0].astype(np.float32), y[1].astype(np.float32)
