@@ -23,7 +23,9 @@ Rotation on the sphere (:func:`rotate_qu`)
 ------------------------------------------
 Q/U are spin-2 fields: their pixel values cannot be moved to other pixels (the polarisation
 basis turns with the position). A sky is rotated on its harmonic coefficients instead: E and B
-coefficients from ``healpy.map2alm_spin`` (spin 2, no iteration; ℓ ≤ 3·nside − 1), rotated by
+coefficients from ``healpy.map2alm_spin`` (spin 2, ℓ ≤ 3·nside − 1, with one Jacobi iteration
+like ``healpy.map2alm(iter=1)``: without it, the HEALPix quadrature leaks ~5 % of E into B near
+ℓ_max; with it, E→B leakage is 2 × 10⁻⁷ of E at nside 512), rotated by
 Euler angles (ψ, θ, φ) with ``ducc0.sht.rotate_alm`` (Reinecke & Seljebotn 2013, A&A 554, A112; the
 same operation as ``healpy.Rotator.rotate_alm``, ~100× faster at ℓ_max 1535), and transformed back
 with ``healpy.alm2map_spin``. The rotated sky is band-limited to ℓ ≤ 3·nside − 1 (the beam has
@@ -205,6 +207,10 @@ def rotate_qu(
     nside = hp.npix2nside(q.size)
     lmax = 3 * nside - 1
     alm = np.asarray(hp.map2alm_spin([q, u], 2, lmax=lmax))
+    # one Jacobi iteration (as healpy's map2alm iter=1): the HEALPix quadrature alone leaks a few
+    # 1e-4 of E into B (5 % near lmax); after one iteration, 2e-7 at nside 512
+    back = hp.alm2map_spin(list(alm), nside, 2, lmax)
+    alm += np.asarray(hp.map2alm_spin([q - back[0], u - back[1]], 2, lmax=lmax))
     psi, theta, phi = euler
     rot = ducc0.sht.rotate_alm(alm, lmax, psi, theta, phi, nthreads=nthreads)
     out = hp.alm2map_spin(list(rot), nside, 2, lmax)
