@@ -34,6 +34,13 @@ Verbs
         python -m engine sky --nside 256 --patch 30,-45 --patch 60,-30 --patch-fov 5 \\
             --patch-size 128 --out patches.zarr
 
+    With ``--kind cmb``: lensed CMB Q/U skies with primordial B-modes (``engine.physics.cmb``:
+    CAMB, lenspyx, healpy), with the unlensed skies and φ beside them; ``.zarr`` outputs are
+    written sky by sky, ``--workers`` processes share the work::
+
+        python -m engine sky --kind cmb --r 0.01 --noise 2 --beam 5 --nside 512 --count 4 \\
+            --seed 1 --out cmb.nc
+
 ``train``
     Train a network to infer (omega_m, sigma8) in a run directory (see ``engine.runs``)::
 
@@ -44,8 +51,9 @@ Verbs
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the processes train one run with distributed data
     parallel; rank 0 alone checks and writes the run directory (see ``engine.train.loop``).
-    Other tasks (``engine.tasks``): ``--task gan`` / ``--task diffusion`` (map emulators), or
-    a preset of that task (``--preset gan_smoke``).
+    Other tasks (``engine.tasks``): ``--task gan`` / ``--task diffusion`` (map emulators),
+    ``classification`` (strong-lens substructure), ``delensing`` (CMB skies, a HEALPix U-Net), or
+    a preset of that task (``--preset gan_smoke``, ``--preset delens512``).
 
 ``sample``
     Draw maps from a trained emulator (GAN or diffusion checkpoint) at given parameters, as the
@@ -64,6 +72,12 @@ Verbs
         python -m engine predict --maps maps.zarr --out preds.csv
         python -m engine predict --checkpoint runs/demo/checkpoints/best.pt \\
             --maps maps.zarr --out preds.csv
+
+    A delensing checkpoint writes delensed Q/U skies as HEALPix FITS maps instead (from a
+    ``sky --kind cmb`` file or a FITS map with I, Q, U columns)::
+
+        python -m engine predict --checkpoint assets/models/delens512 --maps cmb.nc \\
+            --out delensed.fits
 
 ``evaluate``
     Score a network checkpoint (a .pt file or a run directory) and the P(k) likelihood on the

@@ -99,7 +99,7 @@ class CMBSkies:
             raise ConfigError(f"{where}: no such file or directory")
         try:
             if self.path.suffix == ".zarr" or self.path.is_dir():
-                ds = xr.open_zarr(self.path, chunks=None)
+                ds = xr.open_zarr(self.path, chunks=None, consolidated=False)
             else:
                 ds = xr.open_dataset(self.path, chunks=None)
         except Exception as exc:  # noqa: BLE001 - any reader failure is the file's fault

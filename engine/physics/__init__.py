@@ -13,10 +13,12 @@ lpt             1LPT/2LPT particles on a mesh: volumes and slab maps (2lpt)
 limber          weak-lensing theory: n(z), Limber C_ℓ^κκ, shape noise, smoothing
 lensing         flat-sky κ maps (kappa)
 sky             HEALPix κ skies, gnomonic patches, HEALPix files, C_ℓ of skies (sky)
+cmb_theory      CMB spectra from CAMB: unlensed with tensors, lensed, C_ℓ^φφ, delensed BB
+cmb             lensed CMB polarisation skies with primordial B on HEALPix (sky --kind cmb)
 ==============  ===========================================================================
 
 Imports point one way (no cycles, checked by import-linter): cosmology, mesh and randomfields
 at the bottom; stats on mesh; generation on cosmology; slabs on all of these; lpt on slabs;
-limber on cosmology; lensing and sky on limber. :mod:`engine.kinds` names each kind's
+limber on cosmology; lensing and sky on limber; cmb on cmb_theory. :mod:`engine.kinds` names each kind's
 functions here.
 """
