@@ -245,3 +245,49 @@ def test_predict_writes_fits(run, skies, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "already exists" in err and "nside 16" in err
+
+
+def test_evaluate_writes_the_report(run, skies, tmp_path, capsys):
+    """evaluate on sky files: A_res of the network beside the baselines and the QE forecast,
+    the r fit, figures; skies of another nside are refused in one line."""
+    from engine.cli import main
+
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run),
+                "--dataset",
+                f"{skies}?count=2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["a_res"]) == {"none", "template", "network"}
+    assert {"eb", "mv"} <= set(report["qe_forecast"])
+    assert report["n_skies"] == {"0": 2}
+    for name in report["figures"].values():
+        assert (out / name).stat().st_size > 1000
+    text = capsys.readouterr().out
+    assert "A_res" in text and "network" in text
+    other = toy_skies(tmp_path / "other.zarr", nside=16, n=2)
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run),
+                "--dataset",
+                str(other),
+                "--out",
+                str(tmp_path / "e2"),
+            ]
+        )
+        == 2
+    )
+    assert "trained at nside 32" in capsys.readouterr().err

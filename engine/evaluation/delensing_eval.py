@@ -122,8 +122,8 @@ def evaluate_delenser(
         Bad checkpoint or skies, another nside than the network's.
     """
     from engine.evaluation.delensing import delensing_report
-    from engine.evaluation.predict import load_task_network
     from engine.evaluation.maps import clean_json
+    from engine.evaluation.predict import load_task_network
 
     t0 = time.perf_counter()
     model, task, _ = load_task_network(checkpoint, device, TASK)
@@ -202,8 +202,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for name, fit in fits.items():
         for r, s in (fit.get("by_r") or {}).items():
             lines.append(
-                f"  r={r:<5} {name:<10} r_hat {f(s.get('mean'), '.4f')} "
-                f"sigma(r) {f(s.get('sigma'), '.4f')} bias/sigma {f(s.get('bias_over_sigma'), '.2f')}"
+                f"  r={r:<5} {name:<10} mean r_hat {f(s.get('mean_r_hat'), '.4f')} "
+                f"sigma(r) {f(s.get('sigma_r'), '.4f')} bias/sigma "
+                f"{f(s.get('bias_over_sigma'), '.2f')} ({s.get('n_sky')} skies)"
             )
     return lines
 
