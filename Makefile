@@ -39,6 +39,7 @@ format: install
 bench: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.emulators
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.cmb_sims
 	@if [ -x /usr/bin/chromium ]; then $(PY) -m benchmarks.browser; \
 	else echo "/usr/bin/chromium is missing: browser benchmark skipped"; fi
 

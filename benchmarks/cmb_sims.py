@@ -13,9 +13,14 @@ and cached) in skies per second, for
   module docstring) as the peer: ``ratio`` = peer time / our time for a whole sky, so < 1 means
   the full sky costs more than that one lensing call.
 
+* delensing time per nside-512 sky: the shipped delenser (``assets/models/delens512``, or an
+  untrained network of the same architecture when it is absent: the same cost) on one sky,
+  against the true-φ template baseline (:func:`engine.evaluation.delensing.template_delens`:
+  Wiener filter, lenspyx lensing of E, B extraction) on the same sky as the peer.
+
 Prints a table and writes ``benchmarks/results/cmb_sims.json`` (rows with name, value, unit and,
 where a peer exists, peer, peer_value, ratio; meta with the machine), as :mod:`benchmarks`.
-Not part of ``make bench``.
+Part of ``make bench``.
 """
 
 from __future__ import annotations
@@ -113,8 +118,62 @@ def bench_nside512(count: int = 2) -> list[dict]:
     ]
 
 
+def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
+    """Seconds per nside-512 sky: the delenser's forward pass (CPU) against the true-φ template."""
+    import torch
+
+    from engine.evaluation.delensing import template_delens
+    from engine.nn.healpix import HealpixUNet
+
+    s = cmb.CMBParams(nside=512, count=1, seed=0, workers=1)
+    sky = cmb.simulate(s, 0)
+    attrs = dict(noise=s.noise, beam=s.beam, nside=s.nside, lmax=3 * s.nside - 1)
+    path = Path(model_dir)
+    if (path / "checkpoints" / "best.pt").exists():
+        from engine.evaluation.predict import load_task_network
+
+        model, task, _ = load_task_network(path, "cpu", "delensing")
+        label = str(path)
+
+        def net():
+            task.predict(model, sky["Q"], sky["U"])
+    else:
+        model = HealpixUNet(2, 2, width=8, levels=4).eval()
+        label = "untrained HealpixUNet(width 8, levels 4)"
+        x = torch.from_numpy(np.stack([sky["Q"], sky["U"]]))[None]
+
+        def net():
+            with torch.no_grad():
+                model(x)
+
+    t_net = statistics.median(_times(net, 2))
+    t_tpl = statistics.median(
+        _times(lambda: template_delens(sky["Q"], sky["U"], sky["phi"], attrs), 2)
+    )
+    return [
+        dict(
+            name="delensing_nside512_s_per_sky",
+            value=t_net,
+            unit="s/sky",
+            peer="true-phi template baseline (lenspyx)",
+            peer_value=t_tpl,
+            ratio=t_tpl / t_net,
+            meta={"model": label, "threads": torch.get_num_threads()},
+        )
+    ]
+
+
+def _times(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def main() -> int:
-    results = bench_nside128() + bench_nside512()
+    results = bench_nside128() + bench_nside512() + bench_delensing()
     header = f"{'benchmark':<28}{'value':>10} {'unit':<9}{'peer':<52}{'peer value':>11}{'ratio':>8}"
     print(header)
     print("-" * len(header))
