@@ -1,5 +1,5 @@
-"""The explorer application: the field lab, sky, training, generate, lensing and compare pages
-in one layout.
+"""The explorer application: the field lab, sky, training, generate, lensing, CMB and compare
+pages in one layout.
 
 :func:`create_app` builds a fresh layout for one browser session; ``explorer/main.py`` (the
 entry point of ``panel serve explorer``) calls it and marks the result servable.
@@ -14,6 +14,7 @@ from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import FIXED_SIZING_MODE
 
 from explorer import browser_fixes
+from explorer.cmb import CMBPage
 from explorer.compare import ComparePage
 from explorer.fieldlab import FieldLab
 from explorer.generate import GeneratePage
@@ -51,7 +52,7 @@ def create_app(
     runs_root: str | Path | None = None, examples_root: str | Path | None = None
 ) -> pn.viewable.Viewable:
     """Build the explorer for the current session: header plus Field lab / Sky / Training /
-    Generate / Lensing / Compare tabs.
+    Generate / Lensing / CMB / Compare tabs.
 
     In a served session the training page polls its run every 500 ms until the session ends,
     and field-lab updates are computed in worker threads and shown through the session's document.
@@ -62,7 +63,8 @@ def create_app(
         Runs folder of the training page (default ``$EXPLORER_RUNS_DIR`` or ``runs/``).
     examples_root : str or Path, optional
         Read-only example runs listed on the training page, shipped generators listed on the
-        generate page, and the classifiers and lens generators of the lensing page (default
+        generate page, the classifiers and lens generators of the lensing page and the
+        delensing networks of the CMB page (default
         ``$EXPLORER_EXAMPLES_DIR`` or ``assets/models/``).
     """
     doc = (
@@ -90,12 +92,15 @@ def create_app(
     generate = GeneratePage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
     # the Lensing page computes its first image and finds its classifier once its tab is shown
     lensing = LensingPage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
+    # the CMB page finds its delenser and computes its first sky once its tab is shown
+    cmb = CMBPage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
     pages = [
         ("Field lab", lab),
         ("Sky", sky),
         ("Training", trainer),
         ("Generate", generate),
         ("Lensing", lensing),
+        ("CMB", cmb),
         ("Compare", comparison),
     ]
     tabs.extend(pages)
@@ -109,6 +114,8 @@ def create_app(
             generate.visible = True
         elif event.new == index["Lensing"]:
             lensing.visible = True
+        elif event.new == index["CMB"]:
+            cmb.visible = True
 
     tabs.param.watch(show_tab, "active")
     return pn.Column(header(), tabs, sizing_mode="stretch_width")

@@ -504,3 +504,53 @@ def test_lensing_tab_theta_e_slider_moves_the_image_and_its_critical_curve(page,
     page.wait_for_timeout(500)
     _screenshot(request, page, "lensing.png")
     assert not errors, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The CMB page
+# ---------------------------------------------------------------------------------------------
+
+# Per image glyph of the page (the Mollweide B maps): its number of finite pixels and the sum of
+# their absolute values.
+JS_CMB_IMAGES = """() => {
+  const out = [];
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.data_source && m.glyph && m.glyph.type === "Image" && "image" in m.data_source.data) {
+      const a = m.data_source.data.image[0];
+      if (!a) continue;
+      let n = 0, s = 0;
+      for (const v of a) if (Number.isFinite(v)) { n += 1; s += Math.abs(v); }
+      out.push([n, s]);
+    }
+  }
+  return out;
+}"""
+
+
+def test_cmb_tab_r_slider_updates_the_b_maps_and_spectra(page, request):
+    """The CMB tab (no delensing network in the server's folders: the template baseline at
+    nside 128): the four Mollweide B maps and the BB spectra render; moving r recomputes the sky
+    (off the event loop, saying so) and both follow."""
+    errors = _console_errors(page)
+    page.get_by_text("CMB", exact=True).first.click()
+    page.get_by_text("No delensing network found").first.wait_for()  # the one-line hint
+    page.wait_for_function(JS_TITLE_OR_TEXT, arg="updated in", timeout=240_000)
+    images = page.evaluate(JS_CMB_IMAGES)
+    assert len(images) == 4 and all(n > 1000 for n, _ in images), images
+    spectra = page.evaluate(JS_SOURCES, ["ell", "D_BB"])
+    assert sum(any(v is not None and v > 0 for v in s["columns"]["D_BB"]) for s in spectra) >= 5
+    page.wait_for_function(JS_TITLE_OR_TEXT, arg="r = 0.01,")  # the spectra's title
+    slider = page.locator(".bk-input-group", has_text="Tensor-to-scalar ratio r").first
+    handle = slider.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(10):
+        handle.press("ArrowRight")  # step 0.001
+    slider.locator(".bk-slider-value", has_text="0.020").wait_for()
+    page.wait_for_function(JS_TITLE_OR_TEXT, arg="⏳ updating", timeout=10_000)
+    page.wait_for_function(JS_TITLE_OR_TEXT, arg="r = 0.02,", timeout=240_000)
+    page.wait_for_function(JS_TITLE_OR_TEXT, arg="updated in", timeout=240_000)
+    after = page.evaluate(JS_CMB_IMAGES)
+    assert len(after) == 4 and after != images  # the B maps of the new sky
+    page.wait_for_timeout(500)
+    _screenshot(request, page, "cmb.png")
+    assert not errors, errors
