@@ -110,8 +110,6 @@ SKY_CACHE_SIZE = 2
 #: Results kept per server process, at most this many and this many bytes of maps.
 RESULT_CACHE_SIZE = 16
 RESULT_CACHE_BYTES = 400 * 2**20
-#: Delensers kept loaded per server process.
-DELENSER_CACHE_SIZE = 2
 #: Seconds of each stage measured on the 2-core development machine (with a training job
 #: running beside it; CAMB spectra already cached) at nside 128 and 512: the expected wait
 #: until a stage has run, before this server has measured one. ``network`` and ``template``
@@ -252,7 +250,6 @@ def list_delensers(*roots) -> list[DelenserInfo]:
 
 
 _lock = threading.Lock()
-_delensers: OrderedDict[tuple, tuple] = OrderedDict()
 
 
 def load_delenser(path: str | Path) -> tuple:
@@ -264,20 +261,9 @@ def load_delenser(path: str | Path) -> tuple:
     ConfigError
         Missing or unusable checkpoint, or one of another task.
     """
-    from engine.evaluation.predict import checkpoint_path, load_task_network
+    from explorer.checkpoints import load_network
 
-    ckpt = checkpoint_path(path)
-    key = (str(ckpt.resolve()), ckpt.stat().st_mtime_ns)
-    with _lock:
-        if key in _delensers:
-            _delensers.move_to_end(key)
-            return _delensers[key]
-    model, task, _ = load_task_network(ckpt, "cpu", "delensing")
-    with _lock:
-        _delensers[key] = (model, task)
-        while len(_delensers) > DELENSER_CACHE_SIZE:
-            _delensers.popitem(last=False)
-    return model, task
+    return load_network(path, "delensing")
 
 
 def trained_notes(settings: CMBParams, info: DelenserInfo) -> list[str]:

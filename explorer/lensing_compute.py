@@ -63,9 +63,8 @@ CURVE_GRID = 0.5
 CUT_RADIUS = 1e-5
 #: Points on the cut.
 CUT_POINTS = 181
-#: Critical-curve sets and classifiers kept per server process.
+#: Critical-curve sets kept per server process.
 CURVE_CACHE_SIZE = 64
-CLASSIFIER_CACHE_SIZE = 2
 
 
 def train_commands(preset: str) -> tuple[str, str]:
@@ -344,9 +343,6 @@ def find_classifier(classifiers: list[ClassifierInfo], preset: str) -> Classifie
     return None
 
 
-_classifiers: OrderedDict[tuple, tuple] = OrderedDict()
-
-
 def load_classifier(path: str | Path) -> tuple:
     """(network, classification task) of a classifier run, loaded once per server process
     (again when its checkpoint changes; :func:`engine.evaluation.predict.load_task_network`).
@@ -356,20 +352,9 @@ def load_classifier(path: str | Path) -> tuple:
     ConfigError
         Missing or unusable checkpoint, or one of another task.
     """
-    from engine.evaluation.predict import checkpoint_path, load_task_network
+    from explorer.checkpoints import load_network
 
-    ckpt = checkpoint_path(path)
-    key = (str(ckpt.resolve()), ckpt.stat().st_mtime_ns)
-    with _lock:
-        if key in _classifiers:
-            _classifiers.move_to_end(key)
-            return _classifiers[key]
-    model, task, _ = load_task_network(ckpt, "cpu", "classification")
-    with _lock:
-        _classifiers[key] = (model, task)
-        while len(_classifiers) > CLASSIFIER_CACHE_SIZE:
-            _classifiers.popitem(last=False)
-    return model, task
+    return load_network(path, "classification")
 
 
 def classify(path: str | Path, image: np.ndarray) -> dict[str, float]:
