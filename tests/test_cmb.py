@@ -181,7 +181,10 @@ def test_workers_and_chunks_do_not_change_the_skies(small):
     assert [p.sizes["sample"] for p in parts] == [2, 1]
     chunked = xr.concat(parts, dim="sample", data_vars="minimal")
     for name in cmb.VARIABLES:
-        np.testing.assert_array_equal(two[name].values, small[name].values)
+        # worker processes run the spherical transforms on another number of threads, which
+        # sums in another order: equal to float32 rounding (chunks in one process: bit for bit)
+        scale = float(np.abs(small[name].values).max())
+        np.testing.assert_allclose(two[name].values, small[name].values, rtol=0, atol=1e-5 * scale)
         np.testing.assert_array_equal(chunked[name].values, small[name].values)
     assert chunked["sample"].values.tolist() == [0, 1, 2]
 

@@ -401,7 +401,7 @@ def test_checkpoints_of_other_tasks_are_refused_in_one_line(tmp_path, capsys):
     regression, maps = _regression_checkpoint(tmp_path)
     assert evaluate.evaluator_for(regression) is evaluate.EVALUATORS["regression"]
     other = load_checkpoint(regression)  # the current format, of a task evaluation lacks
-    other.update(format=FORMAT, task="delensing", task_state={})
+    other.update(format=FORMAT, task="segmentation", task_state={})
     other["networks"] = {"unet": other["networks"]["model"]}
     ckpt = tmp_path / "other.pt"
     save_checkpoint(other, ckpt)
@@ -413,8 +413,8 @@ def test_checkpoints_of_other_tasks_are_refused_in_one_line(tmp_path, capsys):
         assert cli.main([*argv, "--out", str(tmp_path / f"{verb}.csv")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
-        assert f"is of task 'delensing'; {verb} knows: regression" in err, err
-    with pytest.raises(ConfigError, match="is of task 'delensing'; predict knows: regression"):
+        assert f"is of task 'segmentation'; {verb} knows: regression" in err, err
+    with pytest.raises(ConfigError, match="is of task 'segmentation'; predict knows: regression"):
         predict.predict_network(slabs.load(maps), ckpt)
     table = compare.compare([ckpt], [str(maps)], pk_likelihood=False)
-    assert table["error"].str.contains("is of task 'delensing'; compare knows: regression").all()
+    assert table["error"].str.contains("is of task 'segmentation'; compare knows: regression").all()
