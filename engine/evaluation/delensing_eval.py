@@ -91,6 +91,7 @@ def evaluate_delenser(
     count: int | None = None,
     seed: int | None = None,
     datasets_file=None,
+    template: bool = True,
     **_regression_options,
 ) -> tuple[dict[str, Any], dict, None, None]:
     """Score a delensing checkpoint on skies; write the report (module docstring).
@@ -108,6 +109,8 @@ def evaluate_delenser(
         At most this many skies per file.
     seed : int, optional
         Seed of the second noise realisations (default 1).
+    template : bool
+        Also run the true-φ template baseline (~1 min per noise realisation at nside 512).
     datasets_file, **_regression_options
         Accepted like every evaluator's options; not used.
 
@@ -154,7 +157,9 @@ def evaluate_delenser(
             timing["skies"] += 1
         return qs, us
 
-    report = delensing_report(skies, {"network": network}, seed=1 if seed is None else int(seed))
+    report = delensing_report(
+        skies, {"network": network}, seed=1 if seed is None else int(seed), template=template
+    )
     per_sky = timing["seconds"] / max(timing["skies"], 1)
     report.update(
         task=TASK,

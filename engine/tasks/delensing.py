@@ -184,12 +184,13 @@ class Delensing(Task):
         scale = float(np.sqrt(np.mean(q.astype(np.float64) ** 2)))
         if not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"{where}: the first training sky's Q is zero or not finite")
-        self._setup(scale, nside, dict(self.source.attrs))
+        self._setup(scale, nside, dict(self.source.attrs), int(s.crop))
         self._slots: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * int(s.pool)
         self._slot_ids: list[int] = [-1] * int(s.pool)
 
-    def _setup(self, scale: float, nside: int, attrs: Mapping[str, Any]) -> None:
+    def _setup(self, scale: float, nside: int, attrs: Mapping[str, Any], crop: int) -> None:
         self.scale = float(scale)
+        self.crop = int(crop)
         self.nside = int(nside)
         self.sky_attrs = {
             k: (v.item() if hasattr(v, "item") else v)
@@ -334,9 +335,11 @@ class Delensing(Task):
     # -- state and inference -------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """``scale`` (µK), ``nside``, ``margin``, ``inputs``/``targets`` (channel names) and
-        ``sky_attrs`` (the training skies' settings: noise, beam, r, lmax_unlensed, …)."""
+        """``scale`` (µK), ``nside``, ``margin``, ``crop`` (training window, pixels: inference
+        runs on windows of this size), ``inputs``/``targets`` (channel names) and ``sky_attrs``
+        (the training skies' settings: noise, beam, r, lmax_unlensed, …)."""
         return {
+            "crop": self.crop,
             "scale": self.scale,
             "nside": self.nside,
             "margin": self._margin(),
@@ -349,7 +352,7 @@ class Delensing(Task):
     def from_state(cls, state: Mapping[str, Any], device) -> Delensing:
         """The task's prediction path from a checkpoint's ``task_state``."""
         task = cls(None, device)
-        task._setup(state["scale"], state["nside"], state.get("sky_attrs", {}))
+        task._setup(state["scale"], state["nside"], state.get("sky_attrs", {}), state["crop"])
         task.margin = int(state["margin"])
         return task
 
@@ -384,6 +387,10 @@ class Delensing(Task):
         -------
         (q, u) : ``(npix,) float32`` delensed Q, U (RING, µK).
 
+        The network runs on windows of the training crop size with their margin from the
+        padded faces (:meth:`engine.nn.healpix.HealpixUNet.forward` with ``tile``), so that its
+        normalisation statistics are those of training.
+
         Raises
         ------
         ConfigError
@@ -400,6 +407,6 @@ class Delensing(Task):
         device = next(model.parameters()).device
         x = torch.from_numpy(np.stack([q, u]).astype(np.float32) / self.scale)
         x = ring_to_nest(x)[None].to(device)
-        out = model(x)[0].float().cpu()
+        out = model(x, tile=self.crop)[0].float().cpu()  # windows as in training
         y = nest_to_ring(out).numpy() * self.scale
         return y[0].astype(np.float32), y[1].astype(np.float32)
