@@ -367,3 +367,22 @@ def test_runs_on_cuda():
     y.sum().backward()
     assert all(p.grad is not None and p.grad.is_cuda for p in net.parameters())
     torch.testing.assert_close(y.detach().cpu(), net.cpu()(x.cpu()), atol=1e-4, rtol=1e-4)
+
+
+def test_tiled_forward_matches_windows_and_refuses_bad_tiles():
+    """forward(tile=c) runs the U-Net on c×c windows of each padded face (what training sees):
+    each window's output equals forward_faces on that window; c must divide nside."""
+    torch.manual_seed(0)
+    net = HealpixUNet(2, 2, width=4, levels=2, margin=8).eval()
+    nside, c = 32, 16
+    x = torch.randn(1, 2, 12 * nside**2)
+    with torch.no_grad():
+        tiled = net(x, tile=c)
+        faces = pad_faces(x, 8)
+        window = net.forward_faces(faces[:, :, c : 2 * c + 16, 0 : c + 16], 8)
+    got = nest_to_faces(tiled)[0].transpose(0, 1)  # (12, 2, n, n)
+    torch.testing.assert_close(got[:, :, c : 2 * c, 0:c], window)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, tile=nside), net(x))
+    with pytest.raises(ValueError, match="tile=12 must divide nside=32"):
+        net(x, tile=12)
