@@ -44,6 +44,7 @@ import numpy as np
 
 from engine.data._common import as_count, as_split, reject_unknown, split_groups
 from engine.params import ConfigError
+from engine.physics.cmb import noise_sigma  # noqa: F401 - re-exported (the one definition)
 
 #: Variables of a sky file (Q/U in µK, phi dimensionless, mask 1/0).
 SKY_VARIABLES = ("Q", "U", "Q_lensed", "U_lensed", "Q_unlensed", "U_unlensed", "phi", "mask")
@@ -150,13 +151,6 @@ class CMBSkies:
     def noise(self) -> float:
         """White noise of Q and U, µK-arcmin (attr ``noise``; 0 when absent)."""
         return float(self.attrs.get("noise", 0.0))
-
-
-def noise_sigma(noise: float, nside: int) -> float:
-    """Per-pixel standard deviation (µK) of white noise of ``noise`` µK-arcmin at ``nside``:
-    σ_pix = noise / √Ω_pix with Ω_pix in arcmin² (Ω_pix = 4π / (12 nside²) sr)."""
-    omega = hp.nside2pixarea(nside) / ARCMIN**2
-    return float(noise) / math.sqrt(omega)
 
 
 def white_noise(noise: float, nside: int, rng: np.random.Generator, n: int = 2) -> np.ndarray:

@@ -421,8 +421,11 @@ def _range_sum(cl: np.ndarray, ell_range: tuple[int, int]) -> np.ndarray:
 
 
 def pixel_noise(noise: float, nside: int) -> float:
-    """σ per pixel (µK) of white noise of ``noise`` µK-arcmin: noise/√Ω_pix[arcmin²]."""
-    return float(noise) / math.sqrt(hp.nside2pixarea(nside) / ARCMIN**2)
+    """σ per pixel (µK) of white noise of ``noise`` µK-arcmin: noise/√Ω_pix[arcmin²]
+    (:func:`engine.physics.cmb.noise_sigma`)."""
+    from engine.physics.cmb import noise_sigma
+
+    return noise_sigma(noise, nside)
 
 
 def noise_maps(attrs: Mapping, n_sky: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -423,7 +423,7 @@ def _task_args(settings: CMBParams) -> tuple:
     """(nside, B_ℓ, σ_pix, seed) of a worker task: workers need neither healpy nor CAMB."""
     nside = int(settings.nside)
     b_ell = _beam(float(settings.beam), map_lmax(settings))
-    return nside, b_ell, _sigma_pixel(float(settings.noise), nside), int(settings.seed)
+    return nside, b_ell, noise_sigma(float(settings.noise), nside), int(settings.seed)
 
 
 def _simulate(nside, b_ell, sigma, seed, index, spectra, threads) -> dict:
@@ -468,8 +468,10 @@ def _beam(fwhm_arcmin: float, lmax: int) -> np.ndarray:
     return np.asarray(hp.gauss_beam(fwhm_arcmin * ARCMIN, lmax=lmax, pol=True))[:, 1].copy()
 
 
-def _sigma_pixel(noise: float, nside: int) -> float:
-    """Noise per pixel of Q and U, µK: noise / √Ω_pix[arcmin²]."""
+def noise_sigma(noise: float, nside: int) -> float:
+    """Per-pixel standard deviation (µK) of white Q or U noise of ``noise`` µK-arcmin at
+    ``nside``: σ_pix = noise / √Ω_pix, Ω_pix = 4π / (12 nside²) sr in arcmin² (the one definition;
+    engine.data.cmb and the delensing metrics use it)."""
     return float(noise) / math.sqrt(4.0 * math.pi / (12 * nside**2) / ARCMIN**2)
 
 
@@ -531,7 +533,7 @@ def _attrs(settings: CMBParams) -> dict:
             }
         ),
         pixel_size=math.sqrt(4.0 * math.pi / (12 * nside**2)) / ARCMIN,
-        noise_pixel=_sigma_pixel(settings.noise, nside),
+        noise_pixel=noise_sigma(settings.noise, nside),
         units="uK (Q, U); phi dimensionless",
         beam_units="arcmin (FWHM)",
         noise_units="uK-arcmin",
