@@ -233,6 +233,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Process id of the server behind each URL served by :func:`serve`.
+SERVER_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system, s) used so far by Chromium's renderer processes, its other
+    processes (browser, GPU/viz, utility) and each server of :data:`SERVER_PIDS` (read from
+    /proc; Linux only, else empty)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"renderer": 0.0, "browser": 0.0} | {url: 0.0 for url in SERVER_PIDS}
+    servers = {pid: url for url, pid in SERVER_PIDS.items()}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()  # children rewrite it as one string
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        pgid = int(fields[2])
+        if pgid in servers:
+            out[servers[pgid]] += cpu
+        elif cmd.split(b"\0")[0].split(b" ")[0].endswith(b"chromium"):
+            out["renderer" if b"--type=renderer" in cmd else "browser"] += cpu
+    return out
+
+
 @contextlib.contextmanager
 def serve(root: Path, log: Path, profile: Path | None = None):
     """URL of ``panel serve explorer`` run in ``root`` (under cProfile, writing ``profile``)."""
@@ -247,6 +274,7 @@ def serve(root: Path, log: Path, profile: Path | None = None):
             cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         url = f"http://localhost:{port}/explorer"
+        SERVER_PIDS[url] = proc.pid  # start_new_session: its process group
         try:
             deadline = time.time() + 120
             while True:
@@ -282,6 +310,8 @@ class Samples:
     renders: list = field(default_factory=list)
     timeouts: int = 0
     load: tuple = ()  # 1-minute load average before and after
+    presses: int = 0  # key presses of the timed part (steps and drags, all sessions)
+    cpu: dict = field(default_factory=dict)  # CPU ms per press: renderer, browser, server
 
 
 async def _wait_hit(page, timeout: float) -> dict | None:
@@ -363,6 +393,8 @@ async def measure(
     """Open one session per plan, then run them all at once."""
     opened = [await open_session(browser, url, case, p, want[p.sigma8], timeout) for p in plans]
     out, rng = Samples(), random.Random(0)
+    out.presses = sum(p.steps + p.drags * p.presses for p in plans)
+    cpu0 = cpu_seconds()
     if trace is not None:
         await browser.start_tracing(
             page=opened[0][1],
@@ -378,6 +410,14 @@ async def measure(
             )
         )
     finally:
+        cpu1 = cpu_seconds()
+        out.cpu = {
+            ("server" if k == url else k): round(
+                1e3 * (cpu1[k] - cpu0.get(k, 0.0)) / out.presses, 1
+            )
+            for k in ("renderer", "browser", url)
+            if k in cpu1
+        }
         if trace is not None:
             await browser.stop_tracing()
         for context, _, _ in opened:
@@ -410,7 +450,7 @@ def rows_of(case, sessions: int, s: Samples, peer: Samples | None, meta: dict) -
                 row["ratio"] = row["peer_value"] / row["value"]
             key = f"{what}{sessions}"
             row["target"] = TARGETS.get(key, "") if q == 95 else ""
-            extra = dict(n=len(xs), timeouts=s.timeouts)
+            extra = dict(n=len(xs), timeouts=s.timeouts, cpu_ms_per_press=s.cpu)
             if what == "drag":
                 extra["renders_per_drag"] = float(np.mean(s.renders)) if s.renders else 0.0
             row["meta"] = {**meta, "kind": kind, "size": size, "sessions": sessions, **extra}
@@ -465,6 +505,8 @@ async def measure_case(browser, urls: dict, case, plans: list[Plan], args, meta:
     if "peer" in got:
         meta["peer_loadavg"] = got["peer"].load
     rows = rows_of(case, len(plans), got["ours"], got.get("peer"), meta)
+    for name, s in got.items():
+        print(f"#   {name}: CPU ms per key press {s.cpu}")
     print_table(rows)
     return rows
 
