@@ -17,7 +17,10 @@ with a margin ``m`` from its neighbouring faces (no interpolation, no seams), re
 input + correction, so the untrained network is "no delensing"). Training runs on random
 ``crop`` × ``crop`` windows of the padded faces (with their margin: what the network sees at the
 edges is the true neighbouring sky, as in full-face inference); the loss is the mean squared
-error on the window's centre in scaled units.
+error on the window's centre in scaled units, plus, with ``b_weight`` > 0, that weight times the
+mean B-mode power of the error on the window (flat-sky E/B on the face grid,
+:mod:`engine.nn.healpix_pol`): the plain Q/U error is dominated by E-mode lensing and noise,
+while the lensing B power is what delensing must remove.
 
 Augmentation that respects spin 2
 ---------------------------------
@@ -44,12 +47,12 @@ from typing import Any
 import numpy as np
 import param
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.data.cmb import CMBSkies, random_euler, rotate_qu, white_noise
 from engine.data.sources import STREAM_DATA, STREAM_TRAIN, STREAM_VAL, derive_seed
 from engine.nn.healpix import crop_padded, nest_to_faces, nest_to_ring, pad_faces, ring_to_nest
+from engine.nn.healpix_pol import b_power, face_pol_basis
 from engine.nn.registry import build_model
 from engine.params import ConfigError
 from engine.tasks.base import Stepper, Task
@@ -83,6 +86,13 @@ class DelensingParams(param.Parameterized):
         48,
         bounds=(1, 100_000),
         doc="Windows of the val skies in the fixed validation set.",
+    )
+    b_weight = param.Number(
+        0.0,
+        bounds=(0.0, 10_000.0),
+        doc="Weight of the B-mode term of the loss: the mean B power of the error on the "
+        "window (flat-sky E/B on the face grid, engine.nn.healpix_pol) added to the Q/U mean "
+        "squared error; 0: plain MSE.",
     )
 
     def check(self) -> None:
@@ -259,7 +269,8 @@ class Delensing(Task):
 
     def shard(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Shard ``index`` of the batch of step ``step``: windows ``(k, 2, crop+2m, crop+2m)``
-        and their target centres ``(k, 2, crop, crop)``, from random pool skies and faces."""
+        and their target centres ``(k, 5, crop, crop)`` (target Q, U, then the window's
+        :func:`~engine.nn.healpix_pol.face_pol_basis`), from random pool skies and faces."""
         s = self.settings
         k = s.batch_size // s.batch_shards
         gen = torch.Generator().manual_seed(derive_seed(s.seed, STREAM_TRAIN, step, index))
@@ -267,6 +278,7 @@ class Delensing(Task):
         pick = torch.randint(0, len(slots) * 12, (k,), generator=gen)
         xs = torch.stack([slots[int(p) // 12][0][int(p) % 12] for p in pick])
         ys = torch.stack([slots[int(p) // 12][1][int(p) % 12] for p in pick])
+        ys = torch.cat([ys, self._basis()[pick % 12]], dim=1)  # + the face's Q/U basis
         x, y = crop_padded(
             xs, int(s.crop), self._margin(), ys, generator=gen, align=2 ** int(s.levels)
         )
@@ -278,14 +290,39 @@ class Delensing(Task):
         """Mean squared error (scaled units) of the delensed window centres; one step of
         ``model``. Logs ``loss``, ``loss_identity`` (the same for the input: no delensing) and
         ``grad_norm``."""
-        x, y = self.train_batch(step, *rows)
+        x, yb = self.train_batch(step, *rows)
         with opt.autocast:
             pred = nets["model"].forward_faces(opt.prepare(x), self._margin())
-        loss = F.mse_loss(pred.float(), y)
-        grad_norm = opt.step("model", loss)
         m = self._margin()
-        ident = F.mse_loss(x[:, :, m:-m, m:-m] if m else x, y)
-        return {"loss": loss.detach(), "loss_identity": ident.detach(), "grad_norm": grad_norm}
+        loss, parts = self._objective(pred.float(), yb)
+        grad_norm = opt.step("model", loss)
+        with torch.no_grad():
+            ident, ident_parts = self._objective(x[:, :, m:-m, m:-m] if m else x, yb)
+        return {
+            "loss": loss.detach(), "loss_identity": ident, "grad_norm": grad_norm,
+            **{k: v.detach() for k, v in parts.items()},
+            **{f"{k}_identity": v for k, v in ident_parts.items()},
+        }  # fmt: skip
+
+    def _objective(self, pred: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The loss of delensed window centres ``pred`` ``(k, 2, s, s)`` against ``yb``
+        ``(k, 5, s, s)`` (target Q, U and the basis; :meth:`shard`): Q/U mean squared error
+        plus ``b_weight`` × the B power of the error (:func:`engine.nn.healpix_pol.b_power`),
+        scaled units squared; and the two terms (``loss_mse``, ``loss_b``)."""
+        err = pred - yb[:, :2]
+        mse = err.pow(2).mean()
+        w = float(getattr(self.settings, "b_weight", 0.0) or 0.0)
+        if w <= 0:
+            return mse, {}
+        b = b_power(err, yb[:, 2:])
+        return mse + w * b, {"loss_mse": mse, "loss_b": b}
+
+    def _basis(self) -> torch.Tensor:
+        """:func:`engine.nn.healpix_pol.face_pol_basis` of the training nside, ``(12, 3, n, n)``
+        float32 on the CPU (cached)."""
+        if getattr(self, "_basis_faces", None) is None:
+            self._basis_faces = torch.from_numpy(np.array(face_pol_basis(self.nside)))
+        return self._basis_faces
 
     def validation_data(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Fixed windows of the val skies as stored: ``val_crops`` of them, cycling over skies
@@ -299,7 +336,7 @@ class Delensing(Task):
             x = torch.from_numpy(np.stack([sky[n] for n in INPUTS]) / self.scale).float()
             y = np.stack([sky[n] for n in TARGETS]) / self.scale
             padded = pad_faces(ring_to_nest(x)[None], self._margin())
-            faces = _faces(y)
+            faces = torch.cat([_faces(y), self._basis()], dim=1)  # + the Q/U basis
             pick = torch.randint(0, 12, (per_sky,), generator=gen)
             xc, yc = crop_padded(
                 padded[pick], int(s.crop), self._margin(), faces[pick], generator=gen,
@@ -316,21 +353,27 @@ class Delensing(Task):
 
     @torch.no_grad()
     def validate(self, nets, data, autocast=None) -> dict[str, float]:
-        """``loss`` (MSE of the delensed windows, scaled units), ``loss_identity`` (of the
-        input, no delensing) and ``loss_ratio`` = loss / loss_identity (< 1: better than no
-        delensing)."""
+        """``loss`` (the training objective, :meth:`_objective`: the MSE of the delensed
+        windows, scaled units, plus ``b_weight`` × their B power), ``loss_identity`` (of the
+        input, no delensing), ``loss_ratio`` = loss / loss_identity (< 1: better than no
+        delensing); with a B term also ``loss_mse`` and ``loss_b`` and their ``_identity``."""
         model = nets["model"]
         model.eval()
         m = self._margin()
-        se = si = n = 0.0
-        for x, y in data:
+        sums: dict[str, float] = {}
+        n = 0
+        for x, yb in data:
             with self.autocast_or_null(autocast):
                 pred = model.forward_faces(x, m)
-            se += float(F.mse_loss(pred.float(), y, reduction="sum"))
-            si += float(F.mse_loss(x[:, :, m:-m, m:-m] if m else x, y, reduction="sum"))
-            n += y.numel()
-        loss, ident = se / n, si / n
-        return {"loss": loss, "loss_identity": ident, "loss_ratio": loss / ident}
+            k = len(x)
+            for name, out in (("", pred.float()), ("_identity", x[:, :, m:-m, m:-m] if m else x)):
+                loss, parts = self._objective(out, yb)
+                for key, v in {"loss": loss, **parts}.items():
+                    sums[key + name] = sums.get(key + name, 0.0) + float(v) * k
+            n += k
+        out = {key: v / n for key, v in sums.items()}
+        out["loss_ratio"] = out["loss"] / out["loss_identity"]
+        return out
 
     # -- state and inference -------------------------------------------------------------------
 
