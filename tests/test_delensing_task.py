@@ -180,14 +180,15 @@ def test_pool_depends_on_the_step_only(skies):
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
     # and the pool did change: rotated skies with fresh noise
     assert a._slot_ids != [0, 1]
-    # targets: Q, U, then the window's Q/U basis (engine.nn.healpix_pol.face_pol_basis)
-    assert xa.shape == (4, 2, 16 + 2 * 16, 16 + 2 * 16) and ya.shape == (4, 5, 16, 16)
-    np.testing.assert_allclose(ya[:, 2] ** 2 + ya[:, 3] ** 2, 1.0, atol=1e-5)
+    # targets: Q, U, the noise Q, U, then the window's Q/U basis (face_pol_basis)
+    assert xa.shape == (4, 2, 16 + 2 * 16, 16 + 2 * 16) and ya.shape == (4, 7, 16, 16)
+    np.testing.assert_allclose(ya[:, 4] ** 2 + ya[:, 5] ** 2, 1.0, atol=1e-5)
 
 
 def test_b_weight_adds_the_b_power_of_the_error(skies):
-    """loss = Q/U MSE + b_weight × B power of the error; the identity's B error is the
-    lensing B plus the noise's B, well above zero; b_weight = 0 is the plain MSE."""
+    """loss = Q/U MSE + b_weight × B power of the error against unlensed + noise; the
+    identity's B error is then the lensing B alone, above zero; b_weight = 0 is the plain MSE.
+    The stored noise is the observed sky minus the lensed one."""
     from engine.nn.healpix_pol import b_power
 
     t = _task(skies, b_weight=10.0)
@@ -196,7 +197,8 @@ def test_b_weight_adds_the_b_power_of_the_error(skies):
     ident = x[:, :, m:-m, m:-m]
     loss, parts = t._objective(ident, yb)
     mse = (ident - yb[:, :2]).pow(2).mean()
-    b = b_power(ident - yb[:, :2], yb[:, 2:])
+    # the B term is against the unlensed sky plus the input's own noise: the noise is free
+    b = b_power(ident - yb[:, :2] - yb[:, 2:4], yb[:, 4:7])
     assert float(parts["loss_b"]) == pytest.approx(float(b)) and float(b) > 0
     assert float(loss) == pytest.approx(float(mse + 10.0 * b), rel=1e-6)
     plain, none = _task(skies)._objective(ident, yb)

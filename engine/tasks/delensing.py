@@ -60,6 +60,8 @@ from engine.tasks.base import Stepper, Task
 #: Input and target channels.
 INPUTS = ("Q", "U")
 TARGETS = ("Q_unlensed", "U_unlensed")
+#: The observed sky without its noise (beamed): observed − lensed is the noise realisation.
+LENSED = ("Q_lensed", "U_lensed")
 
 
 class DelensingParams(param.Parameterized):
@@ -232,13 +234,15 @@ class Delensing(Task):
 
     def _content(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool content ``c`` (module docstring): padded input faces ``(12, 2, n+2m, n+2m)``
-        and target faces ``(12, 2, n, n)``, scaled, float32 on the CPU."""
+        and target faces ``(12, 4, n, n)`` (unlensed Q, U, then the Q, U of the input's noise
+        realisation), scaled, float32 on the CPU."""
         s = self.settings
         pool = int(s.pool)
         rows = self.train_rows
         if c < pool:
-            sky = self.source.sky(int(rows[c % rows.size]), INPUTS + TARGETS)
+            sky = self.source.sky(int(rows[c % rows.size]), INPUTS + LENSED + TARGETS)
             x = np.stack([sky[n] for n in INPUTS])
+            noise = x - np.stack([sky[n] for n in LENSED])
             y = np.stack([sky[n] for n in TARGETS])
         else:
             rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
@@ -247,12 +251,13 @@ class Delensing(Task):
             euler = random_euler(rng)
             ql, ul = rotate_qu(sky["Q_lensed"], sky["U_lensed"], euler)
             qu, uu = rotate_qu(sky["Q_unlensed"], sky["U_unlensed"], euler)
-            x = np.stack([ql, ul]) + white_noise(self.source.noise, self.nside, rng)
+            noise = white_noise(self.source.noise, self.nside, rng)
+            x = np.stack([ql, ul]) + noise
             y = np.stack([qu, uu])
         m = self._margin()
         xs = torch.from_numpy(np.ascontiguousarray(x / self.scale, dtype=np.float32))
         padded = pad_faces(ring_to_nest(xs)[None], m)  # (12, 2, n+2m, n+2m)
-        return padded, _faces(y / self.scale)
+        return padded, _faces(np.concatenate([y, noise]) / self.scale)
 
     def _pool_at(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The pool at step ``step``: slot i holds the latest content c ≡ i (mod pool) with
@@ -269,8 +274,9 @@ class Delensing(Task):
 
     def shard(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Shard ``index`` of the batch of step ``step``: windows ``(k, 2, crop+2m, crop+2m)``
-        and their target centres ``(k, 5, crop, crop)`` (target Q, U, then the window's
-        :func:`~engine.nn.healpix_pol.face_pol_basis`), from random pool skies and faces."""
+        and their target centres ``(k, 7, crop, crop)`` (target Q, U, the input's noise Q, U,
+        then the window's :func:`~engine.nn.healpix_pol.face_pol_basis`), from random pool
+        skies and faces."""
         s = self.settings
         k = s.batch_size // s.batch_shards
         gen = torch.Generator().manual_seed(derive_seed(s.seed, STREAM_TRAIN, step, index))
@@ -306,15 +312,19 @@ class Delensing(Task):
 
     def _objective(self, pred: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The loss of delensed window centres ``pred`` ``(k, 2, s, s)`` against ``yb``
-        ``(k, 5, s, s)`` (target Q, U and the basis; :meth:`shard`): Q/U mean squared error
-        plus ``b_weight`` × the B power of the error (:func:`engine.nn.healpix_pol.b_power`),
-        scaled units squared; and the two terms (``loss_mse``, ``loss_b``)."""
+        ``(k, 7, s, s)`` (:meth:`shard`): the Q/U mean squared error against the unlensed sky,
+        plus ``b_weight`` × the B power (:func:`engine.nn.healpix_pol.b_power`) of the error
+        against the unlensed sky *plus the input's noise realisation* (so the B term weighs
+        the lensing B left in the output, not the noise, which the cross-spectrum metrics do
+        not count; measured 2026-11-26, a B term on the error against the noiseless sky taught
+        the network to filter B noise and suppress primordial B); scaled units squared; and
+        the two terms (``loss_mse``, ``loss_b``)."""
         err = pred - yb[:, :2]
         mse = err.pow(2).mean()
         w = float(getattr(self.settings, "b_weight", 0.0) or 0.0)
         if w <= 0:
             return mse, {}
-        b = b_power(err, yb[:, 2:])
+        b = b_power(err - yb[:, 2:4], yb[:, 4:7])
         return mse + w * b, {"loss_mse": mse, "loss_b": b}
 
     def _basis(self) -> torch.Tensor:
@@ -332,11 +342,12 @@ class Delensing(Task):
         xs, ys = [], []
         per_sky = math.ceil(int(s.val_crops) / self.val_rows.size)
         for row in self.val_rows:
-            sky = self.source.sky(int(row), INPUTS + TARGETS)
-            x = torch.from_numpy(np.stack([sky[n] for n in INPUTS]) / self.scale).float()
-            y = np.stack([sky[n] for n in TARGETS]) / self.scale
+            sky = self.source.sky(int(row), INPUTS + LENSED + TARGETS)
+            obs = np.stack([sky[n] for n in INPUTS])
+            x = torch.from_numpy(obs / self.scale).float()
+            y = np.stack([sky[n] for n in TARGETS] + list(obs - np.stack([sky[n] for n in LENSED])))
             padded = pad_faces(ring_to_nest(x)[None], self._margin())
-            faces = torch.cat([_faces(y), self._basis()], dim=1)  # + the Q/U basis
+            faces = torch.cat([_faces(y / self.scale), self._basis()], dim=1)  # + noise, basis
             pick = torch.randint(0, 12, (per_sky,), generator=gen)
             xc, yc = crop_padded(
                 padded[pick], int(s.crop), self._margin(), faces[pick], generator=gen,
