@@ -201,6 +201,19 @@ def test_b_weight_adds_the_b_power_of_the_error(skies):
     b = b_power(ident - yb[:, :2] - yb[:, 2:4], yb[:, 4:7])
     assert float(parts["loss_b"]) == pytest.approx(float(b)) and float(b) > 0
     assert float(loss) == pytest.approx(float(mse + 10.0 * b), rel=1e-6)
+    # the stored noise is observed − lensed (stored skies) or the drawn noise (rotated ones)
+    from engine.tasks.delensing import _faces
+
+    sky = t.source.sky(int(t.train_rows[0]))
+    obs = np.stack([sky["Q"], sky["U"]])
+    noise = _faces((obs - np.stack([sky["Q_lensed"], sky["U_lensed"]])) / t.scale)
+    _, targets = t._content(0)
+    assert torch.allclose(targets[:, 2:4], noise, atol=1e-6)
+    _, rotated = t._content(t.settings.pool)
+    sigma = float(rotated[:, 2:4].std()) * t.scale  # µK per pixel
+    assert sigma == pytest.approx(
+        float(np.std(obs - np.stack([sky["Q_lensed"], sky["U_lensed"]]))), rel=0.1
+    )
     plain, none = _task(skies)._objective(ident, yb)
     assert none == {} and float(plain) == pytest.approx(float(mse), rel=1e-6)
 
