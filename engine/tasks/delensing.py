@@ -92,9 +92,9 @@ class DelensingParams(param.Parameterized):
     b_weight = param.Number(
         0.0,
         bounds=(0.0, 10_000.0),
-        doc="Weight of the B-mode term of the loss: the mean B power of the error on the "
-        "window (flat-sky E/B on the face grid, engine.nn.healpix_pol) added to the Q/U mean "
-        "squared error; 0: plain MSE.",
+        doc="Weight of the B-mode term of the loss: the mean B power of the window's error "
+        "against the unlensed sky plus the input's own noise (flat-sky E/B on the face grid, "
+        "engine.nn.healpix_pol), added to the Q/U mean squared error; 0: plain MSE.",
     )
 
     def check(self) -> None:
@@ -293,9 +293,10 @@ class Delensing(Task):
     # -- objective -----------------------------------------------------------------------------
 
     def training_step(self, step, rows, nets, opt: Stepper) -> dict[str, torch.Tensor]:
-        """Mean squared error (scaled units) of the delensed window centres; one step of
-        ``model``. Logs ``loss``, ``loss_identity`` (the same for the input: no delensing) and
-        ``grad_norm``."""
+        """The objective (:meth:`_objective`: Q/U mean squared error of the delensed window
+        centres, scaled units, plus the optional B term); one step of ``model``. Logs ``loss``,
+        ``loss_identity`` (the same for the input: no delensing), ``grad_norm`` and, with a B
+        term, ``loss_mse``, ``loss_b`` and their ``_identity``."""
         x, yb = self.train_batch(step, *rows)
         with opt.autocast:
             pred = nets["model"].forward_faces(opt.prepare(x), self._margin())
@@ -316,9 +317,9 @@ class Delensing(Task):
         plus ``b_weight`` × the B power (:func:`engine.nn.healpix_pol.b_power`) of the error
         against the unlensed sky *plus the input's noise realisation* (so the B term weighs
         the lensing B left in the output, not the noise, which the cross-spectrum metrics do
-        not count; measured 2026-11-26, a B term on the error against the noiseless sky taught
-        the network to filter B noise and suppress primordial B); scaled units squared; and
-        the two terms (``loss_mse``, ``loss_b``)."""
+        not count; measured 2026-11-26, a B term on the error against the noiseless sky made
+        A_res worse and biased r low); scaled units squared; and the two terms (``loss_mse``,
+        ``loss_b``)."""
         err = pred - yb[:, :2]
         mse = err.pow(2).mean()
         w = float(getattr(self.settings, "b_weight", 0.0) or 0.0)
