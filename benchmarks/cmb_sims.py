@@ -123,7 +123,7 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     import torch
 
     from engine.evaluation.delensing import template_delens
-    from engine.nn.healpix import HealpixUNet
+    from engine.nn.healpix_unet import HealpixUNet
 
     s = cmb.CMBParams(nside=512, count=1, seed=0, workers=1)
     sky = cmb.simulate(s, 0)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from engine.nn.healpix import (
-    HealpixUNet,
     crop_padded,
     face_corners,
     faces_to_nest,
@@ -26,6 +25,7 @@ from engine.nn.healpix import (
     ring_to_nest,
     unpad_faces,
 )
+from engine.nn.healpix_unet import HealpixUNet
 from engine.nn.registry import build_model, count_parameters, model_options
 from engine.params import ConfigError
 

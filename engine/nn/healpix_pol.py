@@ -63,11 +63,11 @@ def face_pol_basis(nside: int) -> np.ndarray:
     e_t = np.stack([np.cos(theta) * np.cos(phi), np.cos(theta) * np.sin(phi), -np.sin(theta)], -1)
     e_p = np.stack([-np.sin(phi), np.cos(phi), np.zeros_like(phi)], -1)
 
-    def axis(v: np.ndarray, ax: int) -> np.ndarray:
-        d = np.gradient(v, axis=ax) if n > 1 else np.zeros_like(v)
-        return d
-
-    gx, gy = axis(vec, 2), axis(vec, 1)  # along ix, along iy
+    if n == 1:  # one pixel per face: take the face's own axes from a finer grid's centre
+        out = face_pol_basis(2)[:, :, :1, :1].copy()
+        out.setflags(write=False)
+        return out
+    gx, gy = np.gradient(vec, axis=2), np.gradient(vec, axis=1)  # along ix, along iy
     psi = np.arctan2(np.sum(gx * e_p, -1), np.sum(gx * e_t, -1))
     # handedness: the sign of gy on the direction perpendicular to gx (towards e_φ from e_θ)
     perp = -np.sin(psi)[..., None] * e_t + np.cos(psi)[..., None] * e_p

@@ -93,7 +93,7 @@ NETWORKS: dict[str, str] = {
     "gan_generator": "engine.nn.gan:Generator",
     "gan_discriminator": "engine.nn.gan:Discriminator",
     "diffusion_unet": "engine.nn.unet:ConditionalUNet",
-    "healpix_unet": "engine.nn.healpix:HealpixUNet",
+    "healpix_unet": "engine.nn.healpix_unet:HealpixUNet",
 }
 
 

@@ -12,7 +12,7 @@ pixel); evaluation applies them.
 
 Network
 -------
-:class:`engine.nn.healpix.HealpixUNet`: a 2-D U-Net on the 12 NESTED base faces, each padded
+:class:`engine.nn.healpix_unet.HealpixUNet`: a 2-D U-Net on the 12 NESTED base faces, each padded
 with a margin ``m`` from its neighbouring faces (no interpolation, no seams), residual (output =
 input + correction, so the untrained network is "no delensing"). Training runs on random
 ``crop`` × ``crop`` windows of the padded faces (with their margin: what the network sees at the
@@ -103,7 +103,7 @@ class DelensingParams(param.Parameterized):
 
 
 class DelenserModelParams(param.Parameterized):
-    """The delensing network: :class:`engine.nn.healpix.HealpixUNet`."""
+    """The delensing network: :class:`engine.nn.healpix_unet.HealpixUNet`."""
 
     model = param.Selector(
         default="healpix_unet",
@@ -434,7 +434,7 @@ class Delensing(Task):
         Parameters
         ----------
         model : nn.Module
-            The trained :class:`~engine.nn.healpix.HealpixUNet` (eval mode).
+            The trained :class:`~engine.nn.healpix_unet.HealpixUNet` (eval mode).
         q, u : numpy.ndarray
             ``(npix,)`` observed Q, U in RING ordering, µK, at the training nside.
 
@@ -443,7 +443,7 @@ class Delensing(Task):
         (q, u) : ``(npix,) float32`` delensed Q, U (RING, µK).
 
         The network runs on windows of the training crop size with their margin from the
-        padded faces (:meth:`engine.nn.healpix.HealpixUNet.forward` with ``tile``), so that its
+        padded faces (:meth:`engine.nn.healpix_unet.HealpixUNet.forward` with ``tile``), so that its
         normalisation statistics are those of training.
 
         Raises
