@@ -151,6 +151,12 @@ class GeneratePage(pn.viewable.Viewer):
         bounds=(1, 1000),
         doc="Diffusion sampling steps (a diffusion model only; its sample_steps when chosen).",
     )
+    sampler = param.Selector(
+        default="ddim",
+        objects=["ddim", "dpm"],
+        doc="Diffusion sampler (a diffusion model only; its own setting when chosen): DDIM or "
+        "DPM-Solver++ (dpm).",
+    )
     theta = param.Dict(default={}, doc="{parameter: value} of the next Sample.")
     channel = param.Selector(default=0, objects=[0], doc="Channel shown (index).")
     result = param.ClassSelector(
@@ -177,6 +183,10 @@ class GeneratePage(pn.viewable.Viewer):
         self._steps_widget = pn.widgets.IntSlider.from_param(
             self.param.steps, **label("diffusion steps"), start=1, end=1000, visible=False,
             sizing_mode="stretch_width",
+        )  # fmt: skip
+        self._sampler_widget = pn.widgets.RadioButtonGroup.from_param(
+            self.param.sampler, name="diffusion sampler", options={"DDIM": "ddim", "DPM-Solver++": "dpm"},
+            visible=False, sizing_mode="stretch_width",
         )  # fmt: skip
         self._view = None
         self.refresh_generators()
@@ -221,10 +231,12 @@ class GeneratePage(pn.viewable.Viewer):
         with param.parameterized.batch_call_watchers(self):
             self.channel = 0
             self.steps = em.default_steps or self.steps
+            self.sampler = em.default_sampler or self.sampler
             self.theta = theta
             self.error = ""
             self.info = self._describe(em)
         self._steps_widget.visible = em.task_name == "diffusion"
+        self._sampler_widget.visible = em.task_name == "diffusion"
         if em.default_steps:
             self._steps_widget.end = min(1000, max(100, 4 * em.default_steps))
         self._slider_box[:] = self._sliders(em, theta)
@@ -277,7 +289,7 @@ class GeneratePage(pn.viewable.Viewer):
         )
         work = partial(
             compute, em, name or str(self.generator), dict(self.theta), self.count, self.seed,
-            self.steps, self.sim_count, partial(self._report, tag),
+            self.steps, self.sim_count, partial(self._report, tag), self.sampler,
         )  # fmt: skip
         self.param.update(busy=True, error="", progress="starting…")
         self._updates.request(partial(_tagged, tag, work))
@@ -389,6 +401,7 @@ class GeneratePage(pn.viewable.Viewer):
             count,
             pn.Row(sims, seed),
             self._steps_widget,
+            self._sampler_widget,
             button,
             self._status,
             self._error,

@@ -275,6 +275,7 @@ def compute(
     steps: int | None = None,
     sim_count: int = SIM_COUNT,
     progress: Callable[[str], None] | None = None,
+    sampler: str | None = None,
 ) -> GenerateResult:
     """One Sample: ``count`` generated maps at ``values``, simulator maps, metrics.
 
@@ -294,11 +295,13 @@ def compute(
     progress : callable, optional
         ``progress(text)`` with one line about the stage; may raise (e.g. :class:`Superseded`)
         to stop the computation.
+    sampler : {"ddim", "dpm"}, optional
+        Diffusion sampler (default: the model's); ignored for a GAN.
 
     Raises
     ------
     ConfigError
-        Parameters outside the box, bad count or steps, settings the simulator refuses.
+        Parameters outside the box, bad count, steps or sampler, settings the simulator refuses.
     """
     say = progress or (lambda _text: None)
     count = int(count)
@@ -307,6 +310,7 @@ def compute(
     theta = em.theta(values, count)
     diffusion = em.task_name == "diffusion"
     steps = (int(steps) if steps else em.default_steps) if diffusion else None
+    sampler = (sampler or em.default_sampler) if diffusion else None
     unit = "steps" if diffusion else "maps"
 
     def step(done: int, total: int) -> None:
@@ -314,7 +318,7 @@ def compute(
 
     say(f"sampling {count} maps…")
     t0 = time.perf_counter()
-    gen = em.sample_tensor(theta, seed, steps if diffusion else None, progress=step)
+    gen = em.sample_tensor(theta, seed, steps, progress=step, sampler=sampler)
     gen = gen.detach().float().cpu().numpy()
     gen_seconds = (time.perf_counter() - t0) / count
     channels = list(em.channel_names)
@@ -324,6 +328,7 @@ def compute(
     point = {n: float(values[n]) for n in em.names}
     result = GenerateResult(
         generator=generator, task=em.task_name, theta=point, seed=int(seed), steps=steps,
+        sampler=sampler,
         channels=channels, gen=gen, extent=geo["extent"], length_unit=geo["length_unit"],
         k_label=geo["k_label"], gen_seconds=gen_seconds, kind=str(em.map_config.get("kind", "")),
     )  # fmt: skip

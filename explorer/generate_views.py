@@ -88,6 +88,8 @@ class GenerateResult:
         ``{parameter: value}`` of the maps (physical units).
     seed, steps : int, int or None
         Seed of the draw; diffusion sampling steps (None for a GAN).
+    sampler : str or None
+        Diffusion sampler, ``"ddim"`` or ``"dpm"`` (None for a GAN).
     channels : list of str
         Channel names.
     gen : ndarray (B, C, N, N) float32
@@ -133,6 +135,7 @@ class GenerateResult:
     length_unit: str = "pixels"
     k_label: str = "k"
     gen_seconds: float = math.nan
+    sampler: str | None = None
     sim_seconds: float | None = None
     power: dict | None = None
     cross: dict | None = None
@@ -220,6 +223,8 @@ def where_markdown(result: GenerateResult) -> str:
     """One line: the generator, the parameters, seed and steps of the maps shown."""
     values = ", ".join(f"{param_label(k)} = {v:.4g}" for k, v in result.theta.items())
     steps = f" · {result.steps} sampling steps" if result.steps else ""
+    if result.sampler:
+        steps += f" ({'DPM-Solver++' if result.sampler == 'dpm' else result.sampler.upper()})"
     return f"**{result.generator}** at {values} · seed {result.seed}{steps} · first map of each set"
 
 

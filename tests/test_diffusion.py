@@ -264,6 +264,16 @@ def test_smoke_run_trains_validates_and_samples_from_its_checkpoint(tmp_path):
         {"omega_m": 0.3, "sigma8": 0.8}, count=2, seed=3, progress=lambda i, n: calls.append(n)
     )
     assert calls == [8] * 8 and da.attrs["sample_steps"] == 8 and da.shape[-2:] == (16, 16)
+    # the sampler: the model's setting by default, DPM-Solver++ on request (other maps from the
+    # same noise), an unknown one refused in one line
+    assert em.default_sampler == "ddim" and da.attrs["sampler"] == "ddim"
+    dpm = em.sample({"omega_m": 0.3, "sigma8": 0.8}, count=2, seed=3, sampler="dpm")
+    assert dpm.attrs["sampler"] == "dpm" and not np.array_equal(dpm.values, da.values)
+    np.testing.assert_array_equal(
+        dpm.values, em.sample({"omega_m": 0.3, "sigma8": 0.8}, count=2, seed=3, sampler="dpm")
+    )
+    with pytest.raises(ConfigError, match="sampler='euler' is not allowed: one of ddim, dpm"):
+        em.sample({"omega_m": 0.3, "sigma8": 0.8}, sampler="euler")
 
 
 def test_resume_reaches_the_same_weights(tmp_path):

@@ -54,6 +54,8 @@ def test_sample_writes_the_kinds_dataarray_and_is_reproducible(gan_run, tmp_path
     assert len(err.strip().splitlines()) == 1
     assert cli.main([*args, "--steps", "5", "--out", str(tmp_path / "d.nc")]) == 2
     assert "diffusion models only" in capsys.readouterr().err
+    assert cli.main([*args, "--sampler", "dpm", "--out", str(tmp_path / "d.nc")]) == 2
+    assert "--sampler applies to diffusion models only" in capsys.readouterr().err
     assert not (tmp_path / "c.nc").exists() and not (tmp_path / "d.nc").exists()
 
 

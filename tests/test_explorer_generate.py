@@ -133,6 +133,7 @@ def test_sliders_get_the_generators_box(runs, gan_run):
     sliders[1].value = 0.7
     assert page.theta == {"omega_m": 0.3, "sigma8": 0.7}
     assert not page._steps_widget.visible  # a GAN samples in one pass
+    assert not page._sampler_widget.visible
 
 
 def test_sample_draws_maps_beside_the_simulator_and_scores_them(runs, gan_run):
@@ -236,7 +237,7 @@ def test_two_channel_maps_show_their_cross_correlation_and_log_density():
     assert clim[0] < 0 < clim[1] and gv.display_label("delta") == "ln(1 + δ)"
 
 
-def test_diffusion_generator_gets_a_steps_slider(tmp_path, diffusion_run):
+def test_diffusion_generator_gets_steps_and_sampler(tmp_path, diffusion_run):
     runs = tmp_path / "runs"
     shutil.copytree(diffusion_run, runs / diffusion_run.name)
     page = GeneratePage(runs_root=runs, examples_root="")
@@ -247,6 +248,12 @@ def test_diffusion_generator_gets_a_steps_slider(tmp_path, diffusion_run):
     page.sample()
     assert page.error == "" and page.result.steps == 2 and page.result.task == "diffusion"
     assert page.result.gen.shape[0] == 4
+    assert page._sampler_widget.visible and page.sampler == em.default_sampler
+    assert page.result.sampler == em.default_sampler
+    page.sampler = "dpm"
+    page.sample()
+    assert page.error == "" and page.result.sampler == "dpm"
+    assert "DPM-Solver++" in gv.where_markdown(page.result)
 
 
 # ---------------------------------------------------------------------------------------------

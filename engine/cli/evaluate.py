@@ -371,6 +371,11 @@ def _add_evaluate_parsers(sub) -> None:
         "--steps", type=int, default=None, help="Diffusion sampling steps (default: the model's)."
     )
     e.add_argument(
+        "--sampler",
+        default=None,
+        help="Diffusion sampler: ddim or dpm (DPM-Solver++; default: the model's).",
+    )
+    e.add_argument(
         "--no-memorisation",
         dest="memorisation",
         action="store_false",
@@ -536,6 +541,7 @@ def _evaluate_emulator(args: argparse.Namespace) -> int:
         regressor=regressor,
         memorisation=args.memorisation,
         steps=args.steps,
+        sampler=args.sampler,
         inception=args.inception,
         classifier=classifier,
         guidance=args.guidance,

