@@ -4,6 +4,8 @@ a two-channel dataset."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -243,3 +245,23 @@ def test_two_channel_dataset(tmp_path):
     maps = task.generate({"generator": g}, [[0.3, 0.8]] * 4, torch.Generator().manual_seed(0))
     assert maps.shape == (4, 2, 16, 16)
     assert (maps[:, 0] > -1).all()  # a density contrast, back in map units
+
+
+def test_log_epsilon_moves_empty_pixels_next_to_the_sparse_ones(tmp_path):
+    """ln(1 + ε + δ): the fitted offset is 1 + ε, an empty pixel (δ = −1) encodes to ln ε
+    (standardised), decodes back to −1, and network values below it decode to −1, not below."""
+    data = tmp_path / "pm2c.zarr"
+    _two_channel_dataset(data)
+    run = RunDir(tmp_path / "eps")
+    assert _train(run, dataset=str(data), epochs=1, log_epsilon=0.1) == 0
+    task = task_from_checkpoint(load_checkpoint(run.path))
+    assert task.log_offsets == [pytest.approx(1.1), None]
+    maps = torch.zeros(3, 2, 4, 4)
+    maps[0, 0, 0, 0], maps[1, 0, 1, 1] = -1.0, 5.0
+    x = task.encode(maps)
+    m, s = task.u_mean[0], task.u_std[0]
+    assert float(x[0, 0, 0, 0]) == pytest.approx((math.log(0.1) - m) / s, rel=1e-5)
+    torch.testing.assert_close(task.decode(x), maps, atol=1e-5, rtol=1e-5)
+    below = x.clone()
+    below[2, 0] = (math.log(0.01) - m) / s  # δ = −1.09 before the clip
+    assert torch.equal(task.decode(below)[2, 0], torch.full((4, 4), -1.0))

@@ -11,7 +11,11 @@ Map transform (:meth:`GenerativeTask.encode`, inverted by :meth:`GenerativeTask.
 channel ``c`` becomes ``u = ln(x + offset_c)`` for the channels modelled in log (a density
 contrast δ > −1 with offset 1, i.e. ln(1 + δ), the Gaussianising variable of a density field,
 Coles & Jones 1991; positive fields such as CAMELS' Mgas, HI or B with offset 0), clipped below at
-``ln(LOG_FLOOR)`` for empty pixels; ``u = asinh(x / s)`` for a signed heavy-tailed channel (the
+``ln(LOG_FLOOR)`` for empty pixels — or, with the setting ``log_epsilon`` = ε > 0, δ as
+``ln(1 + ε + δ)`` (offset 1 + ε): empty pixels (δ = −1, no particle) then sit at ln ε next to
+the sparsest occupied ones instead of a spike at ln 10⁻³ ≈ −6.9, far below every other pixel,
+that a generator cannot draw exactly and a discriminator reads as a sign of real maps; decoded
+δ is clipped at −1; ``u = asinh(x / s)`` for a signed heavy-tailed channel (the
 velocity divergence θ of N-body slabs, whose halo pixels reach ~100 standard deviations; s the
 robust standard deviation, so the core stays linear and the tails logarithmic; forced for the
 channels of the setting ``asinh_channels``, e.g. ``all`` for strong-lens images, positive with
@@ -75,6 +79,14 @@ class GenerativeParams(param.Parameterized):
         "train maps are all positive: ln(x); any other channel with heavy tails, excess "
         "kurtosis > 10, such as the velocity divergence theta: asinh(x / s), s = 1.4826 MAD), "
         "'none', or comma-separated channel indices (log only).",
+    )
+    log_epsilon = param.Number(
+        0.0,
+        bounds=(0.0, 10.0),
+        doc="epsilon of the density-contrast channels' transform ln(1 + epsilon + delta) "
+        "(dimensionless): 0 keeps ln(1 + delta) with empty pixels (delta = -1) clipped at "
+        "ln(1e-3); a fraction of one particle's contribution to a pixel, 1/n (n: mean "
+        "particles per pixel), puts them next to the sparsest occupied pixels.",
     )
     asinh_channels = param.String(
         "auto",
@@ -253,20 +265,21 @@ class GenerativeTask(Regression):
                 f"{self.channels} channels (indices 0..{self.channels - 1})"
             )
         offsets = []
+        delta = 1.0 + float(getattr(self.settings, "log_epsilon", 0.0))  # offset of δ channels
         for c, name in enumerate(self.channel_names):
             low = float(maps[:, c].min())
             if isinstance(forced, list) and c in forced:
                 offsets.append(None)
             elif spec == "auto":
                 use = name == "delta" or (low > 0)
-                offsets.append((1.0 if name == "delta" else 0.0) if use else None)
+                offsets.append((delta if name == "delta" else 0.0) if use else None)
             else:
                 if any(i >= self.channels for i in spec):
                     raise ConfigError(
                         f"log_channels={self.settings.log_channels!r}: the maps have "
                         f"{self.channels} channels (indices 0..{self.channels - 1})"
                     )
-                offsets.append((1.0 if name == "delta" else 0.0) if c in spec else None)
+                offsets.append((delta if name == "delta" else 0.0) if c in spec else None)
         self.log_offsets = offsets
         self.asinh_scales = [
             robust_scale(maps[:, c])
@@ -303,13 +316,15 @@ class GenerativeTask(Regression):
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Network-space maps ``(B, C, N, N)`` → maps in map units (inverse of :meth:`encode`
-        above the log floor), float32."""
+        above the log floor; density contrasts, offset ≥ 1, clipped at δ = −1), float32."""
         m, s = self._stats(x)
         u = x.float() * s + m
         out = u.clone()
         for c, off in enumerate(self.log_offsets):
             if off is not None:
                 out[:, c] = torch.exp(u[:, c]) - off
+                if off > 1.0:  # ln(1 + ε + δ): a value below δ = −1 is an empty pixel
+                    out[:, c] = out[:, c].clamp(min=-1.0)
         for c, scale in enumerate(self.asinh_scales):
             if scale is not None:
                 out[:, c] = torch.sinh(u[:, c]) * scale
