@@ -4,8 +4,8 @@ Rows (maps per second, wall clock, the median of a few repeats, torch's CPU thre
 
 * ``gan`` / ``diffusion``: the shipped emulators ``assets/models/gan32`` and
   ``assets/models/diffusion32`` (:class:`engine.evaluation.sampling.Emulator`, maps in map units
-  including the inverse transform), the diffusion model at its ``sample_steps`` and at 20 DDIM
-  steps; batch 256 (GAN) and 64 (diffusion);
+  including the inverse transform), the diffusion model with its own sampler at its
+  ``sample_steps`` and at 20 steps; batch 256 (GAN) and 64 (diffusion);
 * ``gan64 network``: the generator of preset ``gan64`` (random weights: throughput does not
   depend on them) at 64² and 2 channels, batch 256 — the issue's ≥ 1000 maps/s target;
 * ``pm``: the simulator the emulators stand in for, at each geometry (32³ particles in
@@ -105,6 +105,7 @@ def emulator_rates(name: str, steps=(None,), batch: int = 64) -> list[dict]:
                 "task": em.task_name,
                 "size": int(em.map_config.get("size", 0)),
                 "steps": s or em.default_steps,
+                "sampler": em.default_sampler,
                 "maps_per_s": rate,
             }
         )
@@ -123,6 +124,7 @@ def main() -> int:
             "task": "gan",
             "size": 64,
             "steps": None,
+            "sampler": None,
             "maps_per_s": gan64_network_rate(),
         }
     )
@@ -131,12 +133,12 @@ def main() -> int:
         r["speed_up"] = r["maps_per_s"] / sim[r["size"]]
     print(f"emulator sampling vs the PM simulator (CPU, {threads} torch threads; maps/s)")
     print(
-        f"{'emulator':<16} {'size':>5} {'steps':>6} {'maps/s':>10} {'PM maps/s':>10} {'speed-up':>9}"
+        f"{'emulator':<16} {'size':>5} {'steps':>10} {'maps/s':>10} {'PM maps/s':>10} {'speed-up':>9}"
     )
     for r in rows:
-        steps = "-" if r["steps"] is None else str(r["steps"])
+        steps = "-" if r["steps"] is None else f"{r['steps']} {r['sampler']}"
         print(
-            f"{r['emulator']:<16} {r['size']:>5} {steps:>6} {r['maps_per_s']:>10.1f} "
+            f"{r['emulator']:<16} {r['size']:>5} {steps:>10} {r['maps_per_s']:>10.1f} "
             f"{r['pm_maps_per_s']:>10.2f} {r['speed_up']:>8.3g}×"
         )
     OUT.parent.mkdir(parents=True, exist_ok=True)
