@@ -28,10 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.data import open_spec
-from engine.evaluation.calibrated import (
-    DEFAULT_MAX_BINS,
-    fit_calibration,
-)
+from engine.evaluation.calibrated import DEFAULT_MAX_BINS
+from engine.evaluation.calibrated_fit import fit_calibration
 from engine.evaluation.calibrated_use import (
     pk_calibrated_predict,
     training_maps,

@@ -1,6 +1,6 @@
 """Lensed CMB sky generation speed (:mod:`engine.physics.cmb`): ``python -m benchmarks.cmb_sims``.
 
-Times :func:`engine.physics.cmb.generate` (everything a sky needs: the draws, lenspyx lensing on
+Times :func:`engine.physics.cmb_io.generate` (everything a sky needs: the draws, lenspyx lensing on
 the Gauss–Legendre grid, beam, three HEALPix syntheses, noise; CAMB is run once before timing
 and cached) in skies per second, for
 
@@ -34,17 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.physics import cmb
+from engine.physics import cmb, cmb_io
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cmb_sims.json"
 
 
 def _rate(settings: cmb.CMBParams, repeat: int = 1) -> float:
-    """Skies per second of ``cmb.generate(settings)`` (median of ``repeat`` runs)."""
+    """Skies per second of ``cmb_io.generate(settings)`` (median of ``repeat`` runs)."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        cmb.generate(settings, progress=False)
+        cmb_io.generate(settings, progress=False)
         times.append(time.perf_counter() - t)
     return settings.count / statistics.median(times)
 
@@ -53,7 +53,7 @@ def bench_nside128(count: int = 4) -> list[dict]:
     """nside 128, automatic ℓ_unl: one process with all threads vs two single-thread workers."""
     one = cmb.CMBParams(nside=128, count=count, seed=0, workers=1)
     two = cmb.CMBParams(nside=128, count=count, seed=0, workers=2)
-    cmb.generate(cmb.CMBParams(nside=128, count=1, seed=0), progress=False)  # CAMB, imports
+    cmb_io.generate(cmb.CMBParams(nside=128, count=1, seed=0), progress=False)  # CAMB, imports
     rates = {"one": [], "two": []}
     for _ in range(2):  # alternate, so that load from other processes hits both alike
         rates["one"].append(_rate(one))

@@ -2,11 +2,13 @@
 residual, the BB spectra before and after delensing against theory and the baselines, and
 A_res and the fitted r with its error, live from a shipped delensing network.
 
-Three modules, as the Lensing page:
+Four modules, the three of the Lensing page and the data:
 
 * :mod:`explorer.cmb_compute`: the pure update, stage by stage (:func:`~explorer.cmb_compute.
   updates`: the sky, the network on two noise realisations, the true-φ template; spectra,
-  A_res, r fits, the QE forecast), the delensers and the caches;
+  A_res, r fits, the QE forecast) and the cache of results;
+* :mod:`explorer.cmb_data`: the delensers (found, described, loaded) and the caches of skies
+  and of stage timings;
 * :mod:`explorer.cmb_views`: the Mollweide maps, the spectra, the readout, the widgets;
 * this module: the page state :class:`CMBPage`.
 
@@ -52,15 +54,13 @@ from explorer.cmb_compute import (
     PAGE_RANGES,
     PAGE_SETTINGS,
     CMBResult,
-    DelenserInfo,
     cached_result,
-    list_delensers,
     one_line,
     page_settings,
-    result_key,
     snapshot,
     updates,
 )
+from explorer.cmb_data import DelenserInfo, list_delensers, result_key
 from explorer.cmb_views import (
     ABOUT,
     READOUT_CSS,
@@ -195,7 +195,7 @@ class CMBPage(pn.viewable.Viewer):
         self.request_update()
 
     def delenser_info(self) -> DelenserInfo | None:
-        """The chosen delenser's :class:`~explorer.cmb_compute.DelenserInfo` (None: none)."""
+        """The chosen delenser's :class:`~explorer.cmb_data.DelenserInfo` (None: none)."""
         if not self.delenser:
             return None
         return next((d for d in self.delensers or [] if d.path == self.delenser), None)

@@ -34,13 +34,8 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from bokeh.plotting import figure
 from holoviews.plotting.util import process_cmap
 
-from explorer.cmb_compute import (
-    STAGES,
-    TRAIN_COMMAND,
-    CMBResult,
-    DelenserInfo,
-    expected_wait,
-)
+from explorer.cmb_compute import STAGES, CMBResult
+from explorer.cmb_data import TRAIN_COMMAND, DelenserInfo, expected_wait
 from explorer.fieldlab_kinds import Control
 from explorer.fieldlab_views import TOOLS, nice_ceil, setting_widget, slider_range
 from explorer.sky_views import X_MAX, Y_MAX, graticule, mollweide_inverse, positive
@@ -397,7 +392,7 @@ def readout_html(result: CMBResult | None, error: str = "", info: DelenserInfo |
 
 def stage_line(result: CMBResult | None, stage: str, nside: int, network: bool) -> str:
     """The status while ``stage`` runs: which stage of how many, what it does, and the expected
-    wait until it and until the whole update is done (:func:`~explorer.cmb_compute.
+    wait until it and until the whole update is done (:func:`~explorer.cmb_data.
     expected_wait`)."""
     wait = expected_wait(nside, network)
     stages = list(wait)
@@ -430,7 +425,7 @@ def timing_html(result: CMBResult | None, cached: bool = False) -> str:
 
 
 def wait_text(nside: int, network: bool) -> str:
-    """Markdown: the expected wait of an update at ``nside`` (:func:`~explorer.cmb_compute.
+    """Markdown: the expected wait of an update at ``nside`` (:func:`~explorer.cmb_data.
     expected_wait`)."""
     wait = expected_wait(nside, network)
     sky = wait["sky"]

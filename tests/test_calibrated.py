@@ -17,11 +17,8 @@ import torch
 from engine import cli
 from engine.data import open_spec
 from engine.evaluation import calibrated, calibrated_use
-from engine.evaluation.calibrated import (
-    Calibration,
-    fit_calibration,
-    hartlap_factor,
-)
+from engine.evaluation.calibrated import Calibration, hartlap_factor
+from engine.evaluation.calibrated_fit import fit_calibration
 from engine.evaluation.calibrated_use import (
     calibrate,
     load_calibration,

@@ -24,7 +24,7 @@ import xarray as xr
 
 from engine.cli import main
 from engine.params import ConfigError
-from engine.physics import cmb
+from engine.physics import cmb, cmb_io
 
 NSIDE = 64
 LMAX = 3 * NSIDE - 1
@@ -40,7 +40,7 @@ def physics():
     """(settings, skies, theory) of N_SKIES skies with r = 0.1, a 60' beam and 5 µK' noise."""
     settings = cmb.CMBParams(nside=NSIDE, r=0.1, beam=60.0, noise=5.0, count=N_SKIES, seed=3)
     assert cmb.unlensed_lmax(settings) == LMAX + 2000
-    return settings, cmb.generate(settings, progress=False), cmb.theory(settings)
+    return settings, cmb_io.generate(settings, progress=False), cmb.theory(settings)
 
 
 def _eb(q, u) -> tuple[np.ndarray, np.ndarray]:
@@ -160,24 +160,24 @@ def _small(**kw) -> cmb.CMBParams:
 
 @pytest.fixture(scope="module")
 def small():
-    return cmb.generate(_small(), progress=False)
+    return cmb_io.generate(_small(), progress=False)
 
 
 def test_same_seed_same_skies_and_skies_differ(small):
-    again = cmb.generate(_small(), progress=False)
+    again = cmb_io.generate(_small(), progress=False)
     for name in cmb.VARIABLES:
         np.testing.assert_array_equal(small[name].values, again[name].values)
         assert not np.array_equal(small[name].values[0], small[name].values[1])
-    other = cmb.generate(_small(seed=6, count=1), progress=False)
+    other = cmb_io.generate(_small(seed=6, count=1), progress=False)
     assert not np.array_equal(other["Q"].values[0], small["Q"].values[0])
     # sky i depends on (seed, i) only: a shorter run gives the first skies
-    first = cmb.generate(_small(count=2), progress=False)
+    first = cmb_io.generate(_small(count=2), progress=False)
     np.testing.assert_array_equal(first["Q"].values, small["Q"].values[:2])
 
 
 def test_workers_and_chunks_do_not_change_the_skies(small):
-    two = cmb.generate(_small(workers=2), progress=False)
-    parts = list(cmb.generate_chunks(_small(), chunk=2, progress=False))
+    two = cmb_io.generate(_small(workers=2), progress=False)
+    parts = list(cmb_io.generate_chunks(_small(), chunk=2, progress=False))
     assert [p.sizes["sample"] for p in parts] == [2, 1]
     chunked = xr.concat(parts, dim="sample", data_vars="minimal")
     for name in cmb.VARIABLES:
@@ -201,7 +201,7 @@ def test_masks():
     assert disc.mean() == pytest.approx((1 - math.cos(math.radians(20))) / 2, rel=0.05)
     assert disc[hp.ang2pix(64, 0.0, -57.5, lonlat=True)] == 1
     assert disc[hp.ang2pix(64, 0.0, -30.0, lonlat=True)] == 0
-    ds = cmb.generate(_small(count=1, mask="small_aperture", nside=16), progress=False)
+    ds = cmb_io.generate(_small(count=1, mask="small_aperture", nside=16), progress=False)
     assert set(np.unique(ds["mask"].values)) == {0.0, 1.0}
     assert np.all(np.isfinite(ds["Q"].values))  # masked pixels keep their values
 
@@ -223,14 +223,14 @@ def test_bad_settings_are_one_line_errors(values, words):
 
 def test_save_streams_zarr_and_refuses_overwrite(tmp_path, small):
     out = tmp_path / "skies.zarr"
-    cmb.save(cmb.generate_chunks(_small(), chunk=1, progress=False), out)
+    cmb_io.save(cmb_io.generate_chunks(_small(), chunk=1, progress=False), out)
     with xr.open_zarr(out, consolidated=False) as ds:
         assert ds["Q"].encoding["chunks"] == (1, 12 * 16**2)
         for name in (*cmb.VARIABLES, "mask"):
             np.testing.assert_array_equal(ds[name].values, small[name].values)
-        assert cmb.settings_from_attrs(ds.attrs).lmax_unlensed == 200
+        assert cmb_io.settings_from_attrs(ds.attrs).lmax_unlensed == 200
     with pytest.raises(ConfigError, match="already exists"):
-        cmb.save(small, out)
+        cmb_io.save(small, out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -232,15 +232,16 @@ def build_parser(fields_kind: str = "grf", task: str = "regression") -> argparse
 
     ``fields_kind`` selects the settings class whose flags the ``fields`` verb gets, ``task``
     the task whose settings the ``train`` verb gets (:func:`_peek_task`). Each verb
-    group's module adds its subparsers: :mod:`engine.cli.fields` (fields, dataset, sky),
-    :mod:`engine.cli.train` (train), :mod:`engine.cli.evaluate` (predict, evaluate, compare).
+    group's module adds its subparsers: :mod:`engine.cli.fields` (fields, dataset),
+    :mod:`engine.cli.sky` (sky),
+    :mod:`engine.cli.train` (train), :mod:`engine.cli.evaluate` (evaluate, compare; predict from :mod:`engine.cli.predict`).
 
     Raises
     ------
     ConfigError
         Unknown ``fields_kind``.
     """
-    from engine.cli import evaluate, fields, sample, train
+    from engine.cli import evaluate, fields, sample, sky, train
 
     parser = _ArgumentParser(
         prog="cosmo-engine",
@@ -252,6 +253,7 @@ def build_parser(fields_kind: str = "grf", task: str = "regression") -> argparse
         metavar="{fields,dataset,sky,train,sample,predict,evaluate,compare}",
     )
     fields.add_parsers(sub, fields_kind)
+    sky.add_parser(sub)
     train.add_parser(sub, task)
     sample.add_parser(sub)
     evaluate.add_parsers(sub)

@@ -2,9 +2,10 @@ r"""The calibrated P(k) likelihood put to use: its training data, the calibratio
 posterior of (Ω_m, σ8) for new maps.
 
 :mod:`engine.evaluation.calibrated` defines the model (bins, emulator, covariance with the
-Hartlap factor) and fits it (:func:`~engine.evaluation.calibrated.fit_calibration`); this module
-finds the maps to fit it on (:func:`training_spec`, :func:`training_maps`), fits once per
-training data and stores the result (:func:`calibrate`, :func:`cache_dir`), reads stored
+Hartlap factor), :mod:`engine.evaluation.calibrated_fit` fits it
+(:func:`~engine.evaluation.calibrated_fit.fit_calibration`); this module finds the maps to fit
+it on (:func:`training_spec`, :func:`training_maps`), fits once per training data and stores
+the result (:func:`calibrate`, :func:`cache_dir`), reads stored
 calibrations (:func:`load_calibration`, :func:`resolve_calibration`) and computes the posterior
 on the prior grid (:func:`pk_calibrated_predict`). Formulas and the file format: see
 :mod:`engine.evaluation.calibrated`.
@@ -35,8 +36,8 @@ from engine.evaluation.calibrated import (
     Calibration,
     Geometry,
     _as_maps,
-    fit_calibration,
 )
+from engine.evaluation.calibrated_fit import fit_calibration
 from engine.evaluation.likelihood import LOCAL_HALF_WIDTH, LOCAL_POINTS, _moments, _resolved
 from engine.evaluation.theory import DEFAULT_PRIOR, check_prior
 from engine.params import ConfigError
