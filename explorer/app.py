@@ -54,7 +54,8 @@ def create_app(
     """Build the explorer for the current session: header plus Field lab / Sky / Training /
     Generate / Lensing / CMB / Compare tabs.
 
-    In a served session the training page polls its run every 500 ms until the session ends,
+    In a served session the training page polls its run every 500 ms while its tab is shown
+    (every 5 s while hidden) until the session ends,
     and field-lab updates are computed in worker threads and shown through the session's document.
 
     Parameters
@@ -76,7 +77,7 @@ def create_app(
     examples = examples_root if examples_root is not None else default_examples_root()
     trainer = TrainingController(runs_root=runs_root, examples_root=str(examples))
     if doc is not None:
-        trainer.start()
+        trainer.start(shown=False)  # the field lab is the first tab shown
     tabs = pn.Tabs(dynamic=True)
 
     def open_in_lab(patch, source: str) -> None:  # the sky page hands a patch to the field lab
@@ -87,7 +88,7 @@ def create_app(
     # the Compare page reads its example maps and domain gap only once its tab is shown
     comparison = ComparePage(runs_root=runs_root, doc=doc, visible=False)
     if doc is not None:
-        comparison.start()
+        comparison.start(shown=False)
     # the Generate page loads its generator only once its tab is shown
     generate = GeneratePage(runs_root=runs_root, examples_root=examples, doc=doc, visible=False)
     # the Lensing page computes its first image and finds its classifier once its tab is shown
@@ -107,6 +108,9 @@ def create_app(
     index = {title: i for i, (title, _) in enumerate(pages)}
 
     def show_tab(event) -> None:
+        # the pages that poll engine processes poll slowly while hidden (SessionPolling.shown)
+        trainer.shown(event.new == index["Training"])
+        comparison.shown(event.new == index["Compare"])
         if event.new == index["Compare"]:
             comparison.visible = True
         elif event.new == index["Generate"]:

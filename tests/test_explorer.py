@@ -723,18 +723,37 @@ def test_stop_signals_the_run_process(tmp_path):
 def test_periodic_callback_is_removed_with_the_session(monkeypatch, tmp_path):
     import panel as pn
 
+    import explorer.polling
+
+    made = []
+
     class FakeCallback:
-        stopped = False
+        stopped = started = False
+
+        def __init__(self, callback, period, background, log):
+            self.callback, self.period, self.background = callback, period, background
+            made.append(self)
+
+        def start(self):
+            self.started = True
 
         def stop(self):
             self.stopped = True
 
     destroyed = []
-    cb = FakeCallback()
-    monkeypatch.setattr(pn.state, "add_periodic_callback", lambda f, period: cb)
+    monkeypatch.setattr(explorer.polling, "PeriodicCallback", FakeCallback)
     monkeypatch.setattr(pn.state, "on_session_destroyed", destroyed.append)
     ctl = TrainingController(runs_root=tmp_path)
-    ctl.start()
+    ctl.start(shown=False)
+    (cb,) = made
+    # a background callback (no busy-state churn), slow while its tab is hidden
+    assert cb.started and cb.background and cb.period == ctl.hidden_period
+    polls = []
+    monkeypatch.setattr(ctl, "poll", lambda: polls.append(1))
+    ctl.shown(True)  # the tab is shown: polled at once, then every period
+    assert polls == [1] and cb.period == ctl.period
+    ctl.shown(False)
+    assert cb.period == ctl.hidden_period and polls == [1]
     assert len(destroyed) == 1
     destroyed[0](None)
     assert cb.stopped
