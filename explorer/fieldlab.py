@@ -209,10 +209,12 @@ def _snapshot(settings: param.Parameterized) -> param.Parameterized:
     return type(settings)(**values)
 
 
-def _compute_frame(settings: param.Parameterized) -> tuple:
-    """One update (in a worker thread in a served session): the result and its views' columns."""
+def _compute_frame(settings: param.Parameterized, secondary: bool = True) -> tuple:
+    """One update (in a worker thread in a served session): the result and its views' columns
+    (``secondary``: with the PDF and peak counts, :func:`explorer.fieldlab_views.frame_data`)."""
     result = compute(settings)
-    return result, views.frame_data(result, with_map=result.map.shape[0] <= RASTERIZE_ABOVE)
+    with_map = result.map.shape[0] <= RASTERIZE_ABOVE
+    return result, views.frame_data(result, with_map=with_map, secondary=secondary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +353,9 @@ class FieldLab(pn.viewable.Viewer):
         if last >= BUSY_AFTER and self._updates.doc is not None:
             self.busy = True
         settle = SETTLE if last >= SETTLE_AFTER else 0.0
-        self._updates.request(partial(_compute_frame, _snapshot(s)), settle)
+        # served: the PDF and peak counts are computed once the updates pause (_show_settled)
+        job = partial(_compute_frame, _snapshot(s), secondary=self._updates.doc is None)
+        self._updates.request(job, settle)
 
     def _deliver(self, out, err, latest: bool) -> None:
         """Show a finished update (on the event loop); ``latest``: no newer one is pending."""
@@ -483,7 +487,7 @@ class FieldLab(pn.viewable.Viewer):
         # built once per style and size; results then only replace the figures' data
         self._figures = fig = views.FieldFigures(style, with_map=not large, zoom=self._zoom)
         if self._frame is not None:
-            fig.show(self._frame)
+            fig.show(views.complete_frame(self._frame, self.result))
         panes = fig.panes()
         self._pipe = None
         if large:  # one fresh pipe per view: a detached view stops receiving results
@@ -526,7 +530,7 @@ class FieldLab(pn.viewable.Viewer):
             figures, frame = self._secondary
             # only the frame still on screen, on the figures it was for
             if figures is not None and figures is self._figures and frame is self._frame:
-                figures.show(frame, views.SECONDARY)
+                figures.show(views.complete_frame(frame, self.result), views.SECONDARY)
 
     def _show_readout(self, *_) -> None:
         # the settings of the map on screen (they lag the widgets while an update is pending)

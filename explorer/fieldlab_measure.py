@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import param
@@ -118,16 +119,24 @@ class FieldLabResult:
         Noise contribution to the theory curve on ``k_theory`` (nan without noise).
     markers : tuple of (float, str)
         Vertical reference lines on the spectrum plot (position, label), e.g. k_eq.
-    pdf_x, pdf_density : ndarray (B,)
-        Pixel-PDF bin centres (map units) and probability density (1/map units).
-    sigma, skewness : float
-        Standard deviation (map units) and skewness ⟨(x−x̄)³⟩/σ³ of the pixel values.
-    peak_nu, peak_counts : ndarray (T,)
-        Levels ν and the number of local maxima (8 periodic neighbours) above ν σ in the map.
+    peak_nu : ndarray (T,)
+        Levels ν of the peak counts.
     derived : tuple of (str, str, str)
         Extra readout rows (HTML name, formatted value, unit), e.g. k_eq or D(z).
     seconds : float
         Wall time of the computation, s.
+    pdf_bins : int
+        Number of bins of the pixel PDF.
+
+    The pixel statistics below are computed from ``map`` on first use (once; :func:`pixel_statistics`):
+    the page shows them only once the updates pause, so a slider step does not pay for them.
+
+    pdf_x, pdf_density : ndarray (B,)
+        Pixel-PDF bin centres (map units) and probability density (1/map units).
+    sigma, skewness : float
+        Standard deviation (map units) and skewness ⟨(x−x̄)³⟩/σ³ of the pixel values.
+    peak_counts : ndarray (T,)
+        Number of local maxima (8 periodic neighbours) above ν σ in the map, per ``peak_nu``.
     """
 
     settings: dict
@@ -142,14 +151,35 @@ class FieldLabResult:
     pk_theory: np.ndarray
     noise_theory: np.ndarray
     markers: tuple
-    pdf_x: np.ndarray
-    pdf_density: np.ndarray
-    sigma: float
-    skewness: float
     peak_nu: np.ndarray
-    peak_counts: np.ndarray
     derived: tuple = ()
     seconds: float = field(default=0.0, compare=False)
+    pdf_bins: int = 80
+
+    @cached_property
+    def pixel_statistics(self) -> dict:
+        """:func:`pixel_statistics` of ``map`` (computed once, on first use)."""
+        return pixel_statistics(self.map, self.peak_nu, self.pdf_bins)
+
+    @property
+    def pdf_x(self) -> np.ndarray:
+        return self.pixel_statistics["pdf_x"]
+
+    @property
+    def pdf_density(self) -> np.ndarray:
+        return self.pixel_statistics["pdf_density"]
+
+    @property
+    def sigma(self) -> float:
+        return self.pixel_statistics["sigma"]
+
+    @property
+    def skewness(self) -> float:
+        return self.pixel_statistics["skewness"]
+
+    @property
+    def peak_counts(self) -> np.ndarray:
+        return self.pixel_statistics["peak_counts"]
 
     def __repr__(self) -> str:
         s = self.settings
@@ -481,12 +511,43 @@ def plain_settings(settings: param.Parameterized) -> dict:
     return out
 
 
+def pixel_statistics(m: np.ndarray, peak_nu: np.ndarray, pdf_bins: int = 80) -> dict:
+    """Pixel PDF, standard deviation, skewness and peak counts of one map.
+
+    Parameters
+    ----------
+    m : ndarray (N, N) float32
+        The map (map units).
+    peak_nu : ndarray (T,)
+        Thresholds ν of the peak counts, in units of the map's σ above its mean.
+    pdf_bins : int
+        Bins of the PDF, over the 0.1–99.9 percentile range of the pixel values.
+
+    Returns
+    -------
+    dict
+        ``pdf_x``, ``pdf_density`` (B,) (bin centres, map units; density, 1/map units),
+        ``sigma`` (map units), ``skewness`` ⟨(x−x̄)³⟩/σ³ (0 for a constant map) and
+        ``peak_counts`` (T,) (:func:`engine.physics.stats.peak_counts`: local maxima, 8 periodic
+        neighbours, above x̄ + ν σ).
+    """
+    lo, hi = np.percentile(m, [0.1, 99.9])
+    if hi <= lo:
+        hi = lo + 1.0
+    centers, density = stats.pixel_pdf(m, bins=pdf_bins, value_range=(float(lo), float(hi)))
+    d = m.astype(np.float64) - m.mean()
+    sigma = float(np.sqrt(np.mean(d**2)))
+    skew = float(np.mean(d**3) / sigma**3) if sigma > 0 else 0.0
+    peaks = stats.peak_counts(m, float(m.mean()) + np.asarray(peak_nu) * sigma)
+    return dict(pdf_x=centers, pdf_density=density, sigma=sigma, skewness=skew, peak_counts=peaks)
+
+
 def summarize(part: dict, settings: dict, pdf_bins: int = 80) -> FieldLabResult:
     """Complete the kind-specific ``part`` of a result with what every kind shares.
 
-    Adds the pixel coordinates, the pixel PDF (``pdf_bins`` bins over the 0.1–99.9 percentile
-    range), the standard deviation and skewness of the pixel values and the peak counts above
-    :data:`PEAK_NU` σ (:func:`engine.physics.stats.peak_counts`).
+    Adds the pixel coordinates and the peak levels :data:`PEAK_NU`; the pixel PDF
+    (``pdf_bins`` bins), σ, skewness and peak counts follow from the map on first use
+    (:attr:`FieldLabResult.pixel_statistics`).
 
     Parameters
     ----------
@@ -502,25 +563,13 @@ def summarize(part: dict, settings: dict, pdf_bins: int = 80) -> FieldLabResult:
     FieldLabResult with ``seconds`` = 0 (the caller times the whole update).
     """
     m = np.asarray(part.pop("map"), dtype=np.float32)
-    lo, hi = np.percentile(m, [0.1, 99.9])
-    if hi <= lo:
-        hi = lo + 1.0
-    centers, density = stats.pixel_pdf(m, bins=pdf_bins, value_range=(float(lo), float(hi)))
-    d = m.astype(np.float64) - m.mean()
-    sigma = float(np.sqrt(np.mean(d**2)))
-    skew = float(np.mean(d**3) / sigma**3) if sigma > 0 else 0.0
-    peaks = stats.peak_counts(m, float(m.mean()) + PEAK_NU * sigma)
     n = m.shape[0]
     extent = part["style"].extent
     return FieldLabResult(
         settings=settings,
         x=(np.arange(n) + 0.5) * extent / n,
         map=m,
-        pdf_x=centers,
-        pdf_density=density,
-        sigma=sigma,
-        skewness=skew,
         peak_nu=PEAK_NU.copy(),
-        peak_counts=peaks,
+        pdf_bins=int(pdf_bins),
         **part,
     )

@@ -194,7 +194,7 @@ def _padded(lo: float, hi: float, pad: float = 0.05) -> tuple[float, float]:
     return lo - d, hi + d
 
 
-def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
+def frame_data(result: FieldLabResult, with_map: bool = True, secondary: bool = True) -> dict:
     """Columns of every data source of :class:`FieldFigures` for ``result`` (pure, thread-safe).
 
     Parameters
@@ -202,27 +202,25 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
     result : FieldLabResult
     with_map : bool
         Include the map (``False`` when a rasterized HoloViews view draws it).
+    secondary : bool
+        Include the PDF and peak-count columns (:func:`secondary_data`); a served page sends
+        them only once the updates pause, and adds them then.
 
     Returns
     -------
     dict
-        Source name → columns; ``"ranges"``: (x, y) axis ranges of the PDF and peak-count
-        figures; ``"clim"``: the symmetric colour range (−a, a) of the map, ``a`` the 99.5 %
-        quantile of |value| rounded up to 1, 1.5, 2, 3, 5 or 7 × 10ⁿ (:func:`nice_ceil`; map
-        units): a step of a slider keeps the scale, so the map's contrast shows the change of
-        amplitude (and the colour bar is not redrawn). The map goes as RGBA coloured over ``clim`` (column ``image``) and as
-        float32 values for the hover (column ``value``), row 0 at y = ½ pixel (Bokeh draws row 0
-        at the bottom).
+        Source name → columns; ``"clim"``: the symmetric colour range (−a, a) of the map, ``a``
+        the 99.5 % quantile of |value| rounded up to 1, 1.5, 2, 3, 5 or 7 × 10ⁿ
+        (:func:`nice_ceil`; map units): a step of a slider keeps the scale, so the map's
+        contrast shows the change of amplitude (and the colour bar is not redrawn). The map goes
+        as RGBA coloured over ``clim`` (column ``image``) and as float32 values for the hover
+        (column ``value``), row 0 at y = ½ pixel (Bokeh draws row 0 at the bottom). With
+        ``secondary``, also the items of :func:`secondary_data`.
     """
     st = result.style
     k = st.k
     lower = np.maximum(result.pk_expected - result.pk_sigma, 1e-3 * result.pk_expected)
     xs = np.array([x for x, _ in result.markers], dtype=np.float64)
-    x = result.pdf_x
-    half = 0.5 * (x[1] - x[0]) if len(x) > 1 else 0.5
-    sigma = result.sigma or 1.0
-    mean = float(np.sum(x * result.pdf_density) / max(np.sum(result.pdf_density), 1e-300))
-    gauss = np.exp(-0.5 * ((x - mean) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
     frame = {
         "band": {k: result.k, "lower": lower, "upper": result.pk_expected + result.pk_sigma},
         "theory": {k: result.k_theory, "P": result.pk_theory},
@@ -234,18 +232,9 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
             "P": np.full(xs.shape, st.p_range[1] / 3),
             "text": [t for _, t in result.markers],
         },
-        "pdf": {"left": x - half, "right": x + half, "top": result.pdf_density},
-        "gauss": {st.value: x, "pdf": gauss},
-        "peaks": {"nu": result.peak_nu, "peaks": result.peak_counts},
     }
-    top = np.nanmax(result.pdf_density, initial=0.0)
-    counts = np.asarray(result.peak_counts, dtype=np.float64)
-    frame["ranges"] = {
-        "pdf": (_padded(x[0] - half, x[-1] + half, 0.0) if len(x) else (0.0, 1.0),
-                (0.0, 1.08 * max(top, float(np.nanmax(gauss, initial=0.0))) or 1.0)),
-        "peaks": (_padded(np.min(result.peak_nu, initial=0.0), np.max(result.peak_nu, initial=1.0), 0.02),
-                  (0.0, 1.08 * np.nanmax(counts, initial=0.0) or 1.0)),
-    }  # fmt: skip
+    if secondary:
+        frame.update(secondary_data(result))
     if with_map:
         a = nice_ceil(float(np.percentile(np.abs(result.map), 99.5)))
         values = np.ascontiguousarray(result.map, dtype=np.float32)
@@ -258,6 +247,46 @@ def frame_data(result: FieldLabResult, with_map: bool = True) -> dict:
             "dh": [st.extent],
         }
         frame["clim"] = (-a, a)
+    return frame
+
+
+def secondary_data(result: FieldLabResult) -> dict:
+    """Columns of the PDF and peak-count sources of :class:`FieldFigures` (pure, thread-safe;
+    computes the result's pixel statistics on first use).
+
+    Returns
+    -------
+    dict
+        ``"pdf"``, ``"gauss"`` (a Gaussian of the map's σ and PDF mean), ``"peaks"`` columns,
+        and ``"ranges"``: (x, y) axis ranges of the PDF and peak-count figures.
+    """
+    st = result.style
+    x = result.pdf_x
+    half = 0.5 * (x[1] - x[0]) if len(x) > 1 else 0.5
+    sigma = result.sigma or 1.0
+    mean = float(np.sum(x * result.pdf_density) / max(np.sum(result.pdf_density), 1e-300))
+    gauss = np.exp(-0.5 * ((x - mean) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    out = {
+        "pdf": {"left": x - half, "right": x + half, "top": result.pdf_density},
+        "gauss": {st.value: x, "pdf": gauss},
+        "peaks": {"nu": result.peak_nu, "peaks": result.peak_counts},
+    }
+    top = np.nanmax(result.pdf_density, initial=0.0)
+    counts = np.asarray(result.peak_counts, dtype=np.float64)
+    out["ranges"] = {
+        "pdf": (_padded(x[0] - half, x[-1] + half, 0.0) if len(x) else (0.0, 1.0),
+                (0.0, 1.08 * max(top, float(np.nanmax(gauss, initial=0.0))) or 1.0)),
+        "peaks": (_padded(np.min(result.peak_nu, initial=0.0), np.max(result.peak_nu, initial=1.0), 0.02),
+                  (0.0, 1.08 * np.nanmax(counts, initial=0.0) or 1.0)),
+    }  # fmt: skip
+    return out
+
+
+def complete_frame(frame: dict, result: FieldLabResult) -> dict:
+    """``frame`` (of :func:`frame_data` for ``result``) with the secondary columns added in
+    place if it lacks them; returns it."""
+    if "pdf" not in frame:
+        frame.update(secondary_data(result))
     return frame
 
 
@@ -329,7 +358,7 @@ class FieldFigures:
             ):
                 source.data = frame[name]
                 self._shown[name] = frame[name]
-        for name, (xr_, yr_) in frame["ranges"].items():
+        for name, (xr_, yr_) in frame.get("ranges", {}).items():
             if names is None or name in names:
                 fig = getattr(self, name)
                 fig.x_range.update(start=xr_[0], end=xr_[1])
