@@ -77,6 +77,9 @@ BUSY_AFTER = 0.1
 SETTLE_AFTER = 0.25
 SETTLE = 0.06
 MAX_SETTLE = 0.5
+#: Seconds a served page waits for the browser to say it painted a frame before it sends the
+#: next one anyway (a hidden tab runs no animation frames and never says so).
+ACK_TIMEOUT = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +123,13 @@ class LatestOnly:
     long, or :data:`MAX_SETTLE` s after the first waiting one: a burst of key presses or a drag
     then does not first compute a value it leaves at once.
 
+    Flow control (:meth:`expect_ack`, :meth:`acknowledge`): after ``deliver`` sent a frame that
+    the browser will acknowledge once painted, the next job starts only when that
+    acknowledgement came (or :data:`ACK_TIMEOUT` s passed). The server then never sends frames
+    faster than the page can paint them: a drag in five tabs on two cores had queued up to a
+    second of stale frames in the browsers (every key press of a drag was drawn, each ~0.1 s of
+    the renderer's CPU), and its last value waited behind them.
+
     Parameters
     ----------
     deliver : callable
@@ -138,6 +148,7 @@ class LatestOnly:
         self._lock = threading.Lock()  # guards _pending (a worker takes it when it starts)
         self._requests = 0  # number of requests so far (tags the settle timers)
         self._waiting_since: float | None = None
+        self._awaiting: int | None = None  # frame sent and not yet acknowledged as painted
         self.running = False
 
     @property
@@ -157,7 +168,7 @@ class LatestOnly:
         with self._lock:
             self._pending = job
         self._requests += 1
-        if self.running:
+        if self.running or self._awaiting is not None:
             return
         now = time.monotonic()
         waiting = self._waiting_since if self._waiting_since is not None else now
@@ -169,6 +180,22 @@ class LatestOnly:
 
     def _settled(self, tag: int) -> None:  # on the event loop
         if tag == self._requests and not self.running and self._pending is not None:
+            self._start()
+
+    def expect_ack(self, frame: int) -> None:
+        """Hold the next job until :meth:`acknowledge` receives ``frame`` (or a later one), at
+        most :data:`ACK_TIMEOUT` s (served documents only; call from ``deliver``)."""
+        if self.doc is None:
+            return
+        self._awaiting = int(frame)
+        self.doc.add_timeout_callback(partial(self.acknowledge, frame), int(1e3 * ACK_TIMEOUT))
+
+    def acknowledge(self, frame: int) -> None:
+        """The browser painted ``frame`` (on the event loop): the pending job, if any, starts."""
+        if self._awaiting is None or int(frame) < self._awaiting:
+            return  # an older frame, or a timeout of one already acknowledged
+        self._awaiting = None
+        if not self.running and self._pending is not None:
             self._start()
 
     def _start(self) -> None:  # on the event loop
@@ -190,10 +217,10 @@ class LatestOnly:
 
     def _done(self, out, err) -> None:  # on the event loop
         self.running = False
-        if self._pending is not None:
-            self._start()  # the next update computes while this one is sent
         with hold(self.doc):  # all changes of one update in one message to the browser
-            self.deliver(out, err, self._pending is None and not self.running)
+            self.deliver(out, err, self._pending is None)
+        if self._pending is not None and self._awaiting is None:
+            self._start()  # the next update computes while this one is sent
 
 
 def _call(job) -> tuple:
@@ -276,6 +303,7 @@ class FieldLab(pn.viewable.Viewer):
         self._zoom: tuple | None = None  # (x_range, y_range) of the map view
         self._seconds: dict[tuple, float] = {}  # last update time per (kind, size)
         self._updates = LatestOnly(self._deliver, doc=doc)
+        self._frames_sent = 0  # frames of map and P(k) sent to the browser (paint acks)
         # fixed size: a table that changed size re-laid out the whole page (~30 ms per update)
         self._readout_pane = pn.pane.HTML(
             "", width=280, height=READOUT_HEIGHT, margin=(0, 5), styles={"overflow-y": "auto"},
@@ -386,7 +414,9 @@ class FieldLab(pn.viewable.Viewer):
             if doc is None:
                 self._figures.show(frame)
             else:  # map and P(k) now; the PDF and peak counts with the readout (_settled)
-                self._figures.show(frame, views.PRIMARY)
+                self._frames_sent += 1
+                self._figures.show(frame, views.PRIMARY, sequence=self._frames_sent)
+                self._updates.expect_ack(self._frames_sent)  # the next once this one is painted
                 self._secondary = (self._figures, frame)
             if self._pipe is not None:
                 self._pipe.send(result)
@@ -486,6 +516,7 @@ class FieldLab(pn.viewable.Viewer):
     def _plots(self, style: PlotStyle, large: bool):
         # built once per style and size; results then only replace the figures' data
         self._figures = fig = views.FieldFigures(style, with_map=not large, zoom=self._zoom)
+        fig.on_painted(self._updates.acknowledge)
         if self._frame is not None:
             fig.show(views.complete_frame(self._frame, self.result))
         panes = fig.panes()

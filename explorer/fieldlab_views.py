@@ -28,7 +28,16 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
+from bokeh.core.properties import Int
+from bokeh.model import DataModel
+from bokeh.models import (
+    ColorBar,
+    ColumnDataSource,
+    CustomJS,
+    HoverTool,
+    LinearColorMapper,
+    Range1d,
+)
 from bokeh.plotting import figure
 from holoviews.plotting.util import process_cmap
 
@@ -319,6 +328,25 @@ def _same_values(a, b) -> bool:
     return a == b
 
 
+class FrameAck(DataModel):
+    """The browser's acknowledgement of painted frames: the server sets ``sent`` with a frame's
+    data (same message); once the page has painted it, the page sets ``painted`` to it, which
+    comes back to the server (flow control of :class:`explorer.fieldlab.LatestOnly`)."""
+
+    sent = Int(0, help="Number of the last frame sent to the browser.")
+    painted = Int(0, help="Number of the last frame the browser painted.")
+
+
+#: Runs in the browser when ``FrameAck.sent`` changes: the next animation frame paints the new
+#: data; the task queued from it runs after that paint.
+_ACK_JS = """
+const frame = cb_obj.sent;
+requestAnimationFrame(() => setTimeout(() => {
+  if (cb_obj.painted < frame) cb_obj.painted = frame;
+}, 0));
+"""
+
+
 class FieldFigures:
     """The Bokeh figures of one style, fed in place by :meth:`show` (zoom survives updates).
 
@@ -345,12 +373,23 @@ class FieldFigures:
         self.power = self._power_figure()
         self.pdf, self.peaks = self._pdf_figure(), self._peaks_figure()
         self._shown: dict[str, dict] = {}  # columns last sent per source (unchanged: not resent)
+        self.ack = FrameAck()
+        self.ack.js_on_change("sent", CustomJS(code=_ACK_JS))
+        self.power.tags = [self.ack]  # in the document with the figures
 
-    def show(self, frame: dict, names: tuple[str, ...] | None = None) -> None:
+    def on_painted(self, callback) -> None:
+        """Call ``callback(frame)`` (on the server's event loop) when the browser says it painted
+        the frame numbered ``frame`` (:meth:`show`'s ``sequence``)."""
+        self.ack.on_change("painted", lambda _attr, _old, new: callback(new))
+
+    def show(
+        self, frame: dict, names: tuple[str, ...] | None = None, sequence: int | None = None
+    ) -> None:
         """Replace the sources' columns by those of ``frame`` (:func:`frame_data`).
 
         ``names``: only these sources (and the axis ranges and colour range that go with them;
-        :data:`PRIMARY`, :data:`SECONDARY`); default all.
+        :data:`PRIMARY`, :data:`SECONDARY`); default all. ``sequence``: the frame's number, for
+        the browser to acknowledge once painted (:meth:`on_painted`).
         """
         for name, source in self.sources.items():
             if (names is None or name in names) and not _same_columns(
@@ -365,6 +404,8 @@ class FieldFigures:
                 fig.y_range.update(start=yr_[0], end=yr_[1])
         if "clim" in frame and self.map is not None and (names is None or "map" in names):
             self.mapper.update(low=frame["clim"][0], high=frame["clim"][1])
+        if sequence is not None:
+            self.ack.sent = int(sequence)
 
     def panes(self) -> dict:
         """The figures as Panel panes: map (None without it), power, pdf, peaks."""

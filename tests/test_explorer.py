@@ -323,6 +323,39 @@ def test_latest_only_takes_the_latest_job_when_its_turn_comes():
     assert delivered == [4] and not runner.busy and not pool.jobs
 
 
+def test_latest_only_sends_the_next_frame_once_the_last_is_painted():
+    """Flow control: a frame the browser will acknowledge holds the next job until it does
+    (or until the acknowledgement's timeout); requests meanwhile collapse to the latest."""
+    doc, pool, delivered = FakeDoc(), FakePool(), []
+
+    def deliver(out, err, latest):
+        delivered.append(out)
+        runner.expect_ack(out)  # frame number = the value, for the test
+
+    runner = fieldlab.LatestOnly(deliver, doc, pool, NowLoop())
+    runner.request(lambda: 1)
+    pool.run_one()
+    doc.tick()
+    assert delivered == [1] and len(doc.timeouts) == 1  # the acknowledgement's timeout
+    for v in (2, 3, 4):  # a drag while frame 1 is painted: nothing starts
+        runner.request(lambda v=v: v)
+    assert not pool.jobs and runner.busy
+    runner.acknowledge(0)  # an older frame's acknowledgement changes nothing
+    assert not pool.jobs
+    runner.acknowledge(1)  # painted: the latest request starts
+    assert len(pool.jobs) == 1
+    pool.run_one()
+    doc.tick()
+    assert delivered == [1, 4]
+    runner.request(lambda: 5)  # frame 4 is never acknowledged (a hidden tab) ...
+    assert not pool.jobs
+    doc.time_passes()  # ... its timeout lets the next frame go (frame 1's is a no-op)
+    assert len(pool.jobs) == 1
+    pool.run_one()
+    doc.tick()
+    assert delivered == [1, 4, 5]
+
+
 def test_latest_only_hands_errors_to_deliver():
     doc, pool, got = FakeDoc(), FakePool(), []
     runner = fieldlab.LatestOnly(
