@@ -328,6 +328,35 @@ def _same_values(a, b) -> bool:
     return a == b
 
 
+def _static_legend(fig, entries) -> None:
+    """A legend for ``entries`` (renderer, glyph method, its fields and style, label) drawn from
+    proxy renderers of the same glyph and style with no data, whose visibility (the legend's
+    click hides) drives the real renderer's (in the browser, looked up by id).
+
+    Bokeh's legend re-renders its items, each with a new canvas and a forced layout of the page,
+    whenever anything reachable from them changes, the data of its renderers included (3.9:
+    ``on_transitive_change(items, …, recursive)``): on the P(k) figure that was ~5 ms of the
+    page's script per slider step plus the new canvases' compositing (Chromium CPU profile of
+    ``benchmarks/browser.py --trace-js``). The proxies' sources never change.
+    """
+    for renderer, method, kw, text in entries:
+        fields = {
+            v for key, v in kw.items() if key in ("x", "y", "y1", "y2") and isinstance(v, str)
+        }
+        proxy = getattr(fig, method)(
+            source=ColumnDataSource({f: [] for f in fields}), legend_label=text, **kw
+        )
+        # found by id, not referenced: a reference would make the real renderer (and its data)
+        # reachable from the legend again
+        proxy.js_on_change(
+            "visible",
+            CustomJS(
+                code=f"const r = cb_obj.document.get_model_by_id({renderer.id!r});"
+                " if (r != null) r.visible = cb_obj.visible;"
+            ),
+        )
+
+
 class FrameAck(DataModel):
     """The browser's acknowledgement of painted frames: the server sets ``sent`` with a frame's
     data (same message); once the page has painted it, the page sets ``painted`` to it, which
@@ -442,21 +471,21 @@ class FieldFigures:
             x_axis_label=_axis_label(st.k_label, st.k_unit),
             y_axis_label=_axis_label(st.p_label, st.p_unit),
         )  # fmt: skip
-        fig.varea(
-            x=k, y1="lower", y2="upper", source=src["band"], color="#9ecae1", alpha=0.6,
-            legend_label="expected ±1σ (same modes)",
+        # (source, glyph method, its fields and style, legend label) of the legend's curves
+        curves = (
+            ("band", "varea", dict(x=k, y1="lower", y2="upper", color="#9ecae1", alpha=0.6),
+             "expected ±1σ (same modes)"),
+            ("theory", "line", dict(x=k, y="P", color="#08519c", line_width=2),
+             st.theory_label or "theory"),
+            ("noise", "line", dict(x=k, y="P", color="#31a354", line_dash="dotted", line_width=2),
+             "noise"),
+            ("measured", "scatter", dict(x=k, y="P", color="#d62728", size=5), "measured"),
         )  # fmt: skip
-        fig.line(
-            x=k, y="P", source=src["theory"], color="#08519c", line_width=2,
-            legend_label=st.theory_label or "theory",
-        )  # fmt: skip
-        fig.line(
-            x=k, y="P", source=src["noise"], color="#31a354", line_dash="dotted", line_width=2,
-            legend_label="noise",
-        )  # fmt: skip
-        dots = fig.scatter(
-            x=k, y="P", source=src["measured"], color="#d62728", size=5, legend_label="measured"
-        )
+        drawn = {
+            name: getattr(fig, method)(source=src[name], **kw) for name, method, kw, _ in curves
+        }
+        _static_legend(fig, [(drawn[name], method, kw, text) for name, method, kw, text in curves])
+        dots = drawn["measured"]
         fig.vspan(
             x=k, source=src["markers"], line_color="#636363", line_dash="dashed", line_width=1.5
         )
