@@ -31,7 +31,11 @@ class LiveFloatSlider(pn.widgets.FloatSlider):
     (``Syncable._debounce``), to batch bursts of changes; it skips that wait for the properties
     named in ``_priority_changes``. The field lab coalesces bursts itself (only the latest
     update is computed), so the wait only added 50 ms to every slider step, measured with
-    ``benchmarks/browser.py``.
+    ``benchmarks/browser.py``. Its value changes do not toggle Panel's global busy state either.
     """
 
     _priority_changes = ["value", "value_throttled"]
+    # Panel raises and lowers its process-wide busy state around every browser event (~1 ms of
+    # the event loop per event, two events per key press); the explorer shows its own
+    # "updating…" and no global busy indicator.
+    _busy__ignore = ["value", "value_throttled"]
