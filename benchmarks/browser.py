@@ -117,24 +117,27 @@ JS_INSTALL = """() => {
     return out;
   };
   f.sources = () => {
-    let pk = null, image = null;
+    let pk = null, image = null, rgba = false;
     for (const v of f.views()) {
       const m = v.model;
       if (!m.glyph || !m.data_source) continue;
       const d = m.data_source.data, g = m.glyph.constructor.__name__;
       if (g === 'Scatter' && 'P' in d && !pk) pk = d.P;
       if (g === 'Image' && 'image' in d && !image) image = d.image[0];
-      if (g === 'ImageRGBA' && 'value' in d && !image) image = d.value[0];  // coloured on the server
+      // coloured on the server: the colours drawn (its float 'value' column, for the hover,
+      // follows later: explorer.fieldlab_views.DEFERRED)
+      if (g === 'ImageRGBA' && 'value' in d && !image) { image = d.image[0]; rgba = true; }
     }
-    return {pk, image};
+    return {pk, image, rgba};
   };
   const close = (a, b, tol) => (Number.isNaN(b) ? (a === null || Number.isNaN(a))
                                 : Math.abs(a - b) <= tol * Math.abs(b) + 1e-7);
   f.matches = (want) => {
-    const {pk, image} = f.sources();
+    const {pk, image, rgba} = f.sources();
     if (!pk || !image || pk.length !== want.pk.length || image.length !== want.n) return false;
     for (let i = 0; i < pk.length; i++) if (!close(pk[i], want.pk[i], 1e-4)) return false;
-    const ok = (col) => want.px.every((p) => close(image[p[0]], p[col], 1e-3));
+    const ok = rgba ? (col) => want.px.every((p) => image[p[0]] === p[col + 2])
+                    : (col) => want.px.every((p) => close(image[p[0]], p[col], 1e-3));
     return ok(1) || ok(2);
   };
   f.busyShown = () => f.views().some((v) => v.model.visible !== false
@@ -188,18 +191,25 @@ def expected(kind: str, size: int, omega_m: float, sigma8: float) -> dict:
     Returns
     -------
     dict with ``pk`` (list, NaN where the page shows no point), ``px`` (rows [flat index, value,
-    value of the up-down flipped map]) and ``n`` (pixels).
+    value of the up-down flipped map, packed RGBA colour the page draws there (the server's
+    colouring, :func:`explorer.fieldlab_views.frame_data`), the same of the flipped map]) and
+    ``n`` (pixels).
     """
     from engine.kinds import KINDS
     from explorer.fieldlab_kinds import compute
+    from explorer.fieldlab_views import frame_data
 
     s = KINDS[kind].new_settings()
     s.param.update(size=size, omega_m=omega_m, sigma8=sigma8)
     r = compute(s)
     m = np.asarray(r.map, dtype=np.float32)
+    colours = np.asarray(frame_data(r, secondary=False)["map"]["image"][0])
     flat, flipped = m.ravel(), np.flipud(m).ravel()
+    c_flat, c_flipped = colours.ravel(), np.flipud(colours).ravel()
     idx = np.random.default_rng(0).choice(flat.size, N_PIXELS, replace=False)
-    px = [[int(i), float(flat[i]), float(flipped[i])] for i in idx]
+    px = [
+        [int(i), float(flat[i]), float(flipped[i]), int(c_flat[i]), int(c_flipped[i])] for i in idx
+    ]
     return dict(pk=[float(x) for x in r.pk], px=px, n=int(flat.size))
 
 

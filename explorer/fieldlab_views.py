@@ -302,6 +302,11 @@ def complete_frame(frame: dict, result: FieldLabResult) -> dict:
 #: Sources of the main views (map, spectrum against theory) and of the others (PDF, peaks).
 PRIMARY = ("map", "band", "theory", "noise", "measured", "markers")
 SECONDARY = ("pdf", "gauss", "peaks")
+#: Columns of the main views' sources that follow with the settled views (:meth:`FieldFigures.show`
+#: with ``names``): the map's float32 values, read only by the hover tool. Sending them with every
+#: step cost the page ~15 ms of its renderer's CPU per step (the 256² values, ``benchmarks/browser.py``
+#: ablation); the hover shows the previous map's values until the updates pause (0.25 s).
+DEFERRED = {"map": ("value",)}
 
 
 def _same_columns(old: dict | None, new: dict) -> bool:
@@ -417,15 +422,17 @@ class FieldFigures:
         """Replace the sources' columns by those of ``frame`` (:func:`frame_data`).
 
         ``names``: only these sources (and the axis ranges and colour range that go with them;
-        :data:`PRIMARY`, :data:`SECONDARY`); default all. ``sequence``: the frame's number, for
-        the browser to acknowledge once painted (:meth:`on_painted`).
+        :data:`PRIMARY`, :data:`SECONDARY`); default all. With ``names`` the :data:`DEFERRED`
+        columns of sources that already show data are left out, and any other call brings them
+        (the settled update). ``sequence``: the frame's number, for the browser to acknowledge
+        once painted (:meth:`on_painted`).
         """
-        for name, source in self.sources.items():
-            if (names is None or name in names) and not _same_columns(
-                self._shown.get(name), frame[name]
-            ):
-                source.data = frame[name]
-                self._shown[name] = frame[name]
+        for name in self.sources:
+            if names is None or name in names:
+                self._show_source(name, frame[name], defer=names is not None)
+            elif name in DEFERRED and name in self._shown and name in frame:
+                # the settled update brings the columns the live one left out (the hover values)
+                self._show_columns(name, {c: frame[name][c] for c in DEFERRED[name]})
         for name, (xr_, yr_) in frame.get("ranges", {}).items():
             if names is None or name in names:
                 fig = getattr(self, name)
@@ -435,6 +442,27 @@ class FieldFigures:
             self.mapper.update(low=frame["clim"][0], high=frame["clim"][1])
         if sequence is not None:
             self.ack.sent = int(sequence)
+
+    def _show_source(self, name: str, columns: dict, defer: bool) -> None:
+        """Send ``columns`` to source ``name`` if they differ from those shown; with ``defer``,
+        leave the :data:`DEFERRED` columns as they are when the source already has them."""
+        old = self._shown.get(name)
+        if old is None or old.keys() != columns.keys():
+            if not _same_columns(old, columns):
+                self.sources[name].data = columns
+                self._shown[name] = columns
+            return
+        keep = DEFERRED.get(name, ()) if defer else ()
+        self._show_columns(name, {c: v for c, v in columns.items() if c not in keep})
+
+    def _show_columns(self, name: str, columns: dict) -> None:
+        """Send only the columns of ``columns`` that changed (one event, only those columns go
+        to the browser)."""
+        old = self._shown[name]
+        changed = {c: v for c, v in columns.items() if not _same_columns({c: old[c]}, {c: v})}
+        if changed:
+            self.sources[name].data.update(changed)
+            self._shown[name] = {**old, **changed}
 
     def panes(self) -> dict:
         """The figures as Panel panes: map (None without it), power, pdf, peaks."""

@@ -494,9 +494,27 @@ def test_colour_range_is_nice_and_unchanged_sources_are_not_resent():
     sent = {name: source.data for name, source in figures.sources.items()}
     figures.show(frame_data(a))  # the same numbers again (new arrays)
     assert all(figures.sources[name].data is sent[name] for name in sent)
-    figures.show(fb)
-    assert figures.sources["measured"].data is not sent["measured"]
+    figures.show(fb)  # changed columns are sent (in place: only those columns)
     np.testing.assert_array_equal(figures.sources["measured"].data["P"], b.pk)
+    np.testing.assert_array_equal(figures.sources["map"].data["value"][0], b.map)
+
+
+def test_live_updates_leave_the_hover_values_to_the_settled_one():
+    """A live (PRIMARY) update sends the map's colours but not its float values for the hover;
+    the settled (SECONDARY) update brings them."""
+    from explorer.fieldlab_views import PRIMARY, SECONDARY, FieldFigures, frame_data
+
+    a = compute(FieldParams(size=64, sigma8=0.80, seed=2))
+    b = compute(FieldParams(size=64, sigma8=0.90, seed=2))
+    figures = FieldFigures(a.style)
+    figures.show(frame_data(a))
+    fb = frame_data(b)
+    figures.show(fb, PRIMARY)
+    data = figures.sources["map"].data
+    assert np.array_equal(data["image"][0], fb["map"]["image"][0])  # the new colours
+    assert np.array_equal(data["value"][0], a.map)  # the old values, for now
+    figures.show(fb, SECONDARY)
+    assert np.array_equal(figures.sources["map"].data["value"][0], b.map)
 
 
 def test_colour_map_matches_bokeh_linear_mapper():
