@@ -225,11 +225,6 @@ def test_omega_m_slider_updates_power_spectrum(page, request):
     assert page.evaluate(
         "() => Bokeh.require('core/dom').InlineStyleSheet.prototype.__same_css_fix === true"
     )
-    # and its visuals skip the CSS custom-property lookup (no --bk- visual styles on the page)
-    assert page.evaluate(
-        "() => Bokeh.require('core/visuals/visual').VisualProperties.prototype"
-        ".__no_css_visuals_fix === true"
-    )
     handle = page.locator(".noUi-handle").first  # the first slider is Ω_m
     handle.focus()
     for _ in range(10):
