@@ -305,6 +305,22 @@ def serve(root: Path, log: Path, profile: Path | None = None):
                 proc.wait()
 
 
+def wait_until_idle(urls: list[str], cpu_below: float = 0.05, timeout: float = 120.0) -> float:
+    """Wait until every server of ``urls`` used less than ``cpu_below`` s of CPU in the last
+    second (their start-up warm-up, ``explorer/app_hooks.py``, has ended), at most ``timeout``
+    s; returns the seconds waited. Servers start together: without this, the first case measured
+    ran beside both servers' warm-up, against ours only (first in every case)."""
+    t0 = time.time()
+    before = cpu_seconds()
+    while time.time() - t0 < timeout:
+        time.sleep(1.0)
+        now = cpu_seconds()
+        if all(now.get(u, 0.0) - before.get(u, 0.0) < cpu_below for u in urls):
+            break
+        before = now
+    return time.time() - t0
+
+
 # ---------------------------------------------------------------------------------------------
 # Sessions
 # ---------------------------------------------------------------------------------------------
@@ -541,6 +557,8 @@ async def run(args) -> list[dict]:
             )
             for name, root in apps.items()
         }
+        waited = wait_until_idle(list(urls.values()))
+        print(f"# servers idle after {waited:.0f} s", flush=True)
         async with async_playwright() as p:
             browser = await p.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
