@@ -125,7 +125,7 @@ JS_INSTALL = """() => {
       if (g === 'Scatter' && 'P' in d && !pk) pk = d.P;
       if (g === 'Image' && 'image' in d && !image) image = d.image[0];
       // coloured on the server: the colours drawn (its float 'value' column, for the hover,
-      // follows later: explorer.fieldlab_views.DEFERRED)
+      // follows later: explorer.fieldlab_frames.DEFERRED)
       if (g === 'ImageRGBA' && 'value' in d && !image) { image = d.image[0]; rgba = true; }
     }
     return {pk, image, rgba};
@@ -192,12 +192,12 @@ def expected(kind: str, size: int, omega_m: float, sigma8: float) -> dict:
     -------
     dict with ``pk`` (list, NaN where the page shows no point), ``px`` (rows [flat index, value,
     value of the up-down flipped map, packed RGBA colour the page draws there (the server's
-    colouring, :func:`explorer.fieldlab_views.frame_data`), the same of the flipped map]) and
+    colouring, :func:`explorer.fieldlab_frames.frame_data`), the same of the flipped map]) and
     ``n`` (pixels).
     """
     from engine.kinds import KINDS
+    from explorer.fieldlab_frames import frame_data
     from explorer.fieldlab_kinds import compute
-    from explorer.fieldlab_views import frame_data
 
     s = KINDS[kind].new_settings()
     s.param.update(size=size, omega_m=omega_m, sigma8=sigma8)

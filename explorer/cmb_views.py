@@ -5,7 +5,7 @@ As on the Lensing page (:mod:`explorer.lensing_views`), the figures are plain Bo
 ``ColumnDataSource`` s built once (:class:`CMBFigures`); a new result only replaces their
 columns, so the zoom survives. The four Mollweide panels share their ranges (zoom one, zoom all)
 and one colour mapper, ± the 99.5 % |B| of the observed map rounded up
-(:func:`explorer.fieldlab_views.nice_ceil`), so the residual shows how much B is left. Each panel
+(:func:`explorer.fieldlab_frames.nice_ceil`), so the residual shows how much B is left. Each panel
 is an image of the HEALPix map sampled at screen resolution over the visible part of the
 Mollweide plane — the Sky page's rasterisation to the screen (:mod:`explorer.sky_views`: every
 screen pixel looks up one HEALPix pixel with ``healpy.ang2pix``, datashader's idea done exactly),
@@ -36,8 +36,9 @@ from holoviews.plotting.util import process_cmap
 
 from explorer.cmb_compute import STAGES, CMBResult
 from explorer.cmb_data import TRAIN_COMMAND, DelenserInfo, expected_wait
+from explorer.fieldlab_frames import nice_ceil
 from explorer.fieldlab_kinds import Control
-from explorer.fieldlab_views import TOOLS, nice_ceil, setting_widget, slider_range
+from explorer.fieldlab_views import TOOLS, setting_widget, slider_range
 from explorer.sky_views import X_MAX, Y_MAX, graticule, mollweide_inverse, positive
 from explorer.widgets import label
 

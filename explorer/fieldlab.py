@@ -50,6 +50,7 @@ from tornado.ioloop import IOLoop
 
 from engine.kinds import FIELD_KINDS, KINDS
 from engine.params import ConfigError, CosmologyParams, FieldParams, user_settings
+from explorer import fieldlab_frames as frames
 from explorer import fieldlab_views as views
 from explorer.fieldlab_kinds import compute, kind_view
 from explorer.fieldlab_measure import ExternalMap, FieldLabResult, PlotStyle, slab_particles
@@ -238,10 +239,10 @@ def _snapshot(settings: param.Parameterized) -> param.Parameterized:
 
 def _compute_frame(settings: param.Parameterized, secondary: bool = True) -> tuple:
     """One update (in a worker thread in a served session): the result and its views' columns
-    (``secondary``: with the PDF and peak counts, :func:`explorer.fieldlab_views.frame_data`)."""
+    (``secondary``: with the PDF and peak counts, :func:`explorer.fieldlab_frames.frame_data`)."""
     result = compute(settings)
     with_map = result.map.shape[0] <= RASTERIZE_ABOVE
-    return result, views.frame_data(result, with_map=with_map, secondary=secondary)
+    return result, frames.frame_data(result, with_map=with_map, secondary=secondary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ class FieldLab(pn.viewable.Viewer):
                 self._figures.show(frame)
             else:  # map and P(k) now; the PDF and peak counts with the readout (_settled)
                 self._frames_sent += 1
-                self._figures.show(frame, views.PRIMARY, sequence=self._frames_sent)
+                self._figures.show(frame, frames.PRIMARY, sequence=self._frames_sent)
                 self._updates.expect_ack(self._frames_sent)  # the next once this one is painted
                 self._secondary = (self._figures, frame)
             if self._pipe is not None:
@@ -518,7 +519,7 @@ class FieldLab(pn.viewable.Viewer):
         self._figures = fig = views.FieldFigures(style, with_map=not large, zoom=self._zoom)
         fig.on_painted(self._updates.acknowledge)
         if self._frame is not None:
-            fig.show(views.complete_frame(self._frame, self.result))
+            fig.show(frames.complete_frame(self._frame, self.result))
         panes = fig.panes()
         self._pipe = None
         if large:  # one fresh pipe per view: a detached view stops receiving results
@@ -561,7 +562,7 @@ class FieldLab(pn.viewable.Viewer):
             figures, frame = self._secondary
             # only the frame still on screen, on the figures it was for
             if figures is not None and figures is self._figures and frame is self._frame:
-                figures.show(views.complete_frame(frame, self.result), views.SECONDARY)
+                figures.show(frames.complete_frame(frame, self.result), frames.SECONDARY)
 
     def _show_readout(self, *_) -> None:
         # the settings of the map on screen (they lag the widgets while an update is pending)

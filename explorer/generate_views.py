@@ -3,7 +3,7 @@ report of a training run.
 
 Pure functions of a :class:`GenerateResult` (what one press of *Sample* computed, made by
 :func:`explorer.generate.compute`) and a channel index: the generated and simulator maps
-(Bokeh ``image_rgba`` figures coloured here with :func:`explorer.fieldlab_views.colour_map`, as
+(Bokeh ``image_rgba`` figures coloured here with :func:`explorer.fieldlab_frames.colour_map`, as
 in the field lab, with linked zoom), the ratio of the mean power spectra with the band a perfect
 generator would scatter in, the cross-correlation coefficient r(k) of the two channels, the pixel
 PDFs with their band, and a Markdown table of the scores (FID and KID against the real–real
@@ -34,7 +34,8 @@ import panel as pn
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
 from bokeh.plotting import figure
 
-from explorer.fieldlab_views import MAP_PALETTE, TOOLS, colour_map
+from explorer.fieldlab_frames import MAP_PALETTE, colour_map
+from explorer.fieldlab_views import TOOLS
 from explorer.report import param_label
 
 hv.extension("bokeh", logo=False)  # registers hv.opts for the Bokeh backend (idempotent)

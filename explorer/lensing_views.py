@@ -26,7 +26,8 @@ from bokeh.palettes import Inferno256
 from bokeh.plotting import figure
 
 from engine.physics.strong_lens import CLASSES
-from explorer.fieldlab_views import TOOLS, labelled, nice_ceil, setting_widget
+from explorer.fieldlab_frames import nice_ceil
+from explorer.fieldlab_views import TOOLS, labelled, setting_widget
 from explorer.lensing_compute import CONTROLS, LensResult, LensView
 from explorer.widgets import label
 

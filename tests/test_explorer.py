@@ -478,7 +478,8 @@ def test_views_update_in_place():
 def test_colour_range_is_nice_and_unchanged_sources_are_not_resent():
     """The map's colour range is a round number that a small step keeps; columns equal to those
     on screen are not sent again."""
-    from explorer.fieldlab_views import FieldFigures, frame_data, nice_ceil
+    from explorer.fieldlab_frames import frame_data, nice_ceil
+    from explorer.fieldlab_views import FieldFigures
 
     assert [nice_ceil(v) for v in (0.0123, 0.3, 1.0, 1.01, 2.9, 6.99, 7.01)] == pytest.approx(
         [0.015, 0.3, 1.0, 1.5, 3.0, 7.0, 10.0]
@@ -502,7 +503,8 @@ def test_colour_range_is_nice_and_unchanged_sources_are_not_resent():
 def test_live_updates_leave_the_hover_values_to_the_settled_one():
     """A live (PRIMARY) update sends the map's colours but not its float values for the hover;
     the settled (SECONDARY) update brings them."""
-    from explorer.fieldlab_views import PRIMARY, SECONDARY, FieldFigures, frame_data
+    from explorer.fieldlab_frames import PRIMARY, SECONDARY, frame_data
+    from explorer.fieldlab_views import FieldFigures
 
     a = compute(FieldParams(size=64, sigma8=0.80, seed=2))
     b = compute(FieldParams(size=64, sigma8=0.90, seed=2))
@@ -519,7 +521,7 @@ def test_live_updates_leave_the_hover_values_to_the_settled_one():
 
 def test_colour_map_matches_bokeh_linear_mapper():
     """Server-side colouring bins values as Bokeh's LinearColorMapper does (palette of 256)."""
-    from explorer.fieldlab_views import MAP_PALETTE, MAP_RGBA, colour_map
+    from explorer.fieldlab_frames import MAP_PALETTE, MAP_RGBA, colour_map
 
     n = len(MAP_PALETTE)
     low, high = -2.0, 2.0
