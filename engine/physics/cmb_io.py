@@ -56,6 +56,7 @@ from engine.physics.cmb import (
     sky_mask,
     unlensed_lmax,
 )
+from engine.physics.pool import ordered_map
 
 __all__ = ["generate", "generate_chunks", "save", "settings_from_attrs"]
 
@@ -162,32 +163,14 @@ def _context():
 
 
 def _skies(settings: CMBParams, spectra: dict, count: int) -> Iterator[dict]:
-    """Skies 0 … count − 1 in order, in this process or a pool of workers."""
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
+    """Skies 0 … count − 1 in order, in this process or a pool of workers
+    (:func:`engine.physics.pool.ordered_map`)."""
     workers = min(_workers(settings), count)
     args = _task_args(settings)
     threads = _threads(workers)
-    if workers <= 1:
-        for i in range(count):
-            yield _simulate(*args, i, spectra, threads)
-        return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
-    try:
-        todo, pending = iter(range(count)), deque()
-        for i in todo:
-            pending.append(pool.submit(_simulate, *args, i, spectra, threads))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(_simulate, *args, nxt, spectra, threads))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    calls = ((*args, i, spectra, threads) for i in range(count))
+    context = _context() if workers > 1 else None
+    yield from ordered_map(_simulate, calls, workers, context)
 
 
 def _chunks(settings, spectra, mask, attrs, count, chunk, progress):

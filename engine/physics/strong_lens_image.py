@@ -32,7 +32,6 @@ import functools
 import math
 import multiprocessing
 import os
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.params import ConfigError, to_dict
+from engine.physics.pool import ordered_map
 from engine.physics.strong_lens_model import (
     draw_parameters,
     point_mass_theta_e,
@@ -364,30 +364,12 @@ def render_images(
 
     With ``workers`` > 1 (default from the settings) and more than one block, blocks of
     :data:`BLOCK` images run in a ``ProcessPoolExecutor`` with at most two blocks per worker in
-    flight; otherwise in this process. The images are the same either way.
+    flight (:func:`engine.physics.pool.ordered_map`); otherwise in this process. The images are
+    the same either way.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     values = to_dict(settings)
     starts = list(range(int(start), int(stop), BLOCK))
     blocks = [(b, min(b + BLOCK, int(stop))) for b in starts]
     workers = min(_workers(settings) if workers is None else int(workers), len(blocks))
-    if workers <= 1:
-        for b in blocks:
-            yield render_block(type(settings), values, *b)
-        return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
-    try:
-        todo, pending = iter(blocks), deque()
-        for b in todo:
-            pending.append(pool.submit(render_block, type(settings), values, *b))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(render_block, type(settings), values, *nxt))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    calls = ((type(settings), values, *b) for b in blocks)
+    yield from ordered_map(render_block, calls, workers, _context() if workers > 1 else None)
