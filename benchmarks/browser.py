@@ -124,9 +124,9 @@ JS_INSTALL = """() => {
       const d = m.data_source.data, g = m.glyph.constructor.__name__;
       if (g === 'Scatter' && 'P' in d && !pk) pk = d.P;
       if (g === 'Image' && 'image' in d && !image) image = d.image[0];
-      // coloured on the server: the colours drawn (its float 'value' column, for the hover,
-      // follows later: explorer.fieldlab_frames.DEFERRED)
-      if (g === 'ImageRGBA' && 'value' in d && !image) { image = d.image[0]; rgba = true; }
+      // coloured on the server: the colours drawn (the float values, for the hover, follow
+      // later in a source of their own: explorer.fieldlab_frames.SECONDARY)
+      if (g === 'ImageRGBA' && 'image' in d && !image) { image = d.image[0]; rgba = true; }
     }
     return {pk, image, rgba};
   };

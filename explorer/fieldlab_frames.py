@@ -1,7 +1,7 @@
 """Field lab, the frames: the columns the figures of :mod:`explorer.fieldlab_views` show.
 
 Pure numpy and thread-safe, computed in a worker thread next to the map: :func:`frame_data`
-(map coloured on the server as packed RGBA with its float32 values for the hover, spectrum
+(map coloured on the server as packed RGBA, its float32 values for the hover apart, spectrum
 against theory with its cosmic-variance band), :func:`secondary_data` (pixel PDF with a
 Gaussian of the same σ, peak counts, and the axis ranges of both figures) that a served page
 sends once the updates pause, the colour range rounded by :func:`nice_ceil` so that a slider
@@ -98,8 +98,8 @@ def frame_data(result: FieldLabResult, with_map: bool = True, secondary: bool = 
         the 99.5 % quantile of |value| rounded up to 1, 1.5, 2, 3, 5 or 7 × 10ⁿ
         (:func:`nice_ceil`; map units): a step of a slider keeps the scale, so the map's
         contrast shows the change of amplitude (and the colour bar is not redrawn). The map goes
-        as RGBA coloured over ``clim`` (column ``image``) and as float32 values for the hover
-        (column ``value``), row 0 at y = ½ pixel (Bokeh draws row 0 at the bottom). With
+        as RGBA coloured over ``clim`` (source ``"map"``, column ``image``) and as float32 values
+        for the hover (source ``"hover"``, column ``value``), row 0 at y = ½ pixel (Bokeh draws row 0 at the bottom). With
         ``secondary``, also the items of :func:`secondary_data`.
     """
     st = result.style
@@ -125,12 +125,12 @@ def frame_data(result: FieldLabResult, with_map: bool = True, secondary: bool = 
         values = np.ascontiguousarray(result.map, dtype=np.float32)
         frame["map"] = {
             "image": [colour_map(values, -a, a)],
-            "value": [values],
             "x": [0.0],
             "y": [0.0],
             "dw": [st.extent],
             "dh": [st.extent],
         }
+        frame["hover"] = {"value": [values]}
         frame["clim"] = (-a, a)
     return frame
 
@@ -175,14 +175,15 @@ def complete_frame(frame: dict, result: FieldLabResult) -> dict:
     return frame
 
 
-#: Sources of the main views (map, spectrum against theory) and of the others (PDF, peaks).
+#: Sources of the main views (map, spectrum against theory) and of those that follow once the
+#: updates pause: PDF, peaks and the map's float32 values, read only by the hover tool, in a
+#: source of their own that no glyph draws. Sent with the map's colours, the 256² values cost the
+#: page ~15 ms of renderer CPU per step (``benchmarks/browser.py`` ablation); as a column of the
+#: drawn image they made the settled update redraw the map too (Bokeh re-makes an image's
+#: canvases whenever any column of its source changes). The hover shows the previous map's
+#: values until the updates pause (0.25 s).
 PRIMARY = ("map", "band", "theory", "noise", "measured", "markers")
-SECONDARY = ("pdf", "gauss", "peaks")
-#: Columns of the main views' sources that follow with the settled views (:meth:`explorer.fieldlab_views.FieldFigures.show`
-#: with ``names``): the map's float32 values, read only by the hover tool. Sending them with every
-#: step cost the page ~15 ms of its renderer's CPU per step (the 256² values, ``benchmarks/browser.py``
-#: ablation); the hover shows the previous map's values until the updates pause (0.25 s).
-DEFERRED = {"map": ("value",)}
+SECONDARY = ("pdf", "gauss", "peaks", "hover")
 
 
 def same_columns(old: dict | None, new: dict) -> bool:

@@ -33,13 +33,14 @@ from bokeh.models import (
     ColorBar,
     ColumnDataSource,
     CustomJS,
+    CustomJSHover,
     HoverTool,
     LinearColorMapper,
     Range1d,
 )
 from bokeh.plotting import figure
 
-from explorer.fieldlab_frames import DEFERRED, MAP_PALETTE, same_columns
+from explorer.fieldlab_frames import MAP_PALETTE, same_columns
 from explorer.fieldlab_kinds import Control, kind_view
 from explorer.fieldlab_measure import FieldLabResult, PlotStyle
 from explorer.widgets import LiveFloatSlider, label, look
@@ -190,6 +191,19 @@ requestAnimationFrame(() => setTimeout(() => {
 """
 
 
+#: The map's value under the cursor (:class:`FieldFigures`' hover): the pixel of the image hit,
+#: looked up in the float32 values of the ``src`` source, formatted as Bokeh formats numbers.
+_HOVER_VALUE_JS = """
+const ii = special_vars.image_index;
+const col = src.data.value;
+if (ii == null || col == null || col.length === 0) return "…";
+const v = col[0][ii.flat_index];
+if (v == null || !Number.isFinite(v)) return "–";
+const a = Math.abs(v);
+return (a > 0.1 && a < 1000) ? v.toFixed(3) : v.toExponential(3);
+"""
+
+
 class FieldFigures:
     """The Bokeh figures of one style, fed in place by :meth:`show` (zoom survives updates).
 
@@ -210,7 +224,8 @@ class FieldFigures:
     def __init__(self, style: PlotStyle, with_map: bool = True, zoom: tuple | None = None):
         self.style = style
         names = ("band", "theory", "noise", "measured", "markers", "pdf", "gauss", "peaks")
-        self.sources = {n: ColumnDataSource() for n in (*names, *(("map",) if with_map else ()))}
+        maps = ("map", "hover") if with_map else ()
+        self.sources = {n: ColumnDataSource() for n in (*names, *maps)}
         self.mapper = LinearColorMapper(palette=MAP_PALETTE, low=-1.0, high=1.0)
         self.map = self._map_figure(zoom) if with_map else None
         self.power = self._power_figure()
@@ -232,17 +247,13 @@ class FieldFigures:
         (:func:`explorer.fieldlab_frames.frame_data`).
 
         ``names``: only these sources (and the axis ranges and colour range that go with them;
-        ``fieldlab_frames.PRIMARY``, ``SECONDARY``); default all. With ``names`` the
-        ``fieldlab_frames.DEFERRED`` columns of sources that already show data are left out, and any other call brings them
-        (the settled update). ``sequence``: the frame's number, for the browser to acknowledge
+        ``fieldlab_frames.PRIMARY``, ``SECONDARY``); default all. Columns equal to those shown
+        are not sent again. ``sequence``: the frame's number, for the browser to acknowledge
         once painted (:meth:`on_painted`).
         """
         for name in self.sources:
-            if names is None or name in names:
-                self._show_source(name, frame[name], defer=names is not None)
-            elif name in DEFERRED and name in self._shown and name in frame:
-                # the settled update brings the columns the live one left out (the hover values)
-                self._show_columns(name, {c: frame[name][c] for c in DEFERRED[name]})
+            if (names is None or name in names) and name in frame:
+                self._show_source(name, frame[name])
         for name, (xr_, yr_) in frame.get("ranges", {}).items():
             if names is None or name in names:
                 fig = getattr(self, name)
@@ -253,22 +264,15 @@ class FieldFigures:
         if sequence is not None:
             self.ack.sent = int(sequence)
 
-    def _show_source(self, name: str, columns: dict, defer: bool) -> None:
-        """Send ``columns`` to source ``name`` if they differ from those shown; with ``defer``,
-        leave the :data:`DEFERRED` columns as they are when the source already has them."""
+    def _show_source(self, name: str, columns: dict) -> None:
+        """Send the columns of ``columns`` that differ from those shown: all of them (one
+        assignment) when the column names changed, else only the changed ones (one event)."""
         old = self._shown.get(name)
         if old is None or old.keys() != columns.keys():
             if not same_columns(old, columns):
                 self.sources[name].data = columns
                 self._shown[name] = columns
             return
-        keep = DEFERRED.get(name, ()) if defer else ()
-        self._show_columns(name, {c: v for c, v in columns.items() if c not in keep})
-
-    def _show_columns(self, name: str, columns: dict) -> None:
-        """Send only the columns of ``columns`` that changed (one event, only those columns go
-        to the browser)."""
-        old = self._shown[name]
         changed = {c: v for c, v in columns.items() if not same_columns({c: old[c]}, {c: v})}
         if changed:
             self.sources[name].data.update(changed)
@@ -293,8 +297,15 @@ class FieldFigures:
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.sources["map"]
         )
         name = _axis_label(st.value_label, st.value_unit)
+        # the value under the cursor from the "hover" source, which no glyph draws (its update
+        # repaints nothing); the pixel's index is the image's
+        value = CustomJSHover(args=dict(src=self.sources["hover"]), code=_HOVER_VALUE_JS)
         fig.add_tools(
-            HoverTool(renderers=[img], tooltips=[("x, y", "$x{0.0}, $y{0.0}"), (name, "@value")])
+            HoverTool(
+                renderers=[img],
+                tooltips=[("x, y", "$x{0.0}, $y{0.0}"), (name, "@image{custom}")],
+                formatters={"@image": value},
+            )
         )
         fig.add_layout(ColorBar(color_mapper=self.mapper, title=name), "right")
         return fig

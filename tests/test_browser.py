@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_explorer_training import write_example_run, write_gan_run
 
@@ -235,6 +236,60 @@ def test_omega_m_slider_updates_power_spectrum(page, request):
     # larger Ω_m at fixed σ8: power moves from large to small scales
     assert after[-1] / before[-1] > after[0] / before[0]
     _screenshot(request, page, "fieldlab.png")
+
+
+# The map figure's frame on the page (x, y, width, height), its ranges and the image's extent.
+JS_MAP_FRAME = """() => {
+  let found = null;
+  function walk(v) {
+    if (found) return;
+    const img = v.model && v.model.renderers &&
+      v.model.renderers.find((r) => r.glyph && r.glyph.constructor.__name__ === "ImageRGBA");
+    if (img && v.frame) {
+      const r = (v.canvas_view ? v.canvas_view.el : v.el).getBoundingClientRect(), f = v.frame.bbox;
+      const d = img.data_source.data;
+      found = {rect: [r.x + f.x, r.y + f.y, f.width, f.height],
+               x: [v.model.x_range.start, v.model.x_range.end],
+               y: [v.model.y_range.start, v.model.y_range.end], dw: d.dw[0], dh: d.dh[0]};
+    }
+    if (v.child_views) for (const c of v.child_views) walk(c);
+  }
+  for (const v of Bokeh.index) walk(v);
+  return found;
+}"""
+
+# The float values of the map's hover source (the source with a 'value' column and no image).
+JS_HOVER_VALUES = """() => {
+  for (const m of Bokeh.documents[0].all_models)
+    if (m.data && m.data.value && !m.data.image && m.data.value.length)
+      return {shape: m.data.value[0].shape, values: Array.from(m.data.value[0])};
+  return null;
+}"""
+
+
+def test_map_hover_shows_the_value_of_the_pixel_under_the_cursor(page):
+    """The map's tooltip reads the float value of the hovered pixel from the hover source, which
+    no glyph draws (row 0 of the map at the bottom, as the image is drawn)."""
+    page.wait_for_function(f"() => ({JS_HOVER_VALUES})() !== null")
+    frame = page.evaluate(JS_MAP_FRAME)
+    hover = page.evaluate(JS_HOVER_VALUES)
+    ny, nx = hover["shape"]
+    values = np.asarray(hover["values"], dtype=np.float32).reshape(ny, nx)
+    x0, y0, w, h = frame["rect"]
+    fx, fy = 0.3, 0.6  # fractions of the frame from its top-left corner
+    page.mouse.move(x0 + fx * w, y0 + fy * h)
+    shown = page.locator(".bk-tooltip-row-value").nth(1)
+    shown.wait_for()
+    (xr0, xr1), (yr0, yr1) = frame["x"], frame["y"]
+    i = int((xr0 + fx * (xr1 - xr0)) / frame["dw"] * nx)
+    j = int((yr1 - fy * (yr1 - yr0)) / frame["dh"] * ny)
+
+    def fmt(v: float) -> str:  # as Bokeh's default number formatter
+        return f"{v:.3f}" if 0.1 < abs(v) < 1000 else f"{v:.3e}".replace("e-0", "e-").replace("e+0", "e+")
+
+    near = {fmt(float(values[b, a])) for b in (j - 1, j, j + 1) for a in (i - 1, i, i + 1)}
+    assert shown.inner_text() in near
+    page.mouse.move(1, 1)
 
 
 def test_training_run_streams_loss_into_page(page, request, runs_dir):

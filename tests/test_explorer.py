@@ -467,7 +467,7 @@ def test_views_update_in_place():
     lab.settings.omega_m = 0.45
     assert lab._figures is figures and measured.data["P"] is not before
     np.testing.assert_array_equal(measured.data["P"], lab.result.pk)
-    values = figures.sources["map"].data["value"][0]
+    values = figures.sources["hover"].data["value"][0]
     assert values.dtype == np.float32 and np.array_equal(values, lab.result.map)
     rgba = figures.sources["map"].data["image"][0]  # coloured on the server
     assert rgba.dtype == np.uint32 and rgba.shape == values.shape
@@ -497,12 +497,12 @@ def test_colour_range_is_nice_and_unchanged_sources_are_not_resent():
     assert all(figures.sources[name].data is sent[name] for name in sent)
     figures.show(fb)  # changed columns are sent (in place: only those columns)
     np.testing.assert_array_equal(figures.sources["measured"].data["P"], b.pk)
-    np.testing.assert_array_equal(figures.sources["map"].data["value"][0], b.map)
+    np.testing.assert_array_equal(figures.sources["hover"].data["value"][0], b.map)
 
 
 def test_live_updates_leave_the_hover_values_to_the_settled_one():
     """A live (PRIMARY) update sends the map's colours but not its float values for the hover;
-    the settled (SECONDARY) update brings them."""
+    the settled (SECONDARY) update brings them, in a source no glyph draws."""
     from explorer.fieldlab_frames import PRIMARY, SECONDARY, frame_data
     from explorer.fieldlab_views import FieldFigures
 
@@ -512,11 +512,12 @@ def test_live_updates_leave_the_hover_values_to_the_settled_one():
     figures.show(frame_data(a))
     fb = frame_data(b)
     figures.show(fb, PRIMARY)
-    data = figures.sources["map"].data
-    assert np.array_equal(data["image"][0], fb["map"]["image"][0])  # the new colours
-    assert np.array_equal(data["value"][0], a.map)  # the old values, for now
+    assert np.array_equal(figures.sources["map"].data["image"][0], fb["map"]["image"][0])
+    assert np.array_equal(figures.sources["hover"].data["value"][0], a.map)  # old, for now
+    shown = figures._shown["map"]
     figures.show(fb, SECONDARY)
-    assert np.array_equal(figures.sources["map"].data["value"][0], b.map)
+    assert np.array_equal(figures.sources["hover"].data["value"][0], b.map)
+    assert figures._shown["map"] is shown  # the settled update sends nothing to the drawn map
 
 
 def test_colour_map_matches_bokeh_linear_mapper():
