@@ -552,17 +552,43 @@ class FieldLab(pn.viewable.Viewer):
         doc.add_timeout_callback(partial(self._show_settled, tag), int(1e3 * READOUT_AFTER))
 
     def _show_settled(self, tag: int) -> None:
-        """The views that follow once the updates pause, all in one message to the browser: sent
-        one by one (readout text, three sources, four axis bounds) they made the page lay out
-        and paint four times, ~50 ms of the renderer's CPU per step (Chromium trace)."""
+        """The views that follow once the updates pause (on the event loop, :data:`READOUT_AFTER`
+        s after the last result): their numbers — pixel PDF, σ, skewness, peak counts — are
+        computed in a worker thread (10–25 ms for a 256² map, which on the event loop held up
+        the frames of every other session of the server; ``--profile-server``), then shown by
+        :meth:`_apply_settled`."""
         if tag != self._readout_requests:  # a newer result brings its own
             return
+        result, doc = self.result, self._updates.doc
+        loop = self._updates.loop or IOLoop.current()
+
+        def work() -> None:  # in a worker thread
+            out, err = _call(partial(frames.secondary_data, result))
+            with contextlib.suppress(Exception):  # the session may have ended meanwhile
+                loop.add_callback(
+                    doc.add_next_tick_callback, partial(self._apply_settled, tag, out, err)
+                )
+
+        (self._updates.pool or executor()).submit(work)
+
+    def _apply_settled(self, tag: int, secondary: dict | None, err) -> None:
+        """Show the readout and the PDF and peak counts (``secondary``,
+        :func:`explorer.fieldlab_frames.secondary_data` of the result on screen) in one message
+        to the browser: sent one by one (readout text, three sources, four axis bounds) they
+        made the page lay out and paint four times, ~50 ms of the renderer's CPU per step
+        (Chromium trace). Skipped when a newer result came meanwhile (it brings its own)."""
+        if tag != self._readout_requests:
+            return
+        if err is not None:
+            raise err
         with hold(self._updates.doc):
             self._show_readout()
             figures, frame = self._secondary
             # only the frame still on screen, on the figures it was for
             if figures is not None and figures is self._figures and frame is self._frame:
-                figures.show(frames.complete_frame(frame, self.result), frames.SECONDARY)
+                if "pdf" not in frame:
+                    frame.update(secondary)
+                figures.show(frame, frames.SECONDARY)
 
     def _show_readout(self, *_) -> None:
         # the settings of the map on screen (they lag the widgets while an update is pending)

@@ -285,7 +285,11 @@ def test_map_hover_shows_the_value_of_the_pixel_under_the_cursor(page):
     j = int((yr1 - fy * (yr1 - yr0)) / frame["dh"] * ny)
 
     def fmt(v: float) -> str:  # as Bokeh's default number formatter
-        return f"{v:.3f}" if 0.1 < abs(v) < 1000 else f"{v:.3e}".replace("e-0", "e-").replace("e+0", "e+")
+        return (
+            f"{v:.3f}"
+            if 0.1 < abs(v) < 1000
+            else f"{v:.3e}".replace("e-0", "e-").replace("e+0", "e+")
+        )
 
     near = {fmt(float(values[b, a])) for b in (j - 1, j, j + 1) for a in (i - 1, i, i + 1)}
     assert shown.inner_text() in near
