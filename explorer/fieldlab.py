@@ -93,15 +93,18 @@ ACK_TIMEOUT = 1.0
 WORKERS = int(
     os.environ.get("EXPLORER_FIELDLAB_WORKERS") or min(4, max(1, (os.cpu_count() or 2) // 2))
 )
-_executor: ThreadPoolExecutor | None = None
+_executors: dict[str, ThreadPoolExecutor] = {}
 
 
-def executor() -> ThreadPoolExecutor:
-    """The process-wide pool of :data:`WORKERS` threads (made on first use)."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="fieldlab")
-    return _executor
+def executor(name: str = "updates") -> ThreadPoolExecutor:
+    """A process-wide pool of threads, made on first use: ``"updates"`` (:data:`WORKERS`
+    threads) computes the maps and their main views; ``"settled"`` (one thread) the numbers
+    of the views that follow once a session's updates pause, so that they never wait in line
+    before, or hold up, another session's map."""
+    if name not in _executors:
+        threads = WORKERS if name == "updates" else 1
+        _executors[name] = ThreadPoolExecutor(threads, thread_name_prefix=f"fieldlab-{name}")
+    return _executors[name]
 
 
 class LatestOnly:
@@ -569,7 +572,7 @@ class FieldLab(pn.viewable.Viewer):
                     doc.add_next_tick_callback, partial(self._apply_settled, tag, out, err)
                 )
 
-        (self._updates.pool or executor()).submit(work)
+        (self._updates.pool or executor("settled")).submit(work)
 
     def _apply_settled(self, tag: int, secondary: dict | None, err) -> None:
         """Show the readout and the PDF and peak counts (``secondary``,
