@@ -8,15 +8,14 @@ and a retrained run is read again.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
+
+from engine.lru import LRUCache
 
 #: (network, task) pairs kept per server process.
 CACHE_SIZE = 4
 
-_lock = threading.Lock()
-_cache: OrderedDict[tuple, tuple] = OrderedDict()
+_cache: LRUCache[tuple] = LRUCache(CACHE_SIZE)
 
 
 def load_network(path: str | Path, task: str) -> tuple:
@@ -32,13 +31,4 @@ def load_network(path: str | Path, task: str) -> tuple:
 
     ckpt = checkpoint_path(path)
     key = (str(ckpt.resolve()), ckpt.stat().st_mtime_ns, task)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    model, predictor, _ = load_task_network(ckpt, "cpu", task)
-    with _lock:
-        _cache[key] = (model, predictor)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return model, predictor
+    return _cache.get_or_make(key, lambda: load_task_network(ckpt, "cpu", task)[:2])

@@ -56,9 +56,7 @@ times in seconds.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -74,6 +72,7 @@ from engine.evaluation.delensing import (
     template_delens,
     tensor_template,
 )
+from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.cmb import CMBParams, check_settings
 from engine.physics.cmb_theory import cmb_spectra
@@ -241,29 +240,19 @@ def range_ratio(num: np.ndarray, den: np.ndarray, ell_range: tuple[int, int]) ->
 # Caches: results and QE forecasts
 # ---------------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_results: OrderedDict[tuple, CMBResult] = OrderedDict()
-_qe: OrderedDict[tuple, dict] = OrderedDict()
+_results: LRUCache[CMBResult] = LRUCache(
+    RESULT_CACHE_SIZE, max_bytes=RESULT_CACHE_BYTES, nbytes=lambda r: r.nbytes
+)
+_qe: LRUCache[dict] = LRUCache(8)
 
 
 def cached_result(key: tuple) -> CMBResult | None:
     """The last result computed for ``key`` in this process (complete or not), or None."""
-    with _lock:
-        if key in _results:
-            _results.move_to_end(key)
-            return _results[key]
-    return None
+    return _results.get(key)
 
 
 def _store(key: tuple, result: CMBResult) -> None:
-    with _lock:
-        _results[key] = result
-        _results.move_to_end(key)
-        while len(_results) > 1 and (
-            len(_results) > RESULT_CACHE_SIZE
-            or sum(r.nbytes for r in _results.values()) > RESULT_CACHE_BYTES
-        ):
-            _results.popitem(last=False)
+    _results.put(key, result)
 
 
 def spectra_of(settings: CMBParams):
@@ -280,18 +269,10 @@ def qe_mv(settings: CMBParams, spectra) -> dict:
     ell_range = ell_range_of(settings.nside)
     key = (float(settings.noise), float(settings.beam), lmax_of(settings.nside), ell_range,
            tuple(sorted(spectra.params.items())))  # fmt: skip
-    with _lock:
-        if key in _qe:
-            return _qe[key]
-    out = qe_forecast(
+    return _qe.get_or_make(key, lambda: qe_forecast(
         float(settings.noise), float(settings.beam), lmax_of(settings.nside), "mv",
         spectra=spectra, ell_range=ell_range,
-    )  # fmt: skip
-    with _lock:
-        _qe[key] = out
-        while len(_qe) > 8:
-            _qe.popitem(last=False)
-    return out
+    ))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,11 @@ No Panel here, and no import of :mod:`explorer.cmb_compute` (which re-exports th
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.cmb import CMBParams, simulate
 from engine.runs import list_runs, read_json
@@ -182,8 +181,7 @@ def trained_notes(settings: CMBParams, info: DelenserInfo) -> list[str]:
 # Caches: skies and stage timings
 # ---------------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_skies: OrderedDict[tuple, dict] = OrderedDict()
+_skies: LRUCache[dict] = LRUCache(SKY_CACHE_SIZE)
 #: Last measured seconds of a stage at an nside, per observation (``_measured[(stage, nside)]``).
 _measured: dict[tuple[str, int], float] = {}
 
@@ -214,16 +212,7 @@ def simulated_sky(settings: CMBParams) -> dict:
         Bad settings.
     """
     key = sky_key(settings)
-    with _lock:
-        if key in _skies:
-            _skies.move_to_end(key)
-            return _skies[key]
-    maps = simulate(settings, 0)
-    with _lock:
-        _skies[key] = maps
-        while len(_skies) > SKY_CACHE_SIZE:
-            _skies.popitem(last=False)
-    return maps
+    return _skies.get_or_make(key, lambda: simulate(settings, 0))
 
 
 def record_seconds(stage: str, nside: int, seconds: float) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from engine.device import default_device
 from engine.evaluation.sampling import GENERATOR_TASKS, Emulator
 from engine.kinds import KINDS, get_kind
+from engine.lru import LRUCache
 from engine.params import FIDUCIAL, ConfigError
 from engine.runs import list_runs, read_json
 from engine.train.checkpoint import resolve_checkpoint
@@ -38,9 +37,8 @@ SIM_COUNT = 8
 SIM_CACHE_SIZE = 32
 #: Emulators kept loaded per server process.
 EMULATOR_CACHE_SIZE = 4
-_lock = threading.Lock()
-_emulators: OrderedDict[tuple, Emulator] = OrderedDict()
-_simulations: OrderedDict[tuple, tuple[np.ndarray, float]] = OrderedDict()
+_emulators: LRUCache[Emulator] = LRUCache(EMULATOR_CACHE_SIZE)
+_simulations: LRUCache[tuple[np.ndarray, float]] = LRUCache(SIM_CACHE_SIZE)
 
 
 def class_label(config: dict) -> str:
@@ -96,16 +94,7 @@ def load_emulator(path: str | Path, device: str | torch.device | None = None) ->
     ckpt = resolve_checkpoint(path)
     dev = torch.device(device) if device is not None else default_device("auto")
     key = (str(ckpt.resolve()), ckpt.stat().st_mtime_ns, str(dev))
-    with _lock:
-        if key in _emulators:
-            _emulators.move_to_end(key)
-            return _emulators[key]
-    em = Emulator(path, dev)
-    with _lock:
-        _emulators[key] = em
-        while len(_emulators) > EMULATOR_CACHE_SIZE:
-            _emulators.popitem(last=False)
-    return em
+    return _emulators.get_or_make(key, lambda: Emulator(path, dev))
 
 
 def default_value(name: str, low: float, high: float) -> float:
@@ -189,11 +178,9 @@ def simulate(em: Emulator, values: dict, count: int, seed: int) -> tuple[np.ndar
     config = json.dumps(em.map_config, sort_keys=True, default=str)
     point = tuple(round(float(values[n]), 12) for n in em.names)
     key = (str(em.path), config, point, int(count), int(seed))
-    with _lock:
-        if key in _simulations:
-            _simulations.move_to_end(key)
-            maps, seconds = _simulations[key]
-            return maps, seconds, True
+    kept = _simulations.get(key)
+    if kept is not None:
+        return (*kept, True)
     kind = get_kind(str(em.map_config["kind"]))
     settings = kind.settings_from_attrs(em.map_config)
     om, s8 = float(values["omega_m"]), float(values["sigma8"])
@@ -214,10 +201,7 @@ def simulate(em: Emulator, values: dict, count: int, seed: int) -> tuple[np.ndar
         maps, seconds = np.concatenate([first, rest]), t_rest / (int(count) - 1)
     else:
         maps, seconds = first, t_first
-    with _lock:
-        _simulations[key] = (maps, seconds)
-        while len(_simulations) > SIM_CACHE_SIZE:
-            _simulations.popitem(last=False)
+    _simulations.put(key, (maps, seconds))
     return maps, seconds, False
 
 

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -46,6 +44,7 @@ import numpy as np
 import panel as pn
 import param
 
+from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.strong_lens import CLASSES
 from engine.runs import list_runs, read_json
@@ -139,8 +138,7 @@ def list_lens_generators(*roots) -> dict[str, str]:
     return out
 
 
-_gen_lock = threading.Lock()
-_generators: OrderedDict[tuple, object] = OrderedDict()
+_generators: LRUCache[object] = LRUCache(GENERATOR_CACHE_SIZE)
 
 
 def load_lens_generator(path: str | Path):
@@ -157,16 +155,8 @@ def load_lens_generator(path: str | Path):
 
     ckpt = resolve_checkpoint(path)
     key = (str(ckpt.resolve()), ckpt.stat().st_mtime_ns)
-    with _gen_lock:
-        if key in _generators:
-            return _generators[key]
     make = getattr(Emulator, "from_checkpoint", None) or Emulator
-    em = make(str(path))
-    with _gen_lock:
-        _generators[key] = em
-        while len(_generators) > GENERATOR_CACHE_SIZE:
-            _generators.popitem(last=False)
-    return em
+    return _generators.get_or_make(key, lambda: make(str(path)))
 
 
 def generator_classes(em) -> tuple[str, ...]:

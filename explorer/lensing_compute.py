@@ -30,9 +30,7 @@ Units: angles in arcsec, masses in M☉, pixels in e⁻ s⁻¹, times in seconds
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import param
 
+from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.strong_lens import (
     CLASSES,
@@ -203,8 +202,7 @@ def lens_parameters(view: LensView, settings: StrongLensParams) -> dict:
 # Critical curves and caustics (lenstronomy)
 # ---------------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_curves: OrderedDict[tuple, dict] = OrderedDict()
+_curves: LRUCache[dict] = LRUCache(CURVE_CACHE_SIZE)
 
 
 def _model_key(models, kwargs, window: float, grid: float) -> tuple:
@@ -232,10 +230,9 @@ def critical_curves(models: list[str], kwargs: list[dict], window: float, grid: 
         plane), ``cut``: (x, y) arrays of the cut in the source plane.
     """
     key = _model_key(models, kwargs, window, grid)
-    with _lock:
-        if key in _curves:
-            _curves.move_to_end(key)
-            return _curves[key]
+    kept = _curves.get(key)
+    if kept is not None:
+        return kept
     from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LensModel.lens_model_extensions import LensModelExtensions
 
@@ -249,11 +246,7 @@ def critical_curves(models: list[str], kwargs: list[dict], window: float, grid: 
     phi = np.linspace(0.0, 2 * math.pi, CUT_POINTS)
     bx, by = lens.ray_shooting(cx + CUT_RADIUS * np.cos(phi), cy + CUT_RADIUS * np.sin(phi), kwargs)
     out = {"critical": crit, "caustic": caus, "cut": (np.asarray(bx), np.asarray(by))}
-    with _lock:
-        _curves[key] = out
-        while len(_curves) > CURVE_CACHE_SIZE:
-            _curves.popitem(last=False)
-    return out
+    return _curves.put(key, out)
 
 
 # ---------------------------------------------------------------------------------------------

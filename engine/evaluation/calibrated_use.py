@@ -17,8 +17,6 @@ import hashlib
 import json
 import math
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from engine.evaluation.calibrated import (
 from engine.evaluation.calibrated_fit import fit_calibration
 from engine.evaluation.likelihood import LOCAL_HALF_WIDTH, LOCAL_POINTS, _moments, _resolved
 from engine.evaluation.theory import DEFAULT_PRIOR, check_prior
+from engine.lru import LRUCache
 from engine.params import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +167,7 @@ def _cache_key(base: str, prefix: str, like, options: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-_MEMORY: OrderedDict[str, Calibration] = OrderedDict()
-_LOCK = threading.Lock()
+_MEMORY: LRUCache[Calibration] = LRUCache(16)
 
 
 def calibrate(
@@ -221,10 +219,9 @@ def calibrate(
         maps = training_maps(spec, like, datasets_file, count, seed)
         return fit_calibration(maps, base, k_max, max_bins, degree)
     key = _cache_key(base, prefix, like, options)
-    with _LOCK:
-        if key in _MEMORY:
-            _MEMORY.move_to_end(key)
-            return _MEMORY[key]
+    kept = _MEMORY.get(key)
+    if kept is not None:
+        return kept
     path = cache_dir() / f"pk_{key[:20]}.json"
     cal = None
     if path.is_file():
@@ -240,11 +237,7 @@ def calibrate(
             cal = cal.save(path)
         except (OSError, ConfigError):
             pass  # an unwritable cache: keep the fit in memory only
-    with _LOCK:
-        _MEMORY[key] = cal
-        while len(_MEMORY) > 16:
-            _MEMORY.popitem(last=False)
-    return cal
+    return _MEMORY.put(key, cal)
 
 
 def load_calibration(path: str | Path) -> Calibration:

@@ -34,14 +34,13 @@ HEALPix skies are not supported.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from engine.evaluation.schema import PARAMS
 from engine.kinds import get_kind
+from engine.lru import LRUCache
 from engine.params import OMEGA_M_BOUNDS, SIGMA8_BOUNDS, ConfigError, to_dict
 from engine.physics.stats import (
     bin_isotropic,
@@ -399,8 +398,7 @@ def check_prior(prior) -> tuple[tuple[float, float], tuple[float, float]]:
     return out
 
 
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_LOCK = threading.Lock()
+_CACHE: LRUCache[tuple] = LRUCache(8)
 
 
 def theory_grid(model: MapModel, prior, grid: int, nodes: tuple[int, int] | None = None):
@@ -439,17 +437,13 @@ def theory_grid(model: MapModel, prior, grid: int, nodes: tuple[int, int] | None
     if min(nodes) < 4:
         raise ConfigError(f"table nodes {nodes} must be >= 4 per parameter")
     key = (model.key(), prior, grid, nodes)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
+
+    def make() -> tuple:
         table = TheoryTable.build(model, prior, nodes)
         om = torch.linspace(*prior[0], grid, dtype=torch.float64)
         s8 = torch.linspace(*prior[1], grid, dtype=torch.float64)
         oo, ss = torch.meshgrid(om, s8, indexing="ij")
         theta = torch.stack([oo.reshape(-1), ss.reshape(-1)], dim=-1)
-        mu = table(theta[:, 0], theta[:, 1])
-        _CACHE[key] = (table, theta, mu)
-        while len(_CACHE) > 8:
-            _CACHE.popitem(last=False)
-        return _CACHE[key]
+        return table, theta, table(theta[:, 0], theta[:, 1])
+
+    return _CACHE.get_or_make(key, make)
