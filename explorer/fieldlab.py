@@ -37,7 +37,6 @@ import math
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -69,13 +68,6 @@ PARTICLE_KINDS = ("2lpt", "pm")
 #: time that five tabs on two cores do not have (``benchmarks/browser.py``); numbers that change
 #: ten times a second cannot be read anyway.
 READOUT_AFTER = 0.25
-#: While any session's live update is in flight (computing, waiting, or sent and not yet painted:
-#: :meth:`LatestOnly.live_in_flight`), the secondary views wait READOUT_RETRY s more, up to
-#: READOUT_MAX_WAIT s: the live views of every tab go before the secondary views of any (with
-#: five tabs stepping on two cores, the secondary views had cost ~35 % of the CPU per key press
-#: and delayed the other tabs' maps; ``benchmarks/browser.py``). One tab alone is unaffected.
-READOUT_RETRY = 0.05
-READOUT_MAX_WAIT = 1.0
 #: Height (px) of the readout table: room for the longest (κ: 18 rows) without scrolling.
 READOUT_HEIGHT = 600
 #: Seconds an update may take before the page says "updating…" at once for the next one.
@@ -154,13 +146,8 @@ class LatestOnly:
         The document's event loop (default: the current one when the first job starts).
     """
 
-    #: Served runners (those with a document), for :meth:`live_in_flight`.
-    _served: weakref.WeakSet = weakref.WeakSet()
-
     def __init__(self, deliver: Callable, doc=None, pool=None, loop=None):
         self.deliver, self.doc, self.pool, self.loop = deliver, doc, pool, loop
-        if doc is not None:
-            LatestOnly._served.add(self)
         self._pending: Callable | None = None
         self._lock = threading.Lock()  # guards _pending (a worker takes it when it starts)
         self._requests = 0  # number of requests so far (tags the settle timers)
@@ -172,14 +159,6 @@ class LatestOnly:
     def busy(self) -> bool:
         """True while a job runs or waits."""
         return self.running or self._pending is not None
-
-    def live_in_flight(self) -> bool:
-        """Whether any served runner on the same worker pool as this one (every session of a
-        server) has a job running or waiting, or a frame sent and not yet painted."""
-        return any(
-            r.pool is self.pool and (r.busy or r._awaiting is not None)
-            for r in list(LatestOnly._served)
-        )
 
     def request(self, job: Callable[[], object], settle: float = 0.0) -> None:
         """Compute ``job()`` (a snapshot of what to compute) as soon as possible.
@@ -575,22 +554,13 @@ class FieldLab(pn.viewable.Viewer):
         tag = self._readout_requests
         doc.add_timeout_callback(partial(self._show_settled, tag), int(1e3 * READOUT_AFTER))
 
-    def _show_settled(self, tag: int, since: float | None = None) -> None:
+    def _show_settled(self, tag: int) -> None:
         """The views that follow once the updates pause (on the event loop, :data:`READOUT_AFTER`
         s after the last result): their numbers — pixel PDF, σ, skewness, peak counts — are
         computed in a worker thread (10–25 ms for a 256² map, which on the event loop held up
         the frames of every other session of the server; ``--profile-server``), then shown by
-        :meth:`_apply_settled`. While a live update of any session is in flight they wait
-        (:data:`READOUT_RETRY`, at most :data:`READOUT_MAX_WAIT` s from the first try,
-        ``since``)."""
+        :meth:`_apply_settled`."""
         if tag != self._readout_requests:  # a newer result brings its own
-            return
-        now = time.monotonic()
-        since = now if since is None else since
-        if self._updates.live_in_flight() and now - since < READOUT_MAX_WAIT:
-            # live updates of some session first (READOUT_RETRY)
-            retry = partial(self._show_settled, tag, since)
-            self._updates.doc.add_timeout_callback(retry, int(1e3 * READOUT_RETRY))
             return
         result, doc = self.result, self._updates.doc
         loop = self._updates.loop or IOLoop.current()
