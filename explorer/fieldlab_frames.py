@@ -79,6 +79,20 @@ def _padded(lo: float, hi: float, pad: float = 0.05) -> tuple[float, float]:
     return lo - d, hi + d
 
 
+def nice_span(lo: float, hi: float, steps: int = 8) -> tuple[float, float]:
+    """(lo, hi) widened outwards to multiples of a round step (:func:`nice_ceil` of the span /
+    ``steps``; same units): an axis range that stays put while a slider moves the data a little
+    (a new range re-lays out the axis and repaints the figure's overlays). Non-finite: (0, 1);
+    a point: ±0.5."""
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 1.0
+    if hi <= lo:
+        return lo - 0.5, hi + 0.5
+    step = nice_ceil((hi - lo) / steps)
+    return math.floor(lo / step) * step, math.ceil(hi / step) * step
+
+
 def frame_data(result: FieldLabResult, with_map: bool = True, secondary: bool = True) -> dict:
     """Columns of every data source of :class:`explorer.fieldlab_views.FieldFigures` for ``result`` (pure, thread-safe).
 
@@ -143,7 +157,8 @@ def secondary_data(result: FieldLabResult) -> dict:
     -------
     dict
         ``"pdf"``, ``"gauss"`` (a Gaussian of the map's σ and PDF mean), ``"peaks"`` columns,
-        and ``"ranges"``: (x, y) axis ranges of the PDF and peak-count figures.
+        and ``"ranges"``: (x, y) axis ranges of the PDF and peak-count figures, rounded out
+        (:func:`nice_span`, :func:`nice_ceil`) so that a slider step keeps them.
     """
     st = result.style
     x = result.pdf_x
@@ -159,10 +174,10 @@ def secondary_data(result: FieldLabResult) -> dict:
     top = np.nanmax(result.pdf_density, initial=0.0)
     counts = np.asarray(result.peak_counts, dtype=np.float64)
     out["ranges"] = {
-        "pdf": (_padded(x[0] - half, x[-1] + half, 0.0) if len(x) else (0.0, 1.0),
-                (0.0, 1.08 * max(top, float(np.nanmax(gauss, initial=0.0))) or 1.0)),
+        "pdf": (nice_span(x[0] - half, x[-1] + half) if len(x) else (0.0, 1.0),
+                (0.0, nice_ceil(1.05 * max(top, float(np.nanmax(gauss, initial=0.0)))))),
         "peaks": (_padded(np.min(result.peak_nu, initial=0.0), np.max(result.peak_nu, initial=1.0), 0.02),
-                  (0.0, 1.08 * np.nanmax(counts, initial=0.0) or 1.0)),
+                  (0.0, nice_ceil(1.05 * np.nanmax(counts, initial=0.0)))),
     }  # fmt: skip
     return out
 

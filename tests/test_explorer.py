@@ -507,6 +507,24 @@ def test_colour_range_is_nice_and_unchanged_sources_are_not_resent():
     np.testing.assert_array_equal(figures.sources["hover"].data["value"][0], b.map)
 
 
+def test_pdf_and_peak_axes_hold_the_data_and_stay_put_for_a_small_step():
+    """The PDF and peak-count axis ranges contain the data and are round numbers that a 1 %
+    step of σ8 keeps (a new range re-lays out the axis and repaints the figure)."""
+    from explorer.fieldlab_frames import nice_span, secondary_data
+
+    assert nice_span(0.03, 0.97) == pytest.approx((0.0, 1.05))  # step nice_ceil(0.1175) = 0.15
+    assert nice_span(-2.34, 7.1) == pytest.approx((-3.0, 7.5))  # step nice_ceil(1.18) = 1.5
+    assert nice_span(1.0, 1.0) == (0.5, 1.5) and nice_span(float("nan"), 1.0) == (0.0, 1.0)
+    a, b = (compute(FieldParams(size=128, sigma8=s8, seed=2)) for s8 in (0.80, 0.81))
+    ra, rb = secondary_data(a)["ranges"], secondary_data(b)["ranges"]
+    assert ra == rb
+    (x0, x1), (y0, y1) = ra["pdf"]
+    half = 0.5 * (a.pdf_x[1] - a.pdf_x[0])
+    assert x0 <= a.pdf_x[0] - half and a.pdf_x[-1] + half <= x1 and y0 == 0.0
+    assert a.pdf_density.max() <= y1 <= 1.6 * a.pdf_density.max()
+    assert max(a.peak_counts) <= ra["peaks"][1][1]
+
+
 def test_live_updates_leave_the_hover_values_to_the_settled_one():
     """A live (PRIMARY) update sends the map's colours but not its float values for the hover;
     the settled (SECONDARY) update brings them, in a source no glyph draws."""
