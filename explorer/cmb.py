@@ -29,7 +29,7 @@ and the QE forecast.
 Updates. Every change is computed off the event loop, on the page's own worker threads
 (:func:`executor`, not the field lab's: a minute-long update never delays another page or
 session), from a snapshot of the settings, only ever the latest
-(:class:`explorer.fieldlab.LatestOnly`); each stage of the update is one job, so the sky shows
+(:class:`explorer.latest.LatestOnly`); each stage of the update is one job, so the sky shows
 while the delensers still run, and a newer change drops the rest of the stages. The page says
 which stage runs and how long it is expected to take (measured times), and caches every result
 per settings in the server process: settings seen before show at once.
@@ -74,7 +74,7 @@ from explorer.cmb_views import (
     timing_html,
     wait_text,
 )
-from explorer.fieldlab import LatestOnly
+from explorer.latest import LatestOnly
 from explorer.training import default_examples_root, default_runs_root
 from explorer.widgets import label, look
 

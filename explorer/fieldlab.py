@@ -15,7 +15,8 @@ One mechanism for all of them, in four modules:
   explanation and its measure function) and the pure update :func:`compute`;
 * :mod:`explorer.fieldlab_views`: the Bokeh figures of a style, fed in place from a result, the
   readout table, widgets generated from the engine's param definitions;
-* this module: the page state :class:`FieldLab` and :class:`LatestOnly`.
+* this module: the page state :class:`FieldLab` (its updates run in
+  :class:`explorer.latest.LatestOnly`).
 
 :class:`FieldLab` holds one settings object per settings class (grf and lognormal share theirs)
 and watches it. In a served session every change is computed off the event loop, in a worker
@@ -32,21 +33,13 @@ arcmin with C_ℓ in sr, plotted as ℓ(ℓ+1)C_ℓ/2π (dimensionless for κ, m
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import holoviews as hv
 import panel as pn
 import param
 import xarray as xr
-from panel.io.document import hold
-from tornado.ioloop import IOLoop
 
 from engine.kinds import FIELD_KINDS, KINDS
 from engine.params import ConfigError, CosmologyParams, FieldParams, user_settings
@@ -55,6 +48,7 @@ from explorer import fieldlab_views as views
 from explorer.fieldlab_kinds import compute, kind_view
 from explorer.fieldlab_measure import ExternalMap, FieldLabResult, PlotStyle, slab_particles
 from explorer.fieldlab_views import labelled, setting_widget
+from explorer.latest import LatestOnly, capture, executor
 from explorer.widgets import label, look
 
 #: Maps with more pixels per side than this are rasterized by datashader to the screen.
@@ -74,164 +68,9 @@ READOUT_HEIGHT = 600
 BUSY_AFTER = 0.1
 #: Updates slower than SETTLE_AFTER s start once the settings stayed unchanged for SETTLE s (a
 #: burst of key presses or a drag then computes its last value, not first its first one), at
-#: most MAX_SETTLE s after a change; faster ones start at once.
+#: most :data:`explorer.latest.MAX_SETTLE` s after a change; faster ones start at once.
 SETTLE_AFTER = 0.25
 SETTLE = 0.06
-MAX_SETTLE = 0.5
-#: Seconds a served page waits for the browser to say it painted a frame before it sends the
-#: next one anyway (a hidden tab runs no animation frames and never says so).
-ACK_TIMEOUT = 1.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Updates off the event loop, only the latest
-# ---------------------------------------------------------------------------------------------
-
-#: Worker threads computing field-lab updates, shared by all sessions of the server (each
-#: session has at most one job in them at a time; see :class:`LatestOnly`);
-#: ``$EXPLORER_FIELDLAB_WORKERS`` overrides it.
-WORKERS = int(
-    os.environ.get("EXPLORER_FIELDLAB_WORKERS") or min(4, max(1, (os.cpu_count() or 2) // 2))
-)
-_executors: dict[str, ThreadPoolExecutor] = {}
-
-
-def executor(name: str = "updates") -> ThreadPoolExecutor:
-    """A process-wide pool of threads, made on first use: ``"updates"`` (:data:`WORKERS`
-    threads) computes the maps and their main views; ``"settled"`` (one thread) the numbers
-    of the views that follow once a session's updates pause, so that they never wait in line
-    before, or hold up, another session's map."""
-    if name not in _executors:
-        threads = WORKERS if name == "updates" else 1
-        _executors[name] = ThreadPoolExecutor(threads, thread_name_prefix=f"fieldlab-{name}")
-    return _executors[name]
-
-
-class LatestOnly:
-    """Run jobs off the event loop, one at a time, always the latest one requested.
-
-    In a served session (a Bokeh document is given) :meth:`request` asks the worker threads
-    for a turn when no job of this owner runs or waits there; a job requested meanwhile
-    replaces the pending one, and a worker takes the pending job only when it starts, so a
-    stale job is dropped, never queued, even while the workers serve other sessions. When the
-    running job ends, the next turn (if a job is pending) is asked at once and then the finished
-    job's output is handed to ``deliver`` on the document's event loop (the worker hands it to
-    the event loop with the thread-safe ``IOLoop.add_callback``, which then schedules it with
-    the document, so that it runs under the document's lock; a worker never touches the
-    document, whose event hold is not thread-safe): a slider moved
-    faster than the updates are computed shows finished updates as they come and always ends
-    on its last value, with no wait in between. Without a document (scripts, tests) the job
-    runs at once and is delivered before :meth:`request` returns.
-
-    A request with a ``settle`` time (slow updates) starts once no newer request came for that
-    long, or :data:`MAX_SETTLE` s after the first waiting one: a burst of key presses or a drag
-    then does not first compute a value it leaves at once.
-
-    Flow control (:meth:`expect_ack`, :meth:`acknowledge`): after ``deliver`` sent a frame that
-    the browser will acknowledge once painted, the next job starts only when that
-    acknowledgement came (or :data:`ACK_TIMEOUT` s passed). The server then never sends frames
-    faster than the page can paint them: a drag in five tabs on two cores had queued up to a
-    second of stale frames in the browsers (every key press of a drag was drawn, each ~0.1 s of
-    the renderer's CPU), and its last value waited behind them.
-
-    Parameters
-    ----------
-    deliver : callable
-        ``deliver(output, error, latest)`` with the job's return value (None if it raised), the
-        exception it raised (or None) and whether no newer job is pending.
-    doc : bokeh.document.Document, optional
-    pool : concurrent.futures.Executor, optional
-        Where jobs run (default :func:`executor`).
-    loop : tornado.ioloop.IOLoop, optional
-        The document's event loop (default: the current one when the first job starts).
-    """
-
-    def __init__(self, deliver: Callable, doc=None, pool=None, loop=None):
-        self.deliver, self.doc, self.pool, self.loop = deliver, doc, pool, loop
-        self._pending: Callable | None = None
-        self._lock = threading.Lock()  # guards _pending (a worker takes it when it starts)
-        self._requests = 0  # number of requests so far (tags the settle timers)
-        self._waiting_since: float | None = None
-        self._awaiting: int | None = None  # frame sent and not yet acknowledged as painted
-        self.running = False
-
-    @property
-    def busy(self) -> bool:
-        """True while a job runs or waits."""
-        return self.running or self._pending is not None
-
-    def request(self, job: Callable[[], object], settle: float = 0.0) -> None:
-        """Compute ``job()`` (a snapshot of what to compute) as soon as possible.
-
-        ``settle``: seconds without a newer request before the job starts (0: at once).
-        """
-        if self.doc is None:
-            out, err = _call(job)
-            self.deliver(out, err, True)
-            return
-        with self._lock:
-            self._pending = job
-        self._requests += 1
-        if self.running or self._awaiting is not None:
-            return
-        now = time.monotonic()
-        waiting = self._waiting_since if self._waiting_since is not None else now
-        if settle <= 0 or now - waiting >= MAX_SETTLE:
-            self._start()
-            return
-        self._waiting_since = waiting
-        self.doc.add_timeout_callback(partial(self._settled, self._requests), int(1e3 * settle))
-
-    def _settled(self, tag: int) -> None:  # on the event loop
-        if tag == self._requests and not self.running and self._pending is not None:
-            self._start()
-
-    def expect_ack(self, frame: int) -> None:
-        """Hold the next job until :meth:`acknowledge` receives ``frame`` (or a later one), at
-        most :data:`ACK_TIMEOUT` s (served documents only; call from ``deliver``)."""
-        if self.doc is None:
-            return
-        self._awaiting = int(frame)
-        self.doc.add_timeout_callback(partial(self.acknowledge, frame), int(1e3 * ACK_TIMEOUT))
-
-    def acknowledge(self, frame: int) -> None:
-        """The browser painted ``frame`` (on the event loop): the pending job, if any, starts."""
-        if self._awaiting is None or int(frame) < self._awaiting:
-            return  # an older frame, or a timeout of one already acknowledged
-        self._awaiting = None
-        if not self.running and self._pending is not None:
-            self._start()
-
-    def _start(self) -> None:  # on the event loop
-        if self.loop is None:
-            self.loop = IOLoop.current()
-        self._waiting_since = None
-        self.running = True  # a turn asked: the job runs or waits in the pool
-        (self.pool or executor()).submit(self._work)
-
-    def _work(self) -> None:  # in a worker thread: the latest job, taken as the turn starts
-        with self._lock:
-            job, self._pending = self._pending, None
-        out, err = _call(job) if job is not None else (None, None)
-        self.loop.add_callback(self._finished, out, err)  # thread-safe
-
-    def _finished(self, out, err) -> None:  # on the event loop: run _done with the doc's lock
-        with contextlib.suppress(Exception):  # the session may have ended meanwhile
-            self.doc.add_next_tick_callback(partial(self._done, out, err))
-
-    def _done(self, out, err) -> None:  # on the event loop
-        self.running = False
-        with hold(self.doc):  # all changes of one update in one message to the browser
-            self.deliver(out, err, self._pending is None)
-        if self._pending is not None and self._awaiting is None:
-            self._start()  # the next update computes while this one is sent
-
-
-def _call(job) -> tuple:
-    try:
-        return job(), None
-    except Exception as exc:  # noqa: BLE001 - handed to deliver, which shows or re-raises it
-        return None, exc
 
 
 def _snapshot(settings: param.Parameterized) -> param.Parameterized:
@@ -307,6 +146,8 @@ class FieldLab(pn.viewable.Viewer):
         self._zoom: tuple | None = None  # (x_range, y_range) of the map view
         self._seconds: dict[tuple, float] = {}  # last update time per (kind, size)
         self._updates = LatestOnly(self._deliver, doc=doc)
+        # the views that follow once the updates pause, computed in a thread of their own
+        self._settled = LatestOnly(self._deliver_settled, doc=doc, pool=executor("settled"))
         self._frames_sent = 0  # frames of map and P(k) sent to the browser (paint acks)
         # fixed size: a table that changed size re-laid out the whole page (~30 ms per update)
         self._readout_pane = pn.pane.HTML(
@@ -371,7 +212,7 @@ class FieldLab(pn.viewable.Viewer):
 
     def update(self) -> None:
         """Recompute :attr:`result` from the settings now and push it to the views."""
-        out, err = _call(partial(_compute_frame, self.settings))
+        out, err = capture(partial(_compute_frame, self.settings))
         self._deliver(out, err, True)
 
     def request_update(self) -> None:
@@ -557,41 +398,34 @@ class FieldLab(pn.viewable.Viewer):
     def _show_settled(self, tag: int) -> None:
         """The views that follow once the updates pause (on the event loop, :data:`READOUT_AFTER`
         s after the last result): their numbers — pixel PDF, σ, skewness, peak counts — are
-        computed in a worker thread (10–25 ms for a 256² map, which on the event loop held up
-        the frames of every other session of the server; ``--profile-server``), then shown by
-        :meth:`_apply_settled`."""
+        computed by a :class:`~explorer.latest.LatestOnly` of their own in the one-thread
+        ``"settled"`` pool (10–25 ms for a 256² map, which on the event loop held up the frames
+        of every other session of the server, ``--profile-server``; in the shared ``"updates"``
+        worker they queued before other sessions' maps), then shown by
+        :meth:`_deliver_settled`."""
         if tag != self._readout_requests:  # a newer result brings its own
             return
-        result, doc = self.result, self._updates.doc
-        loop = self._updates.loop or IOLoop.current()
+        result = self.result
+        self._settled.request(lambda: (tag, frames.secondary_data(result)))
 
-        def work() -> None:  # in a worker thread
-            out, err = _call(partial(frames.secondary_data, result))
-            with contextlib.suppress(Exception):  # the session may have ended meanwhile
-                loop.add_callback(
-                    doc.add_next_tick_callback, partial(self._apply_settled, tag, out, err)
-                )
-
-        (self._updates.pool or executor("settled")).submit(work)
-
-    def _apply_settled(self, tag: int, secondary: dict | None, err) -> None:
-        """Show the readout and the PDF and peak counts (``secondary``,
-        :func:`explorer.fieldlab_frames.secondary_data` of the result on screen) in one message
-        to the browser: sent one by one (readout text, three sources, four axis bounds) they
-        made the page lay out and paint four times, ~50 ms of the renderer's CPU per step
-        (Chromium trace). Skipped when a newer result came meanwhile (it brings its own)."""
-        if tag != self._readout_requests:
-            return
+    def _deliver_settled(self, out, err, latest: bool) -> None:
+        """Show the readout and the PDF and peak counts (``out``: the tag of the result and
+        :func:`explorer.fieldlab_frames.secondary_data` of it) in one message to the browser
+        (:class:`~explorer.latest.LatestOnly` holds the document's events): sent one by one
+        (readout text, three sources, four axis bounds) they made the page lay out and paint
+        four times, ~50 ms of the renderer's CPU per step (Chromium trace). Skipped when a
+        newer result came meanwhile (it brings its own)."""
         if err is not None:
             raise err
-        with hold(self._updates.doc):
-            self._show_readout()
-            figures, frame = self._secondary
-            # only the frame still on screen, on the figures it was for
-            if figures is not None and figures is self._figures and frame is self._frame:
-                if "pdf" not in frame:
-                    frame.update(secondary)
-                figures.show(frame, frames.SECONDARY)
+        if out is None or out[0] != self._readout_requests:
+            return
+        self._show_readout()
+        figures, frame = self._secondary
+        # only the frame still on screen, on the figures it was for
+        if figures is not None and figures is self._figures and frame is self._frame:
+            if "pdf" not in frame:
+                frame.update(out[1])
+            figures.show(frame, frames.SECONDARY)
 
     def _show_readout(self, *_) -> None:
         # the settings of the map on screen (they lag the widgets while an update is pending)

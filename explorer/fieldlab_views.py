@@ -175,7 +175,7 @@ def _static_legend(fig, entries) -> None:
 class FrameAck(DataModel):
     """The browser's acknowledgement of painted frames: the server sets ``sent`` with a frame's
     data (same message); once the page has painted it, the page sets ``painted`` to it, which
-    comes back to the server (flow control of :class:`explorer.fieldlab.LatestOnly`)."""
+    comes back to the server (flow control of :class:`explorer.latest.LatestOnly`)."""
 
     sent = Int(0, help="Number of the last frame sent to the browser.")
     painted = Int(0, help="Number of the last frame the browser painted.")

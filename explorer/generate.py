@@ -8,7 +8,7 @@ read, no checkpoint). The chosen one is loaded once per server process
 (:func:`load_emulator`, :class:`engine.evaluation.sampling.Emulator`); its parameter names and
 training box make the sliders, and a diffusion model gets a sampling-steps slider.
 
-*Sample* computes, off the event loop in a served session (:class:`explorer.fieldlab.LatestOnly`
+*Sample* computes, off the event loop in a served session (:class:`explorer.latest.LatestOnly`
 on a pool of its own, so a diffusion model sampling for seconds never holds up the field lab or
 other sessions), :func:`compute`: ``count`` generated maps; as many as ``sim_count`` simulator
 maps of the kind the generator was trained on at the same parameters
@@ -38,7 +38,6 @@ import param
 
 from engine.evaluation.sampling import Emulator
 from engine.params import ConfigError
-from explorer.fieldlab import LatestOnly
 from explorer.generate_compute import (  # noqa: F401 - the page's computation, re-exported
     EMULATOR_CACHE_SIZE,
     MAX_COUNT,
@@ -60,6 +59,7 @@ from explorer.generate_views import (
     channel_label,
     result_views,
 )
+from explorer.latest import LatestOnly
 from explorer.report import param_label
 from explorer.training import default_examples_root, default_runs_root
 from explorer.widgets import label, look

@@ -12,7 +12,7 @@ Three modules, as the field lab:
 * this module: the page state :class:`LensingPage`.
 
 Every change of a setting is computed off the event loop in a served session, from a snapshot
-of the settings, only ever the latest (:class:`explorer.fieldlab.LatestOnly` on the field lab's
+of the settings, only ever the latest (:class:`explorer.latest.LatestOnly` on the field lab's
 worker threads); the finished image replaces the columns of the figures' sources, so the zoom
 survives. The page says how long the update took (image, curves and classifier apart).
 
@@ -48,10 +48,10 @@ from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.strong_lens import CLASSES
 from engine.runs import list_runs, read_json
-from explorer.fieldlab import LatestOnly
 from explorer.generate import executor as generate_executor
 from explorer.generate import one_line
 from explorer.generate_compute import class_label
+from explorer.latest import LatestOnly
 from explorer.lensing_compute import (
     ClassifierInfo,
     LensResult,

@@ -19,6 +19,7 @@ import panel as pn
 import pytest
 from bokeh.document import Document
 
+import explorer.latest
 from engine.kinds import FIELD_KINDS
 from engine.params import ConfigError, FieldParams
 from engine.physics import slabs
@@ -31,6 +32,7 @@ from engine.train.settings import PRESETS
 from explorer import fieldlab, fieldlab_kinds, training
 from explorer.fieldlab import FieldLab, compute
 from explorer.fieldlab_views import parameter_rows, parameter_table
+from explorer.latest import LatestOnly
 from explorer.training import TrainingController
 
 
@@ -293,7 +295,7 @@ class FakePool:
 
 def test_latest_only_never_queues_stale_updates():
     doc, pool, delivered = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(
+    runner = LatestOnly(
         lambda out, err, latest: delivered.append((out, latest)), doc, pool, NowLoop()
     )
     runner.request(lambda: 0)
@@ -312,9 +314,7 @@ def test_latest_only_never_queues_stale_updates():
 def test_latest_only_takes_the_latest_job_when_its_turn_comes():
     """While the pool serves other sessions, requests of this one wait as one pending job."""
     doc, pool, delivered = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(
-        lambda out, err, latest: delivered.append(out), doc, pool, NowLoop()
-    )
+    runner = LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool, NowLoop())
     for v in range(5):
         runner.request(lambda v=v: v)
     assert len(pool.jobs) == 1  # one turn asked
@@ -332,7 +332,7 @@ def test_latest_only_sends_the_next_frame_once_the_last_is_painted():
         delivered.append(out)
         runner.expect_ack(out)  # frame number = the value, for the test
 
-    runner = fieldlab.LatestOnly(deliver, doc, pool, NowLoop())
+    runner = LatestOnly(deliver, doc, pool, NowLoop())
     runner.request(lambda: 1)
     pool.run_one()
     doc.tick()
@@ -358,9 +358,7 @@ def test_latest_only_sends_the_next_frame_once_the_last_is_painted():
 
 def test_latest_only_hands_errors_to_deliver():
     doc, pool, got = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(
-        lambda out, err, latest: got.append((out, err)), doc, pool, NowLoop()
-    )
+    runner = LatestOnly(lambda out, err, latest: got.append((out, err)), doc, pool, NowLoop())
     runner.request(lambda: 1 / 0)
     pool.run_one()
     doc.tick()
@@ -369,9 +367,7 @@ def test_latest_only_hands_errors_to_deliver():
 
 def test_latest_only_settles_before_slow_jobs(monkeypatch):
     doc, pool, delivered = FakeDoc(), FakePool(), []
-    runner = fieldlab.LatestOnly(
-        lambda out, err, latest: delivered.append(out), doc, pool, NowLoop()
-    )
+    runner = LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool, NowLoop())
     for v in range(3):  # a burst of slow requests: nothing starts before the settle time
         runner.request(lambda v=v: v, settle=0.06)
     assert not pool.jobs and runner.busy
@@ -380,7 +376,7 @@ def test_latest_only_settles_before_slow_jobs(monkeypatch):
     pool.run_one()
     doc.tick()
     assert delivered == [2] and not runner.busy
-    monkeypatch.setattr(fieldlab, "MAX_SETTLE", 0.0)  # waited long enough: starts at once
+    monkeypatch.setattr(explorer.latest, "MAX_SETTLE", 0.0)  # waited long enough: starts at once
     runner.request(lambda: 3, settle=0.06)
     assert len(pool.jobs) == 1
 
@@ -391,6 +387,7 @@ def test_slow_updates_say_updating_at_once_and_end_on_the_last_value(monkeypatch
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(LPTParams(size=32, seed=1), doc=doc)  # the first map is made at once
     lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab._settled.pool, lab._settled.loop = pool, NowLoop()
     first = lab.result
     monkeypatch.setattr(fieldlab, "BUSY_AFTER", 0.0)  # every update counts as slow here
     monkeypatch.setattr(fieldlab, "SETTLE_AFTER", 0.0)
@@ -414,6 +411,7 @@ def test_fast_updates_do_not_flash_updating():
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(FieldParams(size=64), doc=doc)
     lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab._settled.pool, lab._settled.loop = pool, NowLoop()
     lab._seconds[("grf", 64)] = 0.01  # the last update of this kind and size was fast
     lab.settings.omega_m = 0.35
     assert not lab.busy and lab._status.object == ""
@@ -427,6 +425,7 @@ def test_readout_follows_when_updates_pause():
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(FieldParams(size=64), doc=doc)
     lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab._settled.pool, lab._settled.loop = pool, NowLoop()
     lab._seconds[("grf", 64)] = 0.01  # fast (a cold first map may not be): no settling
     first = lab._readout_pane.object
     assert "0.3" in first
@@ -449,6 +448,7 @@ def test_main_views_are_sent_before_the_pdf_and_peaks():
     doc, pool = FakeDoc(), FakePool()
     lab = FieldLab(FieldParams(size=64), doc=doc)
     lab._updates.pool, lab._updates.loop = pool, NowLoop()
+    lab._settled.pool, lab._settled.loop = pool, NowLoop()
     lab._seconds[("grf", 64)] = 0.01  # fast (a cold first map may not be): no settling
     lab.__panel__().get_root(Document())
     figures = lab._figures
