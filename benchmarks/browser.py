@@ -619,6 +619,17 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-server", help="folder for cProfile output of the servers")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    from engine.params import FieldParams  # the slider's range
+
+    top = FieldParams.param.omega_m.bounds[1]
+    for flag, steps, drags in (("", args.steps, args.drags), ("5", args.steps5, args.drags5)):
+        last = Plan(SIGMA8_0, steps, drags, args.presses).values()[-1]
+        if last > top:
+            ap.error(
+                f"--steps{flag} {steps} and --drags{flag} {drags} (x {args.presses} presses) "
+                f"walk Ω_m from {OMEGA_M0} to {last}, above the slider's maximum {top}: "
+                f"need {OMEGA_M0} + {STEP} x (steps + drags x presses) <= {top}"
+            )
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing: no browser benchmark")
         return 0

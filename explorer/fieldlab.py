@@ -147,7 +147,9 @@ class FieldLab(pn.viewable.Viewer):
         self._seconds: dict[tuple, float] = {}  # last update time per (kind, size)
         self._updates = LatestOnly(self._deliver, doc=doc)
         # the views that follow once the updates pause, computed in a thread of their own
-        self._settled = LatestOnly(self._deliver_settled, doc=doc, pool=executor("settled"))
+        self._settled = LatestOnly(
+            self._deliver_settled, doc=doc, pool=executor("settled"), idle=True
+        )
         self._frames_sent = 0  # frames of map and P(k) sent to the browser (paint acks)
         # fixed size: a table that changed size re-laid out the whole page (~30 ms per update)
         self._readout_pane = pn.pane.HTML(
@@ -401,8 +403,9 @@ class FieldLab(pn.viewable.Viewer):
         computed by a :class:`~explorer.latest.LatestOnly` of their own in the one-thread
         ``"settled"`` pool (10–25 ms for a 256² map, which on the event loop held up the frames
         of every other session of the server, ``--profile-server``; in the shared ``"updates"``
-        worker they queued before other sessions' maps), then shown by
-        :meth:`_deliver_settled`."""
+        worker they queued before other sessions' maps), at idle priority (once no session's
+        live update is computing or being painted, at most ``IDLE_WAIT`` s later), then shown
+        by :meth:`_deliver_settled`."""
         if tag != self._readout_requests:  # a newer result brings its own
             return
         result = self.result

@@ -6,7 +6,8 @@ A served Panel session must not compute on the Tornado event loop, which carries
 messages; and a slider moved faster than the updates are computed must never queue stale ones.
 :class:`LatestOnly` keeps at most one job of its owner running and one waiting (a newer request
 replaces the waiting one), starts slow jobs only once the settings settle, and holds the next job
-until the browser says it painted the last frame (flow control).
+until the browser says it painted the last frame (flow control). Views that are not live (the
+field lab's PDF and peak counts) run at idle priority: after every session's live updates.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,6 +29,13 @@ MAX_SETTLE = 0.5
 #: Seconds a served page waits for the browser to say it painted a frame before it sends the
 #: next one anyway (a hidden tab runs no animation frames and never says so).
 ACK_TIMEOUT = 1.0
+#: Seconds an idle-priority job waits at most for the live updates of every session of the
+#: server to pause (then it starts anyway), and how often it looks again meanwhile.
+IDLE_WAIT = 3.0
+IDLE_POLL = 0.05
+#: A live runner busier than this many seconds counts as idle: a session that ended while its
+#: job ran (its completion never delivered) holds up the others' idle views no longer.
+LIVE_STALE = 30.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +89,15 @@ class LatestOnly:
     second of stale frames in the browsers (every key press of a drag was drawn, each ~0.1 s of
     the renderer's CPU), and its last value waited behind them.
 
+    Idle priority (``idle=True``, for views that need not follow every step): a job starts only
+    while no live runner of the process (any other served runner, of any session) has a job
+    running or a frame sent and not yet painted, or :data:`IDLE_WAIT` s after the first waiting
+    request, whichever comes first. One session alone sees no difference (its own live update
+    is painted before its idle views are asked for); five sessions stepping at once on two
+    cores no longer spend a third of the CPU (server and renderers) repainting secondary views
+    between the presses of the others (``benchmarks/browser.py``): those views then lag by at
+    most :data:`IDLE_WAIT` s.
+
     Parameters
     ----------
     deliver : callable
@@ -90,10 +108,21 @@ class LatestOnly:
         Where jobs run (default :func:`executor`).
     loop : tornado.ioloop.IOLoop, optional
         The document's event loop (default: the current one when the first job starts).
+    idle : bool
+        Idle priority (above); default False: a live runner.
     """
 
-    def __init__(self, deliver: Callable, doc=None, pool=None, loop=None):
+    #: The live runners of served documents in this process (weakly: a closed session's go).
+    _live: weakref.WeakSet = weakref.WeakSet()
+
+    def __init__(self, deliver: Callable, doc=None, pool=None, loop=None, idle: bool = False):
         self.deliver, self.doc, self.pool, self.loop = deliver, doc, pool, loop
+        self.idle = idle
+        self._busy_since = 0.0  # when the current job started or frame was sent
+        self._idle_since: float | None = None  # first idle-priority request waiting
+        self._polling = False
+        if doc is not None and not idle:
+            LatestOnly._live.add(self)
         self._pending: Callable | None = None
         self._lock = threading.Lock()  # guards _pending (a worker takes it when it starts)
         self._requests = 0  # number of requests so far (tags the settle timers)
@@ -105,6 +134,18 @@ class LatestOnly:
     def busy(self) -> bool:
         """True while a job runs or waits."""
         return self.running or self._pending is not None
+
+    @property
+    def live_busy(self) -> bool:
+        """True while a job of this runner runs or its frame waits to be painted (and for at
+        most :data:`LIVE_STALE` s)."""
+        busy = self.running or self._awaiting is not None
+        return busy and time.monotonic() - self._busy_since < LIVE_STALE
+
+    @classmethod
+    def live_work(cls) -> bool:
+        """True while any live runner of the process is :attr:`live_busy`."""
+        return any(runner.live_busy for runner in list(cls._live))
 
     def request(self, job: Callable[[], object], settle: float = 0.0) -> None:
         """Compute ``job()`` (a snapshot of what to compute) as soon as possible.
@@ -123,14 +164,33 @@ class LatestOnly:
         now = time.monotonic()
         waiting = self._waiting_since if self._waiting_since is not None else now
         if settle <= 0 or now - waiting >= MAX_SETTLE:
-            self._start()
+            self._go()
             return
         self._waiting_since = waiting
         self.doc.add_timeout_callback(partial(self._settled, self._requests), int(1e3 * settle))
 
     def _settled(self, tag: int) -> None:  # on the event loop
         if tag == self._requests and not self.running and self._pending is not None:
+            self._go()
+
+    def _go(self) -> None:  # on the event loop: start now, or (idle priority) once it is idle
+        if not self.idle or self.doc is None:
             self._start()
+            return
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        if now - self._idle_since >= IDLE_WAIT or not LatestOnly.live_work():
+            self._idle_since = None
+            self._start()
+        elif not self._polling:
+            self._polling = True
+            self.doc.add_timeout_callback(self._poll, int(1e3 * IDLE_POLL))
+
+    def _poll(self) -> None:  # on the event loop
+        self._polling = False
+        if not self.running and self._awaiting is None and self._pending is not None:
+            self._go()
 
     def expect_ack(self, frame: int) -> None:
         """Hold the next job until :meth:`acknowledge` receives ``frame`` (or a later one), at
@@ -138,6 +198,7 @@ class LatestOnly:
         if self.doc is None:
             return
         self._awaiting = int(frame)
+        self._busy_since = time.monotonic()
         self.doc.add_timeout_callback(partial(self.acknowledge, frame), int(1e3 * ACK_TIMEOUT))
 
     def acknowledge(self, frame: int) -> None:
@@ -146,12 +207,13 @@ class LatestOnly:
             return  # an older frame, or a timeout of one already acknowledged
         self._awaiting = None
         if not self.running and self._pending is not None:
-            self._start()
+            self._go()
 
     def _start(self) -> None:  # on the event loop
         if self.loop is None:
             self.loop = IOLoop.current()
         self._waiting_since = None
+        self._busy_since = time.monotonic()
         self.running = True  # a turn asked: the job runs or waits in the pool
         (self.pool or executor()).submit(self._work)
 
@@ -170,7 +232,7 @@ class LatestOnly:
         with hold(self.doc):  # all changes of one update in one message to the browser
             self.deliver(out, err, self._pending is None)
         if self._pending is not None and self._awaiting is None:
-            self._start()  # the next update computes while this one is sent
+            self._go()  # the next update computes while this one is sent
 
 
 def capture(job: Callable[[], object]) -> tuple:

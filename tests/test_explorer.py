@@ -6,12 +6,15 @@ No browser and no real training: runs are launched for real only to check the la
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
+from functools import partial
 
 import holoviews as hv
 import numpy as np
@@ -379,6 +382,41 @@ def test_latest_only_settles_before_slow_jobs(monkeypatch):
     monkeypatch.setattr(explorer.latest, "MAX_SETTLE", 0.0)  # waited long enough: starts at once
     runner.request(lambda: 3, settle=0.06)
     assert len(pool.jobs) == 1
+
+
+def test_idle_priority_waits_for_every_sessions_live_updates(monkeypatch):
+    """An idle-priority job (the field lab's PDF and peak counts) starts only once no live
+    runner of any session computes or waits for its frame to be painted, or IDLE_WAIT s after
+    it was first requested; a live runner of a closed session stops counting."""
+    monkeypatch.setattr(LatestOnly, "_live", weakref.WeakSet())
+    doc, pool, delivered = FakeDoc(), FakePool(), []
+    live = LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool, NowLoop())
+    idle = LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool, NowLoop(), True)
+    live.request(lambda: 1)
+    idle.request(lambda: "pdf")
+    assert len(pool.jobs) == 1 and idle.busy  # only the live job: the idle one waits
+    pool.run_one()
+    doc.tick()  # frame 1 (another session's map and P(k)) is sent ...
+    live.expect_ack(1)
+    doc.timeouts = [t for t in doc.timeouts if not isinstance(t, partial)]  # no ack timeout
+    doc.time_passes()  # ... the idle job polls while it is being painted: still waiting
+    assert delivered == [1] and not pool.jobs and len(doc.timeouts) == 1
+    live.acknowledge(1)  # painted: the next poll starts the idle job
+    doc.time_passes()
+    assert len(pool.jobs) == 1
+    pool.run_one()
+    doc.tick()
+    assert delivered == [1, "pdf"] and not idle.busy
+    live.request(lambda: 2)  # live work never ends (a drag in another tab) ...
+    idle.request(lambda: "pdf2")
+    monkeypatch.setattr(explorer.latest, "IDLE_WAIT", 0.0)  # ... the idle job waited enough
+    doc.time_passes()
+    assert len(pool.jobs) == 2  # the live job and the idle one
+    assert LatestOnly.live_work()
+    pool.jobs.clear()  # the session closes: nothing refers to its runners any more
+    del live
+    gc.collect()  # a closed session's runner holds up no one
+    assert not LatestOnly.live_work()
 
 
 def test_slow_updates_say_updating_at_once_and_end_on_the_last_value(monkeypatch):
