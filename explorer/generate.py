@@ -153,9 +153,9 @@ class GeneratePage(pn.viewable.Viewer):
     )
     sampler = param.Selector(
         default="ddim",
-        objects=["ddim", "dpm"],
-        doc="Diffusion sampler (a diffusion model only; its own setting when chosen): DDIM or "
-        "DPM-Solver++ (dpm).",
+        objects=["ddim", "dpm", "sde"],  # engine.tasks.diffusion_sampling.SAMPLERS (torch-free)
+        doc="Diffusion sampler (a diffusion model only; its own setting when chosen): DDIM, "
+        "DPM-Solver++ (dpm) or SDE-DPM-Solver++ (sde).",
     )
     theta = param.Dict(default={}, doc="{parameter: value} of the next Sample.")
     channel = param.Selector(default=0, objects=[0], doc="Channel shown (index).")

@@ -279,7 +279,7 @@ def compute(
     progress : callable, optional
         ``progress(text)`` with one line about the stage; may raise (e.g. :class:`Superseded`)
         to stop the computation.
-    sampler : {"ddim", "dpm"}, optional
+    sampler : {"ddim", "dpm", "sde"}, optional
         Diffusion sampler (default: the model's); ignored for a GAN.
 
     Raises

@@ -107,7 +107,8 @@ def _add_evaluate_parsers(sub) -> None:
     e.add_argument(
         "--sampler",
         default=None,
-        help="Diffusion sampler: ddim or dpm (DPM-Solver++; default: the model's).",
+        help="Diffusion sampler: ddim, dpm (DPM-Solver++) or sde (SDE-DPM-Solver++; default: "
+        "the model's).",
     )
     e.add_argument(
         "--no-memorisation",

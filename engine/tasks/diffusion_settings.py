@@ -57,8 +57,9 @@ class DiffusionParams(GenerativeParams):
     sampler = param.Selector(
         default="ddim",
         objects=list(SAMPLERS),
-        doc="Sampler of generated maps: ddim (deterministic DDIM, eta = 0, Song et al. 2021) or "
-        "dpm (DPM-Solver++ 2nd-order multistep, Lu et al. 2022).",
+        doc="Sampler of generated maps: ddim (deterministic DDIM, eta = 0, Song et al. 2021), "
+        "dpm (DPM-Solver++ 2nd-order multistep, Lu et al. 2022) or sde (its stochastic "
+        "variant SDE-DPM-Solver++: fresh noise at every step).",
     )
     sample_steps = param.Integer(
         50,
