@@ -137,10 +137,13 @@ class LatestOnly:
 
     @property
     def live_busy(self) -> bool:
-        """True while a job of this runner runs or its frame waits to be painted (and for at
-        most :data:`LIVE_STALE` s)."""
-        busy = self.running or self._awaiting is not None
-        return busy and time.monotonic() - self._busy_since < LIVE_STALE
+        """True while a job of this runner runs (for at most :data:`LIVE_STALE` s) or its frame
+        waits to be painted (at most :data:`ACK_TIMEOUT` s, after which the next frame goes
+        anyway): a closed session's runner, whose timers are gone, holds no one up for long."""
+        age = time.monotonic() - self._busy_since
+        if self.running:
+            return age < LIVE_STALE
+        return self._awaiting is not None and age < ACK_TIMEOUT
 
     @classmethod
     def live_work(cls) -> bool:

@@ -39,6 +39,13 @@ from explorer.latest import LatestOnly
 from explorer.training import TrainingController
 
 
+@pytest.fixture(autouse=True)
+def _own_live_runners(monkeypatch):
+    """Each test sees only its own live runners (explorer.latest.LatestOnly._live): a runner
+    left busy by another test must not hold up this one's idle-priority views."""
+    monkeypatch.setattr(LatestOnly, "_live", weakref.WeakSet())
+
+
 @pytest.fixture(scope="module")
 def base() -> fieldlab.FieldLabResult:
     return compute(FieldParams(size=128, omega_m=0.3, sigma8=0.8, seed=3))
@@ -388,7 +395,6 @@ def test_idle_priority_waits_for_every_sessions_live_updates(monkeypatch):
     """An idle-priority job (the field lab's PDF and peak counts) starts only once no live
     runner of any session computes or waits for its frame to be painted, or IDLE_WAIT s after
     it was first requested; a live runner of a closed session stops counting."""
-    monkeypatch.setattr(LatestOnly, "_live", weakref.WeakSet())
     doc, pool, delivered = FakeDoc(), FakePool(), []
     live = LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool, NowLoop())
     idle = LatestOnly(lambda out, err, latest: delivered.append(out), doc, pool, NowLoop(), True)
@@ -496,6 +502,9 @@ def test_main_views_are_sent_before_the_pdf_and_peaks():
     doc.tick()
     np.testing.assert_array_equal(figures.sources["measured"].data["P"], lab.result.pk)
     assert figures.sources["pdf"].data["top"] is pdf_before
+    doc.time_passes()  # the settled views wait (idle priority) while the frame is painted ...
+    assert not pool.jobs
+    lab._updates.acknowledge(lab._frames_sent)  # ... the page says it painted it
     doc.time_passes()
     pool.run_one()  # the PDF and peak counts, computed in a worker
     doc.tick()
