@@ -38,6 +38,7 @@ import param
 
 from engine.evaluation.sampling import Emulator
 from engine.params import ConfigError
+from engine.tasks.diffusion_sampling import SAMPLER_LABELS, SAMPLERS
 from explorer.generate_compute import (  # noqa: F401 - the page's computation, re-exported
     EMULATOR_CACHE_SIZE,
     MAX_COUNT,
@@ -153,7 +154,7 @@ class GeneratePage(pn.viewable.Viewer):
     )
     sampler = param.Selector(
         default="ddim",
-        objects=["ddim", "dpm", "sde"],  # engine.tasks.diffusion_sampling.SAMPLERS (torch-free)
+        objects=list(SAMPLERS),
         doc="Diffusion sampler (a diffusion model only; its own setting when chosen): DDIM, "
         "DPM-Solver++ (dpm) or SDE-DPM-Solver++ (sde).",
     )
@@ -185,7 +186,7 @@ class GeneratePage(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )  # fmt: skip
         self._sampler_widget = pn.widgets.RadioButtonGroup.from_param(
-            self.param.sampler, name="diffusion sampler", options={"DDIM": "ddim", "DPM-Solver++": "dpm"},
+            self.param.sampler, name="diffusion sampler", options={v: k for k, v in SAMPLER_LABELS.items()},
             visible=False, sizing_mode="stretch_width",
         )  # fmt: skip
         self._view = None

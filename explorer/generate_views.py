@@ -34,6 +34,7 @@ import panel as pn
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
 from bokeh.plotting import figure
 
+from engine.tasks.diffusion_sampling import SAMPLER_LABELS
 from explorer.fieldlab_frames import MAP_PALETTE, colour_map
 from explorer.fieldlab_views import TOOLS
 from explorer.report import param_label
@@ -225,7 +226,7 @@ def where_markdown(result: GenerateResult) -> str:
     values = ", ".join(f"{param_label(k)} = {v:.4g}" for k, v in result.theta.items())
     steps = f" · {result.steps} sampling steps" if result.steps else ""
     if result.sampler:
-        steps += f" ({'DPM-Solver++' if result.sampler == 'dpm' else result.sampler.upper()})"
+        steps += f" ({SAMPLER_LABELS.get(result.sampler, result.sampler)})"
     return f"**{result.generator}** at {values} · seed {result.seed}{steps} · first map of each set"
 
 

@@ -254,6 +254,14 @@ def test_diffusion_generator_gets_steps_and_sampler(tmp_path, diffusion_run):
     page.sample()
     assert page.error == "" and page.result.sampler == "dpm"
     assert "DPM-Solver++" in gv.where_markdown(page.result)
+    # every sampler of the engine is offered, by its name
+    assert page._sampler_widget.options == {
+        "DDIM": "ddim", "DPM-Solver++": "dpm", "SDE-DPM-Solver++": "sde"
+    }  # fmt: skip
+    page.sampler = "sde"
+    page.sample()
+    assert page.error == "" and page.result.sampler == "sde"
+    assert "(SDE-DPM-Solver++)" in gv.where_markdown(page.result)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,10 +39,11 @@ from torch import nn
 
 from engine.params import ConfigError
 
-__all__ = ["SAMPLERS", "DiffusionSampling"]
+__all__ = ["SAMPLERS", "SAMPLER_LABELS", "DiffusionSampling"]
 
-#: The samplers of :meth:`DiffusionSampling.sample_normalised`.
-SAMPLERS = ("ddim", "dpm", "sde")
+#: The samplers of :meth:`DiffusionSampling.sample_normalised` and their names on screen.
+SAMPLER_LABELS = {"ddim": "DDIM", "dpm": "DPM-Solver++", "sde": "SDE-DPM-Solver++"}
+SAMPLERS = tuple(SAMPLER_LABELS)
 
 
 class DiffusionSampling:
