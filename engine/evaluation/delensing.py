@@ -84,7 +84,18 @@ spectrum of two maps with independent noise of power N_b each*:
 (the auto-spectrum variance 2(C + N)²/ν would overstate it by up to 2× where N dominates). N_b is
 the noise power of one delensed copy, measured as (auto(d1) + auto(d2))/2 − cross(d1, d2).
 Bins are treated as independent (on a cut sky neighbours correlate; the curvature σ is then
-slightly optimistic). The likelihood is maximised analytically at fixed variance, iterating the
+slightly optimistic).
+
+A delenser that also removes part of the primordial B must have its r fitted with the tensor
+template it passes: C_b = r F_b T_b + R_b, F_b its *transfer function* on primordial B, measured
+by injection as in every BB analysis (simulated signal through the pipeline, e.g. BICEP2/Keck
+2016, PRL 116, 031302, §IV): tensor-only B at r = :data:`R_INJECT` (beamed, a seeded Gaussian
+realisation, E = 0) is added to the observed Q/U of up to :data:`TRANSFER_SKIES` skies of the
+lowest r, both versions are delensed, and the map-level response g_b = C_b^BB[d(obs + B) −
+d(obs), B] / C_b^BB[B, B] (summed over the skies) gives the power transfer F_b = g_b². The
+baselines need none (``none`` returns the input; ``template`` subtracts a template built from E
+and φ, which injected B does not change): F_b = 1. A delenser that reads anything but the
+observed Q/U (a test oracle that uses the true sky) is not measured correctly this way. The likelihood is maximised analytically at fixed variance, iterating the
 variance at max(r̂, 0) (5 iterations): r̂ = Σ T (Ĉ − R)/V / Σ T²/V, σ(r) = (Σ T²/V)^(−1/2) (the
 curvature of −ln L at fixed V; the ln V term is left out, as it biases r̂).
 
@@ -159,13 +170,19 @@ from engine.params import ConfigError
 DELENSING_REPORT_VERSION = 1
 #: Tensor-to-scalar ratios the evaluation simulates.
 R_VALUES = (0.0, 0.01, 0.05)
+#: r of the tensor-only B modes injected to measure a delenser's transfer function, and at most
+#: how many skies (of the lowest r) it is measured on.
+R_INJECT = 0.05
+TRANSFER_SKIES = 3
 
 __all__ = [
     "APODIZATION_DEG",
     "DELENSING_REPORT_VERSION",
     "DELTA_ELL",
     "ELL_RANGE",
+    "R_INJECT",
     "R_VALUES",
+    "TRANSFER_SKIES",
     "Bins",
     "apodize_mask",
     "bin_cl",
@@ -181,6 +198,7 @@ __all__ = [
     "residual_fraction",
     "second_observation",
     "template_delens",
+    "tensor_b_maps",
     "tensor_template",
 ]
 
@@ -310,6 +328,60 @@ def _rkey(r: float) -> str:
     return f"{float(r):g}"
 
 
+def _first_skies(sky: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` skies of a sky mapping (arrays with one row per sky cut; the rest kept)."""
+    count = _sky_map(sky, "Q").shape[0]
+    return {
+        k: v[:n] if isinstance(v, np.ndarray) and v.ndim == 2 and len(v) == count else v
+        for k, v in sky.items()
+    }
+
+
+def tensor_b_maps(
+    n_sky: int, nside: int, lmax: int, beam: float, spectra, r: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Q, U of tensor-only B modes (E = 0): Gaussian a_ℓm of r · C_ℓ^BB,tensor(r = 1) · b_ℓ².
+
+    Parameters
+    ----------
+    n_sky, nside, lmax : int
+        Number of maps, HEALPix nside, highest multipole (≤ ``spectra.lmax``).
+    beam : float
+        Gaussian FWHM, arcmin.
+    spectra : CMBSpectra
+        With ``tensor_bb_r1`` (µK², unbeamed).
+    r : float
+        Tensor-to-scalar ratio, ≥ 0.
+    seed : int
+        Seeds the realisations (``numpy.random.default_rng((seed, 2))``).
+
+    Returns
+    -------
+    (Q, U) ``(n_sky, 12 nside²) float64``, µK, RING.
+
+    Raises
+    ------
+    ConfigError
+        r < 0, or lmax above the spectra's.
+    """
+    from engine.physics.sky import synthesize_alm
+
+    if not (r >= 0 and math.isfinite(r)):
+        raise ConfigError(f"r={r} must be a finite number >= 0")
+    if lmax > spectra.lmax:
+        raise ConfigError(f"lmax={lmax} above the spectra's lmax={spectra.lmax}")
+    rng = np.random.default_rng((int(seed), 2))
+    cl = r * spectra.tensor_bb_r1[: lmax + 1] * _gauss_beam(beam, lmax) ** 2
+    q, u = [], []
+    for _ in range(n_sky):
+        b = synthesize_alm(cl, rng)
+        z = np.zeros_like(b)
+        _, qi, ui = hp.alm2map([z, z, b], nside, lmax=lmax, pol=True)
+        q.append(qi)
+        u.append(ui)
+    return np.array(q), np.array(u)
+
+
 def delensing_report(
     skies: Mapping[float, Any],
     delensers: Mapping[str, Delenser] | None = None,
@@ -321,6 +393,7 @@ def delensing_report(
     pure_b: bool = True,
     template: bool = True,
     qe: bool = True,
+    transfer: bool = True,
 ) -> dict[str, Any]:
     """Every delensing metric for the given delensers and the baselines, JSON-ready.
 
@@ -346,6 +419,10 @@ def delensing_report(
         by E→B leakage on a galactic cut).
     template, qe : bool
         Run the true-φ template baseline and the QE forecasts.
+    transfer : bool
+        Measure each given delenser's transfer function on primordial B by injection (module
+        docstring; one more delenser call per sky on up to :data:`TRANSFER_SKIES` skies) and fit
+        r with it; the uncorrected fit is kept beside it.
 
     Returns
     -------
@@ -354,7 +431,9 @@ def delensing_report(
     ``methods`` (names); ``a_res`` {method: {``per_bin``, ``per_bin_err``, ``mean``, ``mean_err``,
     ``by_r`` {r: {``per_bin``, ``per_bin_err``, ``mean``, ``mean_err``}}}} (pooled over r as the
     ratio of summed band powers); ``fit_r`` {method: {``residual_model``, ``by_r`` {r:
-    :func:`r_summary`}}}; ``qe_forecast`` {``eb``, ``mv``: {``mean``, ``per_bin``}}; ``spectra``
+    :func:`r_summary`}, with ``transfer`` ({``per_bin`` F_b, ``mean`` Σ F_b T_b / Σ T_b over
+    ``ell_range``, ``r_injected``, ``n_skies``} for a measured delenser, None for a baseline) and
+    ``by_r_uncorrected`` (the fit with F_b = 1)}}; ``qe_forecast`` {``eb``, ``mv``: {``mean``, ``per_bin``}}; ``spectra``
     (binned sky-mean BB, µK², beamed, at the largest r: ``r``, ``lensed`` (cross of the two
     observations), ``unlensed``, ``delensed`` {method},
     ``theory_lensing``, ``qe_residual_mv``, ``primordial`` {r}).
@@ -424,6 +503,26 @@ def delensing_report(
     spectra = cmb_spectra(max(lmax, ell_range[1], int(bins.hi[-1])), **_cosmology(attrs0))
     t_b = tensor_template(bins, beam, spectra)
     b2 = _gauss_beam(beam, spectra.lmax) ** 2
+    transfers: dict[str, dict[str, Any]] = {}
+    if transfer and delensers:
+        use = bins.within(ell_range)
+        sky0 = _first_skies(by_r[rs[0]], TRANSFER_SKIES)
+        obs = _pair(_sky_map(sky0, "Q"), _sky_map(sky0, "U"), "observed")
+        qi, ui = tensor_b_maps(len(obs[0]), nside, lmax, beam, spectra, R_INJECT, seed)
+        b_in = h.alm(qi, ui)
+        b_auto = bin_cl(h.cl(b_in, b_in), bins).sum(0)
+        for name in delensers:
+            f = methods[name]
+            d0 = h.alm(*_pair(*f(obs[0], obs[1], sky0), f"{name} output"))
+            dj = h.alm(*_pair(*f(obs[0] + qi, obs[1] + ui, sky0), f"{name} output"))
+            g = bin_cl(h.cl(dj - d0, b_in), bins).sum(0) / b_auto
+            f_b = g**2
+            transfers[name] = {
+                "per_bin": f_b,
+                "mean": float(np.sum(f_b[use] * t_b[use]) / np.sum(t_b[use])),
+                "r_injected": R_INJECT,
+                "n_skies": len(obs[0]),
+            }
 
     report: dict[str, Any] = {
         "version": DELENSING_REPORT_VERSION,
@@ -470,11 +569,21 @@ def delensing_report(
             r_b = bin_cl(num, bins).mean(0)
             model = "mean (d - u) cross BB over all skies"
         n_b = np.clip(np.mean(dnoise[name], axis=0), 0.0, None)
-        fits = {}
+        fits, plain = {}, {}
+        tr = transfers.get(name)
         for r in rs:
             fit = fit_r(dcross[name][r], t_b, r_b, n_b, bins, fsky, ell_range)
+            plain[_rkey(r)] = r_summary(r, fit)
+            if tr is not None and np.any((tr["per_bin"] * t_b)[bins.within(ell_range)] > 0):
+                fit = fit_r(dcross[name][r], tr["per_bin"] * t_b, r_b, n_b, bins, fsky, ell_range)
             fits[_rkey(r)] = r_summary(r, fit)
-        report["fit_r"][name] = {"residual_model": model, "noise_bb": n_b, "by_r": fits}
+        report["fit_r"][name] = {
+            "residual_model": model,
+            "noise_bb": n_b,
+            "by_r": fits,
+            "transfer": tr,
+            "by_r_uncorrected": plain,
+        }
 
     theory_lensing = bin_cl(spectra.lensing_bb * b2, bins)
     spec = {

@@ -205,6 +205,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  QE {est.upper():<7} {f(q.get('mean'))} (forecast, perfect E)")
     fits = report.get("fit_r") or {}
     for name, fit in fits.items():
+        tr = fit.get("transfer")
+        if tr:
+            lines.append(
+                f"  {name}: transfer function on primordial B {f(tr.get('mean'))} over the "
+                f"range (injected r = {tr.get('r_injected')}, {tr.get('n_skies')} skies); "
+                "r fitted with it"
+            )
         for r, s in (fit.get("by_r") or {}).items():
             lines.append(
                 f"  r={r:<5} {name:<10} mean r_hat {f(s.get('mean_r_hat'), '.4f')} "
