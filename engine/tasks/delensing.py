@@ -5,7 +5,8 @@ Data
 ----
 The training skies are a file of ``python -m engine sky --kind cmb`` (:class:`engine.data.cmb.
 CMBSkies`; setting ``dataset``), split by sky (80/10/10 %). Input: the observed Q, U (µK);
-target: ``Q_unlensed``, ``U_unlensed`` (µK, same beam, no noise). Both are divided by one fixed
+target: ``Q_unlensed``, ``U_unlensed`` (µK, same beam, no noise; with ``keep_noise`` plus the
+input's own noise realisation, so that only the lensing is removed). Both are divided by one fixed
 scale, the RMS of the observed Q of the first training sky (saved in the checkpoint), so the
 network works with numbers of order one. Masks are ignored in training (the files hold every
 pixel); evaluation applies them.
@@ -95,6 +96,14 @@ class DelensingParams(param.Parameterized):
         doc="Weight of the B-mode term of the loss: the mean B power of the window's error "
         "against the unlensed sky plus the input's own noise (flat-sky E/B on the face grid, "
         "engine.nn.healpix_pol), added to the Q/U mean squared error; 0: plain MSE.",
+    )
+
+    keep_noise = param.Boolean(
+        False,
+        doc="Train towards the unlensed sky plus the input's own noise (remove the lensing "
+        "only, as a template does) instead of the noiseless unlensed sky (remove lensing and "
+        "noise: the network then also learns to filter B where the noise dominates, which "
+        "suppresses primordial B, see its transfer function in the evaluation report).",
     )
 
     def check(self) -> None:
@@ -319,13 +328,18 @@ class Delensing(Task):
         the lensing B left in the output, not the noise, which the cross-spectrum metrics do
         not count; measured 2026-11-26, a B term on the error against the noiseless sky made
         A_res worse and biased r low); scaled units squared; and the two terms (``loss_mse``,
-        ``loss_b``)."""
+        ``loss_b``). With ``keep_noise`` the Q/U error is taken against the unlensed sky plus
+        the input's noise."""
         err = pred - yb[:, :2]
+        if getattr(self.settings, "keep_noise", False):
+            err = err - yb[:, 2:4]
         mse = err.pow(2).mean()
         w = float(getattr(self.settings, "b_weight", 0.0) or 0.0)
         if w <= 0:
             return mse, {}
-        b = b_power(err - yb[:, 2:4], yb[:, 4:7])
+        b = b_power(
+            err if getattr(self.settings, "keep_noise", False) else err - yb[:, 2:4], yb[:, 4:7]
+        )
         return mse + w * b, {"loss_mse": mse, "loss_b": b}
 
     def _basis(self) -> torch.Tensor:
