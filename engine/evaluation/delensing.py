@@ -86,16 +86,8 @@ the noise power of one delensed copy, measured as (auto(d1) + auto(d2))/2 − cr
 Bins are treated as independent (on a cut sky neighbours correlate; the curvature σ is then
 slightly optimistic).
 
-A delenser that also removes part of the primordial B must have its r fitted with the tensor
-template it passes: C_b = r F_b T_b + R_b, F_b its *transfer function* on primordial B, measured
-by injection as in every BB analysis (simulated signal through the pipeline, e.g. BICEP2/Keck
-2016, PRL 116, 031302, §IV): tensor-only B at r = :data:`R_INJECT` (beamed, a seeded Gaussian
-realisation, E = 0) is added to the observed Q/U of up to :data:`TRANSFER_SKIES` skies of the
-lowest r, both versions are delensed, and the map-level response g_b = C_b^BB[d(obs + B) −
-d(obs), B] / C_b^BB[B, B] (summed over the skies) gives the power transfer F_b = g_b². The
-baselines need none (``none`` returns the input; ``template`` subtracts a template built from E
-and φ, which injected B does not change): F_b = 1. A delenser that reads anything but the
-observed Q/U (a test oracle that uses the true sky) is not measured correctly this way. The likelihood is maximised analytically at fixed variance, iterating the
+A learned delenser's r is fitted with its transfer function on primordial B, measured by
+injection (:func:`measure_transfer`, :mod:`engine.evaluation.delensing_rfit`). The likelihood is maximised analytically at fixed variance, iterating the
 variance at max(r̂, 0) (5 iterations): r̂ = Σ T (Ĉ − R)/V / Σ T²/V, σ(r) = (Σ T²/V)^(−1/2) (the
 curvature of −ln L at fixed V; the ln V term is left out, as it biases r̂).
 
@@ -136,7 +128,15 @@ import healpy as hp
 import numpy as np
 
 from engine.evaluation.delensing_baselines import qe_forecast, template_delens
-from engine.evaluation.delensing_rfit import fit_r, r_summary, tensor_template
+from engine.evaluation.delensing_rfit import (
+    R_INJECT,
+    TRANSFER_SKIES,
+    fit_r,
+    measure_transfer,
+    r_summary,
+    tensor_b_maps,
+    tensor_template,
+)
 from engine.evaluation.delensing_spectra import (  # noqa: F401 - re-exported
     APODIZATION_DEG,
     ARCMIN,
@@ -170,10 +170,6 @@ from engine.params import ConfigError
 DELENSING_REPORT_VERSION = 1
 #: Tensor-to-scalar ratios the evaluation simulates.
 R_VALUES = (0.0, 0.01, 0.05)
-#: r of the tensor-only B modes injected to measure a delenser's transfer function, and at most
-#: how many skies (of the lowest r) it is measured on.
-R_INJECT = 0.05
-TRANSFER_SKIES = 3
 
 __all__ = [
     "APODIZATION_DEG",
@@ -189,6 +185,7 @@ __all__ = [
     "delensing_report",
     "ell_bins",
     "fit_r",
+    "measure_transfer",
     "mask_moments",
     "noise_maps",
     "pixel_noise",
@@ -328,60 +325,6 @@ def _rkey(r: float) -> str:
     return f"{float(r):g}"
 
 
-def _first_skies(sky: Mapping[str, Any], n: int) -> dict[str, Any]:
-    """The first ``n`` skies of a sky mapping (arrays with one row per sky cut; the rest kept)."""
-    count = _sky_map(sky, "Q").shape[0]
-    return {
-        k: v[:n] if isinstance(v, np.ndarray) and v.ndim == 2 and len(v) == count else v
-        for k, v in sky.items()
-    }
-
-
-def tensor_b_maps(
-    n_sky: int, nside: int, lmax: int, beam: float, spectra, r: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Q, U of tensor-only B modes (E = 0): Gaussian a_ℓm of r · C_ℓ^BB,tensor(r = 1) · b_ℓ².
-
-    Parameters
-    ----------
-    n_sky, nside, lmax : int
-        Number of maps, HEALPix nside, highest multipole (≤ ``spectra.lmax``).
-    beam : float
-        Gaussian FWHM, arcmin.
-    spectra : CMBSpectra
-        With ``tensor_bb_r1`` (µK², unbeamed).
-    r : float
-        Tensor-to-scalar ratio, ≥ 0.
-    seed : int
-        Seeds the realisations (``numpy.random.default_rng((seed, 2))``).
-
-    Returns
-    -------
-    (Q, U) ``(n_sky, 12 nside²) float64``, µK, RING.
-
-    Raises
-    ------
-    ConfigError
-        r < 0, or lmax above the spectra's.
-    """
-    from engine.physics.sky import synthesize_alm
-
-    if not (r >= 0 and math.isfinite(r)):
-        raise ConfigError(f"r={r} must be a finite number >= 0")
-    if lmax > spectra.lmax:
-        raise ConfigError(f"lmax={lmax} above the spectra's lmax={spectra.lmax}")
-    rng = np.random.default_rng((int(seed), 2))
-    cl = r * spectra.tensor_bb_r1[: lmax + 1] * _gauss_beam(beam, lmax) ** 2
-    q, u = [], []
-    for _ in range(n_sky):
-        b = synthesize_alm(cl, rng)
-        z = np.zeros_like(b)
-        _, qi, ui = hp.alm2map([z, z, b], nside, lmax=lmax, pol=True)
-        q.append(qi)
-        u.append(ui)
-    return np.array(q), np.array(u)
-
-
 def delensing_report(
     skies: Mapping[float, Any],
     delensers: Mapping[str, Delenser] | None = None,
@@ -420,8 +363,9 @@ def delensing_report(
     template, qe : bool
         Run the true-φ template baseline and the QE forecasts.
     transfer : bool
-        Measure each given delenser's transfer function on primordial B by injection (module
-        docstring; one more delenser call per sky on up to :data:`TRANSFER_SKIES` skies) and fit
+        Measure each given delenser's transfer function on primordial B by injection
+        (:func:`measure_transfer`: two more delenser calls per sky on up to
+        :data:`TRANSFER_SKIES` skies of the lowest r) and fit
         r with it; the uncorrected fit is kept beside it.
 
     Returns
@@ -503,26 +447,11 @@ def delensing_report(
     spectra = cmb_spectra(max(lmax, ell_range[1], int(bins.hi[-1])), **_cosmology(attrs0))
     t_b = tensor_template(bins, beam, spectra)
     b2 = _gauss_beam(beam, spectra.lmax) ** 2
-    transfers: dict[str, dict[str, Any]] = {}
-    if transfer and delensers:
-        use = bins.within(ell_range)
-        sky0 = _first_skies(by_r[rs[0]], TRANSFER_SKIES)
-        obs = _pair(_sky_map(sky0, "Q"), _sky_map(sky0, "U"), "observed")
-        qi, ui = tensor_b_maps(len(obs[0]), nside, lmax, beam, spectra, R_INJECT, seed)
-        b_in = h.alm(qi, ui)
-        b_auto = bin_cl(h.cl(b_in, b_in), bins).sum(0)
-        for name in delensers:
-            f = methods[name]
-            d0 = h.alm(*_pair(*f(obs[0], obs[1], sky0), f"{name} output"))
-            dj = h.alm(*_pair(*f(obs[0] + qi, obs[1] + ui, sky0), f"{name} output"))
-            g = bin_cl(h.cl(dj - d0, b_in), bins).sum(0) / b_auto
-            f_b = g**2
-            transfers[name] = {
-                "per_bin": f_b,
-                "mean": float(np.sum(f_b[use] * t_b[use]) / np.sum(t_b[use])),
-                "r_injected": R_INJECT,
-                "n_skies": len(obs[0]),
-            }
+    transfers = {
+        name: measure_transfer(methods[name], by_r[rs[0]], h, bins, spectra, beam, seed, ell_range)
+        for name in (delensers or {})
+        if transfer
+    }
 
     report: dict[str, Any] = {
         "version": DELENSING_REPORT_VERSION,

@@ -1,11 +1,23 @@
 """The tensor-to-scalar ratio fitted on delensed B-mode spectra (:mod:`engine.evaluation.delensing`).
 
-:func:`tensor_template` is the binned tensor BB at r = 1 through the beam, :func:`fit_r` the
+:func:`tensor_template` is the binned tensor BB at r = 1 through the beam, :func:`measure_transfer`
+a delenser's transfer function on primordial B, :func:`fit_r` the
 Gaussian-likelihood fit of r on a cross spectrum of two delensed observations (residual lensing
 BB and noise as fixed templates) and :func:`r_summary` the
 bias and scatter of r̂ over skies. Spectra in µK², ℓ bins of
 :class:`~engine.evaluation.delensing_spectra.Bins`; the likelihood is written out in the
 :mod:`engine.evaluation.delensing` docstring ("Primordial BB").
+
+A delenser that also removes part of the primordial B must have its r fitted with the tensor
+template it passes: C_b = r F_b T_b + R_b, F_b its *transfer function* on primordial B, measured
+by injection as in every BB analysis (simulated signal through the pipeline, e.g. BICEP2/Keck
+2016, PRL 116, 031302, §IV): tensor-only B at r = :data:`R_INJECT` (beamed, a seeded Gaussian
+realisation, E = 0) is added to the observed Q/U of up to :data:`TRANSFER_SKIES` skies of the
+lowest r, both versions are delensed, and the map-level response g_b = C_b^BB[d(obs + B) −
+d(obs), B] / C_b^BB[B, B] (summed over the skies) gives the power transfer F_b = g_b². The
+baselines need none (``none`` returns the input; ``template`` subtracts a template built from E
+and φ, which injected B does not change): F_b = 1. A delenser that reads anything but the
+observed Q/U (a test oracle that uses the true sky) is not measured correctly this way.
 """
 
 from __future__ import annotations
@@ -14,13 +26,27 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import healpy as hp
 import numpy as np
 
-from engine.evaluation.delensing_spectra import ELL_RANGE, Bins, _gauss_beam, bin_cl
+from engine.evaluation.delensing_spectra import (
+    ELL_RANGE,
+    Bins,
+    Delenser,
+    _gauss_beam,
+    _Harmonic,
+    _pair,
+    _sky_map,
+    bin_cl,
+)
 from engine.params import ConfigError
 
 #: Iterations of the fixed-variance maximisation in :func:`fit_r`.
 FIT_ITERATIONS = 5
+#: r of the tensor-only B modes injected to measure a delenser's transfer function, and at most
+#: how many skies (of the lowest r) it is measured on.
+R_INJECT = 0.05
+TRANSFER_SKIES = 3
 
 
 def tensor_template(bins: Bins, beam: float, spectra=None, lmax: int | None = None) -> np.ndarray:
@@ -140,4 +166,118 @@ def r_summary(r_true: float, fit: Mapping[str, Any]) -> dict[str, float]:
         "sigma_r": sig,
         "scatter": scatter,
         "bias_over_sigma": bias / sig if sig > 0 else float("nan"),
+    }
+
+
+def _first_skies(sky: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` skies of a sky mapping (arrays with one row per sky cut; the rest kept)."""
+    count = _sky_map(sky, "Q").shape[0]
+    return {
+        k: v[:n] if isinstance(v, np.ndarray) and v.ndim == 2 and len(v) == count else v
+        for k, v in sky.items()
+    }
+
+
+def tensor_b_maps(
+    n_sky: int, nside: int, lmax: int, beam: float, spectra, r: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Q, U of tensor-only B modes (E = 0): Gaussian a_ℓm of r · C_ℓ^BB,tensor(r = 1) · b_ℓ².
+
+    Parameters
+    ----------
+    n_sky, nside, lmax : int
+        Number of maps, HEALPix nside, highest multipole (≤ ``spectra.lmax``).
+    beam : float
+        Gaussian FWHM, arcmin.
+    spectra : CMBSpectra
+        With ``tensor_bb_r1`` (µK², unbeamed).
+    r : float
+        Tensor-to-scalar ratio, ≥ 0.
+    seed : int
+        Seeds the realisations (``numpy.random.default_rng((seed, 2))``).
+
+    Returns
+    -------
+    (Q, U) ``(n_sky, 12 nside²) float64``, µK, RING.
+
+    Raises
+    ------
+    ConfigError
+        r < 0, or lmax above the spectra's.
+    """
+    from engine.physics.sky import synthesize_alm
+
+    if not (r >= 0 and math.isfinite(r)):
+        raise ConfigError(f"r={r} must be a finite number >= 0")
+    if lmax > spectra.lmax:
+        raise ConfigError(f"lmax={lmax} above the spectra's lmax={spectra.lmax}")
+    rng = np.random.default_rng((int(seed), 2))
+    cl = r * spectra.tensor_bb_r1[: lmax + 1] * _gauss_beam(beam, lmax) ** 2
+    q, u = [], []
+    for _ in range(n_sky):
+        b = synthesize_alm(cl, rng)
+        z = np.zeros_like(b)
+        _, qi, ui = hp.alm2map([z, z, b], nside, lmax=lmax, pol=True)
+        q.append(qi)
+        u.append(ui)
+    return np.array(q), np.array(u)
+
+
+def measure_transfer(
+    delenser: Delenser,
+    sky: Mapping[str, Any],
+    h: _Harmonic,
+    bins: Bins,
+    spectra,
+    beam: float,
+    seed: int,
+    ell_range: tuple[int, int] = ELL_RANGE,
+) -> dict[str, Any]:
+    """A delenser's transfer function on primordial B, by injection (module docstring).
+
+    Parameters
+    ----------
+    delenser : callable ``f(q, u, sky) -> (q_d, u_d)``
+        ``(n_sky, npix) float64`` µK in and out.
+    sky : mapping
+        Skies of the data contract (the observed ``Q``, ``U`` are used, up to
+        :data:`TRANSFER_SKIES` of them).
+    h : _Harmonic
+        The report's pure-B harmonic analysis (mask, lmax).
+    bins : Bins
+    spectra : CMBSpectra
+        With ``tensor_bb_r1``.
+    beam : float
+        Gaussian FWHM, arcmin.
+    seed : int
+        Seed of the injected B (:func:`tensor_b_maps`).
+    ell_range : (int, int)
+        Range of the template-weighted mean.
+
+    Returns
+    -------
+    dict: ``per_bin`` F_b ``(n_bins,) float64`` (power transfer, dimensionless), ``mean``
+    Σ F_b T_b / Σ T_b over ``ell_range``, ``r_injected``, ``n_skies``.
+
+    Raises
+    ------
+    ConfigError
+        Maps of another shape from the delenser (via the pair checks).
+    """
+    sky0 = _first_skies(sky, TRANSFER_SKIES)
+    obs = _pair(_sky_map(sky0, "Q"), _sky_map(sky0, "U"), "observed")
+    nside = hp.npix2nside(obs[0].shape[1])
+    qi, ui = tensor_b_maps(len(obs[0]), nside, h.lmax, beam, spectra, R_INJECT, seed)
+    b_in = h.alm(qi, ui)
+    b_auto = bin_cl(h.cl(b_in, b_in), bins).sum(0)
+    d0 = h.alm(*_pair(*delenser(obs[0], obs[1], sky0), "delenser output"))
+    dj = h.alm(*_pair(*delenser(obs[0] + qi, obs[1] + ui, sky0), "delenser output"))
+    f_b = (bin_cl(h.cl(dj - d0, b_in), bins).sum(0) / b_auto) ** 2
+    t_b = tensor_template(bins, beam, spectra)
+    use = bins.within(ell_range)
+    return {
+        "per_bin": f_b,
+        "mean": float(np.sum(f_b[use] * t_b[use]) / np.sum(t_b[use])),
+        "r_injected": R_INJECT,
+        "n_skies": len(obs[0]),
     }

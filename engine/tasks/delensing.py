@@ -330,16 +330,13 @@ class Delensing(Task):
         A_res worse and biased r low); scaled units squared; and the two terms (``loss_mse``,
         ``loss_b``). With ``keep_noise`` the Q/U error is taken against the unlensed sky plus
         the input's noise."""
-        err = pred - yb[:, :2]
-        if getattr(self.settings, "keep_noise", False):
-            err = err - yb[:, 2:4]
+        noisy_err = pred - yb[:, :2] - yb[:, 2:4]  # against unlensed + the input's noise
+        err = noisy_err if getattr(self.settings, "keep_noise", False) else pred - yb[:, :2]
         mse = err.pow(2).mean()
         w = float(getattr(self.settings, "b_weight", 0.0) or 0.0)
         if w <= 0:
             return mse, {}
-        b = b_power(
-            err if getattr(self.settings, "keep_noise", False) else err - yb[:, 2:4], yb[:, 4:7]
-        )
+        b = b_power(noisy_err, yb[:, 4:7])
         return mse + w * b, {"loss_mse": mse, "loss_b": b}
 
     def _basis(self) -> torch.Tensor:

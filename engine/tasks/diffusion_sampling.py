@@ -50,8 +50,8 @@ class DiffusionSampling:
     """The sampling methods of :class:`engine.tasks.diffusion.ConditionalDiffusion` (a mixin,
     before :class:`~engine.tasks.generative.GenerativeTask` in the task's bases, so that its
     :meth:`sample_normalised` is the task's). They read the task's training ``scheduler``,
-    ``prediction_type``, ``sampler``, ``sample_steps``, ``guidance_scale``, ``p_uncond`` and ``device``, and call
-    the U-Net through the task's ``_net``."""
+    ``prediction_type``, ``sampler``, ``sample_steps``, ``guidance_scale``, ``p_uncond`` and
+    ``device``, and call the U-Net through the task's ``_net``."""
 
     def sampling_scheduler(self, sampler: str | None = None):
         """A fresh sampling scheduler (no state shared between calls) from the training
