@@ -311,8 +311,9 @@ def test_evaluate_writes_the_report(run, skies, tmp_path, capsys):
         == 0
     )
     report = json.loads((out / "report.json").read_text())
-    assert set(report["a_res"]) == {"none", "template", "network"}
-    assert {"eb", "mv"} <= set(report["qe_forecast"])
+    assert set(report["a_res"]) == {"none", "template", "qe", "network"}
+    assert {"eb", "mv", "pol"} <= set(report["qe_forecast"])
+    assert report["fit_r"]["qe"]["transfer"]["n_skies"] == 2  # measured, like the network's
     assert report["n_skies"] == {"0": 2}
     for name in report["figures"].values():
         assert (out / name).stat().st_size > 1000
@@ -321,9 +322,9 @@ def test_evaluate_writes_the_report(run, skies, tmp_path, capsys):
     assert "transfer function on primordial B" in text  # the r fit uses it
     tr = report["fit_r"]["network"]["transfer"]
     assert tr["n_skies"] == 2 and len(tr["per_bin"]) == len(report["ell"])
-    quick = tmp_path / "quick"  # --no-template: the network and no delensing only
+    quick = tmp_path / "quick"  # --no-template --no-qe: the network and no delensing only
     argv = ["evaluate", "--checkpoint", str(run), "--dataset", f"{skies}?count=2"]
-    assert main([*argv, "--out", str(quick), "--no-template"]) == 0
+    assert main([*argv, "--out", str(quick), "--no-template", "--no-qe"]) == 0
     assert set(json.loads((quick / "report.json").read_text())["a_res"]) == {"none", "network"}
     other = toy_skies(tmp_path / "other.zarr", nside=16, n=2)
     assert (

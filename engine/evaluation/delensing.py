@@ -100,6 +100,11 @@ Baselines
   A165), take its B modes, multiply by b_ℓ and subtract that B (only) from the observed Q/U. The
   lensed E stands in for the unlensed E (second-order error), and only E with ℓ ≤ lmax enters, so
   the B produced by lensing of E above the map's lmax cannot be removed.
+* ``qe`` (:func:`~engine.evaluation.delensing_qe.qe_delens`; full-sky skies): the *measured*
+  quadratic-estimator delensing — φ̂ from the observed Q/U by the polarisation (EB + EE) QE with
+  B modes of ℓ ≤ 200 left out (else the internal-delensing bias removes part of every B mode in
+  the band, primordial ones too), Wiener-filtered, and the template above built with it. Its
+  transfer function on primordial B is measured like a network's.
 * QE forecast (:func:`qe_forecast`): N_0 of the EB or minimum-variance lensing quadratic
   estimator (Hu & Okamoto 2002, ApJ 574, 566) from pytempura (T. Namikawa; python interface by
   M. Madhavacheril), with lensed spectra as response and filter spectra, white noise
@@ -321,6 +326,16 @@ def _template(mask):
     return delens
 
 
+def _qe(q, u, sky):
+    from engine.evaluation.delensing_qe import qe_delens
+
+    return qe_delens(q, u, _attrs(sky))
+
+
+def _full_sky(mask) -> bool:
+    return mask is None or bool(np.all(np.asarray(mask) > 0))
+
+
 def _rkey(r: float) -> str:
     return f"{float(r):g}"
 
@@ -337,6 +352,7 @@ def delensing_report(
     template: bool = True,
     qe: bool = True,
     transfer: bool = True,
+    measured_qe: bool = True,
 ) -> dict[str, Any]:
     """Every delensing metric for the given delensers and the baselines, JSON-ready.
 
@@ -351,8 +367,9 @@ def delensing_report(
     skies : mapping true r → sky
         Skies per the module docstring, all of one nside, noise, beam and mask.
     delensers : mapping name → callable ``f(q, u, sky) -> (q_d, u_d)``, optional
-        ``q, u`` ``(n_sky, npix) float64`` µK; returns the same shapes. The baselines ``none``
-        and ``template`` (needs ``phi``; off with ``template=False``) are added.
+        ``q, u`` ``(n_sky, npix) float64`` µK; returns the same shapes. The baselines ``none``,
+        ``template`` (needs ``phi``; off with ``template=False``) and ``qe`` (full-sky skies
+        only; off with ``measured_qe=False``) are added.
     seed : int
         Seed of the second noise realisations.
     delta_ell, ell_range, apodization_deg
@@ -362,6 +379,10 @@ def delensing_report(
         by E→B leakage on a galactic cut).
     template, qe : bool
         Run the true-φ template baseline and the QE forecasts.
+    measured_qe : bool
+        Run the measured quadratic-estimator delensing
+        (:func:`~engine.evaluation.delensing_qe.qe_delens`, ~25 s per sky at nside 512) on
+        full-sky skies; its transfer function is measured like a given delenser's.
     transfer : bool
         Measure each given delenser's transfer function on primordial B by injection
         (:func:`measure_transfer`: two more delenser calls per sky on up to
@@ -376,8 +397,10 @@ def delensing_report(
     ``by_r`` {r: {``per_bin``, ``per_bin_err``, ``mean``, ``mean_err``}}}} (pooled over r as the
     ratio of summed band powers); ``fit_r`` {method: {``residual_model``, ``by_r`` {r:
     :func:`r_summary`}, with ``transfer`` ({``per_bin`` F_b, ``mean`` Σ F_b T_b / Σ T_b over
-    ``ell_range``, ``r_injected``, ``n_skies``} for a measured delenser, None for a baseline) and
-    ``by_r_uncorrected`` (the fit with F_b = 1)}}; ``qe_forecast`` {``eb``, ``mv``: {``mean``, ``per_bin``}}; ``spectra``
+    ``ell_range``, ``r_injected``, ``n_skies``} for a measured delenser and ``qe``, None for the
+    other baselines) and
+    ``by_r_uncorrected`` (the fit with F_b = 1)}}; ``qe_forecast`` {``eb``, ``mv``, ``pol``:
+    {``mean``, ``per_bin``}}; ``spectra``
     (binned sky-mean BB, µK², beamed, at the largest r: ``r``, ``lensed`` (cross of the two
     observations), ``unlensed``, ``delensed`` {method},
     ``theory_lensing``, ``qe_residual_mv``, ``primordial`` {r}).
@@ -412,6 +435,8 @@ def delensing_report(
             methods["template"] = _template(mask)
         except (KeyError, TypeError):
             pass
+    if measured_qe and _full_sky(mask):
+        methods["qe"] = _qe
     methods.update(delensers or {})
     bins = ell_bins(ell_range[0], lmax, delta_ell)
     h = _Harmonic(npix, mask, lmax, apodization_deg, pure_b)
@@ -449,7 +474,7 @@ def delensing_report(
     b2 = _gauss_beam(beam, spectra.lmax) ** 2
     transfers = {
         name: measure_transfer(methods[name], by_r[rs[0]], h, bins, spectra, beam, seed, ell_range)
-        for name in (delensers or {})
+        for name in [*(delensers or {}), *(["qe"] if "qe" in methods else [])]
         if transfer
     }
 
@@ -525,7 +550,7 @@ def delensing_report(
     }
     report["qe_forecast"] = {}
     if qe:
-        for est in ("eb", "mv"):
+        for est in ("eb", "mv", "pol"):
             f = qe_forecast(noise, beam, lmax, est, spectra=spectra, ell_range=ell_range)
             rbb = bin_cl(f["residual_bb"], bins)
             report["qe_forecast"][est] = {

@@ -5,16 +5,20 @@ docstring of :mod:`engine.evaluation.delensing`. No torch.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import healpy as hp
 import numpy as np
 
+from engine.evaluation.delensing_qe import (
+    B_LMIN,
+    _import_pytempura,
+    _quiet_stdout,
+    qe_norm,
+    subtract_template,
+)
 from engine.evaluation.delensing_spectra import (
     ARCMIN,
     ELL_RANGE,
@@ -26,7 +30,6 @@ from engine.evaluation.delensing_spectra import (
     _maps,
     _pair,
     _range_sum,
-    _threads,
     _weight,
 )
 from engine.params import ConfigError
@@ -65,8 +68,6 @@ def template_delens(q, u, phi, attrs: Mapping, mask=None, spectra=None):
     ConfigError
         Shapes that differ, bad attrs.
     """
-    import lenspyx
-
     from engine.physics.cmb_theory import cmb_spectra
 
     single = np.ndim(q) == 1
@@ -81,64 +82,11 @@ def template_delens(q, u, phi, attrs: Mapping, mask=None, spectra=None):
     spectra = spectra or cmb_spectra(max(lmax, ELL_RANGE[1]), **_cosmology(attrs))
     if spectra.lmax < lmax:
         raise ConfigError(f"spectra lmax={spectra.lmax} < map lmax={lmax}")
-    b = _gauss_beam(beam, lmax)
-    cee = spectra.lensed["EE"][: lmax + 1]
-    nl = (noise * ARCMIN) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        wf = np.where(b**2 * cee + nl > 0, b * cee / (b**2 * cee + nl), 0.0)
-    ell = np.arange(lmax + 1, dtype=np.float64)
     w = np.ones(q.shape[1]) if mask is None else _weight(mask, q.shape[1], 0.0)
     alm_e = _eb_alm(q, u, w, lmax)[:, 0]
-    qd, ud = np.empty_like(q), np.empty_like(u)
-    geom = ("healpix", {"nside": nside})
-    for i in range(len(q)):
-        e_hat = hp.almxfl(alm_e[i], wf)
-        dlm = hp.almxfl(hp.map2alm(ph[i], lmax=lmax, iter=3), np.sqrt(ell * (ell + 1)))
-        lq, lu = lenspyx.alm2lenmap_spin([e_hat, None], dlm, 2, geometry=geom, nthreads=_threads())
-        b_t = hp.map2alm([np.zeros_like(lq), lq, lu], lmax=lmax, pol=True, iter=3)[2]
-        b_t = hp.almxfl(b_t, b)
-        zero = np.zeros_like(b_t)
-        _, tq, tu = hp.alm2map([zero, zero, b_t], nside, lmax=lmax, pol=True)
-        qd[i], ud[i] = q[i] - tq, u[i] - tu
+    phi_lm = [hp.map2alm(ph[i], lmax=lmax, iter=3) for i in range(len(q))]
+    qd, ud = subtract_template(q, u, alm_e, phi_lm, noise, beam, lmax, spectra)
     return (qd[0], ud[0]) if single else (qd, ud)
-
-
-@contextlib.contextmanager
-def _quiet_stdout():
-    """Silence the Fortran prints of pytempura (file descriptor 1)."""
-    sys.stdout.flush()
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, fd)
-        os.close(saved)
-
-
-def _import_pytempura():
-    """Import pytempura with its Fortran stdout unbuffered, so :func:`_quiet_stdout` silences
-    its prints (libgfortran reads the variable once, when pytempura's copy is loaded)."""
-    if "pytempura" in sys.modules:
-        return sys.modules["pytempura"]
-    key = "GFORTRAN_UNBUFFERED_PRECONNECTED"
-    old = os.environ.get(key)
-    os.environ[key] = "y"
-    try:
-        import pytempura
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-    return pytempura
 
 
 def qe_forecast(
@@ -151,6 +99,7 @@ def qe_forecast(
     t_noise: float | None = None,
     mv_covariance: bool = True,
     ell_range: tuple[int, int] = ELL_RANGE,
+    b_lmin: int | None = None,
 ) -> dict[str, Any]:
     """Residual lensing BB after delensing with a quadratic-estimator φ (perfect E; module
     docstring).
@@ -167,8 +116,10 @@ def qe_forecast(
         Gaussian beam FWHM, arcmin.
     lmax : int
         Highest CMB multipole used in the reconstruction (and highest L reconstructed).
-    estimator : {"mv", "eb"}
-        EB alone or the minimum-variance combination of TT, TE, EE, TB, EB.
+    estimator : {"mv", "eb", "pol"}
+        EB alone, the minimum-variance combination of TT, TE, EE, TB, EB, or the polarisation
+        estimator EB + EE of :func:`~engine.evaluation.delensing_qe.qe_phi` (the measured QE
+        baseline; its normalisation :func:`~engine.evaluation.delensing_qe.qe_norm`).
     spectra : CMBSpectra, optional
         Default ``cmb_spectra(max(lmax, ell_range[1]))`` at the fiducial cosmology (r = 0).
     lmin : int
@@ -181,6 +132,9 @@ def qe_forecast(
         (``pytempura.get_norms``' default ``no_corr=True``; optimistic).
     ell_range : (int, int)
         Range of the mean A_res.
+    b_lmin : int, optional
+        ``"pol"`` only: lowest B multipole in the reconstruction (default
+        :data:`~engine.evaluation.delensing_qe.B_LMIN`, as the measured baseline).
 
     Returns
     -------
@@ -198,8 +152,8 @@ def qe_forecast(
 
     pytempura = _import_pytempura()
     est = str(estimator).lower()
-    if est not in ("mv", "eb"):
-        raise ConfigError(f"estimator={estimator!r} is not allowed: 'mv' or 'eb'")
+    if est not in ("mv", "eb", "pol"):
+        raise ConfigError(f"estimator={estimator!r} is not allowed: 'mv', 'eb' or 'pol'")
     lmax, lmin = int(lmax), int(lmin)
     if not 2 <= lmin < lmax <= 6000:
         raise ConfigError(f"lmin={lmin}, lmax={lmax}: need 2 <= lmin < lmax <= 6000")
@@ -220,29 +174,33 @@ def qe_forecast(
     ntt = np.minimum(ntt, 1e30)
     cl = {k: np.ascontiguousarray(v[:n], dtype=np.float64) for k, v in spectra.lensed.items()}
     tot = {"TT": cl["TT"] + ntt, "EE": cl["EE"] + npol, "BB": cl["BB"] + npol, "TE": cl["TE"]}
-    with _quiet_stdout():
-        if est == "eb":
-            ag = pytempura.norm_lens.qeb(
-                lmax, lmin, lmax, cl["EE"], cl["EE"], tot["EE"], tot["BB"]
-            )[0]
-        elif mv_covariance:
-            fc = np.array([cl["TT"], cl["EE"], cl["BB"], cl["TE"]])
-            oc = np.array([tot["TT"], tot["EE"], tot["BB"], tot["TE"]])
-            flags = [True, True, True, True, True, False]
-            ag = pytempura.norm_lens.qall(flags, lmax, lmin, lmax, fc, fc, oc)[0][-1]
-        else:
-            nl = pytempura.norm_lens
-            parts = [
-                nl.qtt(lmax, lmin, lmax, cl["TT"], cl["TT"], tot["TT"])[0],
-                nl.qte(lmax, lmin, lmax, cl["TE"], cl["TE"], tot["TT"], tot["EE"])[0],
-                nl.qee(lmax, lmin, lmax, cl["EE"], cl["EE"], tot["EE"])[0],
-                nl.qtb(lmax, lmin, lmax, cl["TE"], cl["TE"], tot["TT"], tot["BB"])[0],
-                nl.qeb(lmax, lmin, lmax, cl["EE"], cl["EE"], tot["EE"], tot["BB"])[0],
-            ]
-            with np.errstate(divide="ignore"):
-                inv = sum(1.0 / np.asarray(p[2:]) for p in parts)
-            ag = np.zeros(n)
-            ag[2:] = 1.0 / inv
+    if est == "pol":
+        b_lmin = B_LMIN if b_lmin is None else int(b_lmin)
+        ag = qe_norm(noise, beam, lmax, spectra, "pol", lmin=lmin, b_lmin=b_lmin)
+    else:
+        with _quiet_stdout():
+            if est == "eb":
+                ag = pytempura.norm_lens.qeb(
+                    lmax, lmin, lmax, cl["EE"], cl["EE"], tot["EE"], tot["BB"]
+                )[0]
+            elif mv_covariance:
+                fc = np.array([cl["TT"], cl["EE"], cl["BB"], cl["TE"]])
+                oc = np.array([tot["TT"], tot["EE"], tot["BB"], tot["TE"]])
+                flags = [True, True, True, True, True, False]
+                ag = pytempura.norm_lens.qall(flags, lmax, lmin, lmax, fc, fc, oc)[0][-1]
+            else:
+                nl = pytempura.norm_lens
+                parts = [
+                    nl.qtt(lmax, lmin, lmax, cl["TT"], cl["TT"], tot["TT"])[0],
+                    nl.qte(lmax, lmin, lmax, cl["TE"], cl["TE"], tot["TT"], tot["EE"])[0],
+                    nl.qee(lmax, lmin, lmax, cl["EE"], cl["EE"], tot["EE"])[0],
+                    nl.qtb(lmax, lmin, lmax, cl["TE"], cl["TE"], tot["TT"], tot["BB"])[0],
+                    nl.qeb(lmax, lmin, lmax, cl["EE"], cl["EE"], tot["EE"], tot["BB"])[0],
+                ]
+                with np.errstate(divide="ignore"):
+                    inv = sum(1.0 / np.asarray(p[2:]) for p in parts)
+                ag = np.zeros(n)
+                ag[2:] = 1.0 / inv
     n0 = np.zeros(spectra.lmax + 1)
     n0[2:n] = np.asarray(ag, dtype=np.float64)[2:n]
     cpp = np.asarray(spectra.phiphi, dtype=np.float64)
@@ -261,6 +219,7 @@ def qe_forecast(
         "lmin": lmin,
         "t_noise": t_noise,
         "mv_covariance": bool(mv_covariance),
+        "b_lmin": b_lmin,
         "n0": n0,
         "phiphi": cpp,
         "phiphi_res": res,

@@ -92,6 +92,7 @@ def evaluate_delenser(
     seed: int | None = None,
     datasets_file=None,
     template: bool = True,
+    measured_qe: bool = True,
     **_regression_options,
 ) -> tuple[dict[str, Any], dict, None, None]:
     """Score a delensing checkpoint on skies; write the report (module docstring).
@@ -111,6 +112,10 @@ def evaluate_delenser(
         Seed of the second noise realisations (default 1).
     template : bool
         Also run the true-φ template baseline (~1 min per noise realisation at nside 512).
+    measured_qe : bool
+        Also run the measured quadratic-estimator delensing baseline on full-sky skies
+        (:mod:`engine.evaluation.delensing_qe`; ~25 s per sky and noise realisation at nside
+        512, plus its transfer function).
     datasets_file, **_regression_options
         Accepted like every evaluator's options; not used.
 
@@ -158,7 +163,11 @@ def evaluate_delenser(
         return qs, us
 
     report = delensing_report(
-        skies, {"network": network}, seed=1 if seed is None else int(seed), template=template
+        skies,
+        {"network": network},
+        seed=1 if seed is None else int(seed),
+        template=template,
+        measured_qe=measured_qe,
     )
     per_sky = timing["seconds"] / max(timing["skies"], 1)
     report.update(
@@ -202,7 +211,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for name, a in report["a_res"].items():
         lines.append(f"  {name:<10} {f(a.get('mean'))} ± {f(a.get('mean_err'))}")
     for est, q in (report.get("qe_forecast") or {}).items():
-        lines.append(f"  QE {est.upper():<7} {f(q.get('mean'))} (forecast, perfect E)")
+        what = "; the estimator of the measured qe" if est == "pol" else ""
+        lines.append(f"  QE {est.upper():<7} {f(q.get('mean'))} (forecast, perfect E{what})")
     fits = report.get("fit_r") or {}
     for name, fit in fits.items():
         tr = fit.get("transfer")

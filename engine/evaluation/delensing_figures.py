@@ -130,7 +130,7 @@ def draw_delensing_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]
             capsize=2,
             label=f"{m}: mean({lo}–{hi}) = {a['mean']:.3f}" if a["mean"] is not None else m,
         )
-    for est, ls in (("eb", "-."), ("mv", ":")):
+    for est, ls in (("eb", "-."), ("mv", ":"), ("pol", "--")):
         f = report.get("qe_forecast", {}).get(est)
         if f:
             ax.plot(

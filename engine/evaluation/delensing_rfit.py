@@ -170,12 +170,17 @@ def r_summary(r_true: float, fit: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _first_skies(sky: Mapping[str, Any], n: int) -> dict[str, Any]:
-    """The first ``n`` skies of a sky mapping (arrays with one row per sky cut; the rest kept)."""
+    """The first ``n`` skies of a sky mapping (arrays with one row per sky cut; the rest kept,
+    the attrs too)."""
     count = _sky_map(sky, "Q").shape[0]
-    return {
+    out = {
         k: v[:n] if isinstance(v, np.ndarray) and v.ndim == 2 and len(v) == count else v
         for k, v in sky.items()
     }
+    attrs = getattr(sky, "attrs", None)
+    if isinstance(attrs, Mapping):
+        out.setdefault("attrs", dict(attrs))
+    return out
 
 
 def tensor_b_maps(
