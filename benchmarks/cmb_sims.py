@@ -16,7 +16,9 @@ and cached) in skies per second, for
 * delensing time per nside-512 sky: the shipped delenser (``assets/models/delens512``, or an
   untrained network of the same architecture when it is absent: the same cost) on one sky,
   against the true-φ template baseline (:func:`engine.evaluation.delensing.template_delens`:
-  Wiener filter, lenspyx lensing of E, B extraction) on the same sky as the peer.
+  Wiener filter, lenspyx lensing of E, B extraction) on the same sky as the peer; and the measured
+  quadratic-estimator delensing (:func:`engine.evaluation.delensing_qe.qe_delens`: φ̂ from Q/U,
+  then the same template) against the same peer.
 
 Prints a table and writes ``benchmarks/results/cmb_sims.json`` (rows with name, value, unit and,
 where a peer exists, peer, peer_value, ratio; meta with the machine), as :mod:`benchmarks`.
@@ -119,10 +121,12 @@ def bench_nside512(count: int = 2) -> list[dict]:
 
 
 def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
-    """Seconds per nside-512 sky: the delenser's forward pass (CPU) against the true-φ template."""
+    """Seconds per nside-512 sky: the delenser's forward pass (CPU) and the measured QE
+    delensing, each against the true-φ template."""
     import torch
 
     from engine.evaluation.delensing import template_delens
+    from engine.evaluation.delensing_qe import qe_delens
     from engine.nn.healpix_unet import HealpixUNet
 
     s = cmb.CMBParams(nside=512, count=1, seed=0, workers=1)
@@ -150,6 +154,7 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     t_tpl = statistics.median(
         _times(lambda: template_delens(sky["Q"], sky["U"], sky["phi"], attrs), 2)
     )
+    t_qe = statistics.median(_times(lambda: qe_delens(sky["Q"], sky["U"], attrs), 2))
     return [
         dict(
             name="delensing_nside512_s_per_sky",
@@ -159,7 +164,16 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
             peer_value=t_tpl,
             ratio=t_tpl / t_net,
             meta={"model": label, "threads": torch.get_num_threads()},
-        )
+        ),
+        dict(
+            name="qe_delensing_nside512_s_per_sky",
+            value=t_qe,
+            unit="s/sky",
+            peer="true-phi template baseline (lenspyx)",
+            peer_value=t_tpl,
+            ratio=t_tpl / t_qe,
+            meta={"estimator": "pol (EB + EE), B ell >= 201", "threads": torch.get_num_threads()},
+        ),
     ]
 
 

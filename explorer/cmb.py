@@ -5,7 +5,8 @@ A_res and the fitted r with its error, live from a shipped delensing network.
 Four modules, the three of the Lensing page and the data:
 
 * :mod:`explorer.cmb_compute`: the pure update, stage by stage (:func:`~explorer.cmb_compute.
-  updates`: the sky, the network on two noise realisations, the true-φ template; spectra,
+  updates`: the sky, the network on two noise realisations, the true-φ template, the measured
+  quadratic estimator; spectra,
   A_res, r fits, the QE forecast) and the cache of results;
 * :mod:`explorer.cmb_data`: the delensers (found, described, loaded) and the caches of skies
   and of stage timings;
@@ -23,8 +24,8 @@ The delenser. The first delensing run (task ``delensing`` with a checkpoint) in
 ``assets/models/`` (``$EXPLORER_EXAMPLES_DIR``; the shipped ``delens512`` first) or the runs
 folder, chosen in a selector; its training skies' r, noise and beam are the page's starting
 settings. It is loaded once per server process, in the worker thread of the first update that
-needs it. Without one the page says in one line how to train it and shows the template baseline
-and the QE forecast.
+needs it. Without one the page says in one line how to train it and shows the template and QE
+baselines and the QE forecast.
 
 Updates. Every change is computed off the event loop, on the page's own worker threads
 (:func:`executor`, not the field lab's: a minute-long update never delays another page or
@@ -129,7 +130,7 @@ class CMBPage(pn.viewable.Viewer):
         doc="Run directory of the delensing network ('': template baseline only).",
     )  # fmt: skip
     method = param.Selector(
-        default="network", objects=["network", "template"],
+        default="network", objects=["network", "template", "qe"],
         doc="Which delensed map the map panels show.",
     )  # fmt: skip
     result = param.ClassSelector(

@@ -1,5 +1,6 @@
 r"""CMB page, the pure compute: one lensed CMB sky from the page's settings, delensed by a shipped
-network and by the true-φ template, its B-mode maps, BB spectra, A_res and fitted r.
+network, by the true-φ template and by the quadratic estimator, its B-mode maps, BB spectra,
+A_res and fitted r.
 
 No Panel here: :func:`updates` is a generator of ever more complete :class:`CMBResult` s, one per
 *stage*, so that the page (:mod:`explorer.cmb`) shows the sky while the slow delensers still run,
@@ -18,7 +19,10 @@ them) and the caches of skies and stage timings are :mod:`explorer.cmb_data`'s (
 3. ``network2``: the network on the second observation — its A_res and fitted r;
 4. ``template``: both observations delensed by :func:`engine.evaluation.delensing.
    template_delens` (Wiener-filtered observed E lensed by the *true* φ: the best a φ-based
-   method can do with this E) — its map, A_res and fitted r.
+   method can do with this E) — its map, A_res and fitted r;
+5. ``qe``: both observations delensed by :func:`engine.evaluation.delensing_qe.qe_delens` (φ̂
+   reconstructed from the observed Q/U by the quadratic estimator, then the same template) — the
+   measured baseline beside the QE forecast.
 
 Definitions (those of :mod:`engine.evaluation.delensing`, on the full sky)
 ----------------------------------------------------------------------------
@@ -72,6 +76,7 @@ from engine.evaluation.delensing import (
     template_delens,
     tensor_template,
 )
+from engine.evaluation.delensing_qe import qe_delens
 from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.cmb import CMBParams, check_settings
@@ -113,6 +118,7 @@ STAGES = {
     "network": "delensing the observed sky with the network",
     "network2": "delensing the second noise realisation with the network (A_res, r)",
     "template": "template baseline: both observations delensed with the true φ",
+    "qe": "QE baseline: both observations delensed with φ̂ reconstructed from the maps",
 }
 #: Jacobi iterations of the analysis of the unlensed sky (:class:`BModes`; the engine's 3).
 ITERATIONS = 3
@@ -279,8 +285,8 @@ def qe_mv(settings: CMBParams, spectra) -> dict:
 # One update, stage by stage
 # ---------------------------------------------------------------------------------------------
 
-#: Methods of the readout, in order: no delensing, the network, the template.
-METHODS = ("none", "network", "template")
+#: Methods of the readout, in order: no delensing, the network, the template, the measured QE.
+METHODS = ("none", "network", "template", "qe")
 
 
 @dataclass
@@ -298,17 +304,17 @@ class CMBResult:
     done : tuple of str
     maps : dict of str → ndarray ``(12·nside²,) float32``
         B-mode maps (µK, RING): ``lensed`` (observed: lensed + beam + noise), ``unlensed``
-        (true, beamed), ``network``, ``template`` (delensed; once their stage has run).
+        (true, beamed), ``network``, ``template``, ``qe`` (delensed; once their stage has run).
     b_max : float
         99.5 % quantile of |B| of the observed map, µK (the views' colour range).
     ell : ndarray ``(n_bins,)``
         Bin centres.
     bb : dict of str → ndarray ``(n_bins,)``
         Binned C_ℓ^BB (µK², beamed): ``lensed`` (cross of the two observations), ``unlensed``,
-        ``network``, ``template`` (cross of the two delensed observations), ``theory_lensing``
+        ``network``, ``template``, ``qe`` (cross of the two delensed observations), ``theory_lensing``
         (CAMB lensing BB × b_ℓ²), ``qe_residual`` (MV forecast × b_ℓ²), ``primordial`` (r·T_b).
     a_res : dict of str → float
-        Mean A_res over ``ell_range`` of ``none``, ``network``, ``template`` (as they come) and
+        Mean A_res over ``ell_range`` of ``none``, ``network``, ``template``, ``qe`` (as they come) and
         ``qe_mv`` (the forecast).
     a_res_bins : dict of str → ndarray ``(n_bins,)``
         A_res per bin (NaN outside the bins' data).
@@ -361,7 +367,7 @@ class _Update:
         self.nside = int(settings.nside)
         self.lmax = lmax_of(self.nside)
         self.ell_range = ell_range_of(self.nside)
-        self.stages = ("sky", *(("network", "network2") if info else ()), "template")
+        self.stages = ("sky", *(("network", "network2") if info else ()), "template", "qe")
         self.done: list[str] = []
         self.seconds: dict[str, float] = {}
         self.alm: dict[str, np.ndarray] = {}
@@ -380,7 +386,7 @@ class _Update:
         getattr(self, f"_{stage}")()
         dt = time.perf_counter() - t0
         self.seconds[stage] = dt
-        per_obs = dt / 2 if stage == "template" else dt
+        per_obs = dt / 2 if stage in ("template", "qe") else dt
         record_seconds(stage, self.nside, per_obs)
         self.done.append(stage)
 
@@ -449,6 +455,15 @@ class _Update:
         self.alm["template1"], self.alm["template2"] = out
         self.maps["template"] = b_map(out[0], self.nside)
         self._method("template", *out)
+
+    def _qe(self) -> None:
+        s = self.s
+        attrs = {"noise": float(s.noise), "beam": float(s.beam), "nside": self.nside,
+                 "lmax": self.lmax}  # fmt: skip
+        out = [self.b(*qe_delens(*self.obs[i], attrs, spectra=self.spectra)) for i in (1, 2)]
+        self.alm["qe1"], self.alm["qe2"] = out
+        self.maps["qe"] = b_map(out[0], self.nside)
+        self._method("qe", *out)
 
     def _method(self, name: str, a1: np.ndarray, a2: np.ndarray) -> None:
         """A_res, the delensed cross spectrum and the r fit of a method (module docstring)."""

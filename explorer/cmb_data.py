@@ -47,6 +47,7 @@ REFERENCE_SECONDS = {
     "sky": {128: 7.0, 512: 42.0},
     "network": {128: 1.4, 512: 22.0},
     "template": {128: 1.4, 512: 54.0},
+    "qe": {128: 2.0, 512: 25.0},
 }
 
 
@@ -236,10 +237,10 @@ def expected_seconds(stage: str, nside: int) -> float:
 
 def expected_wait(nside: int, network: bool) -> dict[str, float]:
     """Expected seconds until each stage of an update at ``nside`` has run (cumulative:
-    ``{stage: seconds from the start}``); the template runs on two observations."""
-    stages = ["sky", *(["network", "network2"] if network else []), "template"]
+    ``{stage: seconds from the start}``); the template and the QE run on two observations."""
+    stages = ["sky", *(["network", "network2"] if network else []), "template", "qe"]
     out, total = {}, 0.0
     for s in stages:
-        total += expected_seconds(s, nside) * (2 if s == "template" else 1)
+        total += expected_seconds(s, nside) * (2 if s in ("template", "qe") else 1)
         out[s] = total
     return out

@@ -59,6 +59,7 @@ CURVES = {
     "lensed": ("lensed (observed, cross of 2 noise realisations)", "#525252", "solid", True),
     "network": ("delensed: network", "#d62728", "solid", True),
     "template": ("delensed: template (true φ)", "#2ca02c", "solid", True),
+    "qe": ("delensed: QE (φ̂ from the maps)", "#9467bd", "solid", True),
     "unlensed": ("true unlensed", "#1f77b4", "solid", True),
     "theory_lensing": ("theory: lensing BB × b²ℓ (CAMB)", "#000000", "dashed", False),
     "qe_residual": ("QE MV forecast residual × b²ℓ", "#9467bd", "dashed", False),
@@ -88,7 +89,7 @@ table.cmb td.value { text-align: right; font-variant-numeric: tabular-nums; }
 @dataclass(frozen=True)
 class MapFrame:
     """What the map panels show: a result (None before the first) and the delensed map chosen
-    (``"network"`` or ``"template"``)."""
+    (``"network"``, ``"template"`` or ``"qe"``)."""
 
     result: CMBResult | None = None
     method: str = "network"
@@ -99,7 +100,7 @@ def delensed_map(result: CMBResult | None, method: str) -> str | None:
     else None."""
     if result is None:
         return None
-    for key in (method, "template" if method == "network" else "network"):
+    for key in (method, *(k for k in ("network", "template", "qe") if k != method)):
         if key in result.maps:
             return key
     return None
@@ -116,7 +117,9 @@ def panel_title(frame: MapFrame, panel: str) -> str:
     key = delensed_map(r, frame.method)
     if key is None:
         return f"{PANELS[panel]}: waiting for the {r.next_stage or 'delenser'}…"
-    who = f"network {r.delenser}" if key == "network" else "template (true φ)"
+    who = {"network": f"network {r.delenser}", "template": "template (true φ)"}.get(
+        key, "QE (φ̂ from the maps)"
+    )
     return f"{PANELS[panel]} — {who}"
 
 
@@ -347,6 +350,7 @@ def readout_rows(result: CMBResult) -> list[tuple[str, str, str]]:
         "none": "no delensing",
         "network": f"network {html.escape(result.delenser)}",
         "template": "template (true φ)",
+        "qe": "QE (φ̂ from the maps)",
     }
     for m, name in names.items():
         if m == "network" and not result.delenser:
@@ -434,7 +438,7 @@ def wait_text(nside: int, network: bool) -> str:
     if network:
         line += f", the network's maps at ≈ {wait['network']:.0f} s"
     line += (
-        f", every number at ≈ {wait['template']:.0f} s (the last update measured in this "
+        f", every number at ≈ {wait['qe']:.0f} s (the last update measured in this "
         "server, else timings of a 2-core machine; settings seen before come from the cache "
         "at once)."
     )
@@ -446,7 +450,7 @@ def no_delenser_text(nside: int) -> str:
     shows meanwhile."""
     return (
         f"**No delensing network found**: train one with `{TRAIN_COMMAND}`. Meanwhile: the "
-        f"template baseline and the QE forecast at nside {nside}."
+        f"template and QE baselines and the QE forecast at nside {nside}."
     )
 
 

@@ -105,11 +105,11 @@ def physics(models):
 
 def test_update_stage_by_stage_against_camb_and_the_engine(physics):
     settings, info, stages = physics
-    assert [r.done[-1] for r in stages] == ["sky", "network", "network2", "template"]
-    sky, net, net2, full = stages
+    assert [r.done[-1] for r in stages] == ["sky", "network", "network2", "template", "qe"]
+    sky, net, net2, _, full = stages
     assert set(sky.maps) == {"lensed", "unlensed"} and "network" in net.maps
     assert "network" not in net.a_res and "network" in net2.a_res and full.complete
-    assert set(full.maps) == {"lensed", "unlensed", "network", "template"}
+    assert set(full.maps) == {"lensed", "unlensed", "network", "template", "qe"}
     assert all(m.shape == (12 * NSIDE**2,) and m.dtype == np.float32 for m in full.maps.values())
     assert full.ell_range == (20, 95) and list(full.ell) == [29.5, 49.5, 69.5]
     # the observed lensed BB (cross of two noise realisations) is CAMB's lensed BB × b²
@@ -128,7 +128,9 @@ def test_update_stage_by_stage_against_camb_and_the_engine(physics):
     assert full.a_res["none"] == pytest.approx(ref["mean"], rel=5e-3)
     assert full.a_res["none"] == pytest.approx(1.0, abs=0.05)
     assert 0.0 < full.a_res["qe_mv"] <= 1.0 and full.a_res["template"] < 1.02
-    for m in ("none", "network", "template"):
+    # the measured QE: nothing to reconstruct from at 30′ and ℓ ≤ 95 (forecast ≈ 1)
+    assert full.a_res["qe"] == pytest.approx(1.0, abs=0.05)
+    for m in ("none", "network", "template", "qe"):
         fit = full.fits[m]
         assert fit["sigma_r"] > 0 and abs(fit["r_hat"] - 0.05) < 5 * fit["sigma_r"] + 0.01
     # the toy network was trained at r = 0, noise 2, beam 30: the page says where it differs
@@ -139,7 +141,7 @@ def test_update_stage_by_stage_against_camb_and_the_engine(physics):
 
 
 def test_views_of_a_result(physics):
-    _, _, (sky, _, _, full) = physics
+    _, _, (sky, _, _, _, full) = physics
     assert "waiting for the network" in panel_title(MapFrame(sky, "network"), "delensed")
     assert "network delens_tiny" in panel_title(MapFrame(full, "network"), "residual")
     assert "template" in panel_title(MapFrame(full, "template"), "delensed")
@@ -196,7 +198,7 @@ def test_page_without_delenser_shows_template_and_forecast(tmp_path):
     _fast(page)
     root = page.__panel__().get_root(Document())
     r = page.result
-    assert r.complete and r.done == ("sky", "template") and page.delenser == ""
+    assert r.complete and r.done == ("sky", "template", "qe") and page.delenser == ""
     assert page.settings.nside == NSIDE and cc.TRAIN_COMMAND in page._hint.object
     assert "python -m engine train --preset delens512 --run-dir assets/models/delens512" in (
         page._hint.object
@@ -204,6 +206,7 @@ def test_page_without_delenser_shows_template_and_forecast(tmp_path):
     assert "updated in" in page._status.object and "Expected wait" in page._wait.object
     text = page._readout.object
     assert "template (true φ)" in text and "QE forecast" in text and "network" not in text
+    assert "QE (φ̂ from the maps)" in text
     # four Mollweide panels sharing one colour range, and the spectra
     images = _images(root)
     assert len(images) == 4
