@@ -17,7 +17,7 @@ and cached) in skies per second, for
   untrained network of the same architecture when it is absent: the same cost) on one sky,
   against the true-φ template baseline (:func:`engine.evaluation.delensing.template_delens`:
   Wiener filter, lenspyx lensing of E, B extraction) on the same sky as the peer; and the measured
-  quadratic-estimator delensing (:func:`engine.evaluation.delensing_qe.qe_delens`: φ̂ from Q/U,
+  quadratic-estimator delensing (:func:`engine.physics.cmb_qe.qe_delens`: φ̂ from Q/U,
   then the same template) against the same peer.
 
 Prints a table and writes ``benchmarks/results/cmb_sims.json`` (rows with name, value, unit and,
@@ -126,8 +126,8 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     import torch
 
     from engine.evaluation.delensing import template_delens
-    from engine.evaluation.delensing_qe import qe_delens
     from engine.nn.healpix_unet import HealpixUNet
+    from engine.physics.cmb_qe import qe_delens
 
     s = cmb.CMBParams(nside=512, count=1, seed=0, workers=1)
     sky = cmb.simulate(s, 0)

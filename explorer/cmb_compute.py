@@ -20,7 +20,7 @@ them) and the caches of skies and stage timings are :mod:`explorer.cmb_data`'s (
 4. ``template``: both observations delensed by :func:`engine.evaluation.delensing.
    template_delens` (Wiener-filtered observed E lensed by the *true* φ: the best a φ-based
    method can do with this E) — its map, A_res and fitted r;
-5. ``qe``: both observations delensed by :func:`engine.evaluation.delensing_qe.qe_delens` (φ̂
+5. ``qe``: both observations delensed by :func:`engine.physics.cmb_qe.qe_delens` (φ̂
    reconstructed from the observed Q/U by the quadratic estimator, then the same template) — the
    measured baseline beside the QE forecast.
 
@@ -76,10 +76,10 @@ from engine.evaluation.delensing import (
     template_delens,
     tensor_template,
 )
-from engine.evaluation.delensing_qe import qe_delens
 from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.cmb import CMBParams, check_settings
+from engine.physics.cmb_qe import qe_delens
 from engine.physics.cmb_theory import cmb_spectra
 
 # The delensers and the caches of skies and stage timings (explorer.cmb_data), re-exported

@@ -100,7 +100,7 @@ Baselines
   A165), take its B modes, multiply by b_ℓ and subtract that B (only) from the observed Q/U. The
   lensed E stands in for the unlensed E (second-order error), and only E with ℓ ≤ lmax enters, so
   the B produced by lensing of E above the map's lmax cannot be removed.
-* ``qe`` (:func:`~engine.evaluation.delensing_qe.qe_delens`; full-sky skies): the *measured*
+* ``qe`` (:func:`~engine.physics.cmb_qe.qe_delens`; full-sky skies): the *measured*
   quadratic-estimator delensing — φ̂ from the observed Q/U by the polarisation (EB + EE) QE with
   B modes of ℓ ≤ 200 left out (else the internal-delensing bias removes part of every B mode in
   the band, primordial ones too), Wiener-filtered, and the template above built with it. Its
@@ -327,7 +327,7 @@ def _template(mask):
 
 
 def _qe(q, u, sky):
-    from engine.evaluation.delensing_qe import qe_delens
+    from engine.physics.cmb_qe import qe_delens
 
     return qe_delens(q, u, _attrs(sky))
 
@@ -381,7 +381,7 @@ def delensing_report(
         Run the true-φ template baseline and the QE forecasts.
     measured_qe : bool
         Run the measured quadratic-estimator delensing
-        (:func:`~engine.evaluation.delensing_qe.qe_delens`, ~25 s per sky at nside 512) on
+        (:func:`~engine.physics.cmb_qe.qe_delens`, ~25 s per sky at nside 512) on
         full-sky skies; its transfer function is measured like a given delenser's.
     transfer : bool
         Measure each given delenser's transfer function on primordial B by injection

@@ -12,13 +12,6 @@ from typing import Any
 import healpy as hp
 import numpy as np
 
-from engine.evaluation.delensing_qe import (
-    B_LMIN,
-    _import_pytempura,
-    _quiet_stdout,
-    qe_norm,
-    subtract_template,
-)
 from engine.evaluation.delensing_spectra import (
     ARCMIN,
     ELL_RANGE,
@@ -33,6 +26,13 @@ from engine.evaluation.delensing_spectra import (
     _weight,
 )
 from engine.params import ConfigError
+from engine.physics.cmb_qe import (
+    B_LMIN,
+    _import_pytempura,
+    _quiet_stdout,
+    qe_norm,
+    subtract_template,
+)
 
 # ----------------------------------------------------------------------------- baselines
 
@@ -118,8 +118,8 @@ def qe_forecast(
         Highest CMB multipole used in the reconstruction (and highest L reconstructed).
     estimator : {"mv", "eb", "pol"}
         EB alone, the minimum-variance combination of TT, TE, EE, TB, EB, or the polarisation
-        estimator EB + EE of :func:`~engine.evaluation.delensing_qe.qe_phi` (the measured QE
-        baseline; its normalisation :func:`~engine.evaluation.delensing_qe.qe_norm`).
+        estimator EB + EE of :func:`~engine.physics.cmb_qe.qe_phi` (the measured QE
+        baseline; its normalisation :func:`~engine.physics.cmb_qe.qe_norm`).
     spectra : CMBSpectra, optional
         Default ``cmb_spectra(max(lmax, ell_range[1]))`` at the fiducial cosmology (r = 0).
     lmin : int
@@ -134,7 +134,7 @@ def qe_forecast(
         Range of the mean A_res.
     b_lmin : int, optional
         ``"pol"`` only: lowest B multipole in the reconstruction (default
-        :data:`~engine.evaluation.delensing_qe.B_LMIN`, as the measured baseline).
+        :data:`~engine.physics.cmb_qe.B_LMIN`, as the measured baseline).
 
     Returns
     -------

@@ -75,9 +75,9 @@ from typing import Any
 import healpy as hp
 import numpy as np
 
-from engine.evaluation.delensing_spectra import (
+from engine.params import ConfigError
+from engine.physics.cmb_maps import (
     ARCMIN,
-    ELL_RANGE,
     _attr,
     _cosmology,
     _gauss_beam,
@@ -85,12 +85,14 @@ from engine.evaluation.delensing_spectra import (
     _pair,
     _threads,
 )
-from engine.params import ConfigError
 
 #: Estimators of :func:`qe_phi`.
 QE_ESTIMATORS = ("pol", "eb")
-#: B modes below this ℓ are left out of the reconstruction (the A_res band ends at 200).
-B_LMIN = ELL_RANGE[1] + 1
+#: B modes below this ℓ are left out of the reconstruction (the A_res band of
+#: :mod:`engine.evaluation.delensing` ends at ℓ = 200).
+B_LMIN = 201
+#: Lowest ℓ of the spectra computed by default (the A_res band's upper end).
+_SPECTRA_LMIN = 200
 #: LSQR iterations of the E/B analysis of the observed maps (:func:`_eb`).
 ANALYSIS_ITERATIONS = 10
 
@@ -173,7 +175,7 @@ def _unnormalised(x_e, x_b, w_e, grid: _Grid) -> np.ndarray:
 def subtract_template(q, u, alm_e, phi_lm, noise: float, beam: float, lmax: int, spectra):
     """Q/U minus the beamed B modes of the Wiener-filtered E lensed by φ (:func:`template_delens`,
     whose docstring states the method; also the QE delensing of
-    :mod:`engine.evaluation.delensing_qe`).
+    :mod:`engine.physics.cmb_qe`).
 
     Parameters
     ----------
@@ -340,7 +342,7 @@ def _setup(q, u, attrs: Mapping, mask, spectra, name: str):
     nside = hp.npix2nside(q.shape[1])
     lmax = _lmax(q.shape[1], int(attrs.get("lmax") or 3 * nside - 1))
     noise, beam = _attr(attrs, "noise"), _attr(attrs, "beam")
-    spectra = spectra or cmb_spectra(max(lmax, ELL_RANGE[1]), **_cosmology(attrs))
+    spectra = spectra or cmb_spectra(max(lmax, _SPECTRA_LMIN), **_cosmology(attrs))
     if spectra.lmax < lmax:
         raise ConfigError(f"spectra lmax={spectra.lmax} < map lmax={lmax}")
     return q, u, nside, lmax, noise, beam, spectra

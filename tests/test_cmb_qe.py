@@ -1,4 +1,4 @@
-"""Quadratic-estimator reconstruction and delensing (engine.evaluation.delensing_qe): the
+"""Quadratic-estimator reconstruction and delensing (engine.physics.cmb_qe): the
 first-order lensing operator against lenspyx, the estimator as its exact adjoint, the response
 and N_0 against pytempura's analytic normalisation on seeded simulations, and QE delensing
 against the forecast."""
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from engine.evaluation import delensing as D
-from engine.evaluation import delensing_qe as Q
 from engine.params import ConfigError
+from engine.physics import cmb_qe as Q
 from engine.physics.cmb_theory import cmb_spectra
 from engine.physics.sky import synthesize_alm
 
