@@ -342,3 +342,37 @@ def test_evaluate_writes_the_report(run, skies, tmp_path, capsys):
         == 2
     )
     assert "trained at nside 32" in capsys.readouterr().err
+
+
+def test_qe_assisted_network_starts_as_qe_delensing(skies, tmp_path):
+    """qe_input: 4 input channels (QE-delensed Q/U and the template); the untrained residual
+    network returns the QE-delensed sky exactly; a run trains and its checkpoint predicts with
+    the template computed from the sky given."""
+    import torch
+
+    from engine.cli import main
+    from engine.evaluation.predict import load_task_network
+    from engine.physics.cmb_qe import qe_delens
+    from engine.tasks.delensing import QE_INPUTS
+
+    task = _task(skies, qe_input=True, rotate_every=1)
+    model = task.build_networks()["model"].eval()
+    assert model.in_channels == 4 and task.state()["inputs"] == list(QE_INPUTS)
+    sky = task.source.sky(int(task.train_rows[0]), ("Q", "U"))
+    q, u = task.predict(model, sky["Q"], sky["U"])
+    qd, ud = qe_delens(sky["Q"], sky["U"], task.sky_attrs)
+    np.testing.assert_allclose(q, qd, atol=1e-4 * np.abs(qd).max())
+    np.testing.assert_allclose(u, ud, atol=1e-4 * np.abs(ud).max())
+    # a rotated pool sky carries its template rotated alike: input = (obs − T, T)
+    x, y = task.shard(3, 0)
+    assert x.shape[1] == 4 and y.shape[1] == 7 and torch.isfinite(x).all()
+    run_dir = tmp_path / "qe_run"
+    code = main(
+        ["train", "--preset", "delens_smoke", "--set", f"dataset={skies}", "--set",
+         "eval_maps=0", "--set", "qe_input=true", "--run-dir", str(run_dir)]
+    )  # fmt: skip
+    assert code == 0
+    net, loaded, _ = load_task_network(run_dir, "cpu", "delensing")
+    assert loaded.qe_input and net.in_channels == 4
+    q2, _ = loaded.predict(net, sky["Q"], sky["U"])
+    assert q2.shape == sky["Q"].shape and np.isfinite(q2).all()

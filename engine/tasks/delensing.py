@@ -23,6 +23,21 @@ mean B-mode power of the error on the window (flat-sky E/B on the face grid,
 :mod:`engine.nn.healpix_pol`): the plain Q/U error is dominated by E-mode lensing and noise,
 while the lensing B power is what delensing must remove.
 
+QE-assisted network (``qe_input``)
+----------------------------------
+The inputs become Q − T_Q, U − T_U, T_Q, T_U: T is the lensing-B template of the quadratic
+estimator on the observed sky itself (:func:`engine.physics.cmb_qe.qe_delens`: φ̂ from the
+observed Q/U with the B modes of ℓ ≤ 200 left out, Wiener-filtered E lensed by it), so that the
+residual network's base is QE delensing (the untrained network *is* QE delensing) and training
+learns a correction from the QE-delensed sky and the template. The design follows the QE: the
+lensing information is in the products of E and B over ℓ ~ 500–2000 that a network on 128²
+windows of 7′ pixels would have to learn to form; T hands it the estimator's answer. Each stored
+sky's T is computed once per process (~20 s at nside 512); a rotated pool sky rotates the stored
+observed sky, its lensed and unlensed skies and T by the same rotation (the QE on the full sky
+with isotropic filters commutes with rotations), with no fresh noise, so that T is exactly the
+template of the network's input. Inference (:meth:`Delensing.predict`) computes T of the sky
+given, at the training skies' noise, beam and cosmology.
+
 Augmentation that respects spin 2
 ---------------------------------
 A pool of ``pool`` skies is held in memory as padded faces. Every ``rotate_every`` steps one slot
@@ -63,6 +78,8 @@ INPUTS = ("Q", "U")
 TARGETS = ("Q_unlensed", "U_unlensed")
 #: The observed sky without its noise (beamed): observed − lensed is the noise realisation.
 LENSED = ("Q_lensed", "U_lensed")
+#: Input channels of the QE-assisted network (``qe_input``): the QE-delensed sky and T.
+QE_INPUTS = ("Q - T_Q", "U - T_U", "T_Q", "T_U")
 
 
 class DelensingParams(param.Parameterized):
@@ -106,6 +123,15 @@ class DelensingParams(param.Parameterized):
         "suppresses primordial B, see its transfer function in the evaluation report).",
     )
 
+    qe_input = param.Boolean(
+        False,
+        doc="QE-assisted network: its inputs are the observed Q/U minus T and T, T the lensing-B "
+        "template of the quadratic estimator on the observed sky (engine.physics.cmb_qe; ~20 s "
+        "per sky at nside 512, once per stored sky), so that the untrained network is QE "
+        "delensing and training learns a correction; rotated pool skies then rotate the stored "
+        "observed sky (its noise with it) instead of drawing fresh noise, so T stays exact.",
+    )
+
     def check(self) -> None:
         """Nothing to check alone (the crop is checked against nside and levels when the task
         is built)."""
@@ -143,6 +169,19 @@ class DelenserModelParams(param.Parameterized):
         if int(self.margin):
             kwargs["margin"] = int(self.margin)
         return kwargs
+
+
+def _with_template(obs: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``(2, npix)`` observed Q/U and ``(2, npix)`` QE template → ``(4, npix)`` network input
+    (:data:`QE_INPUTS`)."""
+    return np.concatenate([obs - t, t])
+
+
+def _centre(x: torch.Tensor, m: int) -> torch.Tensor:
+    """The Q/U input of padded windows ``(k, C, s + 2m, s + 2m)`` on their centres: what the
+    loss calls "identity" — the observed sky, or with ``qe_input`` the QE-delensed sky."""
+    x = x[:, :2]
+    return x[:, :, m:-m, m:-m] if m else x
 
 
 def _faces(maps: np.ndarray) -> torch.Tensor:
@@ -205,11 +244,15 @@ class Delensing(Task):
         scale = float(np.sqrt(np.mean(q.astype(np.float64) ** 2)))
         if not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"{where}: the first training sky's Q is zero or not finite")
-        self._setup(scale, nside, dict(self.source.attrs), int(s.crop))
+        self._setup(scale, nside, dict(self.source.attrs), int(s.crop), bool(s.qe_input))
         self._slots: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * int(s.pool)
         self._slot_ids: list[int] = [-1] * int(s.pool)
 
-    def _setup(self, scale: float, nside: int, attrs: Mapping[str, Any], crop: int) -> None:
+    def _setup(
+        self, scale: float, nside: int, attrs: Mapping[str, Any], crop: int, qe_input: bool
+    ) -> None:
+        self.qe_input = bool(qe_input)
+        self._templates: dict[int, np.ndarray] = {}
         self.scale = float(scale)
         self.crop = int(crop)
         self.nside = int(nside)
@@ -219,11 +262,29 @@ class Delensing(Task):
             if isinstance(v, (int, float, str, bool, np.generic))
         }
 
+    def template(self, q: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """QE lensing-B template of one observed sky, ``(2, npix) float64`` Q/U, µK, RING:
+        observed − :func:`engine.physics.cmb_qe.qe_delens` at the training skies' noise, beam
+        and cosmology."""
+        from engine.physics.cmb_qe import qe_delens
+
+        qd, ud = qe_delens(q, u, self.sky_attrs)
+        return np.stack([np.asarray(q, np.float64) - qd, np.asarray(u, np.float64) - ud])
+
+    def _stored_template(self, row: int) -> np.ndarray:
+        """:meth:`template` of the stored sky ``row`` (computed once per process)."""
+        if row not in self._templates:
+            sky = self.source.sky(int(row), INPUTS)
+            self._templates[row] = self.template(sky["Q"], sky["U"]).astype(np.float32)
+        return self._templates[row]
+
     # -- networks ------------------------------------------------------------------------------
 
     def network_specs(self) -> dict[str, tuple[str, dict[str, Any]]]:
-        """``{"model": ("healpix_unet", kwargs)}``: 2 channels in (Q, U), 2 out."""
-        kwargs = DelenserModelParams.model_kwargs(self.settings, len(INPUTS), len(TARGETS))
+        """``{"model": ("healpix_unet", kwargs)}``: 2 channels in (Q, U; 4 with ``qe_input``:
+        Q − T_Q, U − T_U, T_Q, T_U), 2 out."""
+        n_in = 2 * len(INPUTS) if self.qe_input else len(INPUTS)
+        kwargs = DelenserModelParams.model_kwargs(self.settings, n_in, len(TARGETS))
         return {"model": (self.settings.model, kwargs)}
 
     def build_networks(self) -> dict[str, nn.Module]:
@@ -242,17 +303,30 @@ class Delensing(Task):
     # -- data ----------------------------------------------------------------------------------
 
     def _content(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pool content ``c`` (module docstring): padded input faces ``(12, 2, n+2m, n+2m)``
+        """Pool content ``c`` (module docstring): padded input faces ``(12, C, n+2m, n+2m)``
         and target faces ``(12, 4, n, n)`` (unlensed Q, U, then the Q, U of the input's noise
         realisation), scaled, float32 on the CPU."""
         s = self.settings
         pool = int(s.pool)
         rows = self.train_rows
         if c < pool:
-            sky = self.source.sky(int(rows[c % rows.size]), INPUTS + LENSED + TARGETS)
+            row = int(rows[c % rows.size])
+            sky = self.source.sky(row, INPUTS + LENSED + TARGETS)
             x = np.stack([sky[n] for n in INPUTS])
             noise = x - np.stack([sky[n] for n in LENSED])
             y = np.stack([sky[n] for n in TARGETS])
+            if self.qe_input:
+                x = _with_template(x, self._stored_template(row))
+        elif self.qe_input:  # rotate the stored observed sky and its template alike
+            rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
+            row = int(rows[rng.integers(rows.size)])
+            sky = self.source.sky(row, INPUTS + LENSED + TARGETS)
+            euler = random_euler(rng)
+            obs = np.stack(rotate_qu(sky["Q"], sky["U"], euler))
+            noise = obs - np.stack(rotate_qu(sky["Q_lensed"], sky["U_lensed"], euler))
+            y = np.stack(rotate_qu(sky["Q_unlensed"], sky["U_unlensed"], euler))
+            t = self._stored_template(row)
+            x = _with_template(obs, np.stack(rotate_qu(t[0], t[1], euler)))
         else:
             rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
             row = int(rows[rng.integers(rows.size)])
@@ -313,7 +387,7 @@ class Delensing(Task):
         loss, parts = self._objective(pred.float(), yb)
         grad_norm = opt.step("model", loss)
         with torch.no_grad():
-            ident, ident_parts = self._objective(x[:, :, m:-m, m:-m] if m else x, yb)
+            ident, ident_parts = self._objective(_centre(x, m), yb)
         return {
             "loss": loss.detach(), "loss_identity": ident, "grad_norm": grad_norm,
             **{k: v.detach() for k, v in parts.items()},
@@ -356,7 +430,8 @@ class Delensing(Task):
         for row in self.val_rows:
             sky = self.source.sky(int(row), INPUTS + LENSED + TARGETS)
             obs = np.stack([sky[n] for n in INPUTS])
-            x = torch.from_numpy(obs / self.scale).float()
+            xin = _with_template(obs, self._stored_template(int(row))) if self.qe_input else obs
+            x = torch.from_numpy(xin / self.scale).float()
             y = np.stack([sky[n] for n in TARGETS] + list(obs - np.stack([sky[n] for n in LENSED])))
             padded = pad_faces(ring_to_nest(x)[None], self._margin())
             faces = torch.cat([_faces(y / self.scale), self._basis()], dim=1)  # + noise, basis
@@ -389,7 +464,7 @@ class Delensing(Task):
             with self.autocast_or_null(autocast):
                 pred = model.forward_faces(x, m)
             k = len(x)
-            for name, out in (("", pred.float()), ("_identity", x[:, :, m:-m, m:-m] if m else x)):
+            for name, out in (("", pred.float()), ("_identity", _centre(x, m))):
                 loss, parts = self._objective(out, yb)
                 for key, v in {"loss": loss, **parts}.items():
                     sums[key + name] = sums.get(key + name, 0.0) + float(v) * k
@@ -409,8 +484,9 @@ class Delensing(Task):
             "scale": self.scale,
             "nside": self.nside,
             "margin": self._margin(),
-            "inputs": list(INPUTS),
+            "inputs": list(QE_INPUTS if self.qe_input else INPUTS),
             "targets": list(TARGETS),
+            "qe_input": self.qe_input,
             "sky_attrs": dict(self.sky_attrs),
         }
 
@@ -418,7 +494,10 @@ class Delensing(Task):
     def from_state(cls, state: Mapping[str, Any], device) -> Delensing:
         """The task's prediction path from a checkpoint's ``task_state``."""
         task = cls(None, device)
-        task._setup(state["scale"], state["nside"], state.get("sky_attrs", {}), state["crop"])
+        task._setup(
+            state["scale"], state["nside"], state.get("sky_attrs", {}), state["crop"],
+            bool(state.get("qe_input", False)),
+        )  # fmt: skip
         task.margin = int(state["margin"])
         return task
 
@@ -453,7 +532,8 @@ class Delensing(Task):
         -------
         (q, u) : ``(npix,) float32`` delensed Q, U (RING, µK).
 
-        The network runs on windows of the training crop size with their margin from the
+        With ``qe_input`` the QE template T of the sky (:meth:`template`, ~20 s at nside 512)
+        is computed first. The network runs on windows of the training crop size with their margin from the
         padded faces (:meth:`engine.nn.healpix_unet.HealpixUNet.forward` with ``tile``), so that its
         normalisation statistics are those of training.
 
@@ -471,7 +551,10 @@ class Delensing(Task):
                 f"maps have nside {got}; the delenser was trained at nside {self.nside}"
             )
         device = next(model.parameters()).device
-        x = torch.from_numpy(np.stack([q, u]).astype(np.float32) / self.scale)
+        obs = np.stack([q, u]).astype(np.float64)
+        if self.qe_input:
+            obs = _with_template(obs, self.template(obs[0], obs[1]))
+        x = torch.from_numpy(obs.astype(np.float32) / self.scale)
         x = ring_to_nest(x)[None].to(device)
         out = model(x, tile=self.crop)[0].float().cpu()  # windows as in training
         y = nest_to_ring(out).numpy() * self.scale

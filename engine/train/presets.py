@@ -381,6 +381,11 @@ PRESETS["delens512"] = {
     "log_every": 10,
 }
 
+# delens512_qe: the same network and skies, fed the quadratic-estimator template
+# (engine.physics.cmb_qe) beside the QE-delensed sky (qe_input): it starts as QE delensing and
+# learns a correction. Each stored sky's template is computed once (~20 s at nside 512).
+PRESETS["delens512_qe"] = {**PRESETS["delens512"], "qe_input": True}
+
 
 def preset_task(preset: str) -> str | None:
     """The task a preset is for (its ``"task"`` entry; None for the regression presets that
