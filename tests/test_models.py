@@ -341,14 +341,16 @@ def test_shipped_checkpoints_load_strictly():
                 out = net.eval()(_maps(2, 1, size))
             assert out.shape == (2, 3) and torch.isfinite(out).all(), path
             continue
-        if ck.get("format") == 2 and ck.get("task") == "delensing":  # delens512
+        if ck.get("format") == 2 and ck.get("task") == "delensing":  # delens512, delens512_qe
             from engine.train.checkpoint import load_network
 
             net, ckpt = load_network(path)
             assert ckpt["task_state"]["nside"] == 512, path
             m = ckpt["task_state"]["margin"]
-            with torch.no_grad():  # one window of padded faces: (1, 2, 64 + 2m, 64 + 2m)
-                out = net.eval().forward_faces(torch.randn(1, 2, 64 + 2 * m, 64 + 2 * m), m)
+            c = len(ckpt["task_state"]["inputs"])  # Q, U (+ the QE template with qe_input)
+            assert c == (4 if ckpt["task_state"].get("qe_input") else 2), path
+            with torch.no_grad():  # one window of padded faces: (1, C, 64 + 2m, 64 + 2m)
+                out = net.eval().forward_faces(torch.randn(1, c, 64 + 2 * m, 64 + 2 * m), m)
             assert out.shape == (1, 2, 64, 64) and torch.isfinite(out).all(), path
             continue
         if ck.get("format") == 2:  # written by this engine (pm64, pm32): read as it is
