@@ -185,12 +185,12 @@ def _times(fn, repeat: int) -> list[float]:
 
 def main() -> int:
     results = bench_nside128() + bench_nside512() + bench_delensing()
-    header = f"{'benchmark':<28}{'value':>10} {'unit':<9}{'peer':<52}{'peer value':>11}{'ratio':>8}"
+    header = f"{'benchmark':<32}{'value':>10} {'unit':<9}{'peer':<52}{'peer value':>11}{'ratio':>8}"
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['name']:<28}{r['value']:>10.3g} {r['unit']:<9}{r['peer']:<52}"
+            f"{r['name']:<32}{r['value']:>10.3g} {r['unit']:<9}{r['peer']:<52}"
             f"{r['peer_value']:>11.3g}{r['ratio']:>7.2g}x"
         )
     meta = dict(
