@@ -394,10 +394,10 @@ class _Update:
         s = self.s
         sky = simulated_sky(s)
         self.sky = sky
-        attrs = {"noise": float(s.noise), "beam": float(s.beam), "nside": self.nside,
-                 "lmax": self.lmax}  # fmt: skip
+        self.attrs = {"noise": float(s.noise), "beam": float(s.beam), "nside": self.nside,
+                      "lmax": self.lmax}  # fmt: skip
         q2, u2 = second_observation(
-            {"Q_lensed": sky["Q_lensed"], "U_lensed": sky["U_lensed"], "attrs": attrs},
+            {"Q_lensed": sky["Q_lensed"], "U_lensed": sky["U_lensed"], "attrs": self.attrs},
             int(s.seed),
         )
         self.obs = {1: (sky["Q"], sky["U"]), 2: (q2[0], u2[0])}
@@ -445,22 +445,16 @@ class _Update:
         self._method("network", self.alm["network1"], self.alm["network2"])
 
     def _template(self) -> None:
-        s, sky = self.s, self.sky
-        attrs = {"noise": float(s.noise), "beam": float(s.beam), "nside": self.nside,
-                 "lmax": self.lmax}  # fmt: skip
         out = []
         for i in (1, 2):
-            q, u = template_delens(*self.obs[i], sky["phi"], attrs, spectra=self.spectra)
+            q, u = template_delens(*self.obs[i], self.sky["phi"], self.attrs, spectra=self.spectra)
             out.append(self.b(q, u))
         self.alm["template1"], self.alm["template2"] = out
         self.maps["template"] = b_map(out[0], self.nside)
         self._method("template", *out)
 
     def _qe(self) -> None:
-        s = self.s
-        attrs = {"noise": float(s.noise), "beam": float(s.beam), "nside": self.nside,
-                 "lmax": self.lmax}  # fmt: skip
-        out = [self.b(*qe_delens(*self.obs[i], attrs, spectra=self.spectra)) for i in (1, 2)]
+        out = [self.b(*qe_delens(*self.obs[i], self.attrs, spectra=self.spectra)) for i in (1, 2)]
         self.alm["qe1"], self.alm["qe2"] = out
         self.maps["qe"] = b_map(out[0], self.nside)
         self._method("qe", *out)

@@ -40,14 +40,14 @@ SKIES_COMMAND = (
 SKY_CACHE_SIZE = 2
 #: Seconds of each stage measured on the 2-core development machine (with a training job
 #: running beside it; CAMB spectra already cached) at nside 128 and 512: the expected wait
-#: until a stage has run, before this server has measured one. ``network`` and ``template``
+#: until a stage has run, before this server has measured one. ``network``, ``template`` and ``qe``
 #: are per observation; the network is the delens512 U-Net (width 16, 4 levels). A new r adds
 #: a CAMB run (≈ 4 s at nside 128, ≈ 18 s at 512).
 REFERENCE_SECONDS = {
     "sky": {128: 7.0, 512: 42.0},
     "network": {128: 1.4, 512: 22.0},
     "template": {128: 1.4, 512: 54.0},
-    "qe": {128: 2.0, 512: 25.0},
+    "qe": {128: 0.5, 512: 16.0},  # python -m benchmarks.cmb_sims (512) and one sky (128), idle
 }
 
 

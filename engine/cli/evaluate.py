@@ -126,7 +126,7 @@ def _add_evaluate_parsers(sub) -> None:
         "--no-qe",
         dest="measured_qe",
         action="store_false",
-        help="Delensing: skip the measured quadratic-estimator baseline (~25 s per sky at nside "
+        help="Delensing: skip the measured quadratic-estimator baseline (~16 s per sky at nside "
         "512; full-sky skies only).",
     )
     e.add_argument(

@@ -387,7 +387,7 @@ def delensing_report(
         Run the true-φ template baseline and the QE forecasts.
     measured_qe : bool
         Run the measured quadratic-estimator delensing
-        (:func:`~engine.physics.cmb_qe.qe_delens`, ~25 s per sky at nside 512) on
+        (:func:`~engine.physics.cmb_qe.qe_delens`, ~16 s per sky at nside 512) on
         full-sky skies; its transfer function is measured like a given delenser's.
     transfer : bool
         Measure each given delenser's transfer function on primordial B by injection

@@ -114,7 +114,7 @@ def evaluate_delenser(
         Also run the true-φ template baseline (~1 min per noise realisation at nside 512).
     measured_qe : bool
         Also run the measured quadratic-estimator delensing baseline on full-sky skies
-        (:mod:`engine.physics.cmb_qe`; ~25 s per sky and noise realisation at nside
+        (:mod:`engine.physics.cmb_qe`; ~16 s per sky and noise realisation at nside
         512, plus its transfer function).
     datasets_file, **_regression_options
         Accepted like every evaluator's options; not used.

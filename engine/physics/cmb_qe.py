@@ -144,26 +144,33 @@ def _ell(lmax: int) -> np.ndarray:
     return np.arange(lmax + 1, dtype=np.float64)
 
 
-def _lens_first_order(phi_lm, e_lm, b_lm, grid: _Grid) -> np.ndarray:
-    """δP = ½[(ð̄φ)(ðP) + (ðφ)(ð̄P)] on the grid (module docstring; tested against lenspyx)."""
+def _eth(e_lm, b_lm, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+    """ðP (spin 3) and ð̄P (spin 1) of the spin-2 field P of (E, B) a_ℓm (``b_lm`` None: pure
+    E) on the grid: ð ₂Y_ℓm = √((ℓ−2)(ℓ+3)) ₃Y_ℓm, ð̄ ₂Y_ℓm = −√((ℓ+2)(ℓ−1)) ₁Y_ℓm."""
     ell = _ell(grid.lmax)
     f3 = np.sqrt(np.maximum((ell - 2) * (ell + 3), 0.0))
     f1 = np.sqrt(np.maximum((ell + 2) * (ell - 1), 0.0))
+    b3 = None if b_lm is None else hp.almxfl(b_lm, f3)
+    b1 = None if b_lm is None else -hp.almxfl(b_lm, f1)
+    return (
+        grid.synthesis(hp.almxfl(e_lm, f3), b3, 3),
+        grid.synthesis(-hp.almxfl(e_lm, f1), b1, 1),
+    )
+
+
+def _lens_first_order(phi_lm, e_lm, b_lm, grid: _Grid) -> np.ndarray:
+    """δP = ½[(ð̄φ)(ðP) + (ðφ)(ð̄P)] on the grid (module docstring; tested against lenspyx)."""
+    ell = _ell(grid.lmax)
     a1 = grid.synthesis(-hp.almxfl(phi_lm, np.sqrt(ell * (ell + 1))), None, 1)
-    s3 = grid.synthesis(hp.almxfl(e_lm, f3), hp.almxfl(b_lm, f3), 3)
-    s1 = grid.synthesis(-hp.almxfl(e_lm, f1), -hp.almxfl(b_lm, f1), 1)
+    s3, s1 = _eth(e_lm, b_lm, grid)
     return 0.5 * (np.conj(a1) * s3 + a1 * s1)
 
 
 def _unnormalised(x_e, x_b, w_e, grid: _Grid) -> np.ndarray:
     """g_LM, L ≤ lmax_rec: the adjoint of :func:`_lens_first_order` (in φ) applied to the
     filtered data X̄ = (x_e, x_b) with W = (w_e, 0)."""
-    ell = _ell(grid.lmax)
-    f3 = np.sqrt(np.maximum((ell - 2) * (ell + 3), 0.0))
-    f1 = np.sqrt(np.maximum((ell + 2) * (ell - 1), 0.0))
     x = grid.synthesis(x_e, x_b, 2)
-    s3 = grid.synthesis(hp.almxfl(w_e, f3), None, 3)
-    s1 = grid.synthesis(-hp.almxfl(w_e, f1), None, 1)
+    s3, s1 = _eth(w_e, None, grid)
     g = grid.gradient_alm(np.conj(x) * s3 + x * np.conj(s1))
     el = _ell(grid.lmax_rec)
     return hp.almxfl(g, -0.5 * np.sqrt(el * (el + 1)))
@@ -173,9 +180,11 @@ def _unnormalised(x_e, x_b, w_e, grid: _Grid) -> np.ndarray:
 
 
 def subtract_template(q, u, alm_e, phi_lm, noise: float, beam: float, lmax: int, spectra):
-    """Q/U minus the beamed B modes of the Wiener-filtered E lensed by φ (:func:`template_delens`,
-    whose docstring states the method; also the QE delensing of
-    :mod:`engine.physics.cmb_qe`).
+    """Q/U minus the beamed B modes of the Wiener-filtered E lensed by φ: the template of
+    :func:`engine.evaluation.delensing_baselines.template_delens` (true φ; that docstring and
+    :mod:`engine.evaluation.delensing` state the method and its sources) and of
+    :func:`qe_delens` (φ̂). Ê = E b_ℓ C̃^EE/(b_ℓ² C̃^EE + N), lensed by lenspyx (Reinecke et al.
+    2023) with dlm = √(ℓ(ℓ+1)) φ_ℓm; E is untouched.
 
     Parameters
     ----------
@@ -193,6 +202,11 @@ def subtract_template(q, u, alm_e, phi_lm, noise: float, beam: float, lmax: int,
     Returns
     -------
     (q_d, u_d): ``(n_sky, npix) float64``, µK.
+
+    Raises
+    ------
+    ConfigError
+        A negative or non-finite beam (the callers check shapes and spectra).
     """
     import lenspyx
 
@@ -264,7 +278,6 @@ def qe_norm(
     lmax: int,
     spectra,
     estimator: str = "pol",
-    bb: np.ndarray | None = None,
     lmin: int = 2,
     b_lmin: int = B_LMIN,
 ) -> np.ndarray:
@@ -279,9 +292,6 @@ def qe_norm(
     spectra : CMBSpectra
         Lensed spectra to ≥ lmax.
     estimator : {"pol", "eb"}
-    bb : array ``(≥ lmax + 1,)``, optional
-        Unbeamed B spectrum in the filter (µK²; default the lensed BB; the residual lensing BB
-        in an iteration).
     lmin : int
         Lowest CMB multipole used.
     b_lmin : int
@@ -306,8 +316,7 @@ def qe_norm(
     with np.errstate(divide="ignore", over="ignore"):
         npol = np.minimum(np.where(b2 > 0, (noise * ARCMIN) ** 2 / b2, np.inf), 1e30)
     cee = np.ascontiguousarray(spectra.lensed["EE"][:n], dtype=np.float64)
-    cbb = spectra.lensed["BB"] if bb is None else np.asarray(bb, dtype=np.float64)
-    tot_b = np.ascontiguousarray(cbb[:n] + npol)
+    tot_b = np.ascontiguousarray(spectra.lensed["BB"][:n] + npol)
     tot_b[: max(0, int(b_lmin))] = 1e30  # excluded B modes: no weight
     with _quiet_stdout():
         a = np.asarray(pytempura.norm_lens.qeb(lmax, lmin, lmax, cee, cee, cee + npol, tot_b)[0])

@@ -32,7 +32,7 @@ residual network's base is QE delensing (the untrained network *is* QE delensing
 learns a correction from the QE-delensed sky and the template. The design follows the QE: the
 lensing information is in the products of E and B over ℓ ~ 500–2000 that a network on 128²
 windows of 7′ pixels would have to learn to form; T hands it the estimator's answer. Each stored
-sky's T is computed once per process (~20 s at nside 512); a rotated pool sky rotates the stored
+sky's T is computed once per process (~16 s at nside 512); a rotated pool sky rotates the stored
 observed sky, its lensed and unlensed skies and T by the same rotation (the QE on the full sky
 with isotropic filters commutes with rotations), with no fresh noise, so that T is exactly the
 template of the network's input. Inference (:meth:`Delensing.predict`) computes T of the sky
@@ -126,7 +126,7 @@ class DelensingParams(param.Parameterized):
     qe_input = param.Boolean(
         False,
         doc="QE-assisted network: its inputs are the observed Q/U minus T and T, T the lensing-B "
-        "template of the quadratic estimator on the observed sky (engine.physics.cmb_qe; ~20 s "
+        "template of the quadratic estimator on the observed sky (engine.physics.cmb_qe; ~16 s "
         "per sky at nside 512, once per stored sky), so that the untrained network is QE "
         "delensing and training learns a correction; rotated pool skies then rotate the stored "
         "observed sky (its noise with it) instead of drawing fresh noise, so T stays exact.",
@@ -283,7 +283,7 @@ class Delensing(Task):
     def network_specs(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """``{"model": ("healpix_unet", kwargs)}``: 2 channels in (Q, U; 4 with ``qe_input``:
         Q − T_Q, U − T_U, T_Q, T_U), 2 out."""
-        n_in = 2 * len(INPUTS) if self.qe_input else len(INPUTS)
+        n_in = len(QE_INPUTS if self.qe_input else INPUTS)
         kwargs = DelenserModelParams.model_kwargs(self.settings, n_in, len(TARGETS))
         return {"model": (self.settings.model, kwargs)}
 
@@ -317,26 +317,21 @@ class Delensing(Task):
             y = np.stack([sky[n] for n in TARGETS])
             if self.qe_input:
                 x = _with_template(x, self._stored_template(row))
-        elif self.qe_input:  # rotate the stored observed sky and its template alike
-            rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
-            row = int(rows[rng.integers(rows.size)])
-            sky = self.source.sky(row, INPUTS + LENSED + TARGETS)
-            euler = random_euler(rng)
-            obs = np.stack(rotate_qu(sky["Q"], sky["U"], euler))
-            noise = obs - np.stack(rotate_qu(sky["Q_lensed"], sky["U_lensed"], euler))
-            y = np.stack(rotate_qu(sky["Q_unlensed"], sky["U_unlensed"], euler))
-            t = self._stored_template(row)
-            x = _with_template(obs, np.stack(rotate_qu(t[0], t[1], euler)))
         else:
             rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
             row = int(rows[rng.integers(rows.size)])
-            sky = self.source.sky(row, ("Q_lensed", "U_lensed") + TARGETS)
+            sky = self.source.sky(row, (INPUTS if self.qe_input else ()) + LENSED + TARGETS)
             euler = random_euler(rng)
-            ql, ul = rotate_qu(sky["Q_lensed"], sky["U_lensed"], euler)
-            qu, uu = rotate_qu(sky["Q_unlensed"], sky["U_unlensed"], euler)
-            noise = white_noise(self.source.noise, self.nside, rng)
-            x = np.stack([ql, ul]) + noise
-            y = np.stack([qu, uu])
+            lensed = np.stack(rotate_qu(sky["Q_lensed"], sky["U_lensed"], euler))
+            y = np.stack(rotate_qu(sky["Q_unlensed"], sky["U_unlensed"], euler))
+            if self.qe_input:  # the stored observed sky and its template, rotated alike
+                x = np.stack(rotate_qu(sky["Q"], sky["U"], euler))
+                noise = x - lensed
+                t = self._stored_template(row)
+                x = _with_template(x, np.stack(rotate_qu(t[0], t[1], euler)))
+            else:
+                noise = white_noise(self.source.noise, self.nside, rng)
+                x = lensed + noise
         m = self._margin()
         xs = torch.from_numpy(np.ascontiguousarray(x / self.scale, dtype=np.float32))
         padded = pad_faces(ring_to_nest(xs)[None], m)  # (12, 2, n+2m, n+2m)
@@ -532,10 +527,10 @@ class Delensing(Task):
         -------
         (q, u) : ``(npix,) float32`` delensed Q, U (RING, µK).
 
-        With ``qe_input`` the QE template T of the sky (:meth:`template`, ~20 s at nside 512)
-        is computed first. The network runs on windows of the training crop size with their margin from the
-        padded faces (:meth:`engine.nn.healpix_unet.HealpixUNet.forward` with ``tile``), so that its
-        normalisation statistics are those of training.
+        With ``qe_input`` the QE template T of the sky (:meth:`template`, ~16 s at nside 512)
+        is computed first. The network runs on windows of the training crop size with their
+        margin from the padded faces (:meth:`engine.nn.healpix_unet.HealpixUNet.forward` with
+        ``tile``), so that its normalisation statistics are those of training.
 
         Raises
         ------

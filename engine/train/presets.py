@@ -383,7 +383,7 @@ PRESETS["delens512"] = {
 
 # delens512_qe: the same network and skies, fed the quadratic-estimator template
 # (engine.physics.cmb_qe) beside the QE-delensed sky (qe_input): it starts as QE delensing and
-# learns a correction. Each stored sky's template is computed once (~20 s at nside 512).
+# learns a correction. Each stored sky's template is computed once (~16 s at nside 512).
 PRESETS["delens512_qe"] = {**PRESETS["delens512"], "qe_input": True}
 
 
