@@ -318,6 +318,10 @@ class CMBResult:
         ``qe_mv`` (the forecast).
     a_res_bins : dict of str → ndarray ``(n_bins,)``
         A_res per bin (NaN outside the bins' data).
+    a_res_own : dict of str → float
+        Mean A_res over ``ell_range`` with each copy's own noise counted (the auto spectrum of
+        d − n − u; :mod:`engine.evaluation.delensing`): what a forecast predicts for the
+        template methods.
     fits : dict of str → dict
         ``r_hat``, ``sigma_r`` (floats) per method.
     ell_range : (int, int)
@@ -341,6 +345,7 @@ class CMBResult:
     ell_range: tuple
     notes: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    a_res_own: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -375,6 +380,7 @@ class _Update:
         self.bb: dict[str, np.ndarray] = {}
         self.a_res: dict[str, float] = {}
         self.a_res_bins: dict[str, np.ndarray] = {}
+        self.a_res_own: dict[str, float] = {}
         self.fits: dict[str, dict] = {}
         self.notes: list[str] = trained_notes(settings, info) if info else []
         self.b_max = 1.0
@@ -468,6 +474,9 @@ class _Update:
         with np.errstate(divide="ignore", invalid="ignore"):
             self.a_res_bins[name] = bin_cl(num, bins) / bin_cl(den, bins)
         self.a_res[name] = range_ratio(num, den, self.ell_range)
+        al, ao = self.alm["lensed"], (self.alm["obs1"], self.alm["obs2"])
+        own = 0.5 * sum(cl(a - o + al - au) for a, o in zip((a1, a2), ao, strict=True))
+        self.a_res_own[name] = range_ratio(own, den, self.ell_range)
         cross = cl(a1, a2)
         noise = np.clip(bin_cl(0.5 * (cl(a1) + cl(a2)) - cross, bins), 0.0, None)
         cross_b = bin_cl(cross, bins)
@@ -494,7 +503,7 @@ class _Update:
             done=tuple(self.done), maps=dict(self.maps), b_max=self.b_max,
             ell=self.bins.centres, bb=dict(self.bb), a_res=dict(self.a_res),
             a_res_bins=dict(self.a_res_bins), fits=dict(self.fits), ell_range=self.ell_range,
-            notes=list(self.notes), seconds=seconds,
+            notes=list(self.notes), seconds=seconds, a_res_own=dict(self.a_res_own),
         )  # fmt: skip
 
 

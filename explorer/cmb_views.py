@@ -342,9 +342,10 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def readout_rows(result: CMBResult) -> list[tuple[str, str, str]]:
-    """(method, A_res, r̂ ± σ(r)) rows: no delensing, the network, the template, the QE forecast
-    ("…" while a stage is to run, "—" where there is no such number)."""
+def readout_rows(result: CMBResult) -> list[tuple[str, str, str, str]]:
+    """(method, A_res, A_res with its own noise counted, r̂ ± σ(r)) rows: no delensing, the
+    network, the template, the QE, the QE forecast ("…" while a stage is to run, "—" where there
+    is no such number)."""
     rows = []
     names = {
         "none": "no delensing",
@@ -357,10 +358,12 @@ def readout_rows(result: CMBResult) -> list[tuple[str, str, str]]:
             continue
         pending = m not in result.a_res and not result.complete
         a = "…" if pending else _fmt(result.a_res.get(m))
+        own = "…" if pending else _fmt(result.a_res_own.get(m))
         fit = result.fits.get(m)
         r = "…" if pending else f"{fit['r_hat']:.4f} ± {fit['sigma_r']:.4f}" if fit else "—"
-        rows.append((name, a, r))
-    rows.append(("QE forecast (MV, perfect E)", _fmt(result.a_res.get("qe_mv")), "—"))
+        rows.append((name, a, own, r))
+    qe = _fmt(result.a_res.get("qe_mv"))
+    rows.append(("QE forecast (MV, perfect E)", qe, qe, "—"))
     return rows
 
 
@@ -373,11 +376,14 @@ def readout_html(result: CMBResult | None, error: str = "", info: DelenserInfo |
         return head
     lo, hi = result.ell_range
     body = "".join(
-        f"<tr><td>{n}</td><td class='value'>{a}</td><td class='value'>{r}</td></tr>"
-        for n, a, r in readout_rows(result)
+        f"<tr><td>{n}</td><td class='value'>{a}</td><td class='value'>{o}</td>"
+        f"<td class='value'>{r}</td></tr>"
+        for n, a, o, r in readout_rows(result)
     )
     table = (
         f"<table class='cmb'><tr><th>method</th><th>A<sub>res</sub> ({lo} ≤ ℓ ≤ {hi})</th>"
+        "<th title='auto spectrum of delensed − own noise − unlensed: the template error that "
+        "follows the noise counted, as a forecast counts it'>own noise counted</th>"
         f"<th>r̂ ± σ(r)</th></tr>{body}</table>"
     )
     s = result.settings
@@ -507,7 +513,11 @@ pytempura) with a perfect E.
 **Numbers.** A<sub>res</sub> = Σ C<sub>ℓ</sub><sup>BB</sup>[(d₁ − u), (d₂ − u)] /
 Σ C<sub>ℓ</sub><sup>BB</sup>[lensed − u] over the ℓ range: d₁, d₂ the delensed maps of two
 observations with independent noise (no noise bias), u the true unlensed sky; 1 without
-delensing, 0 for perfect delensing. r̂ ± σ(r) fits C<sub>b</sub> = r T<sub>b</sub> + R<sub>b</sub>
+delensing, 0 for perfect delensing. The cross spectrum does not count what follows the noise
+realisation (for a template method, the instrument-noise part of its φ̂ error); the column
+*own noise counted* does: ½ Σ<sub>k</sub> C<sub>ℓ</sub><sup>BB</sup>[d<sub>k</sub> − n<sub>k</sub> − u]
+over the same denominator, n<sub>k</sub> the noise of observation k — the number a forecast
+predicts (for a network it also counts any noise the network removed). r̂ ± σ(r) fits C<sub>b</sub> = r T<sub>b</sub> + R<sub>b</sub>
 to the cross spectrum of the two delensed observations (Knox variance with the measured noise);
 R<sub>b</sub> is CAMB's lensing BB times this sky's A<sub>res</sub> per bin.
 """

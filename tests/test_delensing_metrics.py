@@ -382,6 +382,27 @@ def test_report_and_figures(spectra, tmp_path):
     assert abs(a["model"]["mean"] - 0.25) < 5 * a["model"]["mean_err"] + 0.02
     assert a["template"]["mean"] < 0.5
     assert set(a["model"]["by_r"]) == {"0", "0.05"}
+    # own noise counted: d - n - u is exactly lensed - u without delensing; for the model it is
+    # 0.5 (lensed - u) - 0.5 n, whose expected power is 0.25 (L + N): L the skies' own lensing
+    # BB (E only to l = 95 here, so far below CAMB's), N = (noise in rad)^2 per l (white pixel
+    # noise, not beamed), both summed over 20 <= l <= lmax as A_res is
+    own = rep["a_res_own"]
+    assert abs(own["none"]["mean"] - 1) < 1e-9
+    assert set(own["model"]["by_r"]) == {"0", "0.05"}
+    n_ell = rep["lmax"] - 20 + 1
+    lens = [
+        D.residual_fraction(
+            (s["Q"], s["U"]), (s["Q"], s["U"]), s, mask, None, (20, 200), 10.0, True
+        )
+        for s in skies.values()
+    ]
+    lsum = np.concatenate([x["lensing_cl"][:, 20:] for x in lens]).sum(1).mean()
+    expect = 0.25 * (1 + n_ell * np.radians(3.0 / 60) ** 2 / lsum)
+    assert abs(own["model"]["mean"] - expect) < 5 * own["model"]["mean_err"] + 0.05 * expect, (
+        own["model"],
+        expect,
+    )
+    assert own["template"]["mean"] > a["template"]["mean"] - 3 * a["template"]["mean_err"]
     for m in rep["methods"]:
         fr = rep["fit_r"][m]["by_r"]
         assert set(fr) == {"0", "0.05"} and fr["0.05"]["sigma_r"] > 0

@@ -147,6 +147,10 @@ def test_views_of_a_result(physics):
     assert "template" in panel_title(MapFrame(full, "template"), "delensed")
     rows = readout_rows(sky)
     assert rows[0][1] != "…" and rows[1][1] == "…" and rows[-1][0].startswith("QE")
+    # own noise counted: exactly 1 without delensing (d - n - u = lensed - u); the template's
+    # noise-driven error counts, so it is at least the cross-spectrum value
+    assert rows[0][2] == "1.000" and full.a_res_own["none"] == pytest.approx(1.0, abs=1e-9)
+    assert full.a_res_own["template"] >= full.a_res["template"] - 0.02
     columns = spectra_columns(full)
     assert all(len(c["ell"]) == 3 for c in columns.values())
     assert len(spectra_columns(sky)["template"]["ell"]) == 0  # not there yet

@@ -208,8 +208,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
     lo, hi = report["ell_range"]
     lines = [f"A_res (residual lensing BB / lensing BB, {lo} <= ell <= {hi}):"]
+    own = report.get("a_res_own") or {}
     for name, a in report["a_res"].items():
-        lines.append(f"  {name:<10} {f(a.get('mean'))} ± {f(a.get('mean_err'))}")
+        o = own.get(name) or {}
+        lines.append(
+            f"  {name:<10} {f(a.get('mean'))} ± {f(a.get('mean_err'))} (cross spectrum); "
+            f"{f(o.get('mean'))} ± {f(o.get('mean_err'))} with its own noise counted"
+        )
     for est, q in (report.get("qe_forecast") or {}).items():
         what = "; the estimator of the measured qe" if est == "pol" else ""
         lines.append(f"  QE {est.upper():<7} {f(q.get('mean'))} (forecast, perfect E{what})")

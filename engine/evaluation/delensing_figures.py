@@ -130,6 +130,16 @@ def draw_delensing_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]
             capsize=2,
             label=f"{m}: mean({lo}–{hi}) = {a['mean']:.3f}" if a["mean"] is not None else m,
         )
+        o = (report.get("a_res_own") or {}).get(m)
+        if o and m != "none":
+            ax.plot(
+                ell,
+                _arr(o["per_bin"]),
+                color=colors[m],
+                ls="--",
+                lw=0.8,
+                label=f"{m}, own noise counted: {o['mean']:.3f}" if o["mean"] is not None else None,
+            )
     for est, ls in (("eb", "-."), ("mv", ":"), ("pol", "--")):
         f = report.get("qe_forecast", {}).get(est)
         if f:
@@ -145,7 +155,7 @@ def draw_delensing_figures(report: Mapping[str, Any], out_dir) -> dict[str, str]
     ax.set(
         xlabel=_ELL,
         ylabel=r"$A_{\rm res}$ = residual / lensing BB",
-        title="Residual lensing fraction (noise-bias-free cross spectra)",
+        title="Residual lensing fraction (markers: cross spectra; dashed: own noise counted)",
     )
     ax.legend(fontsize=7)
     _save(fig, out_dir / DELENSING_FIGURES["a_res"])
