@@ -5,6 +5,8 @@ against the forecast."""
 
 from __future__ import annotations
 
+import json
+
 import healpy as hp
 import lenspyx
 import numpy as np
@@ -208,24 +210,108 @@ def _lensed_sky_set(spectra, n_sky, seed):
     return sky
 
 
-def test_qe_delensing_in_the_report():
-    """The report's measured ``qe`` baseline on skies of the engine's simulator (E and φ to
-    ℓ = 3·nside + 1999, so that the lensing B holds what the map cannot delens, as CAMB's does)
-    against the forecast of its own estimator, and its transfer function on primordial B against
-    the internal-delensing bias of the same estimator fed the band's B modes (b_lmin = 2)."""
+def _engine_skies(count: int, seed: int):
+    """Skies of the engine's simulator (E and φ to ℓ = 3·nside + 1999, so that the lensing B
+    holds what the map cannot delens, as CAMB's does)."""
     from engine.physics.cmb import CMBParams
     from engine.physics.cmb_io import generate
 
-    settings = CMBParams(nside=NSIDE, noise=NOISE, beam=BEAM, r=0.0, count=3, seed=41, **COSMO)
-    sky = generate(settings, progress=False)
+    settings = CMBParams(
+        nside=NSIDE, noise=NOISE, beam=BEAM, r=0.0, count=count, seed=seed, **COSMO
+    )
+    return generate(settings, progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine_sky():
+    return _engine_skies(3, 41)
+
+
+@pytest.fixture(scope="module")
+def calibration_skies():
+    return _engine_skies(4, 51)
+
+
+@pytest.fixture(scope="module")
+def calibration(calibration_skies):
+    s = calibration_skies
+    q, u = (np.asarray(s[k].values, dtype=np.float64) for k in ("Q", "U"))
+    terms = Q.qe_iteration_terms(q, u, dict(s.attrs))
+    truth = [hp.map2alm(np.asarray(p, dtype=np.float64), lmax=terms["lmax"], iter=3)
+             for p in s["phi"].values]  # fmt: skip
+    cal = Q.calibrate_iteration(terms, np.array(truth))
+    return cal | {"nside": NSIDE, "noise": NOISE, "beam": BEAM}
+
+
+def test_calibration_weights_are_least_squares():
+    """φ = ½ φ̂_WF − ½ δ exactly when φ̂_WF = 2φ + δ: the fit finds (½, −½) and ρ² = 1."""
+    lmax, rng = 40, np.random.default_rng(3)
+    cl = 1.0 / (np.arange(lmax + 1) + 10.0) ** 2
+    phi = np.array([synthesize_alm(cl, rng) for _ in range(3)])
+    d = np.array([synthesize_alm(cl * 0.3, rng) for _ in range(3)])
+    cal = Q.calibrate_iteration({"phi_wf": 2 * phi + d, "delta": d, "lmax": lmax}, phi, 10)
+    assert cal["edges"] == [2, 12, 22, 32, 41] and cal["n_skies"] == 3
+    np.testing.assert_allclose(cal["a"], 0.5, rtol=1e-9)
+    np.testing.assert_allclose(cal["b"], -0.5, rtol=1e-9)
+    np.testing.assert_allclose(cal["rho2"], 1.0, rtol=1e-9)
+    assert all(0 < r < 1 for r in cal["rho2_qe"])
+    with pytest.raises(ConfigError, match="phi_true"):
+        Q.calibrate_iteration({"phi_wf": phi, "delta": d, "lmax": lmax}, phi[:2])
+    with pytest.raises(ConfigError, match="other settings: noise 2.0"):
+        Q.check_calibration(cal | {"nside": 128, "noise": 2.0, "beam": 5.0}, 128, 1.0, 5.0, 40)
+
+
+def test_calibrated_iteration_beats_the_qe_out_of_sample(engine_sky, calibration):
+    """Calibrated on 4 skies, applied to 3 others: the residual with the template's own noise
+    counted (what a forecast predicts) is lower than the QE's on every sky. Measured on
+    6 + 4 skies: 0.956 against 0.963 (nside 128; at 512, 0.475 against 0.507 on one sky)."""
+    s = engine_sky
+    sky = {k: np.asarray(s[k].values, dtype=np.float64) for k in D.SKY_KEYS}
+    attrs = dict(s.attrs)
+    nq, nu = sky["Q"] - sky["Q_lensed"], sky["U"] - sky["U_lensed"]
+    own = {}
+    for name, cal in (("qe", None), ("qe_it", calibration)):
+        q, u = Q.qe_delens(sky["Q"], sky["U"], attrs, calibration=cal)
+        d = (q - nq, u - nu)
+        own[name] = D.residual_fraction(d, d, sky)["per_sky_mean"]
+    gain = own["qe"] - own["qe_it"]
+    assert np.all(gain > 0), own
+    with pytest.raises(ConfigError, match="other settings"):
+        Q.qe_delens(sky["Q"], sky["U"], dict(attrs, noise=1.0), calibration=calibration)
+
+
+def test_qe_calibrate_cli(calibration_skies, tmp_path, capsys):
+    from engine.cli import main
+    from engine.physics.cmb_io import save
+
+    path = save(calibration_skies, tmp_path / "cal.zarr")
+    out = tmp_path / "qe.json"
+    assert main(["qe-calibrate", "--dataset", str(path), "--out", str(out), "--count", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "rho^2 QE" in text and out.exists()
+    cal = json.loads(out.read_text())
+    assert cal["n_skies"] == 2 and cal["nside"] == NSIDE and cal["noise"] == NOISE
+    assert main(["qe-calibrate", "--dataset", str(path), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_qe_delensing_in_the_report(engine_sky, calibration):
+    """The report's measured ``qe`` baseline on skies of the engine's simulator against the
+    forecast of its own estimator, and its transfer function on primordial B against
+    the internal-delensing bias of the same estimator fed the band's B modes (b_lmin = 2);
+    the calibrated iteration ``qe_it`` passes primordial B untouched too."""
+    sky = engine_sky
 
     def biased(q, u, s):
         return Q.qe_delens(q, u, D._attrs(s), b_lmin=2)
 
-    rep = D.delensing_report({0.0: sky}, {"qe_b2": biased}, template=False)
+    rep = D.delensing_report(
+        {0.0: sky}, {"qe_b2": biased}, template=False, qe_calibration=calibration
+    )
     a, fc = rep["a_res"], rep["qe_forecast"]["pol"]["mean"]
-    tr = {m: rep["fit_r"][m]["transfer"]["mean"] for m in ("qe", "qe_b2")}
-    assert rep["methods"] == ["none", "qe", "qe_b2"]
+    tr = {m: rep["fit_r"][m]["transfer"]["mean"] for m in ("qe", "qe_b2", "qe_it")}
+    assert rep["methods"] == ["none", "qe", "qe_it", "qe_b2"]
+    assert abs(tr["qe_it"] - 1) < 0.01, tr
     # Measured here: 0.9546 ± 0.0007 against the forecast 0.938 (the forecast's E is perfect to
     # every ℓ; the template's stops at lmax = 383: the true-φ template leaves 0.66 of the
     # lensing BB here). At the reference nside 512: 0.436 on one sky against 0.453.

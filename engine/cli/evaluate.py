@@ -177,6 +177,47 @@ def _add_evaluate_parsers(sub) -> None:
     )
     c.set_defaults(func=cmd_compare)
 
+    q = sub.add_parser(
+        "qe-calibrate",
+        help="Calibrate the iterated quadratic-estimator delensing on skies with their phi.",
+        description="Run the polarisation QE and one Newton step towards the maximum-a-posteriori "
+        "phi on every sky of a cmb sky file (engine sky --kind cmb; full sky, with phi), fit the "
+        "per-L weights of phi_hat = a_L phi_WF + b_L delta against the true phi, and write them "
+        "as JSON (engine.physics.cmb_qe). Files in assets/qe/ are used by 'evaluate' (method "
+        "qe_it) and the CMB page wherever their nside, noise and beam match. Use skies other "
+        "than the ones scored (the training skies).",
+    )
+    q.add_argument("--dataset", required=True, metavar="SKIES", help="Sky files, comma-separated.")
+    q.add_argument("--out", required=True, metavar="PATH", help="Output JSON file.")
+    add_overwrite_argument(q)
+    q.add_argument("--count", type=int, default=None, help="At most this many skies per file.")
+    q.set_defaults(func=cmd_qe_calibrate)
+
+
+def cmd_qe_calibrate(args: argparse.Namespace) -> int:
+    """``qe-calibrate`` verb: :func:`engine.evaluation.delensing_eval.calibrate_qe`; prints the
+    squared correlation of phi_hat with phi before and after the step in a few L bands.
+
+    Raises
+    ------
+    ConfigError
+        An existing output without --overwrite, bad skies or --count.
+    """
+    from engine.evaluation.delensing_eval import calibrate_qe
+
+    _check_count(args.count)
+    check_output(args.out, overwrite=args.overwrite)
+    cal = calibrate_qe(args.dataset, args.out, args.count)
+    edges = cal["edges"]
+    print(f"wrote {args.out}: {cal['n_skies']} skies, {cal['seconds']:.0f} s")
+    print("L band      rho^2 QE  rho^2 iterated  a     b")
+    for lo, hi in ((20, 100), (100, 300), (300, 600), (600, 1000)):
+        idx = [i for i, e in enumerate(edges[:-1]) if lo <= e < hi]
+        if idx:
+            m = [sum(cal[k][i] for i in idx) / len(idx) for k in ("rho2_qe", "rho2", "a", "b")]
+            print(f"{lo:>4}-{hi:<5} {m[0]:9.3f} {m[1]:15.3f} {m[2]:5.2f} {m[3]:5.2f}")
+    return 0
+
 
 def _check_count(count: int | None) -> None:
     if count is not None and count < 1:

@@ -35,6 +35,111 @@ TASK = "delensing"
 REPORT_FILE = "report.json"
 #: Maps of a sky read for the evaluation.
 EVAL_KEYS = ("Q", "U", "Q_lensed", "U_lensed", "Q_unlensed", "U_unlensed", "phi")
+#: Folder of the shipped calibrations of the iterated QE (:func:`calibrate_qe`) under the
+#: repository root, one JSON file per setting.
+QE_CALIBRATION_DIR = ("assets", "qe")
+
+
+def calibrate_qe(spec: str, out, count: int | None = None, progress: bool | None = None):
+    """Calibrate the one-step iterated QE (:func:`engine.physics.cmb_qe.calibrate_iteration`)
+    on simulated skies with their true φ and write it as JSON (atomically).
+
+    ``python -m engine qe-calibrate --dataset data/cmb512.zarr --out assets/qe/NAME.json``.
+    The skies must share nside, noise and beam (those of the skies the calibration will be used
+    on; :func:`qe_calibration_for` finds it by them) and hold ``phi``; use skies other than the
+    ones the delensing is scored on (the training skies).
+
+    Parameters
+    ----------
+    spec : str
+        Sky files, comma-separated (:func:`load_skies`).
+    out : str or Path
+        JSON file to write; an existing one is replaced.
+    count : int, optional
+        At most this many skies per file.
+    progress : bool, optional
+        tqdm bar (default: when stderr is a terminal).
+
+    Returns
+    -------
+    dict: the calibration (``edges``, ``a``, ``b``, ``rho2_qe``, ``rho2``, ``n_skies``, ``lmax``,
+    ``nside``, ``noise``, ``beam``, ``b_lmin``, ``dataset``, ``created``, ``seconds``).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable skies, skies without φ, masked skies, skies of different settings, < 2 skies.
+    """
+    import sys
+
+    import healpy as hp
+    from tqdm.auto import tqdm
+
+    from engine.physics.cmb_maps import _attr
+    from engine.physics.cmb_qe import B_LMIN, calibrate_iteration, qe_iteration_terms
+    from engine.runs import write_json_atomic
+
+    t0 = time.perf_counter()
+    skies = load_skies(spec, count)
+    settings = set()
+    for sky in skies.values():
+        if "phi" not in sky:
+            raise ConfigError(f"dataset {sky['spec']!r} holds no phi: calibration needs it")
+        mask = sky.get("mask")
+        if mask is not None and np.any(np.asarray(mask) <= 0):
+            raise ConfigError(f"dataset {sky['spec']!r} is masked: the QE here is full-sky only")
+        a = sky["attrs"]
+        settings.add((sky["Q"].shape[1], _attr(a, "noise"), _attr(a, "beam")))
+    if len(settings) > 1:
+        raise ConfigError(
+            f"dataset {spec!r}: skies of different nside/noise/beam {sorted(settings)}"
+        )
+    rows = [(sky, i) for sky in skies.values() for i in range(sky["Q"].shape[0])]
+    show = sys.stderr.isatty() if progress is None else progress
+    terms: dict[str, list] = {"phi_wf": [], "delta": []}
+    truth, lmax, attrs = [], 0, {}
+    for sky, i in tqdm(rows, desc="QE iteration", unit="sky", disable=not show):
+        attrs = sky["attrs"]
+        t = qe_iteration_terms(sky["Q"][i], sky["U"][i], attrs)
+        lmax = t["lmax"]
+        terms["phi_wf"].append(t["phi_wf"][0])
+        terms["delta"].append(t["delta"][0])
+        truth.append(hp.map2alm(sky["phi"][i], lmax=lmax, iter=3))
+    cal = calibrate_iteration({**terms, "lmax": lmax}, np.array(truth))
+    cal.update(
+        nside=int(hp.npix2nside(rows[0][0]["Q"].shape[1])),
+        noise=float(_attr(attrs, "noise")),
+        beam=float(_attr(attrs, "beam")),
+        b_lmin=B_LMIN,
+        dataset=str(spec),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seconds=time.perf_counter() - t0,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, cal)
+    return cal
+
+
+def qe_calibration_for(attrs, lmax: int, root=None) -> dict | None:
+    """The calibration in ``root`` (default :data:`QE_CALIBRATION_DIR`) measured at the
+    nside, noise and beam of ``attrs`` and this lmax, or None (unreadable files are skipped)."""
+    import json
+
+    from engine.physics.cmb_maps import _attr
+    from engine.physics.cmb_qe import check_calibration
+    from engine.runs import REPO_ROOT
+
+    root = Path(root) if root is not None else REPO_ROOT.joinpath(*QE_CALIBRATION_DIR)
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            cal = json.loads(path.read_text())
+            check_calibration(cal, int(_attr(attrs, "nside")), _attr(attrs, "noise"),
+                              _attr(attrs, "beam"), lmax)  # fmt: skip
+        except (OSError, ValueError, ConfigError):
+            continue
+        return cal | {"path": str(path)}
+    return None
 
 
 def load_skies(spec: str, count: int | None = None) -> dict[float, dict[str, Any]]:
@@ -162,13 +267,21 @@ def evaluate_delenser(
             timing["skies"] += 1
         return qs, us
 
+    from engine.physics.cmb_maps import _lmax
+
+    first = next(iter(skies.values()))
+    lmax = _lmax(first["Q"].shape[1], first["attrs"].get("lmax") or None)
+    calibration = qe_calibration_for(first["attrs"], lmax) if measured_qe else None
     report = delensing_report(
         skies,
         {"network": network},
         seed=1 if seed is None else int(seed),
         template=template,
         measured_qe=measured_qe,
+        qe_calibration=calibration,
     )
+    if calibration is not None:
+        notes.append(f"qe_it: the iterated QE calibrated in {calibration['path']}")
     per_sky = timing["seconds"] / max(timing["skies"], 1)
     report.update(
         task=TASK,
