@@ -18,7 +18,8 @@ and cached) in skies per second, for
   against the true-φ template baseline (:func:`engine.evaluation.delensing.template_delens`:
   Wiener filter, lenspyx lensing of E, B extraction) on the same sky as the peer; and the measured
   quadratic-estimator delensing (:func:`engine.physics.cmb_qe.qe_delens`: φ̂ from Q/U,
-  then the same template) against the same peer.
+  then the same template) and, where ``assets/qe`` holds a calibration of the setting, the
+  iterated QE (``calibration=``), against the same peer.
 
 Prints a table and writes ``benchmarks/results/cmb_sims.json`` (rows with name, value, unit and,
 where a peer exists, peer, peer_value, ratio; meta with the machine), as :mod:`benchmarks`.
@@ -126,6 +127,7 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     import torch
 
     from engine.evaluation.delensing import template_delens
+    from engine.evaluation.delensing_eval import qe_calibration_for
     from engine.nn.healpix_unet import HealpixUNet
     from engine.physics.cmb_qe import qe_delens
 
@@ -157,13 +159,30 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     t_qe = statistics.median(_times(lambda: qe_delens(sky["Q"], sky["U"], attrs), 2))
     peer = "true-phi template baseline (lenspyx)"
     threads = torch.get_num_threads()
-    return [
+    rows = [
         _seconds_row("delensing_nside512_s_per_sky", t_net, peer, t_tpl, model=label, threads=threads),
         _seconds_row(
             "qe_delensing_nside512_s_per_sky", t_qe, peer, t_tpl,
             estimator="pol (EB + EE), B ell >= 201", threads=threads,
         ),
     ]  # fmt: skip
+    cal = qe_calibration_for(attrs, attrs["lmax"])
+    if cal is not None:
+        t_it = statistics.median(
+            _times(lambda: qe_delens(sky["Q"], sky["U"], attrs, calibration=cal), 2)
+        )
+        rows.append(
+            _seconds_row(
+                "qe_iterated_nside512_s_per_sky",
+                t_it,
+                peer,
+                t_tpl,
+                estimator="pol QE + one calibrated Newton step (EB)",
+                calibration=cal["path"],
+                threads=threads,
+            )  # fmt: skip
+        )
+    return rows
 
 
 def _seconds_row(name: str, value: float, peer: str, peer_value: float, **meta) -> dict:

@@ -121,6 +121,9 @@ Baselines
   B modes of ℓ ≤ 200 left out (else the internal-delensing bias removes part of every B mode in
   the band, primordial ones too), Wiener-filtered, and the template above built with it. Its
   transfer function on primordial B is measured like a network's.
+* ``qe_it`` (given a ``qe_calibration``; full-sky skies): the same template with φ̂ from the QE
+  and one Newton step towards the maximum-a-posteriori φ, combined with per-L weights fitted on
+  other simulated skies (:mod:`engine.physics.cmb_qe`, "One Newton step"); transfer measured.
 * QE forecast (:func:`qe_forecast`): N_0 of the EB or minimum-variance lensing quadratic
   estimator (Hu & Okamoto 2002, ApJ 574, 566) from pytempura (T. Namikawa; python interface by
   M. Madhavacheril), with lensed spectra as response and filter spectra, white noise

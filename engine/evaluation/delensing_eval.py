@@ -10,7 +10,9 @@ quadratic-estimator forecasts) as ``report.json`` with figures
 (:mod:`engine.evaluation.delensing_figures`), written into a temporary directory and moved into
 place. Skies of another nside than the network's are refused; other noise or beam than the
 training skies' are allowed (the report notes them: this is how A_res at 1 and 5 µK-arcmin is
-measured for a network trained at 2).
+measured for a network trained at 2). Where ``assets/qe`` holds a calibration of the iterated QE
+at the skies' nside, noise and beam (:func:`calibrate_qe`, ``python -m engine qe-calibrate``),
+the report adds it as the baseline ``qe_it``.
 
 ``python -m engine predict --checkpoint RUN --maps SKIES --out delensed.fits`` delenses the
 observed Q/U of a sky file (one FITS file per sky: ``delensed.fits`` for one, else
