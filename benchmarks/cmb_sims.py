@@ -19,7 +19,7 @@ and cached) in skies per second, for
   Wiener filter, lenspyx lensing of E, B extraction) on the same sky as the peer; and the measured
   quadratic-estimator delensing (:func:`engine.physics.cmb_qe.qe_delens`: φ̂ from Q/U,
   then the same template) and, where ``assets/qe`` holds a calibration of the setting, the
-  iterated QE (``calibration=``), against the same peer.
+  iterated QE (:func:`engine.physics.cmb_qe_iter.qe_delens_iterated`), against the same peer.
 
 Prints a table and writes ``benchmarks/results/cmb_sims.json`` (rows with name, value, unit and,
 where a peer exists, peer, peer_value, ratio; meta with the machine), as :mod:`benchmarks`.
@@ -130,6 +130,7 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     from engine.evaluation.delensing_eval import qe_calibration_for
     from engine.nn.healpix_unet import HealpixUNet
     from engine.physics.cmb_qe import qe_delens
+    from engine.physics.cmb_qe_iter import qe_delens_iterated
 
     s = cmb.CMBParams(nside=512, count=1, seed=0, workers=1)
     sky = cmb.simulate(s, 0)
@@ -169,7 +170,7 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     cal = qe_calibration_for(attrs, attrs["lmax"])
     if cal is not None:
         t_it = statistics.median(
-            _times(lambda: qe_delens(sky["Q"], sky["U"], attrs, calibration=cal), 2)
+            _times(lambda: qe_delens_iterated(sky["Q"], sky["U"], attrs, cal), 2)
         )
         rows.append(
             _seconds_row(

@@ -43,7 +43,7 @@ QE_CALIBRATION_DIR = ("assets", "qe")
 
 
 def calibrate_qe(spec: str, out, count: int | None = None, progress: bool | None = None):
-    """Calibrate the one-step iterated QE (:func:`engine.physics.cmb_qe.calibrate_iteration`)
+    """Calibrate the one-step iterated QE (:func:`engine.physics.cmb_qe_iter.calibrate_iteration`)
     on simulated skies with their true φ and write it as JSON (atomically).
 
     ``python -m engine qe-calibrate --dataset data/cmb512.zarr --out assets/qe/NAME.json``.
@@ -78,7 +78,8 @@ def calibrate_qe(spec: str, out, count: int | None = None, progress: bool | None
     from tqdm.auto import tqdm
 
     from engine.physics.cmb_maps import _attr
-    from engine.physics.cmb_qe import B_LMIN, calibrate_iteration, qe_iteration_terms
+    from engine.physics.cmb_qe import B_LMIN
+    from engine.physics.cmb_qe_iter import calibrate_iteration, qe_iteration_terms
     from engine.runs import write_json_atomic
 
     t0 = time.perf_counter()
@@ -129,7 +130,7 @@ def qe_calibration_for(attrs, lmax: int, root=None) -> dict | None:
     import json
 
     from engine.physics.cmb_maps import _attr
-    from engine.physics.cmb_qe import check_calibration
+    from engine.physics.cmb_qe_iter import check_calibration
     from engine.runs import REPO_ROOT
 
     root = Path(root) if root is not None else REPO_ROOT.joinpath(*QE_CALIBRATION_DIR)
