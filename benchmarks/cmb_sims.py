@@ -127,10 +127,9 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
     import torch
 
     from engine.evaluation.delensing import template_delens
-    from engine.evaluation.delensing_eval import qe_calibration_for
     from engine.nn.healpix_unet import HealpixUNet
     from engine.physics.cmb_qe import qe_delens
-    from engine.physics.cmb_qe_iter import qe_delens_iterated
+    from engine.physics.cmb_qe_iter import qe_calibration_for, qe_delens_iterated
 
     s = cmb.CMBParams(nside=512, count=1, seed=0, workers=1)
     sky = cmb.simulate(s, 0)

@@ -376,3 +376,45 @@ def test_qe_assisted_network_starts_as_qe_delensing(skies, tmp_path):
     assert loaded.qe_input and net.in_channels == 4
     q2, _ = loaded.predict(net, sky["Q"], sky["U"])
     assert q2.shape == sky["Q"].shape and np.isfinite(q2).all()
+
+
+def test_network_fed_the_iterated_qe_template(skies, tmp_path):
+    """qe_template=qe_it: the untrained network returns the iterated-QE-delensed sky of the
+    task's calibration; a run stores that calibration in its checkpoint and predicts with it;
+    no calibration at the skies' settings, or one of other settings, is refused in one line."""
+    import json
+
+    from engine.cli import main
+    from engine.evaluation.predict import load_task_network
+    from engine.physics.cmb_qe_iter import qe_delens_iterated
+
+    cal = {"nside": 32, "noise": 2.0, "beam": 30.0, "lmax": 95, "edges": [0, 40, 96],
+           "a": [1.1, 0.9], "b": [0.5, 0.3]}  # fmt: skip
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(cal))
+    task = _task(skies, qe_input=True, qe_template="qe_it", qe_calibration=str(path))
+    assert task.calibration["a"] == [1.1, 0.9]
+    model = task.build_networks()["model"].eval()
+    sky = task.source.sky(int(task.train_rows[0]), ("Q", "U"))
+    q, u = task.predict(model, sky["Q"], sky["U"])
+    qd, ud = qe_delens_iterated(sky["Q"], sky["U"], task.sky_attrs, cal)
+    np.testing.assert_allclose(q, qd, atol=1e-4 * np.abs(qd).max())
+    np.testing.assert_allclose(u, ud, atol=1e-4 * np.abs(ud).max())
+    with pytest.raises(ConfigError, match="no calibration of the iterated QE at nside 32"):
+        _task(skies, qe_input=True, qe_template="qe_it")
+    path.write_text(json.dumps({**cal, "noise": 5.0}))
+    with pytest.raises(ConfigError, match="measured at other settings: noise 5.0"):
+        _task(skies, qe_input=True, qe_template="qe_it", qe_calibration=str(path))
+    path.write_text(json.dumps(cal))
+    run_dir = tmp_path / "qe_it_run"
+    code = main(
+        ["train", "--preset", "delens_smoke", "--set", f"dataset={skies}", "--set",
+         "eval_maps=0", "--set", "qe_input=true", "--set", "qe_template=qe_it", "--set",
+         f"qe_calibration={path}", "--run-dir", str(run_dir)]
+    )  # fmt: skip
+    assert code == 0
+    path.unlink()  # the checkpoint carries the calibration
+    net, loaded, _ = load_task_network(run_dir, "cpu", "delensing")
+    assert loaded.calibration["b"] == [0.5, 0.3]
+    q2, _ = loaded.predict(net, sky["Q"], sky["U"])
+    assert q2.shape == sky["Q"].shape and np.isfinite(q2).all()

@@ -37,9 +37,6 @@ TASK = "delensing"
 REPORT_FILE = "report.json"
 #: Maps of a sky read for the evaluation.
 EVAL_KEYS = ("Q", "U", "Q_lensed", "U_lensed", "Q_unlensed", "U_unlensed", "phi")
-#: Folder of the shipped calibrations of the iterated QE (:func:`calibrate_qe`) under the
-#: repository root, one JSON file per setting.
-QE_CALIBRATION_DIR = ("assets", "qe")
 
 
 def calibrate_qe(spec: str, out, count: int | None = None, progress: bool | None = None):
@@ -122,27 +119,6 @@ def calibrate_qe(spec: str, out, count: int | None = None, progress: bool | None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, cal)
     return cal
-
-
-def qe_calibration_for(attrs, lmax: int, root=None) -> dict | None:
-    """The calibration in ``root`` (default :data:`QE_CALIBRATION_DIR`) measured at the
-    nside, noise and beam of ``attrs`` and this lmax, or None (unreadable files are skipped)."""
-    import json
-
-    from engine.physics.cmb_maps import _attr
-    from engine.physics.cmb_qe_iter import check_calibration
-    from engine.runs import REPO_ROOT
-
-    root = Path(root) if root is not None else REPO_ROOT.joinpath(*QE_CALIBRATION_DIR)
-    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
-        try:
-            cal = json.loads(path.read_text())
-            check_calibration(cal, int(_attr(attrs, "nside")), _attr(attrs, "noise"),
-                              _attr(attrs, "beam"), lmax)  # fmt: skip
-        except (OSError, ValueError, ConfigError):
-            continue
-        return cal | {"path": str(path)}
-    return None
 
 
 def load_skies(spec: str, count: int | None = None) -> dict[float, dict[str, Any]]:
@@ -271,6 +247,7 @@ def evaluate_delenser(
         return qs, us
 
     from engine.physics.cmb_maps import _lmax
+    from engine.physics.cmb_qe_iter import qe_calibration_for
 
     first = next(iter(skies.values()))
     lmax = _lmax(first["Q"].shape[1], first["attrs"].get("lmax") or None)

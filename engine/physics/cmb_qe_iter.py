@@ -39,14 +39,16 @@ transfer function is measured by the report, method ``qe_it``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import healpy as hp
 import numpy as np
 
 from engine.params import ConfigError
-from engine.physics.cmb_maps import ARCMIN, _gauss_beam, _threads
+from engine.physics.cmb_maps import ARCMIN, _attr, _gauss_beam, _threads
 from engine.physics.cmb_qe import (
     B_LMIN,
     _eb,
@@ -59,6 +61,11 @@ from engine.physics.cmb_qe import (
     qe_norm,
     subtract_template,
 )
+from engine.runs import REPO_ROOT
+
+#: Folder of the shipped calibrations (:func:`calibrate_iteration`, ``python -m engine
+#: qe-calibrate``) under the repository root, one JSON file per nside/noise/beam.
+QE_CALIBRATION_DIR = ("assets", "qe")
 
 
 def _newton_deltas(eb, phi_wf, n0, lmax, noise, beam, spectra, nside, nthreads, b_lmin):
@@ -269,3 +276,19 @@ def check_calibration(calibration: Mapping, nside: int, noise: float, beam: floa
     ]
     if bad:
         raise ConfigError("QE calibration was measured at other settings: " + ", ".join(bad))
+
+
+def qe_calibration_for(attrs, lmax: int, root=None) -> dict | None:
+    """The calibration in ``root`` (default :data:`QE_CALIBRATION_DIR` under the repository)
+    measured at the nside, noise and beam of ``attrs`` (sky attrs, µK-arcmin and arcmin) and this
+    lmax, with its ``path`` added, or None (unreadable or other-setting files are skipped)."""
+    root = Path(root) if root is not None else REPO_ROOT.joinpath(*QE_CALIBRATION_DIR)
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            cal = json.loads(path.read_text())
+            check_calibration(cal, int(_attr(attrs, "nside")), _attr(attrs, "noise"),
+                              _attr(attrs, "beam"), lmax)  # fmt: skip
+        except (OSError, ValueError, ConfigError):
+            continue
+        return cal | {"path": str(path)}
+    return None

@@ -36,7 +36,11 @@ sky's T is computed once per process (~16 s at nside 512); a rotated pool sky ro
 observed sky, its lensed and unlensed skies and T by the same rotation (the QE on the full sky
 with isotropic filters commutes with rotations), with no fresh noise, so that T is exactly the
 template of the network's input. Inference (:meth:`Delensing.predict`) computes T of the sky
-given, at the training skies' noise, beam and cosmology.
+given, at the training skies' noise, beam and cosmology. With ``qe_template="qe_it"`` T is the
+template of the calibrated iterated QE (:func:`engine.physics.cmb_qe_iter.qe_delens_iterated`,
+~28 s per sky at nside 512), whose calibration (``qe_calibration``, or the one of ``assets/qe`` at
+the training skies' nside, noise and beam) is stored in the checkpoint, so that inference uses the
+same weights as training.
 
 Augmentation that respects spin 2
 ---------------------------------
@@ -131,6 +135,20 @@ class DelensingParams(param.Parameterized):
         "delensing and training learns a correction; rotated pool skies then rotate the stored "
         "observed sky (its noise with it) instead of drawing fresh noise, so T stays exact.",
     )
+    qe_template = param.Selector(
+        default="qe",
+        objects=["qe", "qe_it"],
+        doc="The template given to the QE-assisted network (qe_input): qe, the quadratic "
+        "estimator's (engine.physics.cmb_qe); qe_it, the calibrated iterated QE's "
+        "(engine.physics.cmb_qe_iter, ~28 s per sky at nside 512; needs a calibration of the "
+        "training skies' nside, noise and beam: qe_calibration, or one in assets/qe).",
+    )
+    qe_calibration = param.String(
+        "",
+        doc="JSON file of python -m engine qe-calibrate used by qe_template=qe_it; empty: the "
+        "one in assets/qe measured at the training skies' nside, noise and beam. Stored in "
+        "the checkpoint.",
+    )
 
     def check(self) -> None:
         """Nothing to check alone (the crop is checked against nside and levels when the task
@@ -175,6 +193,40 @@ def _with_template(obs: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``(2, npix)`` observed Q/U and ``(2, npix)`` QE template → ``(4, npix)`` network input
     (:data:`QE_INPUTS`)."""
     return np.concatenate([obs - t, t])
+
+
+def _find_calibration(path: str, attrs: Mapping[str, Any], nside: int) -> dict[str, Any]:
+    """The iterated-QE calibration of ``qe_template="qe_it"``: the JSON file ``path``, or (empty)
+    the one in ``assets/qe`` measured at the skies' nside, noise and beam
+    (:func:`engine.physics.cmb_qe_iter.qe_calibration_for`).
+
+    Raises
+    ------
+    ConfigError
+        No such calibration, an unreadable file, or one measured at other settings.
+    """
+    import json
+
+    from engine.physics.cmb_maps import _attr, _lmax
+    from engine.physics.cmb_qe_iter import check_calibration, qe_calibration_for
+
+    lmax = _lmax(12 * nside**2, int(attrs.get("lmax") or 3 * nside - 1))
+    if not path:
+        cal = qe_calibration_for({**attrs, "nside": nside}, lmax)
+        if cal is None:
+            raise ConfigError(
+                f"qe_template='qe_it': no calibration of the iterated QE at nside {nside}, "
+                f"noise {attrs.get('noise')} uK-arcmin, beam {attrs.get('beam')} arcmin in "
+                "assets/qe; make one with python -m engine qe-calibrate --dataset SKIES --out "
+                "FILE.json and set qe_calibration=FILE.json"
+            )
+        return cal
+    try:
+        cal = json.loads(open(path).read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"qe_calibration={path!r}: cannot read it ({exc})") from None
+    check_calibration(cal, nside, _attr(attrs, "noise"), _attr(attrs, "beam"), lmax)
+    return cal | {"path": str(path)}
 
 
 def _centre(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -245,6 +297,8 @@ class Delensing(Task):
         if not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"{where}: the first training sky's Q is zero or not finite")
         self._setup(scale, nside, dict(self.source.attrs), int(s.crop), bool(s.qe_input))
+        if self.qe_input and s.qe_template == "qe_it":
+            self.calibration = _find_calibration(s.qe_calibration, self.sky_attrs, nside)
         self._slots: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * int(s.pool)
         self._slot_ids: list[int] = [-1] * int(s.pool)
 
@@ -252,6 +306,7 @@ class Delensing(Task):
         self, scale: float, nside: int, attrs: Mapping[str, Any], crop: int, qe_input: bool
     ) -> None:
         self.qe_input = bool(qe_input)
+        self.calibration: dict[str, Any] | None = None  # of the iterated QE (qe_template)
         self._templates: dict[int, np.ndarray] = {}
         self.scale = float(scale)
         self.crop = int(crop)
@@ -265,10 +320,15 @@ class Delensing(Task):
     def template(self, q: np.ndarray, u: np.ndarray) -> np.ndarray:
         """QE lensing-B template of one observed sky, ``(2, npix) float64`` Q/U, µK, RING:
         observed − :func:`engine.physics.cmb_qe.qe_delens` at the training skies' noise, beam
-        and cosmology."""
+        and cosmology, or − :func:`engine.physics.cmb_qe_iter.qe_delens_iterated` with the
+        task's calibration (``qe_template="qe_it"``)."""
         from engine.physics.cmb_qe import qe_delens
+        from engine.physics.cmb_qe_iter import qe_delens_iterated
 
-        qd, ud = qe_delens(q, u, self.sky_attrs)
+        if self.calibration is not None:
+            qd, ud = qe_delens_iterated(q, u, self.sky_attrs, self.calibration)
+        else:
+            qd, ud = qe_delens(q, u, self.sky_attrs)
         return np.stack([np.asarray(q, np.float64) - qd, np.asarray(u, np.float64) - ud])
 
     def _stored_template(self, row: int) -> np.ndarray:
@@ -482,6 +542,7 @@ class Delensing(Task):
             "inputs": list(QE_INPUTS if self.qe_input else INPUTS),
             "targets": list(TARGETS),
             "qe_input": self.qe_input,
+            "qe_calibration": self.calibration,
             "sky_attrs": dict(self.sky_attrs),
         }
 
@@ -494,6 +555,7 @@ class Delensing(Task):
             bool(state.get("qe_input", False)),
         )  # fmt: skip
         task.margin = int(state["margin"])
+        task.calibration = state.get("qe_calibration")
         return task
 
     def describe(self) -> dict[str, Any]:

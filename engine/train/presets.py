@@ -386,6 +386,19 @@ PRESETS["delens512"] = {
 # learns a correction. Each stored sky's template is computed once (~16 s at nside 512).
 PRESETS["delens512_qe"] = {**PRESETS["delens512"], "qe_input": True}
 
+# delens512_qeit: the same, fed the calibrated iterated QE's template (engine.physics.cmb_qe_iter;
+# qe_template=qe_it; the calibration of assets/qe at nside 512, 2 uK-arcmin, 5'), fine-tuned from
+# the shipped delens512_qe weights: 400 steps at lr 3e-4 (the inputs change from one template to a
+# better one of the same kind). Each stored sky's template is computed once (~28 s at nside 512).
+PRESETS["delens512_qeit"] = {
+    **PRESETS["delens512_qe"],
+    "qe_template": "qe_it",
+    "init_from": "assets/models/delens512_qe/checkpoints/best.pt",
+    "epochs": 4,
+    "lr": 3e-4,
+    "warmup_steps": 20,
+}
+
 
 def preset_task(preset: str) -> str | None:
     """The task a preset is for (its ``"task"`` entry; None for the regression presets that
