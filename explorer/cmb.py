@@ -61,7 +61,7 @@ from explorer.cmb_compute import (
     snapshot,
     updates,
 )
-from explorer.cmb_data import DelenserInfo, list_delensers, result_key
+from explorer.cmb_data import DelenserInfo, iterated_calibration, list_delensers, result_key
 from explorer.cmb_views import (
     ABOUT,
     READOUT_CSS,
@@ -130,7 +130,7 @@ class CMBPage(pn.viewable.Viewer):
         doc="Run directory of the delensing network ('': template baseline only).",
     )  # fmt: skip
     method = param.Selector(
-        default="network", objects=["network", "template", "qe"],
+        default="network", objects=["network", "template", "qe", "qe_it"],
         doc="Which delensed map the map panels show.",
     )  # fmt: skip
     result = param.ClassSelector(
@@ -221,7 +221,11 @@ class CMBPage(pn.viewable.Viewer):
         with param.parameterized.discard_events(self.settings):
             self.settings.param.update(**values)
         self._hint.object = "" if info else no_delenser_text(values["nside"])
-        self._wait.object = wait_text(values["nside"], info is not None)
+        self._wait.object = wait_text(
+            values["nside"], info is not None,
+            iterated_calibration(values["nside"], self.settings.noise, self.settings.beam)
+            is not None,
+        )  # fmt: skip
 
     def request_update(self) -> None:
         """Recompute for the current settings (while shown): now without a document, else off
@@ -268,7 +272,9 @@ class CMBPage(pn.viewable.Viewer):
             self.busy = False
             self._chain = None
             self._status.object = timing_html(out, cached=self._cached)
-            self._wait.object = wait_text(out.settings["nside"], bool(out.delenser))
+            self._wait.object = wait_text(
+                out.settings["nside"], bool(out.delenser), "qe_it" in out.stages
+            )
 
     @param.depends("method", watch=True)
     def _show(self) -> None:

@@ -22,7 +22,11 @@ them) and the caches of skies and stage timings are :mod:`explorer.cmb_data`'s (
    method can do with this E) — its map, A_res and fitted r;
 5. ``qe``: both observations delensed by :func:`engine.physics.cmb_qe.qe_delens` (φ̂
    reconstructed from the observed Q/U by the quadratic estimator, then the same template) — the
-   measured baseline beside the QE forecast.
+   measured baseline beside the QE forecast;
+6. ``qe_it``: only where ``assets/qe`` holds a calibration of the page's nside, noise and beam
+   (:func:`explorer.cmb_data.iterated_calibration`; shipped: nside 512, 5′, 1, 2 and 5
+   µK-arcmin): both observations delensed by the calibrated iterated QE
+   (:func:`engine.physics.cmb_qe_iter.qe_delens_iterated`).
 
 Definitions (those of :mod:`engine.evaluation.delensing`, on the full sky)
 ----------------------------------------------------------------------------
@@ -80,6 +84,7 @@ from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.cmb import CMBParams, check_settings
 from engine.physics.cmb_qe import qe_delens
+from engine.physics.cmb_qe_iter import qe_delens_iterated
 from engine.physics.cmb_theory import cmb_spectra
 
 # The delensers and the caches of skies and stage timings (explorer.cmb_data), re-exported
@@ -90,11 +95,13 @@ from explorer.cmb_data import (
     SKIES_COMMAND,  # noqa: F401 - re-exported
     SKY_CACHE_SIZE,  # noqa: F401 - re-exported
     TRAIN_COMMAND,  # noqa: F401 - re-exported
+    TWO_OBSERVATIONS,
     DelenserInfo,
     checkpoint_file,  # noqa: F401 - re-exported
     delenser_info,  # noqa: F401 - re-exported
     expected_seconds,  # noqa: F401 - re-exported
     expected_wait,  # noqa: F401 - re-exported
+    iterated_calibration,
     list_delensers,  # noqa: F401 - re-exported
     load_delenser,
     record_seconds,
@@ -119,6 +126,7 @@ STAGES = {
     "network2": "delensing the second noise realisation with the network (A_res, r)",
     "template": "template baseline: both observations delensed with the true φ",
     "qe": "QE baseline: both observations delensed with φ̂ reconstructed from the maps",
+    "qe_it": "iterated-QE baseline: both observations delensed with the calibrated iterated QE",
 }
 #: Jacobi iterations of the analysis of the unlensed sky (:class:`BModes`; the engine's 3).
 ITERATIONS = 3
@@ -285,8 +293,9 @@ def qe_mv(settings: CMBParams, spectra) -> dict:
 # One update, stage by stage
 # ---------------------------------------------------------------------------------------------
 
-#: Methods of the readout, in order: no delensing, the network, the template, the measured QE.
-METHODS = ("none", "network", "template", "qe")
+#: Methods of the readout, in order: no delensing, the network, the template, the measured QE,
+#: the iterated QE (where calibrated).
+METHODS = ("none", "network", "template", "qe", "qe_it")
 
 
 @dataclass
@@ -304,17 +313,19 @@ class CMBResult:
     done : tuple of str
     maps : dict of str → ndarray ``(12·nside²,) float32``
         B-mode maps (µK, RING): ``lensed`` (observed: lensed + beam + noise), ``unlensed``
-        (true, beamed), ``network``, ``template``, ``qe`` (delensed; once their stage has run).
+        (true, beamed), ``network``, ``template``, ``qe``, ``qe_it`` (delensed; once their stage
+        has run).
     b_max : float
         99.5 % quantile of |B| of the observed map, µK (the views' colour range).
     ell : ndarray ``(n_bins,)``
         Bin centres.
     bb : dict of str → ndarray ``(n_bins,)``
         Binned C_ℓ^BB (µK², beamed): ``lensed`` (cross of the two observations), ``unlensed``,
-        ``network``, ``template``, ``qe`` (cross of the two delensed observations), ``theory_lensing``
+        ``network``, ``template``, ``qe``, ``qe_it`` (cross of the two delensed observations),
+        ``theory_lensing``
         (CAMB lensing BB × b_ℓ²), ``qe_residual`` (MV forecast × b_ℓ²), ``primordial`` (r·T_b).
     a_res : dict of str → float
-        Mean A_res over ``ell_range`` of ``none``, ``network``, ``template``, ``qe`` (as they come) and
+        Mean A_res over ``ell_range`` of :data:`METHODS` (as they come) and
         ``qe_mv`` (the forecast).
     a_res_bins : dict of str → ndarray ``(n_bins,)``
         A_res per bin (NaN outside the bins' data).
@@ -372,7 +383,9 @@ class _Update:
         self.nside = int(settings.nside)
         self.lmax = lmax_of(self.nside)
         self.ell_range = ell_range_of(self.nside)
+        self.calibration = iterated_calibration(self.nside, settings.noise, settings.beam)
         self.stages = ("sky", *(("network", "network2") if info else ()), "template", "qe")
+        self.stages += ("qe_it",) if self.calibration is not None else ()
         self.done: list[str] = []
         self.seconds: dict[str, float] = {}
         self.alm: dict[str, np.ndarray] = {}
@@ -392,7 +405,7 @@ class _Update:
         getattr(self, f"_{stage}")()
         dt = time.perf_counter() - t0
         self.seconds[stage] = dt
-        per_obs = dt / 2 if stage in ("template", "qe") else dt
+        per_obs = dt / 2 if stage in TWO_OBSERVATIONS else dt
         record_seconds(stage, self.nside, per_obs)
         self.done.append(stage)
 
@@ -464,6 +477,16 @@ class _Update:
         self.alm["qe1"], self.alm["qe2"] = out
         self.maps["qe"] = b_map(out[0], self.nside)
         self._method("qe", *out)
+
+    def _qe_it(self) -> None:
+        out = [
+            self.b(*qe_delens_iterated(*self.obs[i], self.attrs, self.calibration,
+                                       spectra=self.spectra))
+            for i in (1, 2)
+        ]  # fmt: skip
+        self.alm["qe_it1"], self.alm["qe_it2"] = out
+        self.maps["qe_it"] = b_map(out[0], self.nside)
+        self._method("qe_it", *out)
 
     def _method(self, name: str, a1: np.ndarray, a2: np.ndarray) -> None:
         """A_res, the delensed cross spectrum and the r fit of a method (module docstring)."""

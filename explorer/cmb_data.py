@@ -25,6 +25,7 @@ from pathlib import Path
 from engine.lru import LRUCache
 from engine.params import ConfigError
 from engine.physics.cmb import CMBParams, simulate
+from engine.physics.cmb_qe_iter import qe_calibration_for
 from engine.runs import list_runs, read_json
 
 #: Run directory name of the shipped delenser in ``assets/models/``.
@@ -48,7 +49,10 @@ REFERENCE_SECONDS = {
     "network": {128: 1.4, 512: 22.0},
     "template": {128: 1.4, 512: 54.0},
     "qe": {128: 0.5, 512: 16.0},  # python -m benchmarks.cmb_sims (512) and one sky (128), idle
+    "qe_it": {128: 1.0, 512: 27.5},  # the same benchmark (512); 128: no calibration shipped
 }
+#: Stages run on two observations (their expected seconds are per observation).
+TWO_OBSERVATIONS = ("template", "qe", "qe_it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,12 +239,28 @@ def expected_seconds(stage: str, nside: int) -> float:
     return max(0.5, ref[base] * (nside / base) ** power)
 
 
-def expected_wait(nside: int, network: bool) -> dict[str, float]:
+def expected_wait(nside: int, network: bool, qe_it: bool = False) -> dict[str, float]:
     """Expected seconds until each stage of an update at ``nside`` has run (cumulative:
-    ``{stage: seconds from the start}``); the template and the QE run on two observations."""
+    ``{stage: seconds from the start}``), with the network's stages if ``network`` and the
+    iterated QE's if ``qe_it``; the template and the QEs run on two observations."""
     stages = ["sky", *(["network", "network2"] if network else []), "template", "qe"]
+    stages += ["qe_it"] if qe_it else []
     out, total = {}, 0.0
     for s in stages:
-        total += expected_seconds(s, nside) * (2 if s in ("template", "qe") else 1)
+        total += expected_seconds(s, nside) * (2 if s in TWO_OBSERVATIONS else 1)
         out[s] = total
     return out
+
+
+def iterated_calibration(nside: int, noise: float, beam: float) -> dict | None:
+    """The shipped calibration of the iterated QE (``assets/qe``,
+    :func:`engine.physics.cmb_qe_iter.qe_calibration_for`) at this nside, noise (µK-arcmin) and
+    beam (arcmin FWHM) with the page's band limit 3·nside − 1, or None (cached per process)."""
+    key = (int(nside), float(noise), float(beam))
+    if key not in _calibrations:
+        attrs = {"nside": key[0], "noise": key[1], "beam": key[2]}
+        _calibrations[key] = qe_calibration_for(attrs, 3 * key[0] - 1)
+    return _calibrations[key]
+
+
+_calibrations: dict[tuple, dict | None] = {}

@@ -60,6 +60,7 @@ CURVES = {
     "network": ("delensed: network", "#d62728", "solid", True),
     "template": ("delensed: template (true φ)", "#2ca02c", "solid", True),
     "qe": ("delensed: QE (φ̂ from the maps)", "#9467bd", "solid", True),
+    "qe_it": ("delensed: iterated QE (calibrated)", "#8c564b", "solid", True),
     "unlensed": ("true unlensed", "#1f77b4", "solid", True),
     "theory_lensing": ("theory: lensing BB × b²ℓ (CAMB)", "#000000", "dashed", False),
     "qe_residual": ("QE MV forecast residual × b²ℓ", "#9467bd", "dashed", False),
@@ -89,10 +90,25 @@ table.cmb td.value { text-align: right; font-variant-numeric: tabular-nums; }
 @dataclass(frozen=True)
 class MapFrame:
     """What the map panels show: a result (None before the first) and the delensed map chosen
-    (``"network"``, ``"template"`` or ``"qe"``)."""
+    (``"network"``, ``"template"``, ``"qe"`` or ``"qe_it"``)."""
 
     result: CMBResult | None = None
     method: str = "network"
+
+
+#: The delensed maps the panels can show, in the order of the fallback.
+DELENSERS = ("network", "template", "qe", "qe_it")
+
+
+def method_names(result: CMBResult) -> dict[str, str]:
+    """Method key → its name on the page (the readout's rows and the map titles)."""
+    return {
+        "none": "no delensing",
+        "network": f"network {html.escape(result.delenser)}",
+        "template": "template (true φ)",
+        "qe": "QE (φ̂ from the maps)",
+        "qe_it": "iterated QE (calibrated on simulations)",
+    }
 
 
 def delensed_map(result: CMBResult | None, method: str) -> str | None:
@@ -100,7 +116,7 @@ def delensed_map(result: CMBResult | None, method: str) -> str | None:
     else None."""
     if result is None:
         return None
-    for key in (method, *(k for k in ("network", "template", "qe") if k != method)):
+    for key in (method, *(k for k in DELENSERS if k != method)):
         if key in result.maps:
             return key
     return None
@@ -117,10 +133,7 @@ def panel_title(frame: MapFrame, panel: str) -> str:
     key = delensed_map(r, frame.method)
     if key is None:
         return f"{PANELS[panel]}: waiting for the {r.next_stage or 'delenser'}…"
-    who = {"network": f"network {r.delenser}", "template": "template (true φ)"}.get(
-        key, "QE (φ̂ from the maps)"
-    )
-    return f"{PANELS[panel]} — {who}"
+    return f"{PANELS[panel]} — {method_names(r)[key]}"
 
 
 def map_signature(frame: MapFrame) -> tuple:
@@ -255,6 +268,10 @@ class CMBFigures:
         """Replace the spectrum columns and title by those of ``result``."""
         for k, cols in spectra_columns(result).items():
             self.curve_sources[k].data = cols
+        iterated = result is not None and "qe_it" in result.stages
+        for item in self.spectra.legend[0].items:  # the iterated QE's only where it runs
+            if item.label.value == CURVES["qe_it"][0] and item.visible != iterated:
+                item.visible = iterated
         title = spectra_title(result)
         if self.spectra.title.text != title:
             self.spectra.title.text = title
@@ -344,17 +361,11 @@ def _fmt(value, digits: int = 3) -> str:
 
 def readout_rows(result: CMBResult) -> list[tuple[str, str, str, str]]:
     """(method, A_res, A_res with its own noise counted, r̂ ± σ(r)) rows: no delensing, the
-    network, the template, the QE, the QE forecast ("…" while a stage is to run, "—" where there
-    is no such number)."""
+    network, the template, the QE, the iterated QE (where calibrated), the QE forecast ("…" while
+    a stage is to run, "—" where there is no such number)."""
     rows = []
-    names = {
-        "none": "no delensing",
-        "network": f"network {html.escape(result.delenser)}",
-        "template": "template (true φ)",
-        "qe": "QE (φ̂ from the maps)",
-    }
-    for m, name in names.items():
-        if m == "network" and not result.delenser:
+    for m, name in method_names(result).items():
+        if (m == "network" and not result.delenser) or (m == "qe_it" and m not in result.stages):
             continue
         pending = m not in result.a_res and not result.complete
         a = "…" if pending else _fmt(result.a_res.get(m))
@@ -405,7 +416,7 @@ def stage_line(result: CMBResult | None, stage: str, nside: int, network: bool) 
     """The status while ``stage`` runs: which stage of how many, what it does, and the expected
     wait until it and until the whole update is done (:func:`~explorer.cmb_data.
     expected_wait`)."""
-    wait = expected_wait(nside, network)
+    wait = expected_wait(nside, network, result is not None and "qe_it" in result.stages)
     stages = list(wait)
     i = stages.index(stage) if stage in stages else 0
     before = wait[stages[i - 1]] if i else 0.0
@@ -435,16 +446,16 @@ def timing_html(result: CMBResult | None, cached: bool = False) -> str:
     )
 
 
-def wait_text(nside: int, network: bool) -> str:
+def wait_text(nside: int, network: bool, qe_it: bool = False) -> str:
     """Markdown: the expected wait of an update at ``nside`` (:func:`~explorer.cmb_data.
-    expected_wait`)."""
-    wait = expected_wait(nside, network)
+    expected_wait`; ``qe_it``: with the iterated QE's stage)."""
+    wait = expected_wait(nside, network, qe_it)
     sky = wait["sky"]
     line = f"**Expected wait** at nside {nside}: the sky in ≈ {sky:.0f} s"
     if network:
         line += f", the network's maps at ≈ {wait['network']:.0f} s"
     line += (
-        f", every number at ≈ {wait['qe']:.0f} s (the last update measured in this "
+        f", every number at ≈ {list(wait.values())[-1]:.0f} s (the last update measured in this "
         "server, else timings of a 2-core machine; settings seen before come from the cache "
         "at once)."
     )

@@ -152,7 +152,8 @@ def test_views_of_a_result(physics):
     assert rows[0][2] == "1.000" and full.a_res_own["none"] == pytest.approx(1.0, abs=1e-9)
     assert full.a_res_own["template"] >= full.a_res["template"] - 0.02
     columns = spectra_columns(full)
-    assert all(len(c["ell"]) == 3 for c in columns.values())
+    assert all(len(c["ell"]) == 3 for k, c in columns.items() if k != "qe_it")
+    assert len(columns["qe_it"]["ell"]) == 0  # no calibration at nside 32: no such stage
     assert len(spectra_columns(sky)["template"]["ell"]) == 0  # not there yet
     # the maps at screen resolution: nan outside the Mollweide ellipse, the residual d − u
     images = panel_images(MapFrame(full, "template"))
@@ -254,3 +255,34 @@ def test_page_with_shipped_delenser(models, tmp_path):
     page.nside_without_delenser = NSIDE
     page.delenser = ""
     assert page.result.delenser == "" and cc.TRAIN_COMMAND in page._hint.object
+
+
+def test_iterated_qe_stage_where_a_calibration_exists(monkeypatch):
+    """Where a calibration of the page's nside, noise and beam exists, the update ends with the
+    iterated QE; with weights a = 1, b = 0 it is the plain QE's template, so its A_res equals the
+    QE's. No calibration (the shipped ones are nside 512): no stage, no row."""
+    from explorer.cmb_views import wait_text
+
+    settings = cc.page_settings(NSIDE, r=0.0, noise=2.0, beam=30.0, seed=5,
+                                lmax_unlensed=FAST_LMAX_UNLENSED)  # fmt: skip
+    assert cc.iterated_calibration(NSIDE, 2.0, 30.0) is None
+    plain = cc.compute(settings)
+    assert "qe_it" not in plain.stages and "iterated" not in str(readout_rows(plain))
+    cal = {"nside": NSIDE, "noise": 2.0, "beam": 30.0, "lmax": 3 * NSIDE - 1, "edges": [0, 96],
+           "a": [1.0], "b": [0.0]}  # fmt: skip
+    monkeypatch.setattr(cc, "iterated_calibration", lambda *a: cal)
+    full = cc.compute(cc.page_settings(NSIDE, r=0.0, noise=2.0, beam=30.0, seed=5,
+                                       lmax_unlensed=FAST_LMAX_UNLENSED))  # fmt: skip
+    assert full.stages[-1] == "qe_it" and full.complete and "qe_it" in full.maps
+    assert full.a_res["qe_it"] == pytest.approx(full.a_res["qe"], rel=1e-6)
+    assert full.a_res_own["qe_it"] == pytest.approx(full.a_res_own["qe"], rel=1e-6)
+    assert any(row[0].startswith("iterated QE") for row in readout_rows(full))
+    assert "iterated QE" in panel_title(MapFrame(full, "qe_it"), "delensed")
+    assert "every number at" in wait_text(NSIDE, False, True)
+    figures = CMBFigures()
+    legend = {i.label.value: i for i in figures.spectra.legend[0].items}
+    figures.show(MapFrame(plain))
+    assert not legend["delensed: iterated QE (calibrated)"].visible
+    figures.show(MapFrame(full, "qe_it"))
+    assert legend["delensed: iterated QE (calibrated)"].visible
+    assert len(figures.curve_sources["qe_it"].data["ell"]) == 3
