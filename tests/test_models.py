@@ -341,7 +341,7 @@ def test_shipped_checkpoints_load_strictly():
                 out = net.eval()(_maps(2, 1, size))
             assert out.shape == (2, 3) and torch.isfinite(out).all(), path
             continue
-        if ck.get("format") == 2 and ck.get("task") == "delensing":  # delens512, delens512_qe
+        if ck.get("format") == 2 and ck.get("task") == "delensing":  # delens512, delens512_qe(it)
             from engine.train.checkpoint import load_network
 
             net, ckpt = load_network(path)
@@ -349,6 +349,8 @@ def test_shipped_checkpoints_load_strictly():
             m = ckpt["task_state"]["margin"]
             c = len(ckpt["task_state"]["inputs"])  # Q, U (+ the QE template with qe_input)
             assert c == (4 if ckpt["task_state"].get("qe_input") else 2), path
+            cal = ckpt["task_state"].get("qe_calibration")  # delens512_qeit: the iterated QE's
+            assert cal is None or (cal["nside"], cal["noise"]) == (512, 2.0), path
             with torch.no_grad():  # one window of padded faces: (1, C, 64 + 2m, 64 + 2m)
                 out = net.eval().forward_faces(torch.randn(1, c, 64 + 2 * m, 64 + 2 * m), m)
             assert out.shape == (1, 2, 64, 64) and torch.isfinite(out).all(), path
