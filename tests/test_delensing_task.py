@@ -400,6 +400,8 @@ def test_network_fed_the_iterated_qe_template(skies, tmp_path):
     qd, ud = qe_delens_iterated(sky["Q"], sky["U"], task.sky_attrs, cal)
     np.testing.assert_allclose(q, qd, atol=1e-4 * np.abs(qd).max())
     np.testing.assert_allclose(u, ud, atol=1e-4 * np.abs(ud).max())
+    with pytest.raises(ConfigError, match="set qe_input=true"):
+        _task(skies, qe_template="qe_it", qe_calibration=str(path))
     with pytest.raises(ConfigError, match="no calibration of the iterated QE at nside 32"):
         _task(skies, qe_input=True, qe_template="qe_it")
     path.write_text(json.dumps({**cal, "noise": 5.0}))

@@ -297,6 +297,8 @@ class Delensing(Task):
         if not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"{where}: the first training sky's Q is zero or not finite")
         self._setup(scale, nside, dict(self.source.attrs), int(s.crop), bool(s.qe_input))
+        if s.qe_template == "qe_it" and not self.qe_input:
+            raise ConfigError("qe_template='qe_it' is the template of qe_input: set qe_input=true")
         if self.qe_input and s.qe_template == "qe_it":
             self.calibration = _find_calibration(s.qe_calibration, self.sky_attrs, nside)
         self._slots: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * int(s.pool)
