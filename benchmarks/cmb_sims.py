@@ -122,8 +122,9 @@ def bench_nside512(count: int = 2) -> list[dict]:
 
 
 def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
-    """Seconds per nside-512 sky: the delenser's forward pass (CPU) and the measured QE
-    delensing, each against the true-φ template."""
+    """Seconds per nside-512 sky: the delenser's forward pass (CPU), the shipped network fed the
+    iterated QE's template (``delens512_qeit``: template + network) where present, and the
+    measured QE and iterated-QE delensing, each against the true-φ template."""
     import torch
 
     from engine.evaluation.delensing import template_delens
@@ -166,6 +167,16 @@ def bench_delensing(model_dir: str = "assets/models/delens512") -> list[dict]:
             estimator="pol (EB + EE), B ell >= 201", threads=threads,
         ),
     ]  # fmt: skip
+    fed = Path("assets/models/delens512_qeit")  # the network fed the iterated QE's template
+    if (fed / "checkpoints" / "best.pt").exists():
+        from engine.evaluation.predict import load_task_network
+
+        model2, task2, _ = load_task_network(fed, "cpu", "delensing")
+        t_fed = statistics.median(_times(lambda: task2.predict(model2, sky["Q"], sky["U"]), 2))
+        rows.append(
+            _seconds_row("delensing_qeit_nside512_s_per_sky", t_fed, peer, t_tpl, model=str(fed),
+                         includes="iterated-QE template + network", threads=threads)
+        )  # fmt: skip
     cal = qe_calibration_for(attrs, attrs["lmax"])
     if cal is not None:
         t_it = statistics.median(
