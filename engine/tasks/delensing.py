@@ -23,8 +23,8 @@ mean B-mode power of the error on the window (flat-sky E/B on the face grid,
 :mod:`engine.nn.healpix_pol`): the plain Q/U error is dominated by E-mode lensing and noise,
 while the lensing B power is what delensing must remove.
 
-QE-assisted network (``qe_input``)
-----------------------------------
+QE-assisted network (``qe_input``; its inputs: :mod:`engine.tasks.delensing_inputs`)
+---------------------------------------------------------------------------------------
 The inputs become Q − T_Q, U − T_U, T_Q, T_U: T is the lensing-B template of the quadratic
 estimator on the observed sky itself (:func:`engine.physics.cmb_qe.qe_delens`: φ̂ from the
 observed Q/U with the B modes of ℓ ≤ 200 left out, Wiener-filtered E lensed by it), so that the
@@ -76,14 +76,13 @@ from engine.nn.healpix_pol import b_power, face_pol_basis
 from engine.nn.registry import build_model
 from engine.params import ConfigError
 from engine.tasks.base import Stepper, Task
+from engine.tasks.delensing_inputs import QE_INPUTS, find_calibration, qe_template, with_template
 
 #: Input and target channels.
 INPUTS = ("Q", "U")
 TARGETS = ("Q_unlensed", "U_unlensed")
 #: The observed sky without its noise (beamed): observed − lensed is the noise realisation.
 LENSED = ("Q_lensed", "U_lensed")
-#: Input channels of the QE-assisted network (``qe_input``): the QE-delensed sky and T.
-QE_INPUTS = ("Q - T_Q", "U - T_U", "T_Q", "T_U")
 
 
 class DelensingParams(param.Parameterized):
@@ -189,46 +188,6 @@ class DelenserModelParams(param.Parameterized):
         return kwargs
 
 
-def _with_template(obs: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``(2, npix)`` observed Q/U and ``(2, npix)`` QE template → ``(4, npix)`` network input
-    (:data:`QE_INPUTS`)."""
-    return np.concatenate([obs - t, t])
-
-
-def _find_calibration(path: str, attrs: Mapping[str, Any], nside: int) -> dict[str, Any]:
-    """The iterated-QE calibration of ``qe_template="qe_it"``: the JSON file ``path``, or (empty)
-    the one in ``assets/qe`` measured at the skies' nside, noise and beam
-    (:func:`engine.physics.cmb_qe_iter.qe_calibration_for`).
-
-    Raises
-    ------
-    ConfigError
-        No such calibration, an unreadable file, or one measured at other settings.
-    """
-    import json
-
-    from engine.physics.cmb_maps import _attr, _lmax
-    from engine.physics.cmb_qe_iter import check_calibration, qe_calibration_for
-
-    lmax = _lmax(12 * nside**2, int(attrs.get("lmax") or 3 * nside - 1))
-    if not path:
-        cal = qe_calibration_for({**attrs, "nside": nside}, lmax)
-        if cal is None:
-            raise ConfigError(
-                f"qe_template='qe_it': no calibration of the iterated QE at nside {nside}, "
-                f"noise {attrs.get('noise')} uK-arcmin, beam {attrs.get('beam')} arcmin in "
-                "assets/qe; make one with python -m engine qe-calibrate --dataset SKIES --out "
-                "FILE.json and set qe_calibration=FILE.json"
-            )
-        return cal
-    try:
-        cal = json.loads(open(path).read())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"qe_calibration={path!r}: cannot read it ({exc})") from None
-    check_calibration(cal, nside, _attr(attrs, "noise"), _attr(attrs, "beam"), lmax)
-    return cal | {"path": str(path)}
-
-
 def _centre(x: torch.Tensor, m: int) -> torch.Tensor:
     """The Q/U input of padded windows ``(k, C, s + 2m, s + 2m)`` on their centres: what the
     loss calls "identity" — the observed sky, or with ``qe_input`` the QE-delensed sky."""
@@ -300,7 +259,7 @@ class Delensing(Task):
         if s.qe_template == "qe_it" and not self.qe_input:
             raise ConfigError("qe_template='qe_it' is the template of qe_input: set qe_input=true")
         if self.qe_input and s.qe_template == "qe_it":
-            self.calibration = _find_calibration(s.qe_calibration, self.sky_attrs, nside)
+            self.calibration = find_calibration(s.qe_calibration, self.sky_attrs, nside)
         self._slots: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * int(s.pool)
         self._slot_ids: list[int] = [-1] * int(s.pool)
 
@@ -320,18 +279,10 @@ class Delensing(Task):
         }
 
     def template(self, q: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """QE lensing-B template of one observed sky, ``(2, npix) float64`` Q/U, µK, RING:
-        observed − :func:`engine.physics.cmb_qe.qe_delens` at the training skies' noise, beam
-        and cosmology, or − :func:`engine.physics.cmb_qe_iter.qe_delens_iterated` with the
-        task's calibration (``qe_template="qe_it"``)."""
-        from engine.physics.cmb_qe import qe_delens
-        from engine.physics.cmb_qe_iter import qe_delens_iterated
-
-        if self.calibration is not None:
-            qd, ud = qe_delens_iterated(q, u, self.sky_attrs, self.calibration)
-        else:
-            qd, ud = qe_delens(q, u, self.sky_attrs)
-        return np.stack([np.asarray(q, np.float64) - qd, np.asarray(u, np.float64) - ud])
+        """QE lensing-B template of one observed sky at the training skies' noise, beam and
+        cosmology, ``(2, npix) float64`` Q/U, µK, RING: :func:`engine.tasks.delensing_inputs.
+        qe_template` with the task's calibration (None: the plain QE)."""
+        return qe_template(q, u, self.sky_attrs, self.calibration)
 
     def _stored_template(self, row: int) -> np.ndarray:
         """:meth:`template` of the stored sky ``row`` (computed once per process)."""
@@ -378,7 +329,7 @@ class Delensing(Task):
             noise = x - np.stack([sky[n] for n in LENSED])
             y = np.stack([sky[n] for n in TARGETS])
             if self.qe_input:
-                x = _with_template(x, self._stored_template(row))
+                x = with_template(x, self._stored_template(row))
         else:
             rng = np.random.default_rng(derive_seed(s.seed, STREAM_DATA, c))
             row = int(rows[rng.integers(rows.size)])
@@ -390,7 +341,7 @@ class Delensing(Task):
                 x = np.stack(rotate_qu(sky["Q"], sky["U"], euler))
                 noise = x - lensed
                 t = self._stored_template(row)
-                x = _with_template(x, np.stack(rotate_qu(t[0], t[1], euler)))
+                x = with_template(x, np.stack(rotate_qu(t[0], t[1], euler)))
             else:
                 noise = white_noise(self.source.noise, self.nside, rng)
                 x = lensed + noise
@@ -487,7 +438,7 @@ class Delensing(Task):
         for row in self.val_rows:
             sky = self.source.sky(int(row), INPUTS + LENSED + TARGETS)
             obs = np.stack([sky[n] for n in INPUTS])
-            xin = _with_template(obs, self._stored_template(int(row))) if self.qe_input else obs
+            xin = with_template(obs, self._stored_template(int(row))) if self.qe_input else obs
             x = torch.from_numpy(xin / self.scale).float()
             y = np.stack([sky[n] for n in TARGETS] + list(obs - np.stack([sky[n] for n in LENSED])))
             padded = pad_faces(ring_to_nest(x)[None], self._margin())
@@ -612,7 +563,7 @@ class Delensing(Task):
         device = next(model.parameters()).device
         obs = np.stack([q, u]).astype(np.float64)
         if self.qe_input:
-            obs = _with_template(obs, self.template(obs[0], obs[1]))
+            obs = with_template(obs, self.template(obs[0], obs[1]))
         x = torch.from_numpy(obs.astype(np.float32) / self.scale)
         x = ring_to_nest(x)[None].to(device)
         out = model(x, tile=self.crop)[0].float().cpu()  # windows as in training
