@@ -39,7 +39,8 @@ def _galactic_cut(nside: int) -> np.ndarray:
 
 def _lensed_skies(spectra, n_sky, nside, seed, noise=5.0, beam=30.0, r=0.0, mask=None):
     """Skies of the data contract: unlensed E (and r·tensor B) and φ drawn to lmax = 3·nside − 1,
-    lensed by lenspyx, then beamed; white noise on Q/U."""
+    lensed by lenspyx, then beamed; white noise on Q/U. The draws do not depend on r (B is
+    scaled by √r), so one seed at two r gives paired skies, as ``engine sky`` does."""
     lmax = 3 * nside - 1
     rng = np.random.default_rng(seed)
     b = hp.gauss_beam(np.radians(beam / 60), lmax=lmax)
@@ -71,7 +72,14 @@ def _lensed_skies(spectra, n_sky, nside, seed, noise=5.0, beam=30.0, r=0.0, mask
     if mask is not None:
         sky["mask"] = mask
     sky["attrs"] = dict(
-        r=r, noise=noise, beam=beam, nside=nside, lmax=lmax, lmax_unlensed=lmax, cosmology=COSMO
+        r=r,
+        noise=noise,
+        beam=beam,
+        nside=nside,
+        lmax=lmax,
+        lmax_unlensed=lmax,
+        cosmology=COSMO,
+        seed=seed,
     )
     return sky
 
@@ -454,6 +462,79 @@ def test_transfer_function_of_a_delenser_that_also_removes_primordial_b(spectra)
     # the corrected fit is unbiased, the plain one 36 % low, beyond its own error
     assert abs(got["bias"]) < 3 * got["bias_err"]
     assert plain["bias"] < -3 * plain["bias_err"]
+
+
+def _keep(fraction: float, nside: int):
+    """A delenser that keeps ``fraction`` of the observed B modes (of the observed Q/U only)."""
+    lmax = 3 * nside - 1
+
+    def delens(q, u, sky):
+        out_q, out_u = [], []
+        for qi, ui in zip(q, u, strict=True):
+            a = hp.map2alm([np.zeros_like(qi), qi, ui], lmax=lmax, pol=True, iter=3)
+            a[2] *= fraction
+            _, bq, bu = hp.alm2map(a, nside, lmax=lmax, pol=True)
+            out_q.append(bq)
+            out_u.append(bu)
+        return np.array(out_q), np.array(out_u)
+
+    return delens
+
+
+def test_paired_bias_cancels_the_shared_realisations(spectra):
+    """Gaussian BB a_ℓm: residual R (0.3 of the lensing BB) and noise shared by each pair, the
+    primordial B only in the r = 0.01 member. The paired error is below the unpaired one (what
+    is left are the primordial B and its cross terms with residual and noise: ~0.6-0.8 of it
+    here), the bias is consistent with zero, and a delenser passing 0.9 of the primordial B fitted
+    without its transfer (E[r̂] = 0.81 r) is caught at many paired σ."""
+    lmax, beam, noise, r = 200, 30.0, 2.0, 0.01
+    b2 = hp.gauss_beam(np.radians(beam / 60), lmax=lmax) ** 2
+    bins = D.ell_bins(20, lmax, 20)
+    t_b = D.tensor_template(bins, beam, spectra)
+    res = 0.3 * spectra.lensing_bb[: lmax + 1] * b2
+    nl = np.full(lmax + 1, (noise * D.ARCMIN) ** 2)
+    prim = r * spectra.tensor_bb_r1[: lmax + 1] * b2
+    rng = np.random.default_rng(11)
+    c0, cr, low = [], [], []
+    for _ in range(60):
+        a, n1, n2, p = (synthesize_alm(c, rng) for c in (res, nl, nl, prim))
+        c0.append(hp.alm2cl(a + n1, a + n2))
+        cr.append(hp.alm2cl(a + p + n1, a + p + n2))
+        low.append(hp.alm2cl(a + 0.9 * p + n1, a + 0.9 * p + n2))
+    c0, cr, low = (D.bin_cl(np.array(x), bins) for x in (c0, cr, low))
+    r_b, n_b = c0.mean(0), D.bin_cl(nl, bins)
+    plain = D.r_summary(r, D.fit_r(cr, t_b, r_b, n_b, bins, 1.0))
+    p = D.paired_bias(cr, c0, t_b, r_b, n_b, r, plain["sigma_r"], bins, 1.0)
+    assert p["n_sky"] == 60 and p["bias_err"] < 0.9 * plain["bias_err"], (p, plain)
+    assert abs(p["bias"]) < 3 * p["bias_err"], p
+    assert p["bias_over_sigma"] == pytest.approx(p["bias"] / plain["sigma_r"])
+    q = D.paired_bias(low, c0, t_b, r_b, n_b, r, plain["sigma_r"], bins, 1.0)
+    assert q["bias"] < -10 * q["bias_err"] and abs(q["bias"] + 0.19 * r) < 3 * q["bias_err"], q
+    with pytest.raises(ConfigError, match="pairs"):
+        D.paired_bias(cr[:1], c0[:1], t_b, r_b, n_b, r, 1e-3, bins, 1.0)
+    with pytest.raises(ConfigError, match="r_true"):
+        D.paired_bias(cr, c0, t_b, r_b, n_b, 0.0, 1e-3, bins, 1.0)
+
+
+def test_report_pairs_skies_of_one_seed(spectra):
+    """Skies drawn with one seed at r = 0 and r = 0.01 share E, φ and both noises, so the report
+    gives their paired bias (consistent with zero for no delensing and for a delenser fitted
+    with its measured transfer); skies of another seed are not paired."""
+    nside = 32
+    skies = {r: _lensed_skies(spectra, 6, nside, seed=70, noise=1.0, beam=60.0, r=r)
+             for r in (0.0, 0.01)}  # fmt: skip
+    np.testing.assert_allclose(skies[0.0]["Q"] - skies[0.0]["Q_unlensed"],
+                               skies[0.01]["Q"] - skies[0.01]["Q_unlensed"], atol=0.05)  # fmt: skip
+    rep = D.delensing_report(
+        skies, {"model": _keep(0.8, nside)}, apodization_deg=10.0, template=False, qe=False
+    )
+    for m in ("none", "model"):
+        p, plain = rep["fit_r"][m]["paired"]["0.01"], rep["fit_r"][m]["by_r"]["0.01"]
+        assert p["n_sky"] == 6 and abs(p["bias"]) < 3 * p["bias_err"], (m, p)
+        assert p["bias_over_sigma"] == pytest.approx(p["bias"] / plain["sigma_r"])
+    skies[0.01] = _lensed_skies(spectra, 6, nside, seed=71, noise=1.0, beam=60.0, r=0.01)
+    rep2 = D.delensing_report(skies, None, apodization_deg=10.0, template=False, qe=False)
+    assert rep2["fit_r"]["none"]["paired"] == {}
 
 
 def test_bad_input():

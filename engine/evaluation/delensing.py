@@ -102,6 +102,12 @@ the noise power of one delensed copy, measured as (auto(d1) + auto(d2))/2 − cr
 Bins are treated as independent (on a cut sky neighbours correlate; the curvature σ is then
 slightly optimistic).
 
+*Paired skies* (``engine sky`` with one ``seed`` at r = 0 and at r > 0: the same E, φ and
+noise, only the primordial B differs; the second observation's noise is then shared too): the
+report adds the bias from the difference of each pair's delensed cross spectra
+(:func:`paired_bias`), in which lensing residual and noise cancel, so the bias is measured
+with the primordial B's own scatter only and without a separate error from R_b.
+
 A learned delenser's r is fitted with its transfer function on primordial B, measured by
 injection (:func:`measure_transfer`, :mod:`engine.evaluation.delensing_rfit`). The likelihood is maximised analytically at fixed variance, iterating the
 variance at max(r̂, 0) (5 iterations): r̂ = Σ T (Ĉ − R)/V / Σ T²/V, σ(r) = (Σ T²/V)^(−1/2) (the
@@ -163,6 +169,7 @@ from engine.evaluation.delensing_rfit import (
     TRANSFER_SKIES,
     fit_r,
     measure_transfer,
+    paired_bias,
     r_summary,
     tensor_b_maps,
     tensor_template,
@@ -221,6 +228,7 @@ __all__ = [
     "pixel_noise",
     "qe_forecast",
     "qu_spectra",
+    "paired_bias",
     "r_summary",
     "residual_fraction",
     "second_observation",
@@ -279,6 +287,36 @@ def _full_sky(mask) -> bool:
     return mask is None or bool(np.all(np.asarray(mask) > 0))
 
 
+def _dataset_seed(sky) -> int | None:
+    """The ``seed`` attr the skies were simulated with (``engine sky``), None without one."""
+    seed = _attrs(sky).get("seed")
+    try:
+        return None if seed is None or isinstance(seed, bool) else int(seed)
+    except (TypeError, ValueError):
+        return None
+
+
+def _observation_seed(seed: int, attrs: Mapping, index: int):
+    """Seed of the second observation's noise: (``seed``, the skies' simulation seed), so skies
+    simulated with the same seed at two r (identical E, φ and first noise; :mod:`engine.physics.
+    cmb`) also get the same second noise and stay paired; ``seed + index`` (index of the r) for
+    skies without a simulation seed."""
+    s = _dataset_seed({"attrs": attrs})
+    return int(seed) + index if s is None else [int(seed), s]
+
+
+def _paired(by_r: Mapping[float, Any], r: float) -> bool:
+    """Whether the skies at ``r`` and at r = 0 are pairs: same simulation seed, same count and
+    (where known) the same file rows."""
+    if 0.0 not in by_r:
+        return False
+    s0, sr = _dataset_seed(by_r[0.0]), _dataset_seed(by_r[r])
+    n0, nr = (_sky_map(by_r[x], "Q").shape[0] for x in (0.0, r))
+    i0, ir = (by_r[x].get("indices") if isinstance(by_r[x], Mapping) else None for x in (0.0, r))
+    same_rows = i0 is None or ir is None or np.array_equal(i0, ir)
+    return s0 is not None and s0 == sr and n0 == nr and same_rows
+
+
 def _rkey(r: float) -> str:
     return f"{float(r):g}"
 
@@ -300,7 +338,8 @@ def delensing_report(
 ) -> dict[str, Any]:
     """Every delensing metric for the given delensers and the baselines, JSON-ready.
 
-    For each true r: the second observation (:func:`second_observation`, seed ``seed + i``),
+    For each true r: the second observation (:func:`second_observation`, noise seeded by
+    ``seed`` and the skies' simulation seed, so that paired skies share it),
     each method run on both copies, A_res (:func:`residual_fraction`), the delensed cross BB and
     the noise N_b; then r fits (:func:`fit_r`) with R_b the mean delensed cross BB of the r = 0
     skies of the same method (without r = 0 skies: the mean (d − u) cross BB over all skies), and
@@ -348,7 +387,9 @@ def delensing_report(
     :func:`r_summary`}, with ``transfer`` ({``per_bin`` F_b, ``mean`` Σ F_b T_b / Σ T_b over
     ``ell_range``, ``r_injected``, ``n_skies``} for a measured delenser and ``qe``, None for the
     other baselines) and
-    ``by_r_uncorrected`` (the fit with F_b = 1)}}; ``qe_forecast`` {``eb``, ``mv``, ``pol``:
+    ``by_r_uncorrected`` (the fit with F_b = 1), ``paired`` {r: :func:`paired_bias`} for each
+    r > 0 whose skies pair with the r = 0 skies (same simulation seed and count; else empty)}};
+    ``qe_forecast`` {``eb``, ``mv``, ``pol``:
     {``mean``, ``per_bin``}}; ``spectra``
     (binned sky-mean BB, µK², beamed, at the largest r: ``r``, ``lensed`` (cross of the two
     observations), ``unlensed``, ``delensed`` {method},
@@ -401,7 +442,7 @@ def delensing_report(
     for i, r in enumerate(rs):
         sky = by_r[r]
         obs1 = _pair(_sky_map(sky, "Q"), _sky_map(sky, "U"), "observed")
-        obs2 = second_observation(sky, seed + i)
+        obs2 = second_observation(sky, _observation_seed(seed, _attrs(sky), i))
         au = h.alm(*_pair(_sky_map(sky, "Q_unlensed"), _sky_map(sky, "U_unlensed"), "unlensed"))
         al = h.alm(*_pair(_sky_map(sky, "Q_lensed"), _sky_map(sky, "U_lensed"), "lensed"))
         ao1, ao2 = h.alm(*obs1), h.alm(*obs2)
@@ -495,20 +536,28 @@ def delensing_report(
             r_b = bin_cl(num, bins).mean(0)
             model = "mean (d - u) cross BB over all skies"
         n_b = np.clip(np.mean(dnoise[name], axis=0), 0.0, None)
-        fits, plain = {}, {}
+        fits, plain, paired = {}, {}, {}
         tr = transfers.get(name)
         for r in rs:
+            t_fit = t_b
             fit = fit_r(dcross[name][r], t_b, r_b, n_b, bins, fsky, ell_range)
             plain[_rkey(r)] = r_summary(r, fit)
             if tr is not None and np.any((tr["per_bin"] * t_b)[bins.within(ell_range)] > 0):
-                fit = fit_r(dcross[name][r], tr["per_bin"] * t_b, r_b, n_b, bins, fsky, ell_range)
+                t_fit = tr["per_bin"] * t_b
+                fit = fit_r(dcross[name][r], t_fit, r_b, n_b, bins, fsky, ell_range)
             fits[_rkey(r)] = r_summary(r, fit)
+            if r > 0 and _paired(by_r, r):
+                paired[_rkey(r)] = paired_bias(
+                    dcross[name][r], dcross[name][0.0], t_fit, r_b, n_b, r,
+                    fits[_rkey(r)]["sigma_r"], bins, fsky, ell_range,
+                )  # fmt: skip
         report["fit_r"][name] = {
             "residual_model": model,
             "noise_bb": n_b,
             "by_r": fits,
             "transfer": tr,
             "by_r_uncorrected": plain,
+            "paired": paired,
         }
 
     theory_lensing = bin_cl(spectra.lensing_bb * b2, bins)

@@ -134,7 +134,8 @@ def load_skies(spec: str, count: int | None = None) -> dict[float, dict[str, Any
     Returns
     -------
     dict
-        ``{r: {"Q": (n, npix) float64, …, "mask": (npix,), "attrs": dict}}``.
+        ``{r: {"Q": (n, npix) float64, …, "mask": (npix,), "attrs": dict, "indices": (n,)
+        int64 file rows}}``.
 
     Raises
     ------
@@ -160,6 +161,7 @@ def load_skies(spec: str, count: int | None = None) -> dict[float, dict[str, Any
         }
         sky["mask"] = src.mask()
         sky["attrs"] = dict(src.attrs)
+        sky["indices"] = np.asarray(rows, dtype=np.int64)
         sky["spec"] = part
         out[r] = sky
     if not out:
@@ -292,6 +294,12 @@ def evaluate_delenser(
     return report, results, None, None
 
 
+def _ratio_err(s: dict[str, Any]) -> float | None:
+    """The error of bias/σ in an :func:`~engine.evaluation.delensing_rfit.r_summary`."""
+    err, sig = s.get("bias_err"), s.get("sigma_r")
+    return None if err is None or not sig else err / sig
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Terminal lines of a delensing report: mean A_res over the ℓ range for the network and the
     baselines, the QE forecasts, and the fitted r per true r."""
@@ -320,12 +328,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"range (injected r = {tr.get('r_injected')}, {tr.get('n_skies')} skies); "
                 "r fitted with it"
             )
+        paired = fit.get("paired") or {}
         for r, s in (fit.get("by_r") or {}).items():
             lines.append(
                 f"  r={r:<5} {name:<10} mean r_hat {f(s.get('mean_r_hat'), '.4f')} "
                 f"sigma(r) {f(s.get('sigma_r'), '.4f')} bias/sigma "
-                f"{f(s.get('bias_over_sigma'), '.2f')} ({s.get('n_sky')} skies)"
+                f"{f(s.get('bias_over_sigma'), '.2f')} ± {f(_ratio_err(s), '.2f')} "
+                f"({s.get('n_sky')} skies)"
             )
+            if r in paired:
+                p = paired[r]
+                lines.append(
+                    f"  r={r:<5} {name:<10} paired with the r=0 skies: bias/sigma "
+                    f"{f(p.get('bias_over_sigma'), '.2f')} ± "
+                    f"{f(p.get('bias_over_sigma_err'), '.2f')} ({p.get('n_sky')} pairs)"
+                )
     return lines
 
 
