@@ -349,8 +349,9 @@ def test_shipped_checkpoints_load_strictly():
             m = ckpt["task_state"]["margin"]
             c = len(ckpt["task_state"]["inputs"])  # Q, U (+ the QE template with qe_input)
             assert c == (4 if ckpt["task_state"].get("qe_input") else 2), path
-            cal = ckpt["task_state"].get("qe_calibration")  # delens512_qeit: the iterated QE's
-            assert cal is None or (cal["nside"], cal["noise"]) == (512, 2.0), path
+            cal = ckpt["task_state"].get("qe_calibration")  # delens512_qeit(_n5): iterated QE's
+            noise = ckpt["task_state"]["sky_attrs"]["noise"]  # calibrated at the training noise
+            assert cal is None or (cal["nside"], cal["noise"]) == (512, noise), path
             with torch.no_grad():  # one window of padded faces: (1, C, 64 + 2m, 64 + 2m)
                 out = net.eval().forward_faces(torch.randn(1, c, 64 + 2 * m, 64 + 2 * m), m)
             assert out.shape == (1, 2, 64, 64) and torch.isfinite(out).all(), path
