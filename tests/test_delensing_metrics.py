@@ -535,6 +535,9 @@ def test_report_pairs_skies_of_one_seed(spectra):
     skies[0.01] = _lensed_skies(spectra, 6, nside, seed=71, noise=1.0, beam=60.0, r=0.01)
     rep2 = D.delensing_report(skies, None, apodization_deg=10.0, template=False, qe=False)
     assert rep2["fit_r"]["none"]["paired"] == {}
+    other = {r: {**sky, "attrs": {**sky["attrs"], "seed": 70}} for r, sky in skies.items()}
+    other[0.01]["attrs"]["lmax_unlensed"] = 3 * nside + 1  # the same seed, other settings
+    assert not D._paired(other, 0.01) and D._paired({**other, 0.01: other[0.0]}, 0.01)
 
 
 def test_bad_input():

@@ -225,10 +225,10 @@ __all__ = [
     "measure_transfer",
     "mask_moments",
     "noise_maps",
+    "paired_bias",
     "pixel_noise",
     "qe_forecast",
     "qu_spectra",
-    "paired_bias",
     "r_summary",
     "residual_fraction",
     "second_observation",
@@ -305,10 +305,18 @@ def _observation_seed(seed: int, attrs: Mapping, index: int):
     return int(seed) + index if s is None else [int(seed), s]
 
 
+#: Sky attrs that must agree (besides the seed) for skies at two r to be pairs.
+PAIR_ATTRS = ("omega_m", "sigma8", "omega_b", "h", "n_s", "lmax_unlensed", "nside", "noise",
+              "beam", "mask")  # fmt: skip
+
+
 def _paired(by_r: Mapping[float, Any], r: float) -> bool:
-    """Whether the skies at ``r`` and at r = 0 are pairs: same simulation seed, same count and
-    (where known) the same file rows."""
+    """Whether the skies at ``r`` and at r = 0 are pairs: same simulation seed and settings
+    (:data:`PAIR_ATTRS`, where given), same count and (where known) the same file rows."""
     if 0.0 not in by_r:
+        return False
+    a0, ar = _attrs(by_r[0.0]), _attrs(by_r[r])
+    if any(a0.get(k) != ar.get(k) for k in PAIR_ATTRS):
         return False
     s0, sr = _dataset_seed(by_r[0.0]), _dataset_seed(by_r[r])
     n0, nr = (_sky_map(by_r[x], "Q").shape[0] for x in (0.0, r))
@@ -388,7 +396,8 @@ def delensing_report(
     ``ell_range``, ``r_injected``, ``n_skies``} for a measured delenser and ``qe``, None for the
     other baselines) and
     ``by_r_uncorrected`` (the fit with F_b = 1), ``paired`` {r: :func:`paired_bias`} for each
-    r > 0 whose skies pair with the r = 0 skies (same simulation seed and count; else empty)}};
+    r > 0 whose skies pair with the r = 0 skies (same simulation seed, settings and count; else
+    empty)}};
     ``qe_forecast`` {``eb``, ``mv``, ``pol``:
     {``mean``, ``per_bin``}}; ``spectra``
     (binned sky-mean BB, µK², beamed, at the largest r: ``r``, ``lensed`` (cross of the two
