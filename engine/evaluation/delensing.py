@@ -287,9 +287,9 @@ def _full_sky(mask) -> bool:
     return mask is None or bool(np.all(np.asarray(mask) > 0))
 
 
-def _dataset_seed(sky) -> int | None:
+def _dataset_seed(attrs: Mapping) -> int | None:
     """The ``seed`` attr the skies were simulated with (``engine sky``), None without one."""
-    seed = _attrs(sky).get("seed")
+    seed = attrs.get("seed")
     try:
         return None if seed is None or isinstance(seed, bool) else int(seed)
     except (TypeError, ValueError):
@@ -301,28 +301,28 @@ def _observation_seed(seed: int, attrs: Mapping, index: int):
     simulated with the same seed at two r (identical E, φ and first noise; :mod:`engine.physics.
     cmb`) also get the same second noise and stay paired; ``seed + index`` (index of the r) for
     skies without a simulation seed."""
-    s = _dataset_seed({"attrs": attrs})
+    s = _dataset_seed(attrs)
     return int(seed) + index if s is None else [int(seed), s]
 
 
-#: Sky attrs that must agree (besides the seed) for skies at two r to be pairs.
-PAIR_ATTRS = ("omega_m", "sigma8", "omega_b", "h", "n_s", "lmax_unlensed", "nside", "noise",
-              "beam", "mask")  # fmt: skip
-
-
 def _paired(by_r: Mapping[float, Any], r: float) -> bool:
-    """Whether the skies at ``r`` and at r = 0 are pairs: same simulation seed and settings
-    (:data:`PAIR_ATTRS`, where given), same count and (where known) the same file rows."""
+    """Whether the skies at ``r`` and at r = 0 are pairs: same simulation seed, the same other
+    sky settings (those of :class:`engine.physics.cmb.CMBParams` but r, seed, count and workers,
+    where the attrs give them), same count and (where known) the same file rows."""
+    from engine.params import user_settings
+    from engine.physics.cmb import CMBParams
+
     if 0.0 not in by_r:
         return False
     a0, ar = _attrs(by_r[0.0]), _attrs(by_r[r])
-    if any(a0.get(k) != ar.get(k) for k in PAIR_ATTRS):
+    other = set(user_settings(CMBParams)) - {"r", "seed", "count", "workers"}
+    if any(a0.get(k) != ar.get(k) for k in other):
         return False
-    s0, sr = _dataset_seed(by_r[0.0]), _dataset_seed(by_r[r])
+    s0 = _dataset_seed(a0)
     n0, nr = (_sky_map(by_r[x], "Q").shape[0] for x in (0.0, r))
     i0, ir = (by_r[x].get("indices") if isinstance(by_r[x], Mapping) else None for x in (0.0, r))
     same_rows = i0 is None or ir is None or np.array_equal(i0, ir)
-    return s0 is not None and s0 == sr and n0 == nr and same_rows
+    return s0 is not None and s0 == _dataset_seed(ar) and n0 == nr and same_rows
 
 
 def _rkey(r: float) -> str:
@@ -396,8 +396,8 @@ def delensing_report(
     ``ell_range``, ``r_injected``, ``n_skies``} for a measured delenser and ``qe``, None for the
     other baselines) and
     ``by_r_uncorrected`` (the fit with F_b = 1), ``paired`` {r: :func:`paired_bias`} for each
-    r > 0 whose skies pair with the r = 0 skies (same simulation seed, settings and count; else
-    empty)}};
+    r > 0 whose skies pair with the r = 0 skies (same simulation seed, other settings and count;
+    else empty)}};
     ``qe_forecast`` {``eb``, ``mv``, ``pol``:
     {``mean``, ``per_bin``}}; ``spectra``
     (binned sky-mean BB, µK², beamed, at the largest r: ``r``, ``lensed`` (cross of the two
@@ -499,6 +499,7 @@ def delensing_report(
         "a_res_own": {},
         "fit_r": {},
     }
+    pairs = {r for r in rs if r > 0 and _paired(by_r, r)}  # skies paired with the r = 0 ones
     for name in methods:
         per_r = res[name]
         num = np.concatenate([per_r[r]["residual_cl"] for r in rs])
@@ -555,7 +556,7 @@ def delensing_report(
                 t_fit = tr["per_bin"] * t_b
                 fit = fit_r(dcross[name][r], t_fit, r_b, n_b, bins, fsky, ell_range)
             fits[_rkey(r)] = r_summary(r, fit)
-            if r > 0 and _paired(by_r, r):
+            if r in pairs:
                 paired[_rkey(r)] = paired_bias(
                     dcross[name][r], dcross[name][0.0], t_fit, r_b, n_b, r,
                     fits[_rkey(r)]["sigma_r"], bins, fsky, ell_range,

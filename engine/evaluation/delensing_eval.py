@@ -294,12 +294,6 @@ def evaluate_delenser(
     return report, results, None, None
 
 
-def _ratio_err(s: dict[str, Any]) -> float | None:
-    """The error of bias/σ in an :func:`~engine.evaluation.delensing_rfit.r_summary`."""
-    err, sig = s.get("bias_err"), s.get("sigma_r")
-    return None if err is None or not sig else err / sig
-
-
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Terminal lines of a delensing report: mean A_res over the ℓ range for the network and the
     baselines, the QE forecasts, and the fitted r per true r."""
@@ -333,7 +327,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(
                 f"  r={r:<5} {name:<10} mean r_hat {f(s.get('mean_r_hat'), '.4f')} "
                 f"sigma(r) {f(s.get('sigma_r'), '.4f')} bias/sigma "
-                f"{f(s.get('bias_over_sigma'), '.2f')} ± {f(_ratio_err(s), '.2f')} "
+                f"{f(s.get('bias_over_sigma'), '.2f')} ± {f(s.get('bias_over_sigma_err'), '.2f')} "
                 f"({s.get('n_sky')} skies)"
             )
             if r in paired:
