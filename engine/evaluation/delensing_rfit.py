@@ -80,6 +80,26 @@ def _knox_variance(model, noise, nu):
     return (model**2 + (model + noise) ** 2) / nu
 
 
+def _in_range(where: str, cross: np.ndarray, tensor_bb, residual_bb, noise_bb, bins: Bins,
+              fsky: float, ell_range: tuple[int, int]):  # fmt: skip
+    """The bins of ``ell_range`` (boolean mask) and T_b, R_b, N_b and the mode counts ν_b
+    there, float64; ConfigError (naming ``where``) if the shapes do not match the bins or no
+    bin in the range has tensor power."""
+    nbin = len(bins.lo)
+    t = np.asarray(tensor_bb, dtype=np.float64)
+    r0 = np.asarray(residual_bb, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(noise_bb, dtype=np.float64), (nbin,))
+    if cross.shape[1] != nbin or t.shape != (nbin,) or r0.shape != (nbin,):
+        raise ConfigError(
+            f"{where}: cross spectra {cross.shape}, tensor_bb {t.shape}, residual_bb "
+            f"{r0.shape} do not match {nbin} bins"
+        )
+    use = bins.within(ell_range)
+    if not use.any() or not np.any(t[use] > 0):
+        raise ConfigError(f"{where}: no bin with tensor power inside ell_range={ell_range}")
+    return use, t[use], r0[use], n[use], fsky * bins.n_modes[use]
+
+
 def fit_r(
     cross_bb,
     tensor_bb,
@@ -121,22 +141,11 @@ def fit_r(
     """
     single = np.ndim(cross_bb) == 1
     c = np.atleast_2d(np.asarray(cross_bb, dtype=np.float64))
-    nbin = len(bins.lo)
-    t = np.asarray(tensor_bb, dtype=np.float64)
-    r0 = np.asarray(residual_bb, dtype=np.float64)
-    n = np.broadcast_to(np.asarray(noise_bb, dtype=np.float64), (nbin,))
-    if c.shape[1] != nbin or t.shape != (nbin,) or r0.shape != (nbin,):
-        raise ConfigError(
-            f"fit_r: cross_bb {c.shape}, tensor_bb {t.shape}, residual_bb {r0.shape} do not "
-            f"match {nbin} bins"
-        )
     if not 0 < fsky <= 1:
         raise ConfigError(f"fsky={fsky} must lie in (0, 1]")
-    use = bins.within(ell_range)
-    if not use.any() or not np.any(t[use] > 0):
-        raise ConfigError(f"fit_r: no bin with tensor power inside ell_range={ell_range}")
-    c, t, r0, n = c[:, use], t[use], r0[use], n[use]
-    nu = fsky * bins.n_modes[use]
+    use, t, r0, n, nu = _in_range("fit_r", c, tensor_bb, residual_bb, noise_bb, bins, fsky,
+                                  ell_range)  # fmt: skip
+    c = c[:, use]
     r_hat = np.zeros(len(c))
     for _ in range(FIT_ITERATIONS):
         var = _knox_variance(np.maximum(r_hat, 0.0)[:, None] * t + r0, n, nu)
@@ -235,19 +244,8 @@ def paired_bias(
         )
     if not (r_true > 0 and bias_sigma > 0):
         raise ConfigError(f"paired_bias: r_true={r_true} and bias_sigma={bias_sigma} must be > 0")
-    nbin = len(bins.lo)
-    t = np.asarray(tensor_bb, dtype=np.float64)
-    r0 = np.asarray(residual_bb, dtype=np.float64)
-    n = np.broadcast_to(np.asarray(noise_bb, dtype=np.float64), (nbin,))
-    if cr.shape[1] != nbin or t.shape != (nbin,) or r0.shape != (nbin,):
-        raise ConfigError(
-            f"paired_bias: cross spectra {cr.shape}, tensor_bb {t.shape}, residual_bb "
-            f"{r0.shape} do not match {nbin} bins"
-        )
-    use = bins.within(ell_range)
-    if not np.any(t[use] > 0):
-        raise ConfigError(f"paired_bias: no bin with tensor power inside ell_range={ell_range}")
-    t, r0, n, nu = t[use], r0[use], n[use], fsky * bins.n_modes[use]
+    use, t, r0, n, nu = _in_range("paired_bias", cr, tensor_bb, residual_bb, noise_bb, bins,
+                                  fsky, ell_range)  # fmt: skip
     w = t / _knox_variance(r_true * t + r0, n, nu)
     r_hat = ((cr - c0)[:, use] * w).sum(1) / np.sum(w * t)
     bias = float(r_hat.mean() - r_true)
